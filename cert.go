@@ -1,0 +1,205 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+)
+
+// parseBundle returns the certificates of a PEM bundle in file order. The first is the leaf.
+// Private keys and other blocks are passed over and never kept.
+func parseBundle(data []byte) ([]*x509.Certificate, error) {
+	var certs []*x509.Certificate
+	for {
+		var block *pem.Block
+		block, data = pem.Decode(data)
+		if block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("certificate %d in bundle: %w", len(certs)+1, err)
+		}
+		certs = append(certs, c)
+	}
+	if len(certs) == 0 {
+		return nil, errNotCertificate
+	}
+	return certs, nil
+}
+
+// responderURL is the first OCSP responder of the certificate, "" when it has none.
+func responderURL(c *x509.Certificate) string {
+	for _, u := range c.OCSPServer {
+		if u != "" {
+			return u
+		}
+	}
+	return ""
+}
+
+// issuerSource says where an issuer was found. HAProxy finds it itself in the bundle and in
+// <cert>.issuer; from any other source stapler must write <cert>.issuer.
+type issuerSource int
+
+const (
+	issuerInBundle issuerSource = iota
+	issuerFromFile
+	issuerFromDir
+	issuerFromAIA
+)
+
+func (s issuerSource) String() string {
+	return [...]string{"bundle", ".issuer file", "issuer directory", "AIA caIssuers"}[s]
+}
+
+// errIssuerNotFound means no source holds the certificate that signed the leaf.
+var errIssuerNotFound = errors.New("issuer certificate not found")
+
+// issuerFinder finds the certificate that signed a leaf, by signature and never by position:
+// in the bundle, in <cert>.issuer, in the configured issuer directories, then at the leaf's
+// AIA caIssuers URL (fetched once, then cached). No system trust store is involved, so
+// private CAs work.
+type issuerFinder struct {
+	Dirs     []string
+	CacheDir string       // where fetched issuers are kept
+	Client   *http.Client // nil: never fetch
+	MaxBytes int64
+
+	once    sync.Once
+	fromDir []*x509.Certificate
+	mu      sync.Mutex // serialises fetches so a URL is fetched once per run
+}
+
+// find returns the issuer of leaf (the first certificate of the bundle at path) and its source.
+func (f *issuerFinder) find(ctx context.Context, path string, bundle []*x509.Certificate) (*x509.Certificate, issuerSource, error) {
+	leaf := bundle[0]
+	for _, c := range bundle[1:] {
+		if signed(leaf, c) {
+			return c, issuerInBundle, nil
+		}
+	}
+	if data, err := os.ReadFile(issuerName(path)); err == nil {
+		certs, err := parseBundle(data)
+		switch {
+		case err != nil:
+			slog.Warn("ignoring unreadable issuer file", "file", issuerName(path), "err", err)
+		case signed(leaf, certs[0]):
+			return certs[0], issuerFromFile, nil
+		default:
+			slog.Warn("ignoring issuer file that did not sign the certificate", "file", issuerName(path), "cert", path)
+		}
+	}
+	f.once.Do(f.loadDirs)
+	for _, c := range f.fromDir {
+		if signed(leaf, c) {
+			return c, issuerFromDir, nil
+		}
+	}
+	for _, u := range leaf.IssuingCertificateURL {
+		c, err := f.aia(ctx, u)
+		if err != nil {
+			return nil, 0, fmt.Errorf("%w in the bundle, %s or issuer_dirs; fetching %s: %v", errIssuerNotFound, filepath.Base(issuerName(path)), u, err)
+		}
+		if signed(leaf, c) {
+			return c, issuerFromAIA, nil
+		}
+	}
+	return nil, 0, fmt.Errorf("%w in the bundle, %s, issuer_dirs or AIA", errIssuerNotFound, filepath.Base(issuerName(path)))
+}
+
+func signed(leaf, issuer *x509.Certificate) bool {
+	return leaf.CheckSignatureFrom(issuer) == nil
+}
+
+func (f *issuerFinder) loadDirs() {
+	for _, dir := range f.Dirs {
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			slog.Warn("cannot read issuer directory", "dir", dir, "err", err)
+			continue
+		}
+		for _, e := range entries {
+			p := filepath.Join(dir, e.Name())
+			data, err := readBundle(p, maxBundleBytes)
+			if err != nil {
+				continue
+			}
+			certs, err := parseBundle(data)
+			if err != nil {
+				slog.Debug("skipping file in issuer directory", "file", p, "err", err)
+				continue
+			}
+			f.fromDir = append(f.fromDir, certs...)
+		}
+	}
+}
+
+// errNotCached is returned instead of fetching when the finder may not use the network.
+var errNotCached = errors.New("not cached and fetching is off")
+
+// aia returns the certificate at a caIssuers URL, from the cache or fetched and cached.
+func (f *issuerFinder) aia(ctx context.Context, u string) (*x509.Certificate, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	sum := sha256.Sum256([]byte(u))
+	cached := filepath.Join(f.CacheDir, hex.EncodeToString(sum[:16])+".der")
+	if der, err := os.ReadFile(cached); err == nil {
+		if c, err := x509.ParseCertificate(der); err == nil {
+			return c, nil
+		}
+	}
+	if f.Client == nil {
+		return nil, errNotCached
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := f.Client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("HTTP status %s", resp.Status)
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, f.MaxBytes+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(body)) > f.MaxBytes {
+		return nil, fmt.Errorf("body larger than %d bytes", f.MaxBytes)
+	}
+	var c *x509.Certificate
+	if certs, err := parseBundle(body); err == nil {
+		c = certs[0]
+	} else if c, err = x509.ParseCertificate(body); err != nil {
+		return nil, fmt.Errorf("not a DER or PEM certificate: %w", err)
+	}
+	if err := os.MkdirAll(f.CacheDir, 0o755); err != nil {
+		return nil, err
+	}
+	if _, err := writeFileAtomic(cached, c.Raw, 0o644); err != nil {
+		return nil, fmt.Errorf("caching issuer: %w", err)
+	}
+	return c, nil
+}
+
+// issuerPEM is what stapler writes to <cert>.issuer.
+func issuerPEM(c *x509.Certificate) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+}

@@ -1,0 +1,202 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// defaultConfigPath is read when it exists and no --config or STAPLER_CONFIG is given.
+const defaultConfigPath = "/etc/stapler/stapler.toml"
+
+// Config is everything a run needs to know. It is the reference for the TOML file: each field's
+// comment gives its key and default, and defaultConfig applies those defaults.
+type Config struct {
+	// dirs: certificate directories, read the way HAProxy reads `crt /dir/`. Default none.
+	Dirs []string `toml:"dirs"`
+	// files: single certificate files. Default none.
+	Files []string `toml:"files"`
+	// recursive: also read subdirectories of dirs. Default false.
+	Recursive bool `toml:"recursive"`
+	// exclude: glob patterns; a file whose base name or path relative to its directory
+	// matches one is ignored. Default none.
+	Exclude []string `toml:"exclude"`
+	// issuer_dirs: directories of PEM issuer certificates, searched when an issuer is neither
+	// in the bundle nor in <cert>.issuer. Default none.
+	IssuerDirs []string `toml:"issuer_dirs"`
+	// fetch_issuers: fetch a missing issuer from the certificate's AIA caIssuers URL (cached
+	// beside the state file). Default true.
+	FetchIssuers bool `toml:"fetch_issuers"`
+	// state: the JSON state file. Default /var/lib/stapler/state.json.
+	State string `toml:"state"`
+	// sockets: HAProxy runtime API sockets: a unix socket path or host:port. Default none.
+	Sockets []string `toml:"sockets"`
+	// socket_timeout: deadline for one exchange with one HAProxy socket. Default 5s.
+	SocketTimeout time.Duration `toml:"socket_timeout"`
+	// jobs: OCSP requests in flight at once. Default 8.
+	Jobs int `toml:"jobs"`
+	// timeout: deadline for one OCSP request, connection included. Default 10s.
+	Timeout time.Duration `toml:"timeout"`
+	// max_response_bytes: larger OCSP responses are refused. Default 65536.
+	MaxResponseBytes int64 `toml:"max_response_bytes"`
+	// proxy: HTTP proxy URL for OCSP and issuer requests. Default: from the environment
+	// (HTTP_PROXY, HTTPS_PROXY, NO_PROXY).
+	Proxy string `toml:"proxy"`
+	// responder_override: responder URL in the certificate = URL to ask instead. Default none.
+	ResponderOverride map[string]string `toml:"responder_override"`
+	// renew_at: fraction of a staple's validity (thisUpdate to nextUpdate) after which it is
+	// refreshed. Default 0.5.
+	RenewAt float64 `toml:"renew_at"`
+	// renew_spread: each certificate renews up to this fraction of the validity earlier than
+	// renew_at, by a fixed per-certificate amount, so that many certificates do not fall due
+	// together. Default 0.1.
+	RenewSpread float64 `toml:"renew_spread"`
+	// retry_base: wait after the first failure; doubled after each further one. Default 5m.
+	RetryBase time.Duration `toml:"retry_base"`
+	// retry_max: longest wait between retries. Default 6h. A staple close to expiry is
+	// retried at every run whatever the back-off says.
+	RetryMax time.Duration `toml:"retry_max"`
+	// log_format: "text" or "json". Default "text".
+	LogFormat string `toml:"log_format"`
+	// log_level: "debug", "info", "warn" or "error". Default "info".
+	LogLevel string `toml:"log_level"`
+}
+
+func defaultConfig() Config {
+	return Config{
+		FetchIssuers:     true,
+		State:            "/var/lib/stapler/state.json",
+		SocketTimeout:    5 * time.Second,
+		Jobs:             8,
+		Timeout:          10 * time.Second,
+		MaxResponseBytes: 64 << 10,
+		RenewAt:          0.5,
+		RenewSpread:      0.1,
+		RetryBase:        5 * time.Minute,
+		RetryMax:         6 * time.Hour,
+		LogFormat:        "text",
+		LogLevel:         "info",
+	}
+}
+
+// loadConfigFile decodes path over cfg. Unknown keys are errors that give their line.
+func loadConfigFile(path string, cfg *Config) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("reading config: %w", err)
+	}
+	md, err := toml.Decode(string(data), cfg)
+	if err != nil {
+		var perr toml.ParseError
+		if errors.As(err, &perr) {
+			return fmt.Errorf("%s:%d: %s", path, perr.Position.Line, perr.Message)
+		}
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	var errs []error
+	for _, key := range md.Undecoded() {
+		errs = append(errs, fmt.Errorf("%s:%d: unknown key %q", path, keyLine(data, key), key.String()))
+	}
+	return errors.Join(errs...)
+}
+
+// keyLine finds the line that defines key; BurntSushi/toml keeps key positions private.
+func keyLine(data []byte, key toml.Key) int {
+	last := regexp.QuoteMeta(key[len(key)-1])
+	re := regexp.MustCompile(`^\s*(\[+\s*)?([^=]*\.)?\s*["']?` + last + `["']?\s*(=|\]|\.)`)
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for n := 1; sc.Scan(); n++ {
+		if re.MatchString(sc.Text()) {
+			return n
+		}
+	}
+	return 0
+}
+
+// validate reports every problem in cfg at once.
+func (cfg *Config) validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if cfg.Jobs < 1 {
+		bad("jobs must be at least 1, not %d", cfg.Jobs)
+	}
+	if cfg.RenewAt <= 0 || cfg.RenewAt >= 1 {
+		bad("renew_at must be between 0 and 1 (exclusive), not %v", cfg.RenewAt)
+	}
+	if cfg.RenewSpread < 0 || cfg.RenewSpread >= cfg.RenewAt {
+		bad("renew_spread must be at least 0 and less than renew_at, not %v", cfg.RenewSpread)
+	}
+	for name, d := range map[string]time.Duration{
+		"timeout": cfg.Timeout, "socket_timeout": cfg.SocketTimeout,
+		"retry_base": cfg.RetryBase, "retry_max": cfg.RetryMax,
+	} {
+		if d <= 0 {
+			bad("%s must be a positive duration such as \"10s\", not %v", name, d)
+		}
+	}
+	if cfg.RetryMax < cfg.RetryBase {
+		bad("retry_max (%v) must not be shorter than retry_base (%v)", cfg.RetryMax, cfg.RetryBase)
+	}
+	if cfg.MaxResponseBytes < 1024 {
+		bad("max_response_bytes must be at least 1024, not %d", cfg.MaxResponseBytes)
+	}
+	if cfg.State == "" {
+		bad("state must name a file")
+	}
+	switch cfg.LogFormat {
+	case "text", "json":
+	default:
+		bad("log_format must be \"text\" or \"json\", not %q", cfg.LogFormat)
+	}
+	if _, err := parseLevel(cfg.LogLevel); err != nil {
+		bad("%v", err)
+	}
+	for _, p := range cfg.Exclude {
+		if _, err := filepath.Match(p, ""); err != nil {
+			bad("exclude pattern %q: %v", p, err)
+		}
+	}
+	if cfg.Proxy != "" {
+		if err := checkHTTPURL(cfg.Proxy); err != nil {
+			bad("proxy: %v", err)
+		}
+	}
+	for from, to := range cfg.ResponderOverride {
+		if err := checkHTTPURL(to); err != nil {
+			bad("responder_override %q: %v", from, err)
+		}
+	}
+	for _, s := range cfg.Sockets {
+		if strings.TrimSpace(s) == "" {
+			bad("sockets: empty address")
+		}
+	}
+	for _, d := range append(append([]string{}, cfg.Dirs...), cfg.IssuerDirs...) {
+		if fi, err := os.Stat(d); err != nil {
+			bad("directory %v", err)
+		} else if !fi.IsDir() {
+			bad("%s is not a directory", d)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func checkHTTPURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil {
+		return err
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("%q is not an http:// or https:// URL", s)
+	}
+	return nil
+}

@@ -1,0 +1,281 @@
+// Command stapler keeps HAProxy's OCSP staples fresh. Run from cron, a systemd timer or a
+// certbot deploy hook, it finds certificates, fetches a new OCSP response for each staple that
+// is due, validates it as strictly as HAProxy will, writes <cert>.ocsp atomically and hands it
+// to every running HAProxy over the runtime API.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+)
+
+// Exit statuses, documented in --help and the README.
+const (
+	exitOK      = 0 // every certificate with a responder has a fresh, valid staple everywhere
+	exitFailed  = 1 // a staple could not be refreshed or pushed, or a certificate is revoked
+	exitUsage   = 2 // bad usage or configuration: nothing was done
+	exitHelpMsg = `EXIT STATUS:
+   0  every certificate that has an OCSP responder ends the run with a fresh, valid staple
+      on disk and in every configured HAProxy (certificates without a responder are fine)
+   1  at least one staple could not be refreshed or pushed, or a certificate is revoked
+   2  bad usage or configuration; nothing was done`
+)
+
+// testOnlyNow replaces the clock in tests.
+var testOnlyNow func() time.Time
+
+func main() {
+	os.Exit(stapler(os.Args, os.Stdout, os.Stderr))
+}
+
+// exitError carries an exit status and hints from a command's action to stapler.
+type exitError struct {
+	code  int
+	err   error
+	hints []string
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+
+func usageError(err error, hints ...string) error {
+	return &exitError{code: exitUsage, err: err, hints: hints}
+}
+
+// stapler runs the command line and returns the exit status.
+func stapler(args []string, stdout, stderr io.Writer) int {
+	app := newApp(stdout, stderr)
+	err := app.Run(args)
+	if err == nil {
+		return exitOK
+	}
+	var ee *exitError
+	if !errors.As(err, &ee) {
+		// urfave/cli's own errors: unknown flags and commands.
+		ee = &exitError{code: exitUsage, err: err, hints: []string{"see 'stapler --help'"}}
+	}
+	if ee.err != nil {
+		fmt.Fprintf(stderr, "stapler: error: %v\n", ee.err)
+	}
+	for _, h := range ee.hints {
+		fmt.Fprintf(stderr, "stapler: hint: %s\n", h)
+	}
+	return ee.code
+}
+
+func newApp(stdout, stderr io.Writer) *cli.App {
+	return &cli.App{
+		Name:                      "stapler",
+		Usage:                     "keep HAProxy's OCSP staples fresh",
+		Description:               "stapler fetches OCSP responses for HAProxy's certificates, validates them as strictly\nas HAProxy does, writes <cert>.ocsp and pushes each new staple to HAProxy's runtime API.\nRun 'stapler run --help' for the options.\n\n" + exitHelpMsg,
+		Writer:                    stdout,
+		ErrWriter:                 stderr,
+		DisableSliceFlagSeparator: true,
+		HideHelpCommand:           true,
+		ExitErrHandler:            func(*cli.Context, error) {}, // stapler maps errors to exit statuses
+		Commands:                  []*cli.Command{runCommand(), versionCommand()},
+	}
+}
+
+func runCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "run",
+		Usage:     "refresh every staple that is due and push it to HAProxy",
+		ArgsUsage: "[CERT_FILE...]",
+		Description: `Scans the configured certificate directories and files (or only the CERT_FILEs given),
+fetches a new OCSP response for every staple that is due, validates it, writes <cert>.ocsp
+atomically (and <cert>.issuer when HAProxy needs it) and sends it to every HAProxy socket.
+Certificates without an OCSP responder are skipped quietly. A run with nothing due contacts
+nobody. Settings come from the config file; flags override it.
+
+EXAMPLES:
+   stapler run --dir /etc/haproxy/certs --socket /run/haproxy/admin.sock
+   stapler run -q                                  # from cron: prints only errors
+   stapler run /etc/haproxy/certs/example.com.pem  # deploy hook: just this certificate
+   stapler run --dry-run -v                        # what is due and why; changes nothing
+
+` + exitHelpMsg,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "config", Usage: "TOML config `FILE` (default " + defaultConfigPath + " when it exists)", EnvVars: []string{"STAPLER_CONFIG"}},
+			&cli.StringSliceFlag{Name: "dir", Usage: "certificate `DIR`, read like HAProxy's 'crt /dir/' (repeatable; replaces the config's dirs)"},
+			&cli.StringSliceFlag{Name: "socket", Usage: "HAProxy runtime API `ADDR`: unix socket path or host:port (repeatable; replaces the config's sockets)"},
+			&cli.StringFlag{Name: "state", Usage: "state `FILE` (default /var/lib/stapler/state.json)"},
+			&cli.BoolFlag{Name: "force", Usage: "refresh every staple, due or not"},
+			&cli.BoolFlag{Name: "dry-run", Usage: "say what is due and why; contact nobody, write nothing"},
+			&cli.IntFlag{Name: "jobs", Usage: "OCSP requests in flight at once (default 8)"},
+			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print errors only"},
+			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "print debug messages too"},
+			&cli.StringFlag{Name: "log-format", Usage: "`FORMAT` of messages on stderr: text or json (default text)"},
+		},
+		Action: runAction,
+	}
+}
+
+func versionCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "version",
+		Usage: "print stapler's version",
+		Action: func(c *cli.Context) error {
+			fmt.Fprintf(c.App.Writer, "stapler %s\n", version())
+			return nil
+		},
+	}
+}
+
+// version is the module version, or the VCS revision of a development build.
+func version() string {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	v := info.Main.Version
+	for _, s := range info.Settings {
+		if s.Key == "vcs.revision" && (v == "" || v == "(devel)") {
+			v = "devel-" + s.Value[:min(12, len(s.Value))]
+		}
+	}
+	if v == "" {
+		v = "(devel)"
+	}
+	return v + " " + info.GoVersion
+}
+
+func runAction(c *cli.Context) error {
+	opt, err := runOptionsFrom(c)
+	if err != nil {
+		return err
+	}
+	logger, err := newLogger(c.App.ErrWriter, opt.LogFormat, opt.LogLevel)
+	if err != nil {
+		return usageError(err)
+	}
+	slog.SetDefault(logger)
+
+	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	now := time.Now()
+	if testOnlyNow != nil {
+		now = testOnlyNow()
+	}
+	sum, err := run(ctx, opt, now)
+	if err != nil {
+		return &exitError{code: exitFailed, err: err}
+	}
+	if !sum.ok() {
+		return &exitError{code: exitFailed}
+	}
+	return nil
+}
+
+// runOptionsFrom turns the config file and the flags into plain values.
+func runOptionsFrom(c *cli.Context) (runOptions, error) {
+	cfg := defaultConfig()
+	path := c.String("config")
+	if !c.IsSet("config") {
+		if _, err := os.Stat(defaultConfigPath); err == nil {
+			path = defaultConfigPath
+		}
+	}
+	if path != "" {
+		if err := loadConfigFile(path, &cfg); err != nil {
+			return runOptions{}, usageError(err, "every key is described in stapler.example.toml")
+		}
+	}
+	if c.IsSet("dir") {
+		cfg.Dirs = c.StringSlice("dir")
+	}
+	if c.IsSet("socket") {
+		cfg.Sockets = c.StringSlice("socket")
+	}
+	if c.IsSet("state") {
+		cfg.State = c.String("state")
+	}
+	if c.IsSet("jobs") {
+		cfg.Jobs = c.Int("jobs")
+	}
+	if c.IsSet("log-format") {
+		cfg.LogFormat = c.String("log-format")
+	}
+	switch {
+	case c.Bool("quiet") && c.Bool("verbose"):
+		return runOptions{}, usageError(errors.New("--quiet and --verbose contradict each other"))
+	case c.Bool("quiet"):
+		cfg.LogLevel = "error"
+	case c.Bool("verbose"):
+		cfg.LogLevel = "debug"
+	}
+	opt := runOptions{Config: cfg, Force: c.Bool("force"), DryRun: c.Bool("dry-run")}
+	var errs []error
+	for _, arg := range c.Args().Slice() {
+		fi, err := os.Stat(arg)
+		switch {
+		case err != nil:
+			errs = append(errs, err)
+		case !fi.Mode().IsRegular():
+			errs = append(errs, fmt.Errorf("%s is not a certificate file", arg))
+		default:
+			opt.Only = append(opt.Only, absPath(arg))
+		}
+	}
+	if err := cfg.validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		where := "in the flags"
+		if path != "" {
+			where = "in " + path + " or the flags"
+		}
+		return runOptions{}, usageError(errors.Join(errs...), "fix the settings "+where+"; every key is described in stapler.example.toml")
+	}
+	if len(opt.Only) == 0 && len(cfg.Dirs) == 0 && len(cfg.Files) == 0 {
+		return runOptions{}, usageError(errors.New("no certificates to check"),
+			"give --dir DIR or certificate files, or set dirs in "+defaultConfigPath+" (or --config FILE)")
+	}
+	opt.State = absPath(opt.State)
+	for i := range opt.Dirs {
+		opt.Dirs[i] = absPath(opt.Dirs[i])
+	}
+	for i := range opt.Files {
+		opt.Files[i] = absPath(opt.Files[i])
+	}
+	return opt, nil
+}
+
+// absPath makes paths absolute so that a certificate has one state entry however it is named.
+func absPath(p string) string {
+	if a, err := filepath.Abs(p); err == nil {
+		return a
+	}
+	return filepath.Clean(p)
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil || strings.ContainsAny(s, "+-") {
+		return 0, fmt.Errorf("log_level must be debug, info, warn or error, not %q", s)
+	}
+	return l, nil
+}
+
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	l, err := parseLevel(level)
+	if err != nil {
+		return nil, err
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return slog.New(slog.NewTextHandler(w, opts)), nil
+}
+

@@ -1,0 +1,140 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+)
+
+// extraSuffixes are the files HAProxy reads beside a certificate in a `crt /dir/` directory
+// and never loads as certificates.
+var extraSuffixes = []string{".ocsp", ".issuer", ".key", ".sctl"}
+
+// scanSpec says where to look for certificates.
+type scanSpec struct {
+	Dirs      []string
+	Files     []string
+	Recursive bool
+	Exclude   []string
+}
+
+// scan lists the certificate files to consider, sorted and without duplicates, the way
+// HAProxy 2.6 reads `crt /dir/`: every regular file or symlink to one, except dotfiles and the
+// extras in extraSuffixes. A directory that cannot be read is an error naming it; the other
+// directories are still listed. Paths keep the name HAProxy uses (a symlink is not resolved),
+// because HAProxy looks for the staple beside that name.
+func scan(spec scanSpec) ([]string, error) {
+	var paths []string
+	var errs []error
+	for _, f := range spec.Files {
+		paths = append(paths, filepath.Clean(f))
+	}
+	for _, dir := range spec.Dirs {
+		dir = filepath.Clean(dir)
+		err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+			if err != nil {
+				errs = append(errs, err)
+				return nil
+			}
+			if path == dir {
+				return nil
+			}
+			name := d.Name()
+			if d.IsDir() {
+				if !spec.Recursive || strings.HasPrefix(name, ".") {
+					return filepath.SkipDir
+				}
+				return nil
+			}
+			if strings.HasPrefix(name, ".") || isExtra(name) || excluded(spec.Exclude, dir, path) {
+				return nil
+			}
+			if !d.Type().IsRegular() {
+				// A symlink counts when it points at a regular file; other kinds never do.
+				fi, err := os.Stat(path)
+				if err != nil || !fi.Mode().IsRegular() {
+					slog.Debug("skipping file that is not a regular file", "file", path)
+					return nil
+				}
+			}
+			paths = append(paths, path)
+			return nil
+		})
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	slices.Sort(paths)
+	return slices.Compact(paths), errors.Join(errs...)
+}
+
+func isExtra(name string) bool {
+	for _, s := range extraSuffixes {
+		if strings.HasSuffix(name, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// excluded reports whether path (found under dir) matches an exclude glob, by base name or by
+// its path relative to dir.
+func excluded(globs []string, dir, path string) bool {
+	rel, err := filepath.Rel(dir, path)
+	if err != nil {
+		rel = path
+	}
+	for _, g := range globs {
+		if ok, _ := filepath.Match(g, filepath.Base(path)); ok {
+			return true
+		}
+		if ok, _ := filepath.Match(g, rel); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// stapleName is where HAProxy looks for the staple of the certificate at path.
+func stapleName(path string) string { return path + ".ocsp" }
+
+// issuerName is where HAProxy looks for the issuer of the certificate at path when the bundle
+// does not hold it.
+func issuerName(path string) string { return path + ".issuer" }
+
+// errNotCertificate marks a file that holds no PEM certificate: not ours to handle.
+var errNotCertificate = errors.New("no PEM certificate in file")
+
+// readBundle reads the certificate file at path; maxBytes caps what is read.
+func readBundle(path string, maxBytes int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxBytes+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > maxBytes {
+		return nil, fmt.Errorf("%s is larger than a certificate bundle should be (%d bytes)", path, maxBytes)
+	}
+	return data, nil
+}
+
+// maxBundleBytes caps how much of a file is read as a certificate bundle: a long chain with a
+// key is a few tens of kilobytes.
+const maxBundleBytes = 1 << 20

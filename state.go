@@ -1,0 +1,132 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+)
+
+// stateVersion is the version of the state file format this build writes and reads.
+const stateVersion = 1
+
+// State is the JSON state file: what stapler knows of each certificate between runs.
+type State struct {
+	Version      int                   `json:"version"`
+	Certificates map[string]*CertState `json:"certificates"`
+}
+
+// CertState is the state of one certificate file, keyed by its path.
+type CertState struct {
+	Hash       string    `json:"hash"` // SHA-256 of the certificate file
+	Serial     string    `json:"serial"`
+	Issuer     string    `json:"issuer"`
+	NotBefore  time.Time `json:"not_before"`
+	NotAfter   time.Time `json:"not_after"`
+	Responder  string    `json:"responder,omitempty"` // empty: the certificate names no OCSP responder
+	StapleHash string    `json:"staple_hash,omitempty"`
+	Status     string    `json:"status,omitempty"` // of the staple on disk: good or revoked
+	ThisUpdate time.Time `json:"this_update,omitzero"`
+	NextUpdate time.Time `json:"next_update,omitzero"`
+	RevokedAt  time.Time `json:"revoked_at,omitzero"`
+	NextDue    time.Time `json:"next_due,omitzero"`
+	Failures   int       `json:"failures,omitempty"` // consecutive failed refreshes
+	LastError  string    `json:"last_error,omitempty"`
+	LastUpdate time.Time `json:"last_update,omitzero"` // last successful refresh
+}
+
+// loadState reads the state file. A missing file is an empty state. A file that does not parse
+// is moved aside to <path>.corrupt, logged, and replaced by an empty state: every staple is then
+// checked again, which is safe (a dry run, with moveAside false, only pretends). A file from a
+// newer stapler is an error and is left alone.
+func loadState(path string, moveAside bool) (*State, error) {
+	st := &State{Version: stateVersion, Certificates: map[string]*CertState{}}
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return st, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading state: %w", err)
+	}
+	var probe struct {
+		Version int `json:"version"`
+	}
+	if err := json.Unmarshal(data, &probe); err == nil && probe.Version > stateVersion {
+		return nil, fmt.Errorf("%s: written by a newer stapler (state version %d, this one reads %d)", path, probe.Version, stateVersion)
+	}
+	if err := json.Unmarshal(data, st); err != nil || st.Version != stateVersion {
+		if err == nil {
+			err = fmt.Errorf("version %d", st.Version)
+		}
+		aside := path + ".corrupt"
+		slog.Error("state file is unreadable; starting afresh", "file", path, "err", err, "kept_as", aside)
+		if !moveAside {
+			return &State{Version: stateVersion, Certificates: map[string]*CertState{}}, nil
+		}
+		if rerr := os.Rename(path, aside); rerr != nil {
+			return nil, fmt.Errorf("%s: unreadable (%v) and cannot be moved aside: %w", path, err, rerr)
+		}
+		return &State{Version: stateVersion, Certificates: map[string]*CertState{}}, nil
+	}
+	if st.Certificates == nil {
+		st.Certificates = map[string]*CertState{}
+	}
+	return st, nil
+}
+
+// save writes the state atomically, readable by its owner only.
+func (st *State) save(path string) error {
+	data, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("creating state directory: %w", err)
+	}
+	if _, err := writeFileAtomic(path, append(data, '\n'), 0o600); err != nil {
+		return fmt.Errorf("writing state %s: %w", path, err)
+	}
+	return nil
+}
+
+// lockState takes an exclusive lock on <path>.lock so that two runs never interleave, waiting
+// for a running one until ctx ends. The kernel drops the lock when the process dies, so a killed
+// run leaves no stale lock. unlock releases it.
+func lockState(ctx context.Context, path string) (unlock func(), err error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("creating state directory: %w", err)
+	}
+	name := path + ".lock"
+	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("opening lock: %w", err)
+	}
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	logged := false
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return func() { f.Close() }, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("locking %s: %w", name, err)
+		}
+		if !logged {
+			slog.Info("waiting for another stapler run to finish", "lock", name)
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("another stapler run holds %s: %w", name, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
