@@ -88,25 +88,26 @@ func defaultConfig() Config {
 	}
 }
 
-// loadConfigFile decodes path over cfg. Unknown keys are errors that give their line.
-func loadConfigFile(path string, cfg *Config) error {
+// loadConfigFile decodes path over cfg. A file that cannot be read or decoded is err; unknown
+// keys, each with its line, are unknown, and leave cfg usable for further checks.
+func loadConfigFile(path string, cfg *Config) (unknown, err error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return fmt.Errorf("reading config: %w", err)
+		return nil, fmt.Errorf("reading config: %w", err)
 	}
 	md, err := toml.Decode(string(data), cfg)
 	if err != nil {
 		var perr toml.ParseError
 		if errors.As(err, &perr) {
-			return fmt.Errorf("%s:%d: %s", path, perr.Position.Line, perr.Message)
+			return nil, fmt.Errorf("%s:%d: %s", path, perr.Position.Line, perr.Message)
 		}
-		return fmt.Errorf("%s: %w", path, err)
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	var errs []error
 	for _, key := range md.Undecoded() {
 		errs = append(errs, fmt.Errorf("%s:%d: unknown key %q", path, keyLine(data, key), key.String()))
 	}
-	return errors.Join(errs...)
+	return errors.Join(errs...), nil
 }
 
 // keyLine finds the line that defines key; BurntSushi/toml keeps key positions private.

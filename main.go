@@ -186,9 +186,14 @@ func runOptionsFrom(c *cli.Context) (runOptions, error) {
 			path = defaultConfigPath
 		}
 	}
+	var errs []error
 	if path != "" {
-		if err := loadConfigFile(path, &cfg); err != nil {
+		unknown, err := loadConfigFile(path, &cfg)
+		if err != nil {
 			return runOptions{}, usageError(err, "every key is described in stapler.example.toml")
+		}
+		if unknown != nil {
+			errs = append(errs, unknown)
 		}
 	}
 	if c.IsSet("dir") {
@@ -215,7 +220,6 @@ func runOptionsFrom(c *cli.Context) (runOptions, error) {
 		cfg.LogLevel = "debug"
 	}
 	opt := runOptions{Config: cfg, Force: c.Bool("force"), DryRun: c.Bool("dry-run")}
-	var errs []error
 	for _, arg := range c.Args().Slice() {
 		fi, err := os.Stat(arg)
 		switch {
@@ -278,4 +282,3 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	}
 	return slog.New(slog.NewTextHandler(w, opts)), nil
 }
-

@@ -138,6 +138,14 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 		case now.Before(it.st.NotBefore):
 			slog.Warn("skipping certificate that is not valid yet", "cert", path, "not_before", it.st.NotBefore)
 			sum.Skipped++
+		case it.reason == dueNotDue && it.st.Failures > 0 && !it.st.hasValidStaple(now):
+			// Backing off with nothing valid to staple: nothing asked, but not fine either.
+			slog.Error("no valid staple; backing off", "cert", path, "last_error", it.st.LastError, "failures", it.st.Failures, "retry_after", it.st.NextDue)
+			sum.Failed++
+		case it.reason == dueNotDue && it.st.Status == "revoked":
+			slog.Error("certificate is revoked", "cert", path, "revoked_at", it.st.RevokedAt, "serial", it.st.Serial)
+			sum.UpToDate++
+			sum.Revoked++
 		case it.reason == dueNotDue:
 			slog.Debug("staple is up to date", "cert", path, "next_due", it.st.NextDue)
 			sum.UpToDate++
@@ -337,6 +345,11 @@ func (it *item) refresh(ctx context.Context, f *fetcher, finder *issuerFinder, n
 	it.st.LastUpdate = now
 	it.der = der
 	return nil
+}
+
+// hasValidStaple reports whether the staple recorded as on disk is still worth stapling at now.
+func (st *CertState) hasValidStaple(now time.Time) bool {
+	return st.StapleHash != "" && st.NextUpdate.After(now.Add(minValidity))
 }
 
 // recordStaple notes a valid staple now on disk.

@@ -1,0 +1,119 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/rogpeppe/go-internal/testscript"
+	"golang.org/x/crypto/ocsp"
+)
+
+func TestMain(m *testing.M) {
+	testscript.Main(m, map[string]func(){
+		"stapler": func() {
+			// STAPLER_TEST_CLOCK moves this process's clock, as a duration such as 13h.
+			if s := os.Getenv("STAPLER_TEST_CLOCK"); s != "" {
+				d := must(time.ParseDuration(s))
+				testOnlyNow = func() time.Time { return time.Now().Add(d) }
+			}
+			os.Exit(stapler(os.Args, os.Stdout, os.Stderr))
+		},
+	})
+}
+
+// TestScripts runs the CLI scripts in testdata/script. Each starts with a fresh test PKI in
+// $WORK/pki and an OCSP responder for it at $RESPONDER:
+//   - site.pem: leaf, issuing CA and key, with an OCSP responder
+//   - leaf.pem: leaf and key only; its AIA caIssuers URL serves the CA
+//   - noocsp.pem: a certificate without an OCSP responder
+//   - expired.pem: an expired certificate with an OCSP responder
+//   - ca.pem: the CA
+//
+// Extra commands: `exit CODE COMMAND ARGS...` runs a command like exec and asserts its exit
+// status; `responder MODE` switches the responder's answers (see responderModes);
+// `requests N` asserts how many OCSP requests it answered since the last check;
+// `ocspstatus FILE STATUS` asserts the status in a DER OCSP response file.
+func TestScripts(t *testing.T) {
+	testscript.Run(t, testscript.Params{
+		Dir:   "testdata/script",
+		Setup: setupPKI,
+		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
+			"responder": func(ts *testscript.TestScript, neg bool, args []string) {
+				if neg || len(args) != 1 {
+					ts.Fatalf("usage: responder MODE")
+				}
+				ts.Value("responder").(*fakeResponder).setMode(args[0])
+			},
+			"exit": func(ts *testscript.TestScript, neg bool, args []string) {
+				if neg || len(args) < 2 {
+					ts.Fatalf("usage: exit CODE COMMAND [ARGS...]")
+				}
+				want := must(strconv.Atoi(args[0]))
+				err := ts.Exec(args[1], args[2:]...)
+				got := 0
+				if ee, ok := err.(*exec.ExitError); ok {
+					got = ee.ExitCode()
+				} else if err != nil {
+					ts.Fatalf("%v", err)
+				}
+				if got != want {
+					ts.Fatalf("%s exited with status %d, want %d", args[1], got, want)
+				}
+			},
+			"requests": func(ts *testscript.TestScript, neg bool, args []string) {
+				if neg || len(args) != 1 {
+					ts.Fatalf("usage: requests N")
+				}
+				want := must(strconv.Atoi(args[0]))
+				if got := ts.Value("responder").(*fakeResponder).requests.Swap(0); got != int64(want) {
+					ts.Fatalf("responder answered %d OCSP requests, want %d", got, want)
+				}
+			},
+			"ocspstatus": func(ts *testscript.TestScript, neg bool, args []string) {
+				if neg || len(args) != 2 {
+					ts.Fatalf("usage: ocspstatus FILE good|revoked|unknown")
+				}
+				der, err := os.ReadFile(ts.MkAbs(args[0]))
+				ts.Check(err)
+				resp, err := ocsp.ParseResponse(der, ts.Value("ca").(*testCA).Cert)
+				ts.Check(err)
+				if got := statusName(resp.Status); got != args[1] {
+					ts.Fatalf("%s: status %s, want %s", args[0], got, args[1])
+				}
+			},
+		},
+	})
+}
+
+func setupPKI(env *testscript.Env) error {
+	now := time.Now()
+	ca := newTestCA("Stapler Test CA", now)
+	r := startResponder(ca)
+	env.Defer(r.Close)
+	env.Values["responder"] = r
+	env.Values["ca"] = ca
+	env.Setenv("RESPONDER", r.URL())
+	env.Setenv("STAPLER_CONFIG", "")
+
+	dir := filepath.Join(env.WorkDir, "pki")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	leaf, key := ca.issue(leafSpec{Name: "site.test", OCSP: []string{r.URL()}}, now)
+	writeBundle(filepath.Join(dir, "site.pem"), leaf, key, ca.Cert)
+	leaf, key = ca.issue(leafSpec{Name: "leaf.test", OCSP: []string{r.URL()}, AIA: []string{r.URL() + "/ca.der"}}, now)
+	writeBundle(filepath.Join(dir, "leaf.pem"), leaf, key)
+	leaf, key = ca.issue(leafSpec{Name: "noocsp.test"}, now)
+	writeBundle(filepath.Join(dir, "noocsp.pem"), leaf, key, ca.Cert)
+	leaf, key = ca.issue(leafSpec{Name: "expired.test", OCSP: []string{r.URL()}, NotBefore: now.Add(-90 * 24 * time.Hour), NotAfter: now.Add(-time.Hour)}, now)
+	writeBundle(filepath.Join(dir, "expired.pem"), leaf, key, ca.Cert)
+	if err := os.WriteFile(filepath.Join(dir, "ca.pem"), certPEM(ca.Cert), 0o644); err != nil {
+		return fmt.Errorf("writing CA: %w", err)
+	}
+	return nil
+}
