@@ -71,7 +71,11 @@ func (f *fetcher) fetch(ctx context.Context, responder string, req []byte) ([]by
 	hreq.Header.Set("Accept", "application/ocsp-response")
 	resp, err := f.Client.Do(hreq)
 	if err != nil {
-		return nil, err
+		var uerr *url.Error
+		if errors.As(err, &uerr) {
+			err = uerr.Err // without the long GET URL
+		}
+		return nil, fmt.Errorf("asking responder %s: %w", responder, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {

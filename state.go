@@ -63,11 +63,12 @@ func loadState(path string, moveAside bool) (*State, error) {
 		if err == nil {
 			err = fmt.Errorf("version %d", st.Version)
 		}
-		aside := path + ".corrupt"
-		slog.Error("state file is unreadable; starting afresh", "file", path, "err", err, "kept_as", aside)
 		if !moveAside {
+			slog.Error("state file is unreadable; a real run would start afresh", "file", path, "err", err)
 			return &State{Version: stateVersion, Certificates: map[string]*CertState{}}, nil
 		}
+		aside := path + ".corrupt"
+		slog.Error("state file is unreadable; starting afresh", "file", path, "err", err, "kept_as", aside)
 		if rerr := os.Rename(path, aside); rerr != nil {
 			return nil, fmt.Errorf("%s: unreadable (%v) and cannot be moved aside: %w", path, err, rerr)
 		}

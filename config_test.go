@@ -1,0 +1,91 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestLoadConfigFile(t *testing.T) {
+	tests := []struct {
+		name, toml string
+		check      func(Config) bool
+		unknown    []string // each must appear in the unknown-keys error
+		err        string
+	}{
+		{"defaults kept", `jobs = 3`, func(c Config) bool {
+			return c.Jobs == 3 && c.Timeout == 10*time.Second && c.RenewAt == 0.5 && c.FetchIssuers
+		}, nil, ""},
+		{"durations and maps", "timeout = \"3s\"\nretry_max = \"2h\"\n[responder_override]\n\"http://a.test\" = \"http://b.test\"\n",
+			func(c Config) bool {
+				return c.Timeout == 3*time.Second && c.RetryMax == 2*time.Hour && c.ResponderOverride["http://a.test"] == "http://b.test"
+			}, nil, ""},
+		{"unknown keys with their lines", "jobs = 2\n\ncolour = \"red\"\n[extra]\nthing = 1\n", nil,
+			[]string{`:3: unknown key "colour"`, `:4: unknown key "extra"`, `:5: unknown key "extra.thing"`}, ""},
+		{"syntax error with its line", "jobs = 2\ndirs = [\n", nil, nil, ":2: "},
+		{"wrong type", `jobs = "many"`, nil, nil, "jobs"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "stapler.toml")
+			os.WriteFile(path, []byte(tt.toml), 0o644)
+			cfg := defaultConfig()
+			unknown, err := loadConfigFile(path, &cfg)
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) || !strings.Contains(err.Error(), path) {
+					t.Fatalf("got %v, want an error naming the file and containing %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, u := range tt.unknown {
+				if unknown == nil || !strings.Contains(unknown.Error(), path+u) {
+					t.Errorf("unknown keys error %v lacks %q", unknown, u)
+				}
+			}
+			if tt.unknown == nil && unknown != nil {
+				t.Errorf("unexpected unknown keys: %v", unknown)
+			}
+			if tt.check != nil && !tt.check(cfg) {
+				t.Errorf("decoded %+v", cfg)
+			}
+		})
+	}
+}
+
+func TestValidate(t *testing.T) {
+	dir := t.TempDir()
+	tests := []struct {
+		name   string
+		modify func(*Config)
+		err    string
+	}{
+		{"defaults", func(c *Config) {}, ""},
+		{"jobs", func(c *Config) { c.Jobs = 0 }, "jobs must be at least 1"},
+		{"renew_at", func(c *Config) { c.RenewAt = 1 }, "renew_at must be between 0 and 1"},
+		{"spread", func(c *Config) { c.RenewSpread = 0.6 }, "renew_spread must be"},
+		{"timeout", func(c *Config) { c.Timeout = 0 }, "timeout must be a positive duration"},
+		{"retry", func(c *Config) { c.RetryMax = time.Minute }, "retry_max (1m0s) must not be shorter"},
+		{"log_format", func(c *Config) { c.LogFormat = "xml" }, `log_format must be "text" or "json"`},
+		{"log_level", func(c *Config) { c.LogLevel = "loud" }, "log_level must be"},
+		{"exclude", func(c *Config) { c.Exclude = []string{"[z-a"} }, `exclude pattern "[z-a"`},
+		{"proxy", func(c *Config) { c.Proxy = "socks5://x" }, "proxy:"},
+		{"override", func(c *Config) { c.ResponderOverride = map[string]string{"http://a": "ftp://b"} }, `responder_override "http://a"`},
+		{"missing dir", func(c *Config) { c.Dirs = []string{filepath.Join(dir, "nope")} }, "nope: no such file or directory"},
+		{"file as dir", func(c *Config) { c.IssuerDirs = []string{filepath.Join(dir, "f")} }, "is not a directory"},
+	}
+	os.WriteFile(filepath.Join(dir, "f"), nil, 0o644)
+	for _, tt := range tests {
+		cfg := defaultConfig()
+		cfg.Dirs = []string{dir}
+		tt.modify(&cfg)
+		err := cfg.validate()
+		if tt.err == "" && err != nil || tt.err != "" && (err == nil || !strings.Contains(err.Error(), tt.err)) {
+			t.Errorf("%s: got %v, want %q", tt.name, err, tt.err)
+		}
+	}
+}

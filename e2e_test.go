@@ -1,0 +1,168 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"testing"
+	"time"
+)
+
+// runStapler runs the built command (put on PATH by TestMain) and returns its exit status
+// and standard error.
+func runStapler(t *testing.T, args ...string) (int, string) {
+	t.Helper()
+	cmd := exec.Command("stapler", args...)
+	cmd.Env = append(os.Environ(), "STAPLER_CONFIG=")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode(), stderr.String()
+	} else if err != nil {
+		t.Fatalf("running stapler: %v", err)
+	}
+	return 0, stderr.String()
+}
+
+func readState(t *testing.T, path string) *State {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st State
+	if err := json.Unmarshal(data, &st); err != nil {
+		t.Fatalf("state file does not parse: %v\n%s", err, data)
+	}
+	return &st
+}
+
+// TestRunFailureKeepsStaple: whatever goes wrong with the responder, the run exits 1 with a
+// message naming the certificate and the cause, the last good staple stays byte-identical, the
+// state records the failure, and the next run, backing off, asks nobody.
+func TestRunFailureKeepsStaple(t *testing.T) {
+	tests := []struct {
+		mode string
+		want string // in the error message
+	}{
+		{"unknown", `status is unknown`},
+		{"tryLater", `responder answered \\"tryLater\\"`},
+		{"internalError", `responder answered \\"internalError\\"`},
+		{"unauthorized", `responder answered \\"unauthorized\\"`},
+		{"http500", `answered HTTP 500 Internal Server Error`},
+		{"garbage", `invalid OCSP response`},
+		{"empty", `invalid OCSP response`},
+		{"wrongSerial", `response is for serial [0-9a-f]+, not this certificate's`},
+		{"stranger", `bad OCSP signature`},
+		{"expired", `response expires at .*, too soon to staple`},
+		{"tooShort", `too soon to staple`},
+		{"noNextUpdate", `no nextUpdate`},
+		{"future", `thisUpdate .* lies in the future`},
+		{"sha256", `not SHA-1: HAProxy 2.6 matches SHA-1 CertIDs only`},
+		{"delegatedNoEKU", `lacks id-kp-OCSPSigning`},
+		{"delegatedExpired", `bad OCSP signature|valid only from`},
+		{"down", `connect: connection refused`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.mode, func(t *testing.T) {
+			now := time.Now()
+			ca := newTestCA("Failure Test CA", now)
+			r := startResponder(ca)
+			defer r.Close()
+			dir := t.TempDir()
+			certs := filepath.Join(dir, "certs")
+			os.Mkdir(certs, 0o755)
+			site := filepath.Join(certs, "site.pem")
+			leaf, key := ca.issue(leafSpec{Name: "site.test", OCSP: []string{r.URL()}}, now)
+			writeBundle(site, leaf, key, ca.Cert)
+			state := filepath.Join(dir, "state.json")
+			args := []string{"run", "--dir", certs, "--state", state}
+
+			if code, stderr := runStapler(t, args...); code != 0 {
+				t.Fatalf("first run: exit %d\n%s", code, stderr)
+			}
+			good, err := os.ReadFile(site + ".ocsp")
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			r.setMode(tt.mode)
+			code, stderr := runStapler(t, append(args, "--force")...)
+			if code != 1 {
+				t.Errorf("failed run: exit %d, want 1\n%s", code, stderr)
+			}
+			re := regexp.MustCompile(`level=ERROR msg="refresh failed" cert=` + regexp.QuoteMeta(site) + ` err="[^\n]*` + tt.want)
+			if !re.MatchString(stderr) {
+				t.Errorf("stderr does not match %s:\n%s", re, stderr)
+			}
+			if got, _ := os.ReadFile(site + ".ocsp"); !bytes.Equal(got, good) {
+				t.Errorf("staple changed after a failed refresh")
+			}
+			st := readState(t, state).Certificates[site]
+			if st == nil || st.Failures != 1 || st.LastError == "" || st.StapleHash != hashBytes(good) {
+				t.Errorf("state after failure = %+v, want 1 failure, an error and the old staple", st)
+			}
+			if leftovers, _ := filepath.Glob(filepath.Join(certs, ".*")); len(leftovers) > 0 {
+				t.Errorf("temporary files left behind: %v", leftovers)
+			}
+
+			// Backing off: the next run asks nobody and, with a valid staple still on disk,
+			// exits 0.
+			r.requests.Store(0)
+			if code, stderr := runStapler(t, args...); code != 0 || r.requests.Load() != 0 {
+				t.Errorf("run while backing off: exit %d, %d requests, want 0 and 0\n%s", code, r.requests.Load(), stderr)
+			}
+		})
+	}
+}
+
+// TestRunAcceptsDelegatedResponder: a response signed by a responder certificate that the
+// issuer issued for OCSP signing is stapled.
+func TestRunAcceptsDelegatedResponder(t *testing.T) {
+	now := time.Now()
+	ca := newTestCA("Delegated Test CA", now)
+	r := startResponder(ca)
+	defer r.Close()
+	r.setMode("delegated")
+	dir := t.TempDir()
+	site := filepath.Join(dir, "site.pem")
+	leaf, key := ca.issue(leafSpec{Name: "site.test", OCSP: []string{r.URL()}}, now)
+	writeBundle(site, leaf, key, ca.Cert)
+	if code, stderr := runStapler(t, "run", "--state", filepath.Join(dir, "state.json"), site); code != 0 {
+		t.Fatalf("exit %d\n%s", code, stderr)
+	}
+	if _, err := os.Stat(site + ".ocsp"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRunReusesConnections: many certificates from one responder share the keep-alive
+// connections of --jobs workers instead of opening one each.
+func TestRunReusesConnections(t *testing.T) {
+	now := time.Now()
+	ca := newTestCA("Fleet Test CA", now)
+	r := startResponder(ca)
+	defer r.Close()
+	dir := t.TempDir()
+	certs := filepath.Join(dir, "certs")
+	os.Mkdir(certs, 0o755)
+	const n, jobs = 60, 4
+	for i := range n {
+		leaf, key := ca.issue(leafSpec{Name: "site.test", OCSP: []string{r.URL()}}, now)
+		writeBundle(filepath.Join(certs, "site"+string(rune('a'+i/26))+string(rune('a'+i%26))+".pem"), leaf, key, ca.Cert)
+	}
+	code, stderr := runStapler(t, "run", "--dir", certs, "--state", filepath.Join(dir, "state.json"), "--jobs", "4")
+	if code != 0 {
+		t.Fatalf("exit %d\n%s", code, stderr)
+	}
+	if got := r.requests.Load(); got != n {
+		t.Errorf("%d requests, want %d", got, n)
+	}
+	if got := r.conns.Load(); got > jobs {
+		t.Errorf("%d connections for %d requests, want at most %d (--jobs)", got, n, jobs)
+	}
+}

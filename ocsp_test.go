@@ -1,0 +1,134 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ocsp"
+)
+
+func TestValidateResponse(t *testing.T) {
+	now := time.Now()
+	ca := newTestCA("Validation CA", now)
+	other := newTestCA("Other CA", now)
+	leaf, _ := ca.issue(leafSpec{Name: "site.test", OCSP: []string{"http://ocsp.test"}}, now)
+	req := must(newRequest(leaf, ca.Cert))
+	r := &fakeResponder{ca: ca, stranger: other}
+	this, next := now.Add(-time.Hour), now.Add(24*time.Hour)
+
+	tests := []struct {
+		name   string
+		der    []byte
+		issuer *x509.Certificate
+		status int
+		err    string // empty: valid
+	}{
+		{"good", r.answer("good", leaf.SerialNumber, now), ca.Cert, ocsp.Good, ""},
+		{"revoked is valid", r.answer("revoked", leaf.SerialNumber, now), ca.Cert, ocsp.Revoked, ""},
+		{"delegated responder", r.answer("delegated", leaf.SerialNumber, now), ca.Cert, ocsp.Good, ""},
+		{"unknown", r.answer("unknown", leaf.SerialNumber, now), ca.Cert, 0, "status is unknown"},
+		{"tryLater", r.answer("tryLater", leaf.SerialNumber, now), ca.Cert, 0, `responder answered "tryLater"`},
+		{"malformedRequest", ocsp.MalformedRequestErrorResponse, ca.Cert, 0, `responder answered "malformedRequest"`},
+		{"garbage", []byte("garbage"), ca.Cert, 0, "invalid OCSP response"},
+		{"trailing data", append(r.answer("good", leaf.SerialNumber, now), 0), ca.Cert, 0, "invalid OCSP response"},
+		{"wrong serial", r.answer("wrongSerial", leaf.SerialNumber, now), ca.Cert, 0, "response is for serial"},
+		{"signed by a stranger", r.answer("stranger", leaf.SerialNumber, now), ca.Cert, 0, "bad OCSP signature"},
+		{"another issuer", other.respond(leaf.SerialNumber, ocsp.Good, this, next, nil, nil), other.Cert, 0, "names another issuer"},
+		{"SHA-256 CertID", r.answer("sha256", leaf.SerialNumber, now), ca.Cert, 0, "not SHA-1"},
+		{"delegate without OCSPSigning", r.answer("delegatedNoEKU", leaf.SerialNumber, now), ca.Cert, 0, "lacks id-kp-OCSPSigning"},
+		{"delegate expired", r.answer("delegatedExpired", leaf.SerialNumber, now), ca.Cert, 0, "valid only from"},
+		{"expired", r.answer("expired", leaf.SerialNumber, now), ca.Cert, 0, "too soon to staple"},
+		{"inside HAProxy's margin", ca.respond(leaf.SerialNumber, ocsp.Good, this, now.Add(haproxyMargin+time.Minute), nil, nil), ca.Cert, 0, "too soon to staple"},
+		{"just enough left", ca.respond(leaf.SerialNumber, ocsp.Good, this, now.Add(minValidity+time.Minute), nil, nil), ca.Cert, ocsp.Good, ""},
+		{"no nextUpdate", r.answer("noNextUpdate", leaf.SerialNumber, now), ca.Cert, 0, "no nextUpdate"},
+		{"thisUpdate in the future", r.answer("future", leaf.SerialNumber, now), ca.Cert, 0, "lies in the future"},
+		{"thisUpdate within skew", ca.respond(leaf.SerialNumber, ocsp.Good, now.Add(clockSkew-time.Minute), next, nil, nil), ca.Cert, ocsp.Good, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, err := validateResponse(tt.der, req, leaf, tt.issuer, now)
+			switch {
+			case tt.err == "" && err != nil:
+				t.Fatalf("got error %v, want valid", err)
+			case tt.err != "" && (err == nil || !strings.Contains(err.Error(), tt.err)):
+				t.Fatalf("got error %v, want one containing %q", err, tt.err)
+			case tt.err == "" && resp.Status != tt.status:
+				t.Fatalf("status %d, want %d", resp.Status, tt.status)
+			}
+		})
+	}
+}
+
+func TestCertIDMismatchNullParameters(t *testing.T) {
+	now := time.Now()
+	ca := newTestCA("CertID CA", now)
+	leaf, _ := ca.issue(leafSpec{Name: "site.test"}, now)
+	want := must(requestCertID(must(newRequest(leaf, ca.Cert))))
+	// The same CertID without the NULL parameters of the SHA-1 AlgorithmIdentifier.
+	stripped := bytes.Replace(want, []byte{0x30, 0x09, 0x06, 0x05, 0x2b, 0x0e, 0x03, 0x02, 0x1a, 0x05, 0x00}, []byte{0x30, 0x07, 0x06, 0x05, 0x2b, 0x0e, 0x03, 0x02, 0x1a}, 1)
+	stripped[1] -= 2
+	if bytes.Equal(stripped, want) {
+		t.Fatal("test did not strip the parameters")
+	}
+	err := certIDMismatch(stripped, want)
+	if err == nil || !strings.Contains(err.Error(), "lacks the SHA-1 NULL parameters") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestFetchMethod(t *testing.T) {
+	var method, body, contentType string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		method, contentType = r.Method, r.Header.Get("Content-Type")
+		b, _ := io.ReadAll(r.Body)
+		body = string(b)
+		switch r.URL.Query().Get("x") {
+		case "404":
+			http.NotFound(w, r)
+		case "big":
+			w.Write(bytes.Repeat([]byte("x"), 5000))
+		default:
+			w.Write([]byte("answer"))
+		}
+	}))
+	defer srv.Close()
+	f := &fetcher{Client: srv.Client(), MaxBytes: 4096, Override: map[string]string{"http://ocsp.example.com": srv.URL}}
+	tests := []struct {
+		name, responder string
+		req             []byte
+		method, err     string
+	}{
+		{"short request by GET", srv.URL, bytes.Repeat([]byte{1}, 100), "GET", ""},
+		{"long request by POST", srv.URL, bytes.Repeat([]byte{1}, 300), "POST", ""},
+		{"override", "http://ocsp.example.com", bytes.Repeat([]byte{1}, 100), "GET", ""},
+		{"HTTP status", srv.URL + "/?x=404", bytes.Repeat([]byte{1}, 300), "POST", "answered HTTP 404"},
+		{"size cap", srv.URL + "/?x=big", bytes.Repeat([]byte{1}, 300), "POST", "more than 4096 bytes"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := f.fetch(context.Background(), tt.responder, tt.req)
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("got %v, want error containing %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil || string(got) != "answer" {
+				t.Fatalf("got %q, %v", got, err)
+			}
+			if method != tt.method {
+				t.Errorf("method %s, want %s", method, tt.method)
+			}
+			if method == "POST" && (body != string(tt.req) || contentType != "application/ocsp-request") {
+				t.Errorf("POST body %d bytes, content type %q", len(body), contentType)
+			}
+		})
+	}
+}

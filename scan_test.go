@@ -1,0 +1,176 @@
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestScan(t *testing.T) {
+	dir := t.TempDir()
+	files := []string{"site.pem", "site.pem.ocsp", "site.pem.issuer", "site.pem.key", "site.pem.sctl",
+		"bundle.pem.rsa", "bundle.pem.ecdsa", ".hidden.pem", "notes.txt", "old.pem.bak",
+		"sub/deep.pem", "sub/skip.bak", ".git/config"}
+	for _, f := range files {
+		p := filepath.Join(dir, f)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		os.WriteFile(p, []byte("x"), 0o644)
+	}
+	os.Symlink("site.pem", filepath.Join(dir, "link.pem"))
+	os.Symlink("nowhere.pem", filepath.Join(dir, "dangling.pem"))
+	os.Symlink("sub", filepath.Join(dir, "dirlink"))
+	single := filepath.Join(t.TempDir(), "single.pem")
+	os.WriteFile(single, []byte("x"), 0o644)
+
+	tests := []struct {
+		name string
+		spec scanSpec
+		want []string
+	}{
+		{"like HAProxy's crt /dir/", scanSpec{Dirs: []string{dir}},
+			[]string{"bundle.pem.ecdsa", "bundle.pem.rsa", "link.pem", "notes.txt", "old.pem.bak", "site.pem"}},
+		{"exclude", scanSpec{Dirs: []string{dir}, Exclude: []string{"*.bak", "notes.*"}},
+			[]string{"bundle.pem.ecdsa", "bundle.pem.rsa", "link.pem", "site.pem"}},
+		{"recursive", scanSpec{Dirs: []string{dir}, Recursive: true, Exclude: []string{"*.bak", "notes.*"}},
+			[]string{"bundle.pem.ecdsa", "bundle.pem.rsa", "link.pem", "site.pem", "sub/deep.pem"}},
+		{"exclude by relative path", scanSpec{Dirs: []string{dir}, Recursive: true, Exclude: []string{"sub/*", "*.bak", "notes.*"}},
+			[]string{"bundle.pem.ecdsa", "bundle.pem.rsa", "link.pem", "site.pem"}},
+		{"files and duplicates", scanSpec{Dirs: []string{dir}, Files: []string{single, filepath.Join(dir, "site.pem")}, Exclude: []string{"*.bak", "notes.*", "bundle*"}},
+			[]string{"link.pem", "site.pem", single}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := scan(tt.spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var want []string
+			for _, w := range tt.want {
+				if !filepath.IsAbs(w) {
+					w = filepath.Join(dir, w)
+				}
+				want = append(want, w)
+			}
+			slices.Sort(want)
+			if !slices.Equal(got, want) {
+				t.Errorf("got  %q\nwant %q", got, want)
+			}
+		})
+	}
+	if _, err := scan(scanSpec{Dirs: []string{filepath.Join(dir, "missing")}}); err == nil || !strings.Contains(err.Error(), "missing") {
+		t.Errorf("missing directory: got %v, want an error naming it", err)
+	}
+}
+
+func TestParseBundle(t *testing.T) {
+	now := time.Now()
+	ca := newTestCA("Bundle CA", now)
+	leaf, key := ca.issue(leafSpec{Name: "a.test"}, now)
+	tests := []struct {
+		name  string
+		data  []byte
+		first string
+		err   error
+	}{
+		{"leaf, chain, key", append(certPEM(leaf, ca.Cert), keyPEM(key)...), "a.test", nil},
+		{"key first", append(keyPEM(key), certPEM(leaf, ca.Cert)...), "a.test", nil},
+		{"key only", keyPEM(key), "", errNotCertificate},
+		{"empty", nil, "", errNotCertificate},
+		{"DER, not PEM", leaf.Raw, "", errNotCertificate},
+	}
+	for _, tt := range tests {
+		certs, err := parseBundle(tt.data)
+		if !errors.Is(err, tt.err) {
+			t.Errorf("%s: error %v, want %v", tt.name, err, tt.err)
+			continue
+		}
+		if tt.first != "" && certs[0].Subject.CommonName != tt.first {
+			t.Errorf("%s: first certificate %s", tt.name, certs[0].Subject.CommonName)
+		}
+	}
+	bad := []byte("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+	if _, err := parseBundle(bad); err == nil || errors.Is(err, errNotCertificate) {
+		t.Errorf("broken certificate block: got %v, want a parse error", err)
+	}
+}
+
+// TestFindIssuer: the issuer is the certificate that signed the leaf, looked for in the
+// bundle, then <cert>.issuer, then issuer_dirs, then AIA, and never chosen by position.
+func TestFindIssuer(t *testing.T) {
+	now := time.Now()
+	ca := newTestCA("Real CA", now)
+	decoy := newTestCA("Real CA", now) // same name, other key
+	aiaHits := 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		aiaHits++
+		w.Write(ca.Cert.Raw)
+	}))
+	defer srv.Close()
+	leaf, _ := ca.issue(leafSpec{Name: "a.test", AIA: []string{srv.URL + "/ca.der"}}, now)
+	noAIA, _ := ca.issue(leafSpec{Name: "b.test"}, now)
+
+	issuerDir := t.TempDir()
+	os.WriteFile(filepath.Join(issuerDir, "decoy.pem"), certPEM(decoy.Cert), 0o644)
+	os.WriteFile(filepath.Join(issuerDir, "ca.pem"), certPEM(ca.Cert), 0o644)
+
+	tests := []struct {
+		name       string
+		bundle     []*x509.Certificate
+		issuerFile []byte
+		dirs       []string
+		fetch      bool
+		want       issuerSource
+		err        error
+	}{
+		{"in the bundle, after a decoy", []*x509.Certificate{leaf, decoy.Cert, ca.Cert}, nil, nil, false, issuerInBundle, nil},
+		{".issuer file", []*x509.Certificate{leaf}, certPEM(ca.Cert), nil, false, issuerFromFile, nil},
+		{"wrong .issuer, found in issuer_dirs", []*x509.Certificate{leaf}, certPEM(decoy.Cert), []string{issuerDir}, false, issuerFromDir, nil},
+		{"AIA", []*x509.Certificate{leaf}, nil, nil, true, issuerFromAIA, nil},
+		{"nowhere", []*x509.Certificate{noAIA}, certPEM(decoy.Cert), nil, true, 0, errIssuerNotFound},
+		{"AIA not allowed", []*x509.Certificate{leaf}, nil, nil, false, 0, errIssuerNotFound},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "site.pem")
+			if tt.issuerFile != nil {
+				os.WriteFile(path+".issuer", tt.issuerFile, 0o644)
+			}
+			f := &issuerFinder{Dirs: tt.dirs, CacheDir: filepath.Join(dir, "cache"), MaxBytes: 1 << 16}
+			if tt.fetch {
+				f.Client = srv.Client()
+			}
+			got, src, err := f.find(context.Background(), path, tt.bundle)
+			if !errors.Is(err, tt.err) {
+				t.Fatalf("error %v, want %v", err, tt.err)
+			}
+			if err != nil {
+				return
+			}
+			if src != tt.want || !got.Equal(ca.Cert) {
+				t.Fatalf("found %q from %v, want the real CA from %v", got.Subject, src, tt.want)
+			}
+		})
+	}
+
+	// A fetched issuer is cached: the next finder does not fetch it again.
+	cache := filepath.Join(t.TempDir(), "cache")
+	aiaHits = 0
+	for range 2 {
+		f := &issuerFinder{CacheDir: cache, Client: srv.Client(), MaxBytes: 1 << 16}
+		if _, src, err := f.find(context.Background(), filepath.Join(t.TempDir(), "x.pem"), []*x509.Certificate{leaf}); err != nil || src != issuerFromAIA {
+			t.Fatalf("find: %v from %v", err, src)
+		}
+	}
+	if aiaHits != 1 {
+		t.Errorf("AIA URL fetched %d times, want 1", aiaHits)
+	}
+}
