@@ -223,6 +223,8 @@ func runOptionsFrom(c *cli.Context) (runOptions, error) {
 	for _, arg := range c.Args().Slice() {
 		fi, err := os.Stat(arg)
 		switch {
+		case err != nil && strings.HasPrefix(arg, "-"):
+			errs = append(errs, fmt.Errorf("%s comes after a certificate file; flags go before them", arg))
 		case err != nil:
 			errs = append(errs, err)
 		case !fi.Mode().IsRegular():

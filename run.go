@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -74,7 +75,9 @@ type item struct {
 	bundle []*x509.Certificate
 	reason string // why it is due
 	err    error
-	der    []byte // a new staple, to push
+	staple []byte   // the staple on disk when the run began
+	der    []byte   // the staple to push
+	pushTo []string // the sockets to push it to
 }
 
 // run does the whole job once: scan, decide, fetch, validate, write, push, record.
@@ -110,7 +113,7 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 	}
 	pol := policy{RenewAt: opt.RenewAt, Spread: opt.RenewSpread, RetryBase: opt.RetryBase, RetryMax: opt.RetryMax}
 
-	var due []*item
+	var due, pushes []*item
 	seen := map[string]bool{}
 	for _, path := range paths {
 		it := &item{path: path, old: state.Certificates[path]}
@@ -142,13 +145,20 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 			// Backing off with nothing valid to staple: nothing asked, but not fine either.
 			slog.Error("no valid staple; backing off", "cert", path, "last_error", it.st.LastError, "failures", it.st.Failures, "retry_after", it.st.NextDue)
 			sum.Failed++
-		case it.reason == dueNotDue && it.st.Status == "revoked":
-			slog.Error("certificate is revoked", "cert", path, "revoked_at", it.st.RevokedAt, "serial", it.st.Serial)
-			sum.UpToDate++
-			sum.Revoked++
 		case it.reason == dueNotDue:
-			slog.Debug("staple is up to date", "cert", path, "next_due", it.st.NextDue)
+			if it.st.Status == "revoked" {
+				slog.Error("certificate is revoked", "cert", path, "revoked_at", it.st.RevokedAt, "serial", it.st.Serial)
+				sum.Revoked++
+			} else {
+				slog.Debug("staple is up to date", "cert", path, "next_due", it.st.NextDue)
+			}
 			sum.UpToDate++
+			// A push that failed in an earlier run is tried again with the staple on disk.
+			it.pushTo = slices.DeleteFunc(it.st.PendingPush, func(s string) bool { return !slices.Contains(opt.Sockets, s) })
+			if len(it.pushTo) > 0 && !opt.DryRun {
+				it.der = it.staple
+				pushes = append(pushes, it)
+			}
 		case opt.DryRun:
 			slog.Info("would refresh staple", "cert", path, "reason", it.reason, "responder", it.st.Responder)
 			sum.Due++
@@ -198,14 +208,11 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 		} else {
 			slog.Info("updated staple", "cert", it.path, "reason", it.reason, "next_update", it.st.NextUpdate, "next_due", it.st.NextDue)
 		}
-		for _, sock := range opt.Sockets {
-			if err := pushStaple(ctx, sock, it.der, opt.SocketTimeout); err != nil {
-				slog.Error("push failed", "cert", it.path, "socket", sock, "err", err)
-				sum.PushFailed++
-			} else {
-				slog.Debug("pushed staple", "cert", it.path, "socket", sock)
-			}
-		}
+		it.pushTo = opt.Sockets
+		pushes = append(pushes, it)
+	}
+	for _, it := range pushes {
+		sum.PushFailed += it.push(ctx, opt.SocketTimeout)
 	}
 
 	if len(opt.Only) == 0 {
@@ -254,6 +261,7 @@ func (it *item) check(ctx context.Context, finder *issuerFinder, pol policy, now
 	staple, err := os.ReadFile(stapleName(it.path))
 	stapleHash := stapleMissing
 	if err == nil {
+		it.staple = staple
 		stapleHash = hashBytes(staple)
 	}
 	it.reason = dueReason(now, it.old, hash, stapleHash, force)
@@ -345,6 +353,22 @@ func (it *item) refresh(ctx context.Context, f *fetcher, finder *issuerFinder, n
 	it.st.LastUpdate = now
 	it.der = der
 	return nil
+}
+
+// push hands the item's staple to every socket in pushTo. Sockets that did not take it are
+// recorded, to be tried again by the next run; it returns how many.
+func (it *item) push(ctx context.Context, timeout time.Duration) (failed int) {
+	it.st.PendingPush = nil
+	for _, sock := range it.pushTo {
+		if err := pushStaple(ctx, sock, it.der, timeout); err != nil {
+			slog.Error("push failed", "cert", it.path, "socket", sock, "err", err)
+			it.st.PendingPush = append(it.st.PendingPush, sock)
+			failed++
+		} else {
+			slog.Debug("pushed staple", "cert", it.path, "socket", sock)
+		}
+	}
+	return failed
 }
 
 // hasValidStaple reports whether the staple recorded as on disk is still worth stapling at now.

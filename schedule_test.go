@@ -64,7 +64,7 @@ func TestAfterFailure(t *testing.T) {
 		{7, far, 320 * time.Minute},
 		{8, far, 6 * time.Hour}, // RetryMax
 		{1000, far, 6 * time.Hour},
-		{1, time.Time{}, 5 * time.Minute},         // no staple at all
+		{1, time.Time{}, 5 * time.Minute},          // no staple at all
 		{8, now.Add(3 * time.Hour), 2 * time.Hour}, // never past the urgent point
 		{8, now.Add(30 * time.Minute), -30 * time.Minute},
 	}

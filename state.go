@@ -38,6 +38,8 @@ type CertState struct {
 	Failures   int       `json:"failures,omitempty"` // consecutive failed refreshes
 	LastError  string    `json:"last_error,omitempty"`
 	LastUpdate time.Time `json:"last_update,omitzero"` // last successful refresh
+	// PendingPush lists the HAProxy sockets that did not take the staple on disk.
+	PendingPush []string `json:"pending_push,omitempty"`
 }
 
 // loadState reads the state file. A missing file is an empty state. A file that does not parse

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -17,7 +18,7 @@ func TestStateRoundTrip(t *testing.T) {
 	}
 	now := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
 	st.Certificates["/c/site.pem"] = &CertState{Hash: "h", Serial: "1f", Responder: "http://ocsp.test", Status: "good",
-		ThisUpdate: now, NextUpdate: now.Add(time.Hour), NextDue: now, Failures: 2, LastError: "boom"}
+		ThisUpdate: now, NextUpdate: now.Add(time.Hour), NextDue: now, Failures: 2, LastError: "boom", PendingPush: []string{"/run/haproxy.sock"}}
 	if err := st.save(path); err != nil {
 		t.Fatal(err)
 	}
@@ -30,7 +31,7 @@ func TestStateRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := back.Certificates["/c/site.pem"]
-	if got == nil || *got != *st.Certificates["/c/site.pem"] {
+	if got == nil || !reflect.DeepEqual(got, st.Certificates["/c/site.pem"]) {
 		t.Fatalf("got %+v, want %+v", got, st.Certificates["/c/site.pem"])
 	}
 }
