@@ -3,6 +3,8 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -87,5 +89,33 @@ func TestValidate(t *testing.T) {
 		if tt.err == "" && err != nil || tt.err != "" && (err == nil || !strings.Contains(err.Error(), tt.err)) {
 			t.Errorf("%s: got %v, want %q", tt.name, err, tt.err)
 		}
+	}
+}
+
+// TestExampleConfig: stapler.example.toml decodes cleanly, sets every key the Config struct
+// has, and states the defaults that defaultConfig applies.
+func TestExampleConfig(t *testing.T) {
+	cfg := Config{}
+	unknown, err := loadConfigFile("stapler.example.toml", &cfg)
+	if err != nil || unknown != nil {
+		t.Fatalf("%v %v", err, unknown)
+	}
+	data, _ := os.ReadFile("stapler.example.toml")
+	typ := reflect.TypeOf(cfg)
+	for i := range typ.NumField() {
+		key := typ.Field(i).Tag.Get("toml")
+		if !regexp.MustCompile(`(?m)^(` + key + ` = |\[` + key + `\])`).Match(data) {
+			t.Errorf("stapler.example.toml does not document %q", key)
+		}
+	}
+	want := defaultConfig()
+	want.Dirs = []string{"/etc/haproxy/certs"}
+	want.Files = []string{}
+	want.Exclude = []string{"*.bak", "*~"}
+	want.IssuerDirs = []string{}
+	want.Sockets = []string{"/run/haproxy/admin.sock"}
+	cfg.ResponderOverride = nil
+	if !reflect.DeepEqual(cfg, want) {
+		t.Errorf("example values differ from the defaults:\n got %+v\nwant %+v", cfg, want)
 	}
 }

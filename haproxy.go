@@ -16,6 +16,8 @@ const (
 	maxCommandLine = 15360
 	// replyUpdated is HAProxy's answer to a successful `set ssl ocsp-response`.
 	replyUpdated = "OCSP Response updated!"
+	// replyNoSlot: HAProxy has no OCSP slot whose CertID matches the staple.
+	replyNoSlot = "OCSP single response: Certificate ID does not match any certificate or issuer."
 )
 
 // socketNetwork tells a unix socket path from a TCP host:port.
@@ -41,10 +43,13 @@ func pushStaple(ctx context.Context, addr string, der []byte, timeout time.Durat
 	if err != nil {
 		return err
 	}
-	if reply != replyUpdated {
-		return fmt.Errorf("HAProxy at %s answered %q", addr, reply)
+	switch reply {
+	case replyUpdated:
+		return nil
+	case replyNoSlot:
+		return fmt.Errorf("HAProxy at %s answered %q: it loaded this certificate without a .ocsp file (HAProxy 2.6 makes no OCSP slot then) or holds an older certificate; reload HAProxy once so that it reads the staple", addr, reply)
 	}
-	return nil
+	return fmt.Errorf("HAProxy at %s answered %q", addr, reply)
 }
 
 // haproxyCommand sends one command line in HAProxy's non-interactive mode, where HAProxy

@@ -82,7 +82,7 @@ func (h *fakeHAProxy) takeCommands() []string {
 func TestPushStaple(t *testing.T) {
 	h := startFakeHAProxy(t)
 	der := []byte("a staple")
-	noSlot := "OCSP single response: Certificate ID does not match any certificate or issuer."
+	noSlot := replyNoSlot
 	tests := []struct {
 		name   string
 		addr   string
