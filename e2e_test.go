@@ -16,7 +16,7 @@ import (
 func runStapler(t *testing.T, args ...string) (int, string) {
 	t.Helper()
 	cmd := exec.Command("stapler", args...)
-	cmd.Env = append(os.Environ(), "STAPLER_CONFIG=")
+	cmd.Env = append(os.Environ(), "STAPLER_CONFIG=", "STAPLER_TEST_CLOCK=")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	err := cmd.Run()

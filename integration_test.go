@@ -79,7 +79,7 @@ func TestHAProxyOpenSSL(t *testing.T) {
 
 	// 1. Before HAProxy starts: stapler writes both staples and the issuer HAProxy could not
 	// find on its own.
-	if code, stderr := hapRunStapler(t, "run", "--config", cfgNoSocket); code != 0 {
+	if code, stderr := runStapler(t, "run", "--config", cfgNoSocket); code != 0 {
 		t.Fatalf("first stapler run exited with status %d:\n%s", code, stderr)
 	}
 	if got := r.requests.Swap(0); got != 2 {
@@ -145,7 +145,7 @@ frontend fe
 	})
 
 	// 4. A forced refresh while HAProxy runs: new files, pushed over the runtime API.
-	if code, stderr := hapRunStapler(t, "run", "--force", "--config", cfg); code != 0 {
+	if code, stderr := runStapler(t, "run", "--force", "--config", cfg); code != 0 {
 		t.Fatalf("forced stapler run exited with status %d:\n%s", code, stderr)
 	}
 	if got := r.requests.Swap(0); got != 2 {
@@ -327,24 +327,6 @@ func hapStaple(t *testing.T, port int, name string, ca *x509.Certificate) []byte
 		t.Fatalf("HAProxy stapled nothing for %s", name)
 	}
 	return st.OCSPResponse
-}
-
-// hapRunStapler runs the stapler command (put on PATH by TestMain) and returns its exit status
-// and standard error.
-func hapRunStapler(t *testing.T, args ...string) (int, string) {
-	t.Helper()
-	cmd := exec.Command("stapler", args...)
-	cmd.Env = append(os.Environ(), "STAPLER_CONFIG=", "STAPLER_TEST_CLOCK=")
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	err := cmd.Run()
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.ExitCode(), stderr.String()
-	} else if err != nil {
-		t.Fatalf("running stapler: %v", err)
-	}
-	return 0, stderr.String()
 }
 
 // hapWaitFor polls check until it returns nil, failing the test with its last error after

@@ -32,11 +32,12 @@ func TestMain(m *testing.M) {
 //   - leaf.pem: leaf and key only; its AIA caIssuers URL serves the CA
 //   - noocsp.pem: a certificate without an OCSP responder
 //   - expired.pem: an expired certificate with an OCSP responder
+//   - elsewhere.pem: a certificate whose responder, http://ocsp.stapler.invalid, does not exist
 //   - ca.pem: the CA
 //
 // Extra commands: `exit CODE COMMAND ARGS...` runs a command like exec and asserts its exit
 // status; `responder MODE` switches the responder's answers (see responderModes);
-// `requests N` asserts how many OCSP requests it answered since the last check;
+// `expandenv FILE` replaces $VARIABLES in FILE; `requests N` asserts how many OCSP requests it answered since the last check;
 // `ocspstatus FILE STATUS` asserts the status in a DER OCSP response file.
 func TestScripts(t *testing.T) {
 	testscript.Run(t, testscript.Params{
@@ -64,6 +65,12 @@ func TestScripts(t *testing.T) {
 				if got != want {
 					ts.Fatalf("%s exited with status %d, want %d", args[1], got, want)
 				}
+			},
+			"expandenv": func(ts *testscript.TestScript, neg bool, args []string) {
+				if neg || len(args) != 1 {
+					ts.Fatalf("usage: expandenv FILE")
+				}
+				ts.Check(os.WriteFile(ts.MkAbs(args[0]), []byte(os.Expand(ts.ReadFile(args[0]), ts.Getenv)), 0o644))
 			},
 			"requests": func(ts *testscript.TestScript, neg bool, args []string) {
 				if neg || len(args) != 1 {
@@ -112,6 +119,8 @@ func setupPKI(env *testscript.Env) error {
 	writeBundle(filepath.Join(dir, "noocsp.pem"), leaf, key, ca.Cert)
 	leaf, key = ca.issue(leafSpec{Name: "expired.test", OCSP: []string{r.URL()}, NotBefore: now.Add(-90 * 24 * time.Hour), NotAfter: now.Add(-time.Hour)}, now)
 	writeBundle(filepath.Join(dir, "expired.pem"), leaf, key, ca.Cert)
+	leaf, key = ca.issue(leafSpec{Name: "elsewhere.test", OCSP: []string{"http://ocsp.stapler.invalid"}}, now)
+	writeBundle(filepath.Join(dir, "elsewhere.pem"), leaf, key, ca.Cert)
 	if err := os.WriteFile(filepath.Join(dir, "ca.pem"), certPEM(ca.Cert), 0o644); err != nil {
 		return fmt.Errorf("writing CA: %w", err)
 	}
