@@ -8,7 +8,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -109,16 +108,19 @@ func (f *issuerFinder) find(ctx context.Context, path string, bundle []*x509.Cer
 			return c, issuerFromDir, nil
 		}
 	}
+	var errs []error
 	for _, u := range leaf.IssuingCertificateURL {
-		c, err := f.aia(ctx, u)
-		if err != nil {
-			return nil, 0, fmt.Errorf("%w in the bundle, %s or issuer_dirs; fetching %s: %v", errIssuerNotFound, filepath.Base(issuerName(path)), u, err)
-		}
-		if signed(leaf, c) {
+		c, err := f.aia(ctx, u, leaf)
+		if err == nil {
 			return c, issuerFromAIA, nil
 		}
+		errs = append(errs, fmt.Errorf("%s: %w", u, err))
 	}
-	return nil, 0, fmt.Errorf("%w in the bundle, %s, issuer_dirs or AIA", errIssuerNotFound, filepath.Base(issuerName(path)))
+	where := fmt.Errorf("%w in the bundle, %s or issuer_dirs", errIssuerNotFound, filepath.Base(issuerName(path)))
+	if len(errs) == 0 {
+		return nil, 0, fmt.Errorf("%w, and the certificate names no AIA caIssuers URL", where)
+	}
+	return nil, 0, fmt.Errorf("%w; from AIA: %w", where, errors.Join(errs...))
 }
 
 func signed(leaf, issuer *x509.Certificate) bool {
@@ -151,14 +153,15 @@ func (f *issuerFinder) loadDirs() {
 // errNotCached is returned instead of fetching when the finder may not use the network.
 var errNotCached = errors.New("not cached and fetching is off")
 
-// aia returns the certificate at a caIssuers URL, from the cache or fetched and cached.
-func (f *issuerFinder) aia(ctx context.Context, u string) (*x509.Certificate, error) {
+// aia returns the certificate at a caIssuers URL if it signed leaf, from the cache or fetched
+// and then cached. It understands DER and PEM, not PKCS#7 bundles.
+func (f *issuerFinder) aia(ctx context.Context, u string, leaf *x509.Certificate) (*x509.Certificate, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	sum := sha256.Sum256([]byte(u))
 	cached := filepath.Join(f.CacheDir, hex.EncodeToString(sum[:16])+".der")
 	if der, err := os.ReadFile(cached); err == nil {
-		if c, err := x509.ParseCertificate(der); err == nil {
+		if c, err := x509.ParseCertificate(der); err == nil && signed(leaf, c) {
 			return c, nil
 		}
 	}
@@ -169,26 +172,18 @@ func (f *issuerFinder) aia(ctx context.Context, u string) (*x509.Certificate, er
 	if err != nil {
 		return nil, err
 	}
-	resp, err := f.Client.Do(req)
+	body, err := httpBody(f.Client, req, f.MaxBytes)
 	if err != nil {
 		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("HTTP status %s", resp.Status)
-	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, f.MaxBytes+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(body)) > f.MaxBytes {
-		return nil, fmt.Errorf("body larger than %d bytes", f.MaxBytes)
 	}
 	var c *x509.Certificate
 	if certs, err := parseBundle(body); err == nil {
 		c = certs[0]
 	} else if c, err = x509.ParseCertificate(body); err != nil {
 		return nil, fmt.Errorf("not a DER or PEM certificate: %w", err)
+	}
+	if !signed(leaf, c) {
+		return nil, fmt.Errorf("%q did not sign the certificate", c.Subject)
 	}
 	if err := os.MkdirAll(f.CacheDir, 0o755); err != nil {
 		return nil, err

@@ -65,6 +65,9 @@ type Config struct {
 	// retry_max: longest wait between retries. Default 6h. A staple close to expiry is
 	// retried at every run whatever the back-off says.
 	RetryMax time.Duration `toml:"retry_max"`
+	// run_timeout: deadline for a whole run, waiting for another run's lock included; what is
+	// not done by then stays due for the next run. Default 5m.
+	RunTimeout time.Duration `toml:"run_timeout"`
 	// log_format: "text" or "json". Default "text".
 	LogFormat string `toml:"log_format"`
 	// log_level: "debug", "info", "warn" or "error". Default "info".
@@ -83,6 +86,7 @@ func defaultConfig() Config {
 		RenewSpread:      0.1,
 		RetryBase:        5 * time.Minute,
 		RetryMax:         6 * time.Hour,
+		RunTimeout:       5 * time.Minute,
 		LogFormat:        "text",
 		LogLevel:         "info",
 	}
@@ -138,7 +142,7 @@ func (cfg *Config) validate() error {
 	}
 	for name, d := range map[string]time.Duration{
 		"timeout": cfg.Timeout, "socket_timeout": cfg.SocketTimeout,
-		"retry_base": cfg.RetryBase, "retry_max": cfg.RetryMax,
+		"retry_base": cfg.RetryBase, "retry_max": cfg.RetryMax, "run_timeout": cfg.RunTimeout,
 	} {
 		if d <= 0 {
 			bad("%s must be a positive duration such as \"10s\", not %v", name, d)
@@ -162,7 +166,7 @@ func (cfg *Config) validate() error {
 		bad("%v", err)
 	}
 	for _, p := range cfg.Exclude {
-		if _, err := filepath.Match(p, ""); err != nil {
+		if err := checkGlob(p); err != nil {
 			bad("exclude pattern %q: %v", p, err)
 		}
 	}
@@ -181,6 +185,13 @@ func (cfg *Config) validate() error {
 			bad("sockets: empty address")
 		}
 	}
+	for _, f := range cfg.Files {
+		if fi, err := os.Stat(f); err != nil {
+			bad("certificate file %v", err)
+		} else if !fi.Mode().IsRegular() {
+			bad("%s is not a certificate file", f)
+		}
+	}
 	for _, d := range append(append([]string{}, cfg.Dirs...), cfg.IssuerDirs...) {
 		if fi, err := os.Stat(d); err != nil {
 			bad("directory %v", err)
@@ -189,6 +200,60 @@ func (cfg *Config) validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// checkGlob rejects every malformed filepath.Match pattern. filepath.Match itself reports a
+// malformed pattern only when matching gets that far, so a bad pattern could otherwise
+// silently never match.
+func checkGlob(p string) error {
+	for i := 0; i < len(p); i++ {
+		switch p[i] {
+		case '\\':
+			if i++; i == len(p) {
+				return filepath.ErrBadPattern
+			}
+		case '[':
+			j := i + 1
+			if j < len(p) && p[j] == '^' {
+				j++
+			}
+			for first := true; ; first = false {
+				if j >= len(p) {
+					return filepath.ErrBadPattern
+				}
+				if p[j] == ']' && !first {
+					break
+				}
+				if p[j] == '\\' {
+					j++
+				}
+				j++
+			}
+			if _, err := filepath.Match(p[i:j+1], "x"); err != nil {
+				return err
+			}
+			i = j
+		}
+	}
+	return nil
+}
+
+// resolvePaths makes the relative paths of a config file relative to the file's directory, so
+// that a run does not depend on the directory cron starts it in.
+func (cfg *Config) resolvePaths(configFile string) {
+	base := filepath.Dir(configFile)
+	abs := func(p string) string {
+		if p == "" || filepath.IsAbs(p) {
+			return p
+		}
+		return filepath.Join(base, p)
+	}
+	for _, list := range [][]string{cfg.Dirs, cfg.Files, cfg.IssuerDirs} {
+		for i := range list {
+			list[i] = abs(list[i])
+		}
+	}
+	cfg.State = abs(cfg.State)
 }
 
 func checkHTTPURL(s string) error {

@@ -59,6 +59,15 @@ func TestLoadConfigFile(t *testing.T) {
 	}
 }
 
+func TestResolvePaths(t *testing.T) {
+	cfg := Config{Dirs: []string{"certs", "/abs"}, Files: []string{"a.pem"}, IssuerDirs: []string{"../ca"}, State: "state.json"}
+	cfg.resolvePaths("/etc/stapler/stapler.toml")
+	want := Config{Dirs: []string{"/etc/stapler/certs", "/abs"}, Files: []string{"/etc/stapler/a.pem"}, IssuerDirs: []string{"/etc/ca"}, State: "/etc/stapler/state.json"}
+	if !reflect.DeepEqual(cfg, want) {
+		t.Errorf("got %+v, want %+v", cfg, want)
+	}
+}
+
 func TestValidate(t *testing.T) {
 	dir := t.TempDir()
 	tests := []struct {
@@ -75,6 +84,10 @@ func TestValidate(t *testing.T) {
 		{"log_format", func(c *Config) { c.LogFormat = "xml" }, `log_format must be "text" or "json"`},
 		{"log_level", func(c *Config) { c.LogLevel = "loud" }, "log_level must be"},
 		{"exclude", func(c *Config) { c.Exclude = []string{"[z-a"} }, `exclude pattern "[z-a"`},
+		{"exclude, bad at the end", func(c *Config) { c.Exclude = []string{"x*["} }, `exclude pattern "x*["`},
+		{"exclude, dangling escape", func(c *Config) { c.Exclude = []string{`a\`} }, `exclude pattern`},
+		{"exclude, good classes", func(c *Config) { c.Exclude = []string{"*.[ch]", "[^x]*", `\[*`, "[a-c]?"} }, ""},
+		{"missing file", func(c *Config) { c.Files = []string{filepath.Join(dir, "nope.pem")} }, "certificate file stat"},
 		{"proxy", func(c *Config) { c.Proxy = "socks5://x" }, "proxy:"},
 		{"override", func(c *Config) { c.ResponderOverride = map[string]string{"http://a": "ftp://b"} }, `responder_override "http://a"`},
 		{"missing dir", func(c *Config) { c.Dirs = []string{filepath.Join(dir, "nope")} }, "nope: no such file or directory"},

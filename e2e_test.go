@@ -3,10 +3,12 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 )
@@ -64,7 +66,7 @@ func TestRunFailureKeepsStaple(t *testing.T) {
 		{"future", `thisUpdate .* lies in the future`},
 		{"sha256", `not SHA-1: HAProxy 2.6 matches SHA-1 CertIDs only`},
 		{"delegatedNoEKU", `lacks id-kp-OCSPSigning`},
-		{"delegatedExpired", `bad OCSP signature|valid only from`},
+		{"delegatedExpired", `(?:bad OCSP signature|valid only from)`},
 		{"down", `connect: connection refused`},
 	}
 	for _, tt := range tests {
@@ -165,4 +167,106 @@ func TestRunReusesConnections(t *testing.T) {
 	if got := r.conns.Load(); got > jobs {
 		t.Errorf("%d connections for %d requests, want at most %d (--jobs)", got, n, jobs)
 	}
+}
+
+// TestRunKeepsNewerStaple: a responder that answers with the staple already on disk (a cache)
+// or with an older response changes nothing: no write, no push, the run succeeds.
+func TestRunKeepsNewerStaple(t *testing.T) {
+	for _, mode := range []string{"cached", "older"} {
+		t.Run(mode, func(t *testing.T) {
+			now := time.Now()
+			ca := newTestCA("Cache Test CA", now)
+			r := startResponder(ca)
+			defer r.Close()
+			h := startFakeHAProxy(t)
+			dir := t.TempDir()
+			site := filepath.Join(dir, "site.pem")
+			leaf, key := ca.issue(leafSpec{Name: "site.test", OCSP: []string{r.URL()}}, now)
+			writeBundle(site, leaf, key, ca.Cert)
+			args := []string{"run", "--force", "--state", filepath.Join(dir, "state.json"), "--socket", h.addr, site}
+			r.setMode(map[string]string{"cached": "cached", "older": "good"}[mode])
+			if code, stderr := runStapler(t, args...); code != 0 {
+				t.Fatalf("exit %d\n%s", code, stderr)
+			}
+			before, _ := os.Stat(site + ".ocsp")
+			staple, _ := os.ReadFile(site + ".ocsp")
+			h.takeCommands()
+
+			r.setMode(mode)
+			code, stderr := runStapler(t, args...)
+			if code != 0 || !strings.Contains(stderr, "refreshed=0 up_to_date=1") {
+				t.Fatalf("exit %d, want 0 and nothing refreshed\n%s", code, stderr)
+			}
+			after, _ := os.Stat(site + ".ocsp")
+			if got, _ := os.ReadFile(site + ".ocsp"); !bytes.Equal(got, staple) || !os.SameFile(before, after) || !after.ModTime().Equal(before.ModTime()) {
+				t.Error("staple file was rewritten")
+			}
+			if got := h.takeCommands(); len(got) != 0 {
+				t.Errorf("pushed %d commands, want none", len(got))
+			}
+		})
+	}
+}
+
+// TestRunRepairsIssuerFile: a <cert>.issuer that stapler wrote for an earlier certificate is
+// replaced when the new certificate has another issuer, and removed when the new bundle holds
+// its issuer, whether or not the new certificate has a responder: HAProxy 2.6 refuses to start
+// with an .issuer that did not sign the certificate. One stapler did not write is reported.
+func TestRunRepairsIssuerFile(t *testing.T) {
+	now := time.Now()
+	ca1, ca2 := newTestCA("First CA", now), newTestCA("Second CA", now)
+	r1, r2 := startResponder(ca1), startResponder(ca2)
+	defer r1.Close()
+	defer r2.Close()
+	dir := t.TempDir()
+	issuers := filepath.Join(dir, "issuers")
+	os.Mkdir(issuers, 0o755)
+	os.WriteFile(filepath.Join(issuers, "ca1.pem"), certPEM(ca1.Cert), 0o644)
+	os.WriteFile(filepath.Join(issuers, "ca2.pem"), certPEM(ca2.Cert), 0o644)
+	config := filepath.Join(dir, "stapler.toml")
+	os.WriteFile(config, []byte("issuer_dirs = [\"issuers\"]\nstate = \"state.json\"\nfetch_issuers = false\n"), 0o644)
+	site := filepath.Join(dir, "site.pem")
+	run := func(want int) string {
+		t.Helper()
+		code, stderr := runStapler(t, "run", "--config", config, site)
+		if code != want {
+			t.Fatalf("exit %d, want %d\n%s", code, want, stderr)
+		}
+		return stderr
+	}
+	issuerIs := func(want []byte) {
+		t.Helper()
+		got, err := os.ReadFile(site + ".issuer")
+		if want == nil && !errors.Is(err, os.ErrNotExist) || want != nil && !bytes.Equal(got, want) {
+			t.Fatalf("site.pem.issuer: %q, %v; want %q", got, err, want)
+		}
+	}
+
+	leaf, key := ca1.issue(leafSpec{Name: "site.test", OCSP: []string{r1.URL()}}, now)
+	writeBundle(site, leaf, key)
+	run(0)
+	issuerIs(certPEM(ca1.Cert))
+
+	// Renewed by another CA, issuer not in the bundle, its responder down: the .issuer is
+	// right at once, although no staple could be fetched.
+	r2.setMode("down")
+	leaf, key = ca2.issue(leafSpec{Name: "site.test", OCSP: []string{r2.URL()}}, now)
+	writeBundle(site, leaf, key)
+	run(1)
+	issuerIs(certPEM(ca2.Cert))
+
+	// Renewed again, now with the issuer in the bundle and no responder: the .issuer goes.
+	leaf, key = ca1.issue(leafSpec{Name: "site.test"}, now)
+	writeBundle(site, leaf, key, ca1.Cert)
+	run(0)
+	issuerIs(nil)
+
+	// Someone else's wrong .issuer is not touched, but reported.
+	os.WriteFile(site+".issuer", certPEM(ca2.Cert), 0o644)
+	leaf, key = ca1.issue(leafSpec{Name: "site.test"}, now)
+	writeBundle(site, leaf, key, ca1.Cert)
+	if stderr := run(1); !strings.Contains(stderr, site+".issuer did not sign the certificate, and HAProxy refuses to start with it") {
+		t.Errorf("no clear error about the wrong .issuer:\n%s", stderr)
+	}
+	issuerIs(certPEM(ca2.Cert))
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -19,6 +20,17 @@ const (
 	// replyNoSlot: HAProxy has no OCSP slot whose CertID matches the staple.
 	replyNoSlot = "OCSP single response: Certificate ID does not match any certificate or issuer."
 )
+
+// errUnreachable marks a socket that could not be talked to at all (refused, timed out,
+// closed without an answer), as opposed to an answer that says no.
+var errUnreachable = errors.New("HAProxy unreachable")
+
+// noSlotError: HAProxy has no OCSP slot whose CertID matches the staple.
+type noSlotError struct{ addr string }
+
+func (e *noSlotError) Error() string {
+	return fmt.Sprintf("HAProxy at %s answered %q: it loaded this certificate without a .ocsp file (HAProxy 2.6 makes no OCSP slot then) or runs an older certificate; reload HAProxy once so that it reads the staple", e.addr, replyNoSlot)
+}
 
 // socketNetwork tells a unix socket path from a TCP host:port.
 func socketNetwork(addr string) (network, address string) {
@@ -47,7 +59,7 @@ func pushStaple(ctx context.Context, addr string, der []byte, timeout time.Durat
 	case replyUpdated:
 		return nil
 	case replyNoSlot:
-		return fmt.Errorf("HAProxy at %s answered %q: it loaded this certificate without a .ocsp file (HAProxy 2.6 makes no OCSP slot then) or holds an older certificate; reload HAProxy once so that it reads the staple", addr, reply)
+		return &noSlotError{addr}
 	}
 	return fmt.Errorf("HAProxy at %s answered %q", addr, reply)
 }
@@ -61,18 +73,21 @@ func haproxyCommand(ctx context.Context, addr, cmd string, timeout time.Duration
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, network, address)
 	if err != nil {
-		return "", fmt.Errorf("connecting to HAProxy: %w", err)
+		return "", fmt.Errorf("%w: %w", errUnreachable, err)
 	}
 	defer conn.Close()
 	if deadline, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(deadline)
 	}
 	if _, err := io.WriteString(conn, cmd); err != nil {
-		return "", fmt.Errorf("sending to HAProxy at %s: %w", addr, err)
+		return "", fmt.Errorf("%w: sending to %s: %w", errUnreachable, addr, err)
 	}
 	reply, err := io.ReadAll(io.LimitReader(conn, 1<<20))
 	if err != nil {
-		return "", fmt.Errorf("reading HAProxy's answer at %s: %w", addr, err)
+		return "", fmt.Errorf("%w: reading the answer of %s: %w", errUnreachable, addr, err)
+	}
+	if len(reply) == 0 {
+		return "", fmt.Errorf("%w: %s closed the connection without answering", errUnreachable, addr)
 	}
 	return strings.TrimSpace(string(reply)), nil
 }

@@ -93,8 +93,9 @@ func TestPushStaple(t *testing.T) {
 	}{
 		{"updated", h.addr, der, replyUpdated, false, ""},
 		{"unix@ prefix", "unix@" + h.addr, der, replyUpdated, false, ""},
-		{"HAProxy's error is reported", h.addr, der, noSlot, false, `answered "` + noSlot + `"`},
-		{"no socket", filepath.Join(t.TempDir(), "none.sock"), der, "", false, "connecting to HAProxy"},
+		{"HAProxy's error is reported", h.addr, der, "Unable to parse OCSP response.", false, `answered "Unable to parse OCSP response."`},
+		{"no slot", h.addr, der, noSlot, false, `answered "` + noSlot + `": it loaded this certificate without a .ocsp file`},
+		{"no socket", filepath.Join(t.TempDir(), "none.sock"), der, "", false, "HAProxy unreachable"},
 		{"never answers", h.addr, der, "", true, "i/o timeout"},
 		{"too large for HAProxy's buffer", h.addr, make([]byte, 11600), replyUpdated, false, "too large to push safely"},
 	}
@@ -189,5 +190,20 @@ func TestRunPushes(t *testing.T) {
 	}
 	if st := readState(t, state).Certificates[site]; len(st.PendingPush) != 0 {
 		t.Errorf("pending pushes %q after a successful push", st.PendingPush)
+	}
+
+	// The deploy-hook case: a renewed certificate is stapled before HAProxy reloads, so the
+	// running HAProxy has no slot for it yet. That is expected: a warning, exit 0, and the
+	// staple waits on disk for the reload.
+	leaf, key = ca.issue(leafSpec{Name: "site.test", OCSP: []string{r.URL()}}, now)
+	writeBundle(site, leaf, key, ca.Cert)
+	h1.set(replyNoSlot, false)
+	h2.set(replyNoSlot, false)
+	code, stderr = runStapler(t, append(args, site)...)
+	if code != 0 || !strings.Contains(stderr, `level=WARN msg="HAProxy will load this staple when it reloads" cert=`+site) {
+		t.Fatalf("renewed certificate: exit %d, want 0 and a warning\n%s", code, stderr)
+	}
+	if st := readState(t, state).Certificates[site]; len(st.PendingPush) != 0 {
+		t.Errorf("pending pushes %q for a staple HAProxy reads at its reload", st.PendingPush)
 	}
 }

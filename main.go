@@ -5,6 +5,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -106,16 +108,16 @@ EXAMPLES:
 
 ` + exitHelpMsg,
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "config", Usage: "TOML config `FILE` (default " + defaultConfigPath + " when it exists)", EnvVars: []string{"STAPLER_CONFIG"}},
+			&cli.StringFlag{Name: "config", Usage: "TOML config `FILE`", DefaultText: defaultConfigPath + " when it exists", EnvVars: []string{"STAPLER_CONFIG"}},
 			&cli.StringSliceFlag{Name: "dir", Usage: "certificate `DIR`, read like HAProxy's 'crt /dir/' (repeatable; replaces the config's dirs)"},
 			&cli.StringSliceFlag{Name: "socket", Usage: "HAProxy runtime API `ADDR`: unix socket path or host:port (repeatable; replaces the config's sockets)"},
-			&cli.StringFlag{Name: "state", Usage: "state `FILE` (default /var/lib/stapler/state.json)"},
-			&cli.BoolFlag{Name: "force", Usage: "refresh every staple, due or not"},
-			&cli.BoolFlag{Name: "dry-run", Usage: "say what is due and why; contact nobody, write nothing"},
-			&cli.IntFlag{Name: "jobs", Usage: "OCSP requests in flight at once (default 8)"},
-			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print errors only"},
-			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "print debug messages too"},
-			&cli.StringFlag{Name: "log-format", Usage: "`FORMAT` of messages on stderr: text or json (default text)"},
+			&cli.StringFlag{Name: "state", Usage: "state `FILE`", DefaultText: "config's state, else /var/lib/stapler/state.json"},
+			&cli.BoolFlag{Name: "force", Usage: "refresh every staple, due or not", DisableDefaultText: true},
+			&cli.BoolFlag{Name: "dry-run", Usage: "say what is due and why; contact nobody, write nothing", DisableDefaultText: true},
+			&cli.IntFlag{Name: "jobs", Usage: "`N` OCSP requests in flight at once", DefaultText: "config's jobs, else 8"},
+			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print errors only", DisableDefaultText: true},
+			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "print debug messages too", DisableDefaultText: true},
+			&cli.StringFlag{Name: "log-format", Usage: "`FORMAT` of messages on stderr: text or json", DefaultText: "config's log_format, else text"},
 		},
 		Action: runAction,
 	}
@@ -163,6 +165,8 @@ func runAction(c *cli.Context) error {
 
 	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	ctx, cancel := context.WithTimeoutCause(ctx, opt.RunTimeout, fmt.Errorf("run_timeout (%v) reached", opt.RunTimeout))
+	defer cancel()
 	now := time.Now()
 	if testOnlyNow != nil {
 		now = testOnlyNow()
@@ -192,6 +196,7 @@ func runOptionsFrom(c *cli.Context) (runOptions, error) {
 		if err != nil {
 			return runOptions{}, usageError(err, "every key is described in stapler.example.toml")
 		}
+		cfg.resolvePaths(path)
 		if unknown != nil {
 			errs = append(errs, unknown)
 		}
@@ -243,6 +248,8 @@ func runOptionsFrom(c *cli.Context) (runOptions, error) {
 		}
 		return runOptions{}, usageError(errors.Join(errs...), "fix the settings "+where+"; every key is described in stapler.example.toml")
 	}
+	slices.Sort(opt.Only)
+	opt.Only = slices.Compact(opt.Only)
 	if len(opt.Only) == 0 && len(cfg.Dirs) == 0 && len(cfg.Files) == 0 {
 		return runOptions{}, usageError(errors.New("no certificates to check"),
 			"give --dir DIR or certificate files, or set dirs in "+defaultConfigPath+" (or --config FILE)")

@@ -69,25 +69,34 @@ func (f *fetcher) fetch(ctx context.Context, responder string, req []byte) ([]by
 		return nil, fmt.Errorf("responder URL %q: %w", responder, err)
 	}
 	hreq.Header.Set("Accept", "application/ocsp-response")
-	resp, err := f.Client.Do(hreq)
+	body, err := httpBody(f.Client, hreq, f.MaxBytes)
+	if err != nil {
+		return nil, fmt.Errorf("asking responder %s: %w", responder, err)
+	}
+	return body, nil
+}
+
+// httpBody sends req and returns the body of a 200 answer, refusing one over maxBytes.
+func httpBody(client *http.Client, req *http.Request, maxBytes int64) ([]byte, error) {
+	resp, err := client.Do(req)
 	if err != nil {
 		var uerr *url.Error
 		if errors.As(err, &uerr) {
-			err = uerr.Err // without the long GET URL
+			err = uerr.Err // without the URL, which for a GET request is long
 		}
-		return nil, fmt.Errorf("asking responder %s: %w", responder, err)
+		return nil, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 4096)) // lets the connection be reused
-		return nil, fmt.Errorf("responder %s answered HTTP %s", responder, resp.Status)
+		return nil, fmt.Errorf("answered HTTP %s", resp.Status)
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, f.MaxBytes+1))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBytes+1))
 	if err != nil {
-		return nil, fmt.Errorf("reading answer of %s: %w", responder, err)
+		return nil, fmt.Errorf("reading the answer: %w", err)
 	}
-	if int64(len(body)) > f.MaxBytes {
-		return nil, fmt.Errorf("responder %s answered more than %d bytes", responder, f.MaxBytes)
+	if int64(len(body)) > maxBytes {
+		return nil, fmt.Errorf("answered more than %d bytes", maxBytes)
 	}
 	return body, nil
 }
@@ -96,7 +105,10 @@ func (f *fetcher) fetch(ctx context.Context, responder string, req []byte) ([]by
 // the signature, which HAProxy never does. req is the request it answers: its CertID is the
 // one HAProxy will compare byte for byte. A revoked status is valid: the caller decides.
 func validateResponse(der, req []byte, leaf, issuer *x509.Certificate, now time.Time) (*ocsp.Response, error) {
-	resp, err := ocsp.ParseResponse(der, issuer)
+	// Without an issuer, ParseResponse checks only that an embedded certificate signed the
+	// response; who may sign is decided here, because ParseResponse(der, issuer) wrongly
+	// insists that the issuer signed any embedded certificate, even the issuer's own.
+	resp, err := ocsp.ParseResponse(der, nil)
 	if err != nil {
 		var rerr ocsp.ResponseError
 		if errors.As(err, &rerr) {
@@ -104,9 +116,16 @@ func validateResponse(der, req []byte, leaf, issuer *x509.Certificate, now time.
 		}
 		return nil, fmt.Errorf("invalid OCSP response: %w", err)
 	}
-	if c := resp.Certificate; c != nil && !c.Equal(issuer) {
-		// A delegated responder (RFC 6960 section 4.2.2.2): issued by the issuer (checked by
-		// ParseResponse), marked for OCSP signing and valid now.
+	if c := resp.Certificate; c == nil || c.Equal(issuer) {
+		if err := resp.CheckSignatureFrom(issuer); err != nil {
+			return nil, fmt.Errorf("bad OCSP signature: not signed by the issuer %q: %v", issuer.Subject, err)
+		}
+	} else {
+		// A delegated responder (RFC 6960 section 4.2.2.2): issued by the issuer, marked for
+		// OCSP signing and valid now. ParseResponse checked that it signed the response.
+		if err := issuer.CheckSignature(c.SignatureAlgorithm, c.RawTBSCertificate, c.Signature); err != nil {
+			return nil, fmt.Errorf("bad OCSP signature: responder certificate %q was not issued by %q", c.Subject, issuer.Subject)
+		}
 		if !slices.Contains(c.ExtKeyUsage, x509.ExtKeyUsageOCSPSigning) {
 			return nil, fmt.Errorf("response signed by %q, which lacks id-kp-OCSPSigning", c.Subject)
 		}

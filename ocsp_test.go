@@ -66,6 +66,31 @@ func TestValidateResponse(t *testing.T) {
 	}
 }
 
+// TestValidateResponseIntermediate: an intermediate CA that signs its responses itself and
+// embeds its own certificate, as `openssl ocsp -rsigner <intermediate>` does, is accepted; an
+// embedded certificate from elsewhere is not.
+func TestValidateResponseIntermediate(t *testing.T) {
+	now := time.Now()
+	root := newTestCA("Root CA", now)
+	inter := root.subordinate("Intermediate CA", now)
+	leaf, _ := inter.issue(leafSpec{Name: "site.test"}, now)
+	req := must(newRequest(leaf, inter.Cert))
+	tmpl := ocsp.Response{Status: ocsp.Good, SerialNumber: leaf.SerialNumber, ThisUpdate: now.Add(-time.Hour), NextUpdate: now.Add(24 * time.Hour)}
+
+	tmpl.Certificate = inter.Cert
+	der := must(ocsp.CreateResponse(inter.Cert, inter.Cert, tmpl, inter.Key))
+	if _, err := validateResponse(der, req, leaf, inter.Cert, now); err != nil {
+		t.Errorf("response signed by the intermediate, embedding it: %v", err)
+	}
+
+	// The root's own certificate embedded and signing: not the issuer, not a delegate of it.
+	tmpl.Certificate = root.Cert
+	der = must(ocsp.CreateResponse(inter.Cert, root.Cert, tmpl, root.Key))
+	if _, err := validateResponse(der, req, leaf, inter.Cert, now); err == nil || !strings.Contains(err.Error(), "was not issued by") {
+		t.Errorf("response signed by the root: got %v, want a signature error", err)
+	}
+}
+
 func TestCertIDMismatchNullParameters(t *testing.T) {
 	now := time.Now()
 	ca := newTestCA("CertID CA", now)

@@ -52,6 +52,22 @@ func newTestCA(name string, now time.Time) *testCA {
 	return &testCA{Cert: must(x509.ParseCertificate(der)), Key: key}
 }
 
+// subordinate issues an intermediate CA under ca.
+func (ca *testCA) subordinate(name string, now time.Time) *testCA {
+	key := newKey()
+	tmpl := &x509.Certificate{
+		SerialNumber:          nextSerial(),
+		Subject:               pkix.Name{CommonName: name, Organization: []string{"stapler tests"}},
+		NotBefore:             now.Add(-24 * time.Hour),
+		NotAfter:              now.Add(5 * 365 * 24 * time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der := must(x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.Key))
+	return &testCA{Cert: must(x509.ParseCertificate(der)), Key: key}
+}
+
 // leafSpec describes a leaf to issue; zero times mean valid from a day ago for 90 days.
 type leafSpec struct {
 	Name      string

@@ -28,6 +28,8 @@ type fakeResponder struct {
 	mode string
 	srv  *http.Server
 
+	cache map[string][]byte // "cached" mode: the first answer per serial
+
 	requests atomic.Int64 // OCSP requests answered
 	conns    atomic.Int64 // TCP connections accepted
 	posts    atomic.Int64
@@ -35,7 +37,7 @@ type fakeResponder struct {
 
 var responderModes = []string{"good", "revoked", "unknown", "tryLater", "internalError", "unauthorized",
 	"http500", "garbage", "empty", "wrongSerial", "stranger", "expired", "noNextUpdate", "tooShort",
-	"future", "sha256", "delegated", "delegatedNoEKU", "delegatedExpired", "down"}
+	"future", "sha256", "delegated", "delegatedNoEKU", "delegatedExpired", "down", "cached", "older"}
 
 func startResponder(ca *testCA) *fakeResponder {
 	r := &fakeResponder{ca: ca, stranger: newTestCA("Stranger CA", time.Now()), mode: "good"}
@@ -99,8 +101,20 @@ func (r *fakeResponder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	}
 	r.mu.Lock()
 	mode := r.mode
+	var body []byte
+	if mode == "cached" {
+		if r.cache == nil {
+			r.cache = map[string][]byte{}
+		}
+		if r.cache[oreq.SerialNumber.String()] == nil {
+			r.cache[oreq.SerialNumber.String()] = r.answer("good", oreq.SerialNumber, time.Now())
+		}
+		body = r.cache[oreq.SerialNumber.String()]
+	}
 	r.mu.Unlock()
-	body := r.answer(mode, oreq.SerialNumber, time.Now())
+	if body == nil {
+		body = r.answer(mode, oreq.SerialNumber, time.Now())
+	}
 	if body == nil {
 		http.Error(w, "internal server error", http.StatusInternalServerError)
 		return
@@ -137,6 +151,8 @@ func (r *fakeResponder) answer(mode string, serial *big.Int, now time.Time) []by
 	case "stranger":
 		// Signed by another CA's key, claiming to come from ours.
 		return must(ocsp.CreateResponse(ca.Cert, ca.Cert, ocsp.Response{Status: ocsp.Good, SerialNumber: serial, ThisUpdate: this, NextUpdate: next}, r.stranger.Key))
+	case "older":
+		return ca.respond(serial, ocsp.Good, now.Add(-2*time.Hour), now.Add(time.Hour), nil, nil)
 	case "expired":
 		return ca.respond(serial, ocsp.Good, now.Add(-48*time.Hour), now.Add(-time.Hour), nil, nil)
 	case "noNextUpdate":

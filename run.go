@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -13,8 +11,6 @@ import (
 	"slices"
 	"sync"
 	"time"
-
-	"golang.org/x/crypto/ocsp"
 )
 
 // runOptions is everything one run needs, as plain values.
@@ -26,7 +22,7 @@ type runOptions struct {
 }
 
 // summary counts what a run did. Every certificate checked lands in exactly one of UpToDate,
-// Refreshed, NoResponder, Skipped, Due (dry run) and Failed.
+// Refreshed, NoResponder, Skipped, Due (dry run), Unfinished and Failed.
 type summary struct {
 	Checked     int
 	Refreshed   int
@@ -34,16 +30,17 @@ type summary struct {
 	NoResponder int
 	Skipped     int // expired or not yet valid
 	Due         int // dry run only
+	Unfinished  int // due, but the run ended (deadline, signal) before they were fetched
 	Failed      int
-	Revoked     int // refreshed, and the responder says revoked
-	PushFailed  int // refreshed, but at least one HAProxy did not take the staple
+	Revoked     int // the staple says revoked
+	PushFailed  int // staples that at least one HAProxy did not take
 	Errors      int // problems not tied to one certificate (an unreadable directory)
 }
 
 // ok reports whether the run met its promise: every certificate with a responder has a fresh,
 // valid, good staple on disk and in every configured HAProxy.
 func (s summary) ok() bool {
-	return s.Failed == 0 && s.Revoked == 0 && s.PushFailed == 0 && s.Errors == 0
+	return s.Failed == 0 && s.Revoked == 0 && s.PushFailed == 0 && s.Errors == 0 && s.Unfinished == 0
 }
 
 func (s summary) log(dryRun bool, took time.Duration) {
@@ -54,37 +51,27 @@ func (s summary) log(dryRun bool, took time.Duration) {
 		attrs = append(attrs, "refreshed", s.Refreshed)
 	}
 	attrs = append(attrs, "up_to_date", s.UpToDate, "without_responder", s.NoResponder, "failed", s.Failed)
-	if s.Skipped > 0 {
-		attrs = append(attrs, "skipped", s.Skipped)
-	}
-	if s.Revoked > 0 {
-		attrs = append(attrs, "revoked", s.Revoked)
-	}
-	if s.PushFailed > 0 {
-		attrs = append(attrs, "push_failed", s.PushFailed)
+	for _, extra := range []struct {
+		name string
+		n    int
+	}{{"skipped", s.Skipped}, {"revoked", s.Revoked}, {"push_failed", s.PushFailed}, {"unfinished", s.Unfinished}, {"errors", s.Errors}} {
+		if extra.n > 0 {
+			attrs = append(attrs, extra.name, extra.n)
+		}
 	}
 	attrs = append(attrs, "took", took.Round(time.Millisecond))
 	slog.Info("run finished", attrs...)
 }
 
-// item is one certificate file on its way through a run.
-type item struct {
-	path   string
-	old    *CertState // what the state recorded before this run, nil if nothing
-	st     *CertState // what it records after
-	bundle []*x509.Certificate
-	reason string // why it is due
-	err    error
-	staple []byte   // the staple on disk when the run began
-	der    []byte   // the staple to push
-	pushTo []string // the sockets to push it to
-}
-
-// run does the whole job once: scan, decide, fetch, validate, write, push, record.
+// run does the whole job once: scan, decide, fetch, validate, write, push, record. It stops
+// starting new work when ctx ends; what was not done stays due for the next run.
 func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 	start := time.Now()
 	var sum summary
-	paths := opt.Only
+	paths, explicit := opt.Only, map[string]bool{}
+	for _, p := range append(slices.Clone(opt.Only), opt.Files...) {
+		explicit[p] = true
+	}
 	if len(paths) == 0 {
 		var err error
 		paths, err = scan(scanSpec{Dirs: opt.Dirs, Files: opt.Files, Recursive: opt.Recursive, Exclude: opt.Exclude})
@@ -114,22 +101,23 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 	pol := policy{RenewAt: opt.RenewAt, Spread: opt.RenewSpread, RetryBase: opt.RetryBase, RetryMax: opt.RetryMax}
 
 	var due, pushes []*item
-	seen := map[string]bool{}
+	keep := map[string]bool{} // state entries to keep
 	for _, path := range paths {
-		it := &item{path: path, old: state.Certificates[path]}
+		it := &item{path: path, old: state.Certificates[path], dryRun: opt.DryRun}
 		err := it.check(ctx, finder, pol, now, opt.Force)
 		switch {
-		case errors.Is(err, errNotCertificate):
+		case errors.Is(err, errNotCertificate) && !explicit[path]:
 			slog.Debug("skipping file without a PEM certificate", "file", path)
 			continue
 		case err != nil:
 			slog.Error("cannot check certificate", "cert", path, "err", err)
 			sum.Checked++
 			sum.Failed++
+			keep[path] = true
 			continue
 		}
 		sum.Checked++
-		seen[path] = true
+		keep[path] = true
 		state.Certificates[path] = it.st
 		switch {
 		case it.st.Responder == "":
@@ -141,8 +129,8 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 		case now.Before(it.st.NotBefore):
 			slog.Warn("skipping certificate that is not valid yet", "cert", path, "not_before", it.st.NotBefore)
 			sum.Skipped++
-		case it.reason == dueNotDue && it.st.Failures > 0 && !it.st.hasValidStaple(now):
-			// Backing off with nothing valid to staple: nothing asked, but not fine either.
+		case it.reason == dueNotDue && !it.st.hasValidStaple(now):
+			// Backing off after failures, with nothing valid left to staple.
 			slog.Error("no valid staple; backing off", "cert", path, "last_error", it.st.LastError, "failures", it.st.Failures, "retry_after", it.st.NextDue)
 			sum.Failed++
 		case it.reason == dueNotDue:
@@ -153,8 +141,13 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 				slog.Debug("staple is up to date", "cert", path, "next_due", it.st.NextDue)
 			}
 			sum.UpToDate++
-			// A push that failed in an earlier run is tried again with the staple on disk.
-			it.pushTo = slices.DeleteFunc(it.st.PendingPush, func(s string) bool { return !slices.Contains(opt.Sockets, s) })
+			// The staple on disk is the verified one the state records: push it where an
+			// earlier push failed, or everywhere when it was just adopted.
+			if it.adopted {
+				it.pushTo = opt.Sockets
+			} else {
+				it.pushTo = slices.DeleteFunc(slices.Clone(it.st.PendingPush), func(s string) bool { return !slices.Contains(opt.Sockets, s) })
+			}
 			if len(it.pushTo) > 0 && !opt.DryRun {
 				it.der = it.staple
 				pushes = append(pushes, it)
@@ -171,53 +164,55 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 		return sum, nil
 	}
 
-	f := &fetcher{Client: client, MaxBytes: opt.MaxResponseBytes, Override: opt.ResponderOverride}
-	var wg sync.WaitGroup
-	work := make(chan *item)
-	for range min(opt.Jobs, len(due)) {
-		wg.Go(func() {
-			for it := range work {
-				it.err = it.refresh(ctx, f, finder, now)
-			}
-		})
-	}
+	fetchAll(ctx, due, opt.Jobs, &fetcher{Client: client, MaxBytes: opt.MaxResponseBytes, Override: opt.ResponderOverride}, finder, now)
 	for _, it := range due {
-		work <- it
-	}
-	close(work)
-	wg.Wait()
-
-	for _, it := range due {
-		if it.err != nil {
+		switch {
+		case it.err != nil && ctx.Err() != nil:
+			sum.Unfinished++ // not the responder's fault: stays due, no back-off
+		case it.err != nil:
 			it.st.Failures++
 			it.st.LastError = it.err.Error()
 			it.st.NextDue = pol.afterFailure(now, it.st.Failures, it.st.NextUpdate)
 			attrs := []any{"cert", it.path, "err", it.err, "failures", it.st.Failures, "retry_after", it.st.NextDue}
-			if !it.st.NextUpdate.IsZero() {
+			if it.st.hasValidStaple(now) {
 				attrs = append(attrs, "current_staple_valid_until", it.st.NextUpdate)
 			}
 			slog.Error("refresh failed", attrs...)
 			sum.Failed++
-			continue
+		case !it.changed:
+			// The responder answered with the staple already on disk, or an older one.
+			it.st.NextDue = pol.afterSuccess(it.path, now, it.st.ThisUpdate, it.st.NextUpdate)
+			slog.Debug("responder has nothing newer", "cert", it.path, "next_due", it.st.NextDue)
+			sum.UpToDate++
+			if it.st.Status == "revoked" {
+				sum.Revoked++
+				slog.Error("certificate is revoked", "cert", it.path, "revoked_at", it.st.RevokedAt, "serial", it.st.Serial)
+			}
+			if it.pushTo = slices.Clone(it.st.PendingPush); len(it.pushTo) > 0 {
+				it.der = it.staple
+				pushes = append(pushes, it)
+			}
+		default:
+			it.st.NextDue = pol.afterSuccess(it.path, now, it.st.ThisUpdate, it.st.NextUpdate)
+			sum.Refreshed++
+			if it.st.Status == "revoked" {
+				sum.Revoked++
+				slog.Error("certificate is revoked", "cert", it.path, "revoked_at", it.st.RevokedAt, "serial", it.st.Serial)
+			} else {
+				slog.Info("updated staple", "cert", it.path, "reason", it.reason, "next_update", it.st.NextUpdate, "next_due", it.st.NextDue)
+			}
+			it.pushTo = opt.Sockets
+			pushes = append(pushes, it)
 		}
-		it.st.NextDue = pol.afterSuccess(it.path, now, it.st.ThisUpdate, it.st.NextUpdate)
-		sum.Refreshed++
-		if it.st.Status == "revoked" {
-			sum.Revoked++
-			slog.Error("certificate is revoked", "cert", it.path, "revoked_at", it.st.RevokedAt, "serial", it.st.Serial)
-		} else {
-			slog.Info("updated staple", "cert", it.path, "reason", it.reason, "next_update", it.st.NextUpdate, "next_due", it.st.NextDue)
-		}
-		it.pushTo = opt.Sockets
-		pushes = append(pushes, it)
 	}
-	for _, it := range pushes {
-		sum.PushFailed += it.push(ctx, opt.SocketTimeout)
+	if sum.Unfinished > 0 {
+		slog.Error("run ended before every due staple was fetched; they stay due", "unfinished", sum.Unfinished, "err", context.Cause(ctx))
 	}
+	sum.PushFailed = pushAll(ctx, pushes, opt.SocketTimeout)
 
-	if len(opt.Only) == 0 {
+	if len(opt.Only) == 0 && sum.Errors == 0 {
 		for path := range state.Certificates {
-			if !seen[path] {
+			if !keep[path] {
 				delete(state.Certificates, path)
 			}
 		}
@@ -229,162 +224,70 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 	return sum, nil
 }
 
-// check reads the certificate file, brings its state entry up to date and decides whether its
-// staple is due. It contacts nobody, except to fetch an issuer needed to verify a staple that
-// changed on disk.
-func (it *item) check(ctx context.Context, finder *issuerFinder, pol policy, now time.Time, force bool) error {
-	data, err := readBundle(it.path, maxBundleBytes)
-	if err != nil {
-		return err
+// fetchAll refreshes the due items, jobs at a time. Items not started before ctx ends get
+// ctx's error.
+func fetchAll(ctx context.Context, due []*item, jobs int, f *fetcher, finder *issuerFinder, now time.Time) {
+	var wg sync.WaitGroup
+	work := make(chan *item)
+	for range min(jobs, len(due)) {
+		wg.Go(func() {
+			for it := range work {
+				if it.err = context.Cause(ctx); it.err == nil {
+					it.err = it.refresh(ctx, f, finder, now)
+				}
+			}
+		})
 	}
-	hash := hashBytes(data)
-	if it.old != nil && it.old.Hash == hash {
-		st := *it.old
-		it.st = &st
-	} else {
-		if it.bundle, err = parseBundle(data); err != nil {
-			return err
+	for _, it := range due {
+		work <- it
+	}
+	close(work)
+	wg.Wait()
+}
+
+// pushAll hands each item's staple to the sockets in its pushTo and returns how many staples
+// some HAProxy did not take. A socket that cannot be reached is not tried again in this run:
+// its remaining pushes wait for the next run, so a hung HAProxy costs one timeout, not one
+// per staple.
+func pushAll(ctx context.Context, pushes []*item, timeout time.Duration) (failed int) {
+	down := map[string]error{}
+	skipped := map[string]int{}
+	for _, it := range pushes {
+		it.st.PendingPush = nil
+		ok := true
+		for _, sock := range it.pushTo {
+			if err := down[sock]; err != nil {
+				it.st.PendingPush = append(it.st.PendingPush, sock)
+				skipped[sock]++
+				ok = false
+				continue
+			}
+			err := pushStaple(ctx, sock, it.der, timeout)
+			var slotErr *noSlotError
+			switch {
+			case err == nil:
+				slog.Debug("pushed staple", "cert", it.path, "socket", sock)
+			case errors.As(err, &slotErr) && it.newCert:
+				// HAProxy still runs the previous certificate, or has not loaded this one: it
+				// reads the staple from disk when it loads the certificate.
+				slog.Warn("HAProxy will load this staple when it reloads", "cert", it.path, "socket", sock, "err", err)
+			default:
+				slog.Error("push failed", "cert", it.path, "socket", sock, "err", err)
+				it.st.PendingPush = append(it.st.PendingPush, sock)
+				ok = false
+				if errors.Is(err, errUnreachable) {
+					down[sock] = err
+				}
+			}
 		}
-		leaf := it.bundle[0]
-		it.st = &CertState{
-			Hash:      hash,
-			Serial:    fmt.Sprintf("%x", leaf.SerialNumber),
-			Issuer:    leaf.Issuer.String(),
-			NotBefore: leaf.NotBefore,
-			NotAfter:  leaf.NotAfter,
-			Responder: responderURL(leaf),
-		}
-	}
-	if it.st.Responder == "" || now.After(it.st.NotAfter) || now.Before(it.st.NotBefore) {
-		return nil // run reports these
-	}
-	staple, err := os.ReadFile(stapleName(it.path))
-	stapleHash := stapleMissing
-	if err == nil {
-		it.staple = staple
-		stapleHash = hashBytes(staple)
-	}
-	it.reason = dueReason(now, it.old, hash, stapleHash, force)
-	if it.reason != dueReplaced {
-		return nil
-	}
-	// Someone else wrote the staple (another tool, a restored backup). Keep it if it is valid
-	// for this certificate; replace it otherwise.
-	resp, err := it.verifyStaple(ctx, finder, staple, now)
-	if err != nil {
-		it.reason = "staple on disk is not valid: " + err.Error()
-		return nil
-	}
-	if resp.Status != ocsp.Good {
-		it.reason = "staple on disk says " + statusName(resp.Status)
-		return nil
-	}
-	it.st.recordStaple(staple, resp)
-	it.st.NextDue = pol.afterSuccess(it.path, now, resp.ThisUpdate, resp.NextUpdate)
-	it.reason = dueReason(now, it.st, hash, stapleHash, false)
-	if it.reason == dueNotDue {
-		slog.Info("adopted staple found on disk", "cert", it.path, "next_update", resp.NextUpdate)
-	}
-	return nil
-}
-
-func (it *item) verifyStaple(ctx context.Context, finder *issuerFinder, staple []byte, now time.Time) (*ocsp.Response, error) {
-	if err := it.parse(); err != nil {
-		return nil, err
-	}
-	issuer, _, err := finder.find(ctx, it.path, it.bundle)
-	if err != nil {
-		return nil, err
-	}
-	req, err := newRequest(it.bundle[0], issuer)
-	if err != nil {
-		return nil, err
-	}
-	return validateResponse(staple, req, it.bundle[0], issuer, now)
-}
-
-// parse parses the bundle if check did not need to.
-func (it *item) parse() error {
-	if it.bundle != nil {
-		return nil
-	}
-	data, err := readBundle(it.path, maxBundleBytes)
-	if err != nil {
-		return err
-	}
-	it.bundle, err = parseBundle(data)
-	return err
-}
-
-// refresh fetches, validates and writes a new staple. Nothing touches disk until the response
-// has passed validation, so a failure leaves the last good staple as it was. It writes
-// <cert>.issuer before <cert>.ocsp when HAProxy could not otherwise find the issuer: HAProxy
-// 2.6 refuses to start with a .ocsp whose issuer it cannot find.
-func (it *item) refresh(ctx context.Context, f *fetcher, finder *issuerFinder, now time.Time) error {
-	if err := it.parse(); err != nil {
-		return err
-	}
-	leaf := it.bundle[0]
-	issuer, src, err := finder.find(ctx, it.path, it.bundle)
-	if err != nil {
-		return err
-	}
-	req, err := newRequest(leaf, issuer)
-	if err != nil {
-		return err
-	}
-	der, err := f.fetch(ctx, it.st.Responder, req)
-	if err != nil {
-		return err
-	}
-	resp, err := validateResponse(der, req, leaf, issuer, now)
-	if err != nil {
-		return err
-	}
-	if src == issuerFromDir || src == issuerFromAIA {
-		if _, err := writeFileAtomic(issuerName(it.path), issuerPEM(issuer), 0o644); err != nil {
-			return fmt.Errorf("writing issuer: %w", err)
-		}
-	}
-	if _, err := writeFileAtomic(stapleName(it.path), der, 0o644); err != nil {
-		return fmt.Errorf("writing staple: %w", err)
-	}
-	it.st.recordStaple(der, resp)
-	it.st.LastUpdate = now
-	it.der = der
-	return nil
-}
-
-// push hands the item's staple to every socket in pushTo. Sockets that did not take it are
-// recorded, to be tried again by the next run; it returns how many.
-func (it *item) push(ctx context.Context, timeout time.Duration) (failed int) {
-	it.st.PendingPush = nil
-	for _, sock := range it.pushTo {
-		if err := pushStaple(ctx, sock, it.der, timeout); err != nil {
-			slog.Error("push failed", "cert", it.path, "socket", sock, "err", err)
-			it.st.PendingPush = append(it.st.PendingPush, sock)
+		if !ok {
 			failed++
-		} else {
-			slog.Debug("pushed staple", "cert", it.path, "socket", sock)
 		}
+	}
+	for sock, n := range skipped {
+		slog.Error("HAProxy unreachable; staples left for the next run", "socket", sock, "staples", n)
 	}
 	return failed
-}
-
-// hasValidStaple reports whether the staple recorded as on disk is still worth stapling at now.
-func (st *CertState) hasValidStaple(now time.Time) bool {
-	return st.StapleHash != "" && st.NextUpdate.After(now.Add(minValidity))
-}
-
-// recordStaple notes a valid staple now on disk.
-func (st *CertState) recordStaple(der []byte, resp *ocsp.Response) {
-	st.StapleHash = hashBytes(der)
-	st.Status = statusName(resp.Status)
-	st.ThisUpdate = resp.ThisUpdate
-	st.NextUpdate = resp.NextUpdate
-	st.RevokedAt = resp.RevokedAt
-	st.Failures = 0
-	st.LastError = ""
 }
 
 // httpClient is shared by every request of a run so that requests to one responder reuse a
@@ -399,4 +302,10 @@ func httpClient(cfg Config) *http.Client {
 	t.MaxConnsPerHost = cfg.Jobs
 	t.MaxIdleConnsPerHost = cfg.Jobs
 	return &http.Client{Transport: t, Timeout: cfg.Timeout}
+}
+
+// exists reports whether path names anything, even a dangling symlink.
+func exists(path string) bool {
+	_, err := os.Lstat(path)
+	return err == nil
 }

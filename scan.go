@@ -37,12 +37,16 @@ func scan(spec scanSpec) ([]string, error) {
 	}
 	for _, dir := range spec.Dirs {
 		dir = filepath.Clean(dir)
-		err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		root := dir
+		if fi, err := os.Lstat(dir); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
+			root += string(filepath.Separator) // WalkDir descends into a symlinked root only so
+		}
+		err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 			if err != nil {
 				errs = append(errs, err)
 				return nil
 			}
-			if path == dir {
+			if path == root {
 				return nil
 			}
 			name := d.Name()

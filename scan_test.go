@@ -65,6 +65,14 @@ func TestScan(t *testing.T) {
 			}
 		})
 	}
+	// A symlink to a certificate directory is read like the directory, and the names keep
+	// the link, as HAProxy's do.
+	link := filepath.Join(t.TempDir(), "certs")
+	os.Symlink(dir, link)
+	got, err := scan(scanSpec{Dirs: []string{link}, Exclude: []string{"*.bak", "notes.*", "bundle*"}})
+	if want := []string{filepath.Join(link, "link.pem"), filepath.Join(link, "site.pem")}; err != nil || !slices.Equal(got, want) {
+		t.Errorf("symlinked directory: got %q, %v; want %q", got, err, want)
+	}
 	if _, err := scan(scanSpec{Dirs: []string{filepath.Join(dir, "missing")}}); err == nil || !strings.Contains(err.Error(), "missing") {
 		t.Errorf("missing directory: got %v, want an error naming it", err)
 	}

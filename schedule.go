@@ -92,12 +92,12 @@ func dueReason(now time.Time, st *CertState, certHash, stapleHash string, force 
 		return dueNew
 	case st.Hash != certHash:
 		return dueChanged
-	case st.Failures > 0 && now.Before(st.NextDue):
-		return dueNotDue // backing off; NextDue is never later than the staple's urgent point
 	case stapleHash == stapleMissing:
 		return dueMissing
 	case stapleHash != st.StapleHash:
 		return dueReplaced
+	case st.Failures > 0 && now.Before(st.NextDue):
+		return dueNotDue // backing off; NextDue is never later than the staple's urgent point
 	case !st.NextUpdate.After(now.Add(minValidity)):
 		return dueExpiring
 	case st.Failures > 0:

@@ -99,7 +99,8 @@ func TestDueReason(t *testing.T) {
 		{"renewal point passed", with(func(s *CertState) { s.NextDue = now }), "c", "s", false, dueRenew},
 		{"staple expiring", with(func(s *CertState) { s.NextUpdate = now.Add(minValidity) }), "c", "s", false, dueExpiring},
 		{"backing off", with(func(s *CertState) { s.Failures = 2 }), "c", "s", false, dueNotDue},
-		{"backing off, staple missing", with(func(s *CertState) { s.Failures = 2 }), "c", stapleMissing, false, dueNotDue},
+		{"backing off, staple missing", with(func(s *CertState) { s.Failures = 2 }), "c", stapleMissing, false, dueMissing},
+		{"backing off, staple replaced", with(func(s *CertState) { s.Failures = 2 }), "c", "s2", false, dueReplaced},
 		{"back-off over", with(func(s *CertState) { s.Failures = 2; s.NextDue = now.Add(-time.Second) }), "c", "s", false, dueRetry},
 		{"backing off, but the certificate changed", with(func(s *CertState) { s.Failures = 2 }), "c2", "s", false, dueChanged},
 	}

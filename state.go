@@ -28,9 +28,11 @@ type CertState struct {
 	Issuer     string    `json:"issuer"`
 	NotBefore  time.Time `json:"not_before"`
 	NotAfter   time.Time `json:"not_after"`
-	Responder  string    `json:"responder,omitempty"` // empty: the certificate names no OCSP responder
+	Responder  string    `json:"responder,omitempty"`   // empty: the certificate names no OCSP responder
+	IssuerFile string    `json:"issuer_file,omitempty"` // hash of the <cert>.issuer stapler wrote
 	StapleHash string    `json:"staple_hash,omitempty"`
-	Status     string    `json:"status,omitempty"` // of the staple on disk: good or revoked
+	CertID     string    `json:"cert_id,omitempty"` // hex DER CertID: HAProxy's key for the staple
+	Status     string    `json:"status,omitempty"`  // of the staple on disk: good or revoked
 	ThisUpdate time.Time `json:"this_update,omitzero"`
 	NextUpdate time.Time `json:"next_update,omitzero"`
 	RevokedAt  time.Time `json:"revoked_at,omitzero"`
@@ -42,12 +44,16 @@ type CertState struct {
 	PendingPush []string `json:"pending_push,omitempty"`
 }
 
+func newState() *State {
+	return &State{Version: stateVersion, Certificates: map[string]*CertState{}}
+}
+
 // loadState reads the state file. A missing file is an empty state. A file that does not parse
 // is moved aside to <path>.corrupt, logged, and replaced by an empty state: every staple is then
 // checked again, which is safe (a dry run, with moveAside false, only pretends). A file from a
 // newer stapler is an error and is left alone.
 func loadState(path string, moveAside bool) (*State, error) {
-	st := &State{Version: stateVersion, Certificates: map[string]*CertState{}}
+	st := newState()
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return st, nil
@@ -67,14 +73,14 @@ func loadState(path string, moveAside bool) (*State, error) {
 		}
 		if !moveAside {
 			slog.Error("state file is unreadable; a real run would start afresh", "file", path, "err", err)
-			return &State{Version: stateVersion, Certificates: map[string]*CertState{}}, nil
+			return newState(), nil
 		}
 		aside := path + ".corrupt"
 		slog.Error("state file is unreadable; starting afresh", "file", path, "err", err, "kept_as", aside)
 		if rerr := os.Rename(path, aside); rerr != nil {
 			return nil, fmt.Errorf("%s: unreadable (%v) and cannot be moved aside: %w", path, err, rerr)
 		}
-		return &State{Version: stateVersion, Certificates: map[string]*CertState{}}, nil
+		return newState(), nil
 	}
 	if st.Certificates == nil {
 		st.Certificates = map[string]*CertState{}

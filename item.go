@@ -1,0 +1,248 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"time"
+
+	"golang.org/x/crypto/ocsp"
+)
+
+// item is one certificate file on its way through a run.
+type item struct {
+	path   string
+	dryRun bool
+	old    *CertState // what the state recorded before this run, nil if nothing
+	st     *CertState // what it records after
+
+	data       []byte // the certificate file, read once
+	bundle     []*x509.Certificate
+	staple     []byte // the staple on disk when the run began
+	stapleHash string // its hash, stapleMissing if there is none
+	reason     string // why the staple is due; dueNotDue if it is not
+	adopted    bool   // a valid staple written by someone else was found and kept
+	newCert    bool   // the certificate is new or changed: HAProxy may still run another
+
+	err     error    // of the refresh
+	changed bool     // the refresh wrote a new staple
+	der     []byte   // the staple to push
+	pushTo  []string // the sockets to push it to
+}
+
+// check reads the certificate file, brings its state entry up to date and decides whether its
+// staple is due. It contacts nobody, except to fetch an issuer needed to verify a staple that
+// changed on disk or to repair a wrong <cert>.issuer.
+func (it *item) check(ctx context.Context, finder *issuerFinder, pol policy, now time.Time, force bool) error {
+	var err error
+	if it.data, err = readBundle(it.path, maxBundleBytes); err != nil {
+		return err
+	}
+	hash := hashBytes(it.data)
+	if it.old != nil && it.old.Hash == hash {
+		st := *it.old
+		st.PendingPush = slices.Clone(it.old.PendingPush)
+		it.st = &st
+	} else {
+		if err := it.parse(); err != nil {
+			return err
+		}
+		leaf := it.bundle[0]
+		it.newCert = true
+		it.st = &CertState{
+			Hash:      hash,
+			Serial:    fmt.Sprintf("%x", leaf.SerialNumber),
+			Issuer:    leaf.Issuer.String(),
+			NotBefore: leaf.NotBefore,
+			NotAfter:  leaf.NotAfter,
+			Responder: responderURL(leaf),
+		}
+		if it.old != nil {
+			it.st.IssuerFile = it.old.IssuerFile
+		}
+		if err := it.checkIssuerFile(ctx, finder); err != nil {
+			return err
+		}
+	}
+	if it.st.Responder == "" || now.After(it.st.NotAfter) || now.Before(it.st.NotBefore) {
+		return nil // run reports these
+	}
+	it.stapleHash = stapleMissing
+	if staple, err := os.ReadFile(stapleName(it.path)); err == nil {
+		it.staple, it.stapleHash = staple, hashBytes(staple)
+	}
+	it.reason = dueReason(now, it.old, hash, it.stapleHash, force)
+	if it.reason != dueReplaced {
+		return nil
+	}
+	// Someone else wrote the staple (another tool, a restored backup). Keep it if it is a valid,
+	// good response for this certificate; replace it otherwise.
+	resp, certID, err := it.verify(ctx, finder, it.staple, now)
+	switch {
+	case err != nil:
+		it.reason = "staple on disk is not valid: " + err.Error()
+	case resp.Status != ocsp.Good:
+		it.reason = "staple on disk says " + statusName(resp.Status)
+	default:
+		it.st.recordStaple(it.staple, resp, certID)
+		it.st.NextDue = pol.afterSuccess(it.path, now, resp.ThisUpdate, resp.NextUpdate)
+		it.reason = dueReason(now, it.st, hash, it.stapleHash, false)
+		it.adopted = it.reason == dueNotDue
+		if it.adopted {
+			slog.Info("adopted staple found on disk", "cert", it.path, "next_update", resp.NextUpdate)
+		}
+	}
+	return nil
+}
+
+// checkIssuerFile makes sure that <cert>.issuer, if there is one, signed the certificate:
+// HAProxy 2.6 refuses to start with a wrong one, staple or not. A wrong .issuer that stapler
+// wrote itself (for an earlier certificate) is replaced by the right issuer, or removed when
+// HAProxy finds the issuer in the bundle; one that someone else wrote is reported.
+func (it *item) checkIssuerFile(ctx context.Context, finder *issuerFinder) error {
+	name := issuerName(it.path)
+	data, err := os.ReadFile(name)
+	if err != nil {
+		return nil
+	}
+	if certs, err := parseBundle(data); err == nil && signed(it.bundle[0], certs[0]) {
+		return nil
+	}
+	if it.st.IssuerFile != hashBytes(data) {
+		return fmt.Errorf("%s did not sign the certificate, and HAProxy refuses to start with it: correct or remove it", name)
+	}
+	issuer, src, err := finder.find(ctx, it.path, it.bundle)
+	switch {
+	case it.dryRun:
+		slog.Info("would repair issuer file", "file", name)
+		return nil
+	case err == nil && src == issuerInBundle:
+		if err := os.Remove(name); err != nil {
+			return fmt.Errorf("removing outdated %s: %w", name, err)
+		}
+		it.st.IssuerFile = ""
+		slog.Info("removed outdated issuer file; the issuer is in the bundle", "file", name)
+		return nil
+	case err != nil:
+		return fmt.Errorf("%s, written for an earlier certificate, did not sign this one, and HAProxy refuses to start with it: %w", name, err)
+	}
+	if err := it.writeIssuer(issuer); err != nil {
+		return err
+	}
+	slog.Info("replaced outdated issuer file", "file", name, "source", src)
+	return nil
+}
+
+func (it *item) writeIssuer(issuer *x509.Certificate) error {
+	data := issuerPEM(issuer)
+	if _, err := writeFileAtomic(issuerName(it.path), data, 0o644); err != nil {
+		return fmt.Errorf("writing issuer: %w", err)
+	}
+	it.st.IssuerFile = hashBytes(data)
+	return nil
+}
+
+// parse parses the certificate file read by check.
+func (it *item) parse() error {
+	if it.bundle != nil {
+		return nil
+	}
+	var err error
+	it.bundle, err = parseBundle(it.data)
+	return err
+}
+
+// verify checks a staple as validateResponse does and returns it with the CertID HAProxy
+// knows it by.
+func (it *item) verify(ctx context.Context, finder *issuerFinder, staple []byte, now time.Time) (*ocsp.Response, []byte, error) {
+	if err := it.parse(); err != nil {
+		return nil, nil, err
+	}
+	issuer, _, err := finder.find(ctx, it.path, it.bundle)
+	if err != nil {
+		return nil, nil, err
+	}
+	req, err := newRequest(it.bundle[0], issuer)
+	if err != nil {
+		return nil, nil, err
+	}
+	resp, err := validateResponse(staple, req, it.bundle[0], issuer, now)
+	if err != nil {
+		return nil, nil, err
+	}
+	certID, err := requestCertID(req)
+	return resp, certID, err
+}
+
+// refresh fetches, validates and writes a new staple. Nothing touches disk until the response
+// has passed validation, so a failure leaves the last good staple as it was. It writes
+// <cert>.issuer before <cert>.ocsp when HAProxy could not otherwise find the issuer: HAProxy
+// 2.6 refuses to start with a .ocsp whose issuer it cannot find. A response that is the staple
+// on disk, or older than it, changes nothing.
+func (it *item) refresh(ctx context.Context, f *fetcher, finder *issuerFinder, now time.Time) error {
+	if err := it.parse(); err != nil {
+		return err
+	}
+	leaf := it.bundle[0]
+	issuer, src, err := finder.find(ctx, it.path, it.bundle)
+	if err != nil {
+		return err
+	}
+	req, err := newRequest(leaf, issuer)
+	if err != nil {
+		return err
+	}
+	der, err := f.fetch(ctx, it.st.Responder, req)
+	if err != nil {
+		return err
+	}
+	resp, err := validateResponse(der, req, leaf, issuer, now)
+	if err != nil {
+		return err
+	}
+	certID, err := requestCertID(req)
+	if err != nil {
+		return err
+	}
+	// The staple on disk is still the one the state vouches for: keep it unless this is newer.
+	current := it.stapleHash != stapleMissing && it.stapleHash == it.st.StapleHash && it.st.hasValidStaple(now)
+	if current && (bytes.Equal(der, it.staple) ||
+		statusName(resp.Status) == it.st.Status && resp.NextUpdate.Before(it.st.NextUpdate)) {
+		it.st.Failures, it.st.LastError = 0, ""
+		return nil
+	}
+	if src == issuerFromDir || src == issuerFromAIA {
+		if err := it.writeIssuer(issuer); err != nil {
+			return err
+		}
+	}
+	if _, err := writeFileAtomic(stapleName(it.path), der, 0o644); err != nil {
+		return fmt.Errorf("writing staple: %w", err)
+	}
+	it.st.recordStaple(der, resp, certID)
+	it.st.LastUpdate = now
+	it.der, it.changed = der, true
+	return nil
+}
+
+// hasValidStaple reports whether the staple recorded as on disk is still worth stapling at now.
+func (st *CertState) hasValidStaple(now time.Time) bool {
+	return st.StapleHash != "" && st.NextUpdate.After(now.Add(minValidity))
+}
+
+// recordStaple notes a valid staple now on disk.
+func (st *CertState) recordStaple(der []byte, resp *ocsp.Response, certID []byte) {
+	st.StapleHash = hashBytes(der)
+	st.CertID = hex.EncodeToString(certID)
+	st.Status = statusName(resp.Status)
+	st.ThisUpdate = resp.ThisUpdate
+	st.NextUpdate = resp.NextUpdate
+	st.RevokedAt = resp.RevokedAt
+	st.Failures = 0
+	st.LastError = ""
+}
