@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"os"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -302,10 +301,4 @@ func httpClient(cfg Config) *http.Client {
 	t.MaxConnsPerHost = cfg.Jobs
 	t.MaxIdleConnsPerHost = cfg.Jobs
 	return &http.Client{Transport: t, Timeout: cfg.Timeout}
-}
-
-// exists reports whether path names anything, even a dangling symlink.
-func exists(path string) bool {
-	_, err := os.Lstat(path)
-	return err == nil
 }
