@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -40,8 +39,14 @@ type Config struct {
 	State string `toml:"state"`
 	// sockets: HAProxy runtime API sockets: a unix socket path or host:port. Default none.
 	Sockets []string `toml:"sockets"`
-	// socket_timeout: deadline for one exchange with one HAProxy socket. Default 5s.
+	// socket_timeout: deadline for connecting to one HAProxy socket and for each answer on it.
+	// Default 5s.
 	SocketTimeout time.Duration `toml:"socket_timeout"`
+	// reload_command: run once, with sh -c, at the end of a run in which some HAProxy can serve a
+	// staple only after a reload, e.g. "systemctl reload haproxy". Default none.
+	ReloadCommand string `toml:"reload_command"`
+	// reload_timeout: deadline for reload_command. Default 60s.
+	ReloadTimeout time.Duration `toml:"reload_timeout"`
 	// jobs: OCSP requests in flight at once. Default 8.
 	Jobs int `toml:"jobs"`
 	// timeout: deadline for one OCSP request, connection included. Default 10s.
@@ -79,6 +84,7 @@ func defaultConfig() Config {
 		FetchIssuers:     true,
 		State:            "/var/lib/stapler/state.json",
 		SocketTimeout:    5 * time.Second,
+		ReloadTimeout:    time.Minute,
 		Jobs:             8,
 		Timeout:          10 * time.Second,
 		MaxResponseBytes: 64 << 10,
@@ -142,7 +148,7 @@ func (cfg *Config) validate() error {
 	}
 	for name, d := range map[string]time.Duration{
 		"timeout": cfg.Timeout, "socket_timeout": cfg.SocketTimeout,
-		"retry_base": cfg.RetryBase, "retry_max": cfg.RetryMax, "run_timeout": cfg.RunTimeout,
+		"retry_base": cfg.RetryBase, "retry_max": cfg.RetryMax, "run_timeout": cfg.RunTimeout, "reload_timeout": cfg.ReloadTimeout,
 	} {
 		if d <= 0 {
 			bad("%s must be a positive duration such as \"10s\", not %v", name, d)
@@ -181,8 +187,8 @@ func (cfg *Config) validate() error {
 		}
 	}
 	for _, s := range cfg.Sockets {
-		if strings.TrimSpace(s) == "" {
-			bad("sockets: empty address")
+		if _, err := parseSocketAddr(s); err != nil {
+			bad("%v", err)
 		}
 	}
 	for _, f := range cfg.Files {

@@ -1,19 +1,23 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"io"
 	"net"
+	"strconv"
 	"strings"
 	"time"
 )
 
+// HAProxy's runtime API, as HAProxy 2.6 speaks it (../shared/haproxy-ocsp-facts.md).
+
 const (
 	// maxCommandLine: HAProxy 2.6 with the default tune.bufsize of 16384 answers nothing to a
-	// longer command line and keeps the connection, and one of its ten stats slots, forever.
+	// longer command line and keeps the connection, and one of its ten stats slots, forever; a
+	// payload near 16384 bytes can abort the process. stapler stays well below.
 	maxCommandLine = 15360
 	// replyUpdated is HAProxy's answer to a successful `set ssl ocsp-response`.
 	replyUpdated = "OCSP Response updated!"
@@ -25,69 +29,308 @@ const (
 // closed without an answer), as opposed to an answer that says no.
 var errUnreachable = errors.New("HAProxy unreachable")
 
-// noSlotError: HAProxy has no OCSP slot whose CertID matches the staple.
-type noSlotError struct{ addr string }
-
-func (e *noSlotError) Error() string {
-	return fmt.Sprintf("HAProxy at %s answered %q: it loaded this certificate without a .ocsp file (HAProxy 2.6 makes no OCSP slot then) or runs an older certificate; reload HAProxy once so that it reads the staple", e.addr, replyNoSlot)
+// socketAddr is a runtime API address: a unix socket path ("/run/haproxy/admin.sock",
+// "unix@/path"), a TCP address ("127.0.0.1:9999", "ipv4@127.0.0.1:9999", "[::1]:9999",
+// "ipv6@[::1]:9999"), either behind "master:" for the master CLI of `haproxy -W -S`, whose
+// commands stapler sends to the current worker with the "@1 " prefix.
+type socketAddr struct {
+	Raw     string
+	Network string // "unix" or "tcp"
+	Address string
+	Master  bool
 }
 
-// socketNetwork tells a unix socket path from a TCP host:port.
-func socketNetwork(addr string) (network, address string) {
-	if strings.HasPrefix(addr, "unix@") {
-		return "unix", strings.TrimPrefix(addr, "unix@")
+func parseSocketAddr(s string) (socketAddr, error) {
+	a := socketAddr{Raw: s}
+	rest, master := strings.CutPrefix(s, "master:")
+	a.Master = master
+	switch {
+	case strings.HasPrefix(rest, "unix@"):
+		a.Network, a.Address = "unix", strings.TrimPrefix(rest, "unix@")
+	case strings.HasPrefix(rest, "ipv4@"), strings.HasPrefix(rest, "ipv6@"):
+		a.Network, a.Address = "tcp", rest[len("ipv4@"):]
+	case strings.Contains(rest, "/"):
+		a.Network, a.Address = "unix", rest
+	default:
+		a.Network, a.Address = "tcp", rest
 	}
-	if strings.Contains(addr, "/") {
-		return "unix", addr
+	if a.Address == "" {
+		return a, fmt.Errorf("socket %q: no address", s)
 	}
-	return "tcp", strings.TrimPrefix(addr, "ipv4@")
+	if a.Network == "tcp" {
+		host, port, err := net.SplitHostPort(a.Address)
+		if err != nil || port == "" {
+			return a, fmt.Errorf("socket %q: want a unix socket path or host:port", s)
+		}
+		if host == "" || host == "*" {
+			a.Address = net.JoinHostPort("127.0.0.1", port)
+		}
+	}
+	return a, nil
 }
 
-// pushStaple hands the DER staple to the HAProxy whose runtime API listens at addr, with
-// `set ssl ocsp-response`, and checks that HAProxy took it. The whole exchange, connection
-// included, ends by timeout, and the connection is always closed.
-func pushStaple(ctx context.Context, addr string, der []byte, timeout time.Duration) error {
-	cmd := "set ssl ocsp-response " + base64.StdEncoding.EncodeToString(der) + "\n"
-	if len(cmd) > maxCommandLine {
-		return fmt.Errorf("staple of %d bytes is too large to push safely to HAProxy (command line over %d bytes); it takes effect at the next reload", len(der), maxCommandLine)
-	}
-	reply, err := haproxyCommand(ctx, addr, cmd, timeout)
-	if err != nil {
-		return err
-	}
-	switch reply {
-	case replyUpdated:
-		return nil
-	case replyNoSlot:
-		return &noSlotError{addr}
-	}
-	return fmt.Errorf("HAProxy at %s answered %q", addr, reply)
+// cliSession is one connection to HAProxy's runtime API in interactive mode (`prompt`), so
+// that any number of commands share it. Every exchange has a deadline; close always closes.
+type cliSession struct {
+	addr    socketAddr
+	conn    net.Conn
+	buf     []byte // read but not yet returned
+	prompt  []byte // "\n" + the prompt: what ends each answer
+	prefix  string // "@1 " on a master socket
+	timeout time.Duration
+	level   string // of `show cli level`, once asked
+
+	reloadable bool // a reload will follow when a staple needs one
 }
 
-// haproxyCommand sends one command line in HAProxy's non-interactive mode, where HAProxy
-// answers and closes, and returns the answer without its trailing blank line.
-func haproxyCommand(ctx context.Context, addr, cmd string, timeout time.Duration) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+// openCLI connects, switches to interactive mode and asks for numbered severities, so that
+// answers say whether they report success ("[6]: ...") or an error ("[3]: ...").
+func openCLI(ctx context.Context, addr socketAddr, timeout time.Duration) (*cliSession, error) {
+	dctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	network, address := socketNetwork(addr)
 	var d net.Dialer
-	conn, err := d.DialContext(ctx, network, address)
+	conn, err := d.DialContext(dctx, addr.Network, addr.Address)
 	if err != nil {
-		return "", fmt.Errorf("%w: %w", errUnreachable, err)
+		return nil, fmt.Errorf("%w: %w", errUnreachable, err)
 	}
-	defer conn.Close()
-	if deadline, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(deadline)
+	s := &cliSession{addr: addr, conn: conn, timeout: timeout}
+	if addr.Master {
+		s.prefix = "@1 "
 	}
-	if _, err := io.WriteString(conn, cmd); err != nil {
-		return "", fmt.Errorf("%w: sending to %s: %w", errUnreachable, addr, err)
+	// The first answer to `prompt` is the prompt itself: "> ", or "master> ".
+	if err := s.write("prompt\n"); err != nil {
+		conn.Close()
+		return nil, err
 	}
-	reply, err := io.ReadAll(io.LimitReader(conn, 1<<20))
+	first, err := s.readUntil([]byte("> "), false)
 	if err != nil {
-		return "", fmt.Errorf("%w: reading the answer of %s: %w", errUnreachable, addr, err)
+		conn.Close()
+		return nil, err
 	}
-	if len(reply) == 0 {
-		return "", fmt.Errorf("%w: %s closed the connection without answering", errUnreachable, addr)
+	s.prompt = append([]byte("\n"), bytes.TrimLeft(first, "\n")...)
+	if _, err := s.exec("set severity-output number"); err != nil {
+		s.close()
+		return nil, err
 	}
-	return strings.TrimSpace(string(reply)), nil
+	return s, nil
+}
+
+func (s *cliSession) write(text string) error {
+	s.conn.SetDeadline(time.Now().Add(s.timeout))
+	if _, err := s.conn.Write([]byte(text)); err != nil {
+		return fmt.Errorf("%w: sending to %s: %w", errUnreachable, s.addr.Raw, err)
+	}
+	return nil
+}
+
+// readUntil returns what HAProxy sends up to and including end, without end if trim.
+func (s *cliSession) readUntil(end []byte, trim bool) ([]byte, error) {
+	chunk := make([]byte, 64<<10)
+	for {
+		if i := bytes.Index(s.buf, end); i >= 0 {
+			n := i + len(end)
+			out := bytes.Clone(s.buf[:n])
+			s.buf = s.buf[n:]
+			if trim {
+				out = out[:i]
+			}
+			return out, nil
+		}
+		s.conn.SetDeadline(time.Now().Add(s.timeout))
+		n, err := s.conn.Read(chunk)
+		s.buf = append(s.buf, chunk[:n]...)
+		if err != nil {
+			return nil, fmt.Errorf("%w: reading the answer of %s: %w", errUnreachable, s.addr.Raw, err)
+		}
+	}
+}
+
+// exec sends one command and returns HAProxy's answer. An answer with an error severity
+// ("[3]: ...") comes back as a *cliError. Through a master socket HAProxy 2.6 gives no
+// severities: callers compare answers with the texts they expect.
+func (s *cliSession) exec(cmd string) (string, error) {
+	answers, err := s.execAll([]string{cmd})
+	if err != nil {
+		return "", err
+	}
+	return answers[0].text, answers[0].err
+}
+
+type answer struct {
+	text string
+	err  error // a *cliError when HAProxy reported an error
+}
+
+// cliError is an answer HAProxy marked as an error.
+type cliError struct{ text string }
+
+func (e *cliError) Error() string { return fmt.Sprintf("HAProxy answered %q", e.text) }
+
+// execAll pipelines commands: it writes them all while reading the answers, so that many
+// commands cost one round trip. It fails as a whole only when the connection does.
+func (s *cliSession) execAll(cmds []string) ([]answer, error) {
+	var text strings.Builder
+	for _, c := range cmds {
+		text.WriteString(s.prefix)
+		text.WriteString(c)
+		text.WriteByte('\n')
+	}
+	werr := make(chan error, 1)
+	go func() { werr <- s.write(text.String()) }()
+	answers := make([]answer, 0, len(cmds))
+	for range cmds {
+		raw, err := s.readUntil(s.prompt, true)
+		if err != nil {
+			s.conn.Close() // unblocks the writer
+			<-werr
+			return nil, err
+		}
+		answers = append(answers, parseAnswer(raw))
+	}
+	if err := <-werr; err != nil {
+		return nil, err
+	}
+	return answers, nil
+}
+
+// parseAnswer strips the "+ " prompts that follow payload lines and the severity prefix.
+func parseAnswer(raw []byte) answer {
+	t := string(raw)
+	for strings.HasPrefix(t, "+ ") {
+		t = t[2:]
+	}
+	t = strings.TrimSpace(t)
+	if len(t) >= 5 && t[0] == '[' && t[2] == ']' && t[3] == ':' {
+		sev, err := strconv.Atoi(t[1:2])
+		t = strings.TrimSpace(t[4:])
+		if err == nil && sev <= 3 {
+			return answer{text: t, err: &cliError{t}}
+		}
+	}
+	return answer{text: t}
+}
+
+// withPayload is a command followed by a payload (HAProxy's `<<` syntax), base64 lines
+// ended by an empty line.
+func withPayload(cmd string, der []byte) string {
+	enc := base64.StdEncoding.EncodeToString(der)
+	var b strings.Builder
+	b.WriteString(cmd + " <<\n")
+	for len(enc) > 0 {
+		n := min(64, len(enc))
+		b.WriteString(enc[:n] + "\n")
+		enc = enc[n:]
+	}
+	return b.String() // execAll adds the empty line's newline
+}
+
+// close ends the session: `quit`, a half-close (the master CLI waits for it), then close.
+func (s *cliSession) close() {
+	s.conn.SetDeadline(time.Now().Add(s.timeout))
+	s.conn.Write([]byte("quit\n"))
+	if cw, ok := s.conn.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	s.conn.Close()
+}
+
+// setOCSPCommand is the `set ssl ocsp-response` command for a staple, or an error when it
+// would come too near HAProxy's buffer limit.
+func setOCSPCommand(der []byte, prefix string) (string, error) {
+	cmd := "set ssl ocsp-response " + base64.StdEncoding.EncodeToString(der)
+	if len(prefix)+len(cmd)+1 > maxCommandLine {
+		return "", fmt.Errorf("staple of %d bytes is too large to send to HAProxy safely (a command line over %d bytes can hang its runtime API); HAProxy reads it from disk at its next reload", len(der), maxCommandLine)
+	}
+	return cmd, nil
+}
+
+// cliLevel is the socket's access level: "admin", "operator" or "user".
+func (s *cliSession) cliLevel() (string, error) {
+	if s.level == "" {
+		level, err := s.exec("show cli level")
+		if err != nil {
+			return "", err
+		}
+		s.level = level
+	}
+	return s.level, nil
+}
+
+// processMark identifies the HAProxy process behind a socket: its pid and start time. A new
+// mark means HAProxy restarted or reloaded and read its staples from disk again.
+func (s *cliSession) processMark(now time.Time) (string, error) {
+	info, err := s.exec("show info")
+	if err != nil {
+		return "", err
+	}
+	var pid string
+	var uptime int64 = -1
+	for _, line := range strings.Split(info, "\n") {
+		k, v, _ := strings.Cut(line, ": ")
+		switch k {
+		case "Pid":
+			pid = v
+		case "Uptime_sec":
+			uptime, _ = strconv.ParseInt(v, 10, 64)
+		}
+	}
+	if pid == "" || uptime < 0 {
+		return "", fmt.Errorf("HAProxy at %s: unexpected answer to show info", s.addr.Raw)
+	}
+	// The start time is known to a second or two; a minute's resolution is plenty to tell
+	// one process from the next with the same pid.
+	start := now.Add(-time.Duration(uptime) * time.Second).Truncate(time.Minute)
+	return pid + "@" + start.UTC().Format(time.RFC3339), nil
+}
+
+// ocspKeys lists the CertID keys (hex) of HAProxy's OCSP slots.
+func (s *cliSession) ocspKeys() (map[string]bool, error) {
+	list, err := s.exec("show ssl ocsp-response")
+	if err != nil {
+		return nil, err
+	}
+	keys := map[string]bool{}
+	for _, line := range strings.Split(list, "\n") {
+		if k, ok := strings.CutPrefix(line, "Certificate ID key : "); ok {
+			keys[strings.ToLower(strings.TrimSpace(k))] = true
+		}
+	}
+	return keys, nil
+}
+
+// servedThisUpdate reads the thisUpdate from HAProxy's text form of the response in a slot
+// (`show ssl ocsp-response <key>`), zero when there is none.
+func servedThisUpdate(text string) time.Time {
+	for _, line := range strings.Split(text, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "This Update: "); ok {
+			if t, err := time.Parse("Jan _2 15:04:05 2006 MST", strings.TrimSpace(v)); err == nil {
+				return t
+			}
+		}
+	}
+	return time.Time{}
+}
+
+// loadedSerial asks whether HAProxy has loaded the certificate file path and returns the
+// serial (hex) of the certificate it holds; "" when it has not loaded the file.
+func (s *cliSession) loadedSerial(path string) (string, error) {
+	text, err := s.exec("show ssl cert " + path)
+	var cerr *cliError
+	if errors.As(err, &cerr) || strings.HasPrefix(text, "Can't display the certificate") {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(text, "\n") {
+		if v, ok := strings.CutPrefix(line, "Serial: "); ok {
+			return strings.TrimSpace(v), nil
+		}
+	}
+	return "", fmt.Errorf("HAProxy at %s: no serial in show ssl cert %s", s.addr.Raw, path)
+}
+
+// sameSerial compares hex serials as HAProxy and stapler write them.
+func sameSerial(a, b string) bool {
+	return strings.TrimLeft(strings.ToLower(a), "0") == strings.TrimLeft(strings.ToLower(b), "0")
 }

@@ -299,7 +299,12 @@ func hapStart(t *testing.T, haproxy, cfg, sock, dir string) {
 			t.Fatalf("haproxy exited at start-up (%v):\n%s", cmd.ProcessState, log)
 		default:
 		}
-		reply, err := haproxyCommand(context.Background(), sock, "show version\n", time.Second)
+		s, err := openCLI(context.Background(), socketAddr{Raw: sock, Network: "unix", Address: sock}, time.Second)
+		if err != nil {
+			return err
+		}
+		defer s.close()
+		reply, err := s.exec("show version")
 		if err == nil && !strings.HasPrefix(reply, "2.") {
 			err = fmt.Errorf("unexpected answer to show version: %q", reply)
 		}

@@ -29,10 +29,9 @@ type item struct {
 	adopted    bool   // a valid staple written by someone else was found and kept
 	newCert    bool   // the certificate is new or changed: HAProxy may still run another
 
-	err     error    // of the refresh
-	changed bool     // the refresh wrote a new staple
-	der     []byte   // the staple to push
-	pushTo  []string // the sockets to push it to
+	err     error // of the refresh
+	changed bool  // the refresh wrote a new staple
+	pushAll bool  // push the staple on disk to every HAProxy, not only where it is missing
 }
 
 // check reads the certificate file, brings its state entry up to date and decides whether its
@@ -226,8 +225,18 @@ func (it *item) refresh(ctx context.Context, f *fetcher, finder *issuerFinder, n
 	}
 	it.st.recordStaple(der, resp, certID)
 	it.st.LastUpdate = now
-	it.der, it.changed = der, true
+	it.staple, it.stapleHash, it.changed = der, it.st.StapleHash, true
 	return nil
+}
+
+// ref is the staple HAProxy should serve for the item: the one on disk, if it is the valid
+// one the state vouches for.
+func (it *item) ref(now time.Time) (stapleRef, bool) {
+	st := it.st
+	if st == nil || st.Responder == "" || st.CertID == "" || it.stapleHash != st.StapleHash || !st.hasValidStaple(now) {
+		return stapleRef{}, false
+	}
+	return stapleRef{Path: it.path, DER: it.staple, CertID: st.CertID, Serial: st.Serial, ThisUpdate: st.ThisUpdate, NewCert: it.newCert}, true
 }
 
 // hasValidStaple reports whether the staple recorded as on disk is still worth stapling at now.

@@ -33,13 +33,14 @@ type summary struct {
 	Failed      int
 	Revoked     int // the staple says revoked
 	PushFailed  int // staples that at least one HAProxy did not take
+	NeedsReload int // staples some HAProxy serves only after a reload, which did not happen
 	Errors      int // problems not tied to one certificate (an unreadable directory)
 }
 
 // ok reports whether the run met its promise: every certificate with a responder has a fresh,
 // valid, good staple on disk and in every configured HAProxy.
 func (s summary) ok() bool {
-	return s.Failed == 0 && s.Revoked == 0 && s.PushFailed == 0 && s.Errors == 0 && s.Unfinished == 0
+	return s.Failed == 0 && s.Revoked == 0 && s.PushFailed == 0 && s.NeedsReload == 0 && s.Errors == 0 && s.Unfinished == 0
 }
 
 func (s summary) log(dryRun bool, took time.Duration) {
@@ -53,7 +54,7 @@ func (s summary) log(dryRun bool, took time.Duration) {
 	for _, extra := range []struct {
 		name string
 		n    int
-	}{{"skipped", s.Skipped}, {"revoked", s.Revoked}, {"push_failed", s.PushFailed}, {"unfinished", s.Unfinished}, {"errors", s.Errors}} {
+	}{{"skipped", s.Skipped}, {"revoked", s.Revoked}, {"push_failed", s.PushFailed}, {"needs_reload", s.NeedsReload}, {"unfinished", s.Unfinished}, {"errors", s.Errors}} {
 		if extra.n > 0 {
 			attrs = append(attrs, extra.name, extra.n)
 		}
@@ -99,7 +100,7 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 	}
 	pol := policy{RenewAt: opt.RenewAt, Spread: opt.RenewSpread, RetryBase: opt.RetryBase, RetryMax: opt.RetryMax}
 
-	var due, pushes []*item
+	var due, checked []*item
 	keep := map[string]bool{} // state entries to keep
 	for _, path := range paths {
 		it := &item{path: path, old: state.Certificates[path], dryRun: opt.DryRun}
@@ -118,6 +119,7 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 		sum.Checked++
 		keep[path] = true
 		state.Certificates[path] = it.st
+		checked = append(checked, it)
 		switch {
 		case it.st.Responder == "":
 			slog.Debug("certificate has no OCSP responder", "cert", path)
@@ -140,17 +142,8 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 				slog.Debug("staple is up to date", "cert", path, "next_due", it.st.NextDue)
 			}
 			sum.UpToDate++
-			// The staple on disk is the verified one the state records: push it where an
-			// earlier push failed, or everywhere when it was just adopted.
-			if it.adopted {
-				it.pushTo = opt.Sockets
-			} else {
-				it.pushTo = slices.DeleteFunc(slices.Clone(it.st.PendingPush), func(s string) bool { return !slices.Contains(opt.Sockets, s) })
-			}
-			if len(it.pushTo) > 0 && !opt.DryRun {
-				it.der = it.staple
-				pushes = append(pushes, it)
-			}
+			// A staple found on disk and adopted goes to every HAProxy.
+			it.pushAll = it.adopted
 		case opt.DryRun:
 			slog.Info("would refresh staple", "cert", path, "reason", it.reason, "responder", it.st.Responder)
 			sum.Due++
@@ -187,10 +180,6 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 				sum.Revoked++
 				slog.Error("certificate is revoked", "cert", it.path, "revoked_at", it.st.RevokedAt, "serial", it.st.Serial)
 			}
-			if it.pushTo = slices.Clone(it.st.PendingPush); len(it.pushTo) > 0 {
-				it.der = it.staple
-				pushes = append(pushes, it)
-			}
 		default:
 			it.st.NextDue = pol.afterSuccess(it.path, now, it.st.ThisUpdate, it.st.NextUpdate)
 			sum.Refreshed++
@@ -200,14 +189,15 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 			} else {
 				slog.Info("updated staple", "cert", it.path, "reason", it.reason, "next_update", it.st.NextUpdate, "next_due", it.st.NextDue)
 			}
-			it.pushTo = opt.Sockets
-			pushes = append(pushes, it)
+			it.pushAll = true
 		}
 	}
 	if sum.Unfinished > 0 {
 		slog.Error("run ended before every due staple was fetched; they stay due", "unfinished", sum.Unfinished, "err", context.Cause(ctx))
 	}
-	sum.PushFailed = pushAll(ctx, pushes, opt.SocketTimeout)
+	if len(opt.Sockets) > 0 {
+		sum.PushFailed, sum.NeedsReload = syncHAProxies(ctx, opt, checked, state, now)
+	}
 
 	if len(opt.Only) == 0 && sum.Errors == 0 {
 		for path := range state.Certificates {
@@ -244,49 +234,63 @@ func fetchAll(ctx context.Context, due []*item, jobs int, f *fetcher, finder *is
 	wg.Wait()
 }
 
-// pushAll hands each item's staple to the sockets in its pushTo and returns how many staples
-// some HAProxy did not take. A socket that cannot be reached is not tried again in this run:
-// its remaining pushes wait for the next run, so a hung HAProxy costs one timeout, not one
-// per staple.
-func pushAll(ctx context.Context, pushes []*item, timeout time.Duration) (failed int) {
-	down := map[string]error{}
-	skipped := map[string]int{}
-	for _, it := range pushes {
-		it.st.PendingPush = nil
-		ok := true
-		for _, sock := range it.pushTo {
-			if err := down[sock]; err != nil {
-				it.st.PendingPush = append(it.st.PendingPush, sock)
-				skipped[sock]++
-				ok = false
-				continue
-			}
-			err := pushStaple(ctx, sock, it.der, timeout)
-			var slotErr *noSlotError
-			switch {
-			case err == nil:
-				slog.Debug("pushed staple", "cert", it.path, "socket", sock)
-			case errors.As(err, &slotErr) && it.newCert:
-				// HAProxy still runs the previous certificate, or has not loaded this one: it
-				// reads the staple from disk when it loads the certificate.
-				slog.Warn("HAProxy will load this staple when it reloads", "cert", it.path, "socket", sock, "err", err)
-			default:
-				slog.Error("push failed", "cert", it.path, "socket", sock, "err", err)
-				it.st.PendingPush = append(it.st.PendingPush, sock)
-				ok = false
-				if errors.Is(err, errUnreachable) {
-					down[sock] = err
-				}
+// syncHAProxies makes every HAProxy serve the staple on disk of each checked certificate:
+// new and adopted staples are pushed everywhere, earlier failed pushes are retried, and the
+// rest are checked for drift. It records what failed, to retry, and runs reload_command when
+// only a reload can help. It returns how many certificates some HAProxy did not take, and how
+// many still need a reload.
+func syncHAProxies(ctx context.Context, opt runOptions, items []*item, state *State, now time.Time) (failed, reload int) {
+	push, check := map[string][]stapleRef{}, map[string][]stapleRef{}
+	var synced []*item
+	for _, it := range items {
+		ref, ok := it.ref(now)
+		if !ok {
+			continue
+		}
+		synced = append(synced, it)
+		for _, sock := range opt.Sockets {
+			if it.pushAll || slices.Contains(it.st.PendingPush, sock) {
+				push[sock] = append(push[sock], ref)
+			} else {
+				check[sock] = append(check[sock], ref)
 			}
 		}
-		if !ok {
+	}
+	reports := syncAll(ctx, opt.Sockets, push, check, state.Sockets, syncOptions{Timeout: opt.SocketTimeout, Now: now, Reloadable: opt.ReloadCommand != ""})
+	state.Sockets = map[string]string{}
+	var severe []*item
+	for _, sock := range opt.Sockets {
+		if m := reports[sock].Mark; m != "" {
+			state.Sockets[sock] = m
+		}
+	}
+	for _, it := range synced {
+		it.st.PendingPush = nil
+		needs := false
+		for _, sock := range opt.Sockets {
+			switch res := reports[sock].Results[it.path]; {
+			case res.outcome == pushFailed:
+				it.st.PendingPush = append(it.st.PendingPush, sock)
+			case res.outcome == needsReload && res.severe:
+				needs = true
+			}
+		}
+		if len(it.st.PendingPush) > 0 {
 			failed++
 		}
+		if needs {
+			severe = append(severe, it)
+		}
 	}
-	for sock, n := range skipped {
-		slog.Error("HAProxy unreachable; staples left for the next run", "socket", sock, "staples", n)
+	if len(severe) > 0 && opt.ReloadCommand != "" {
+		if err := runReload(ctx, opt.ReloadCommand, opt.ReloadTimeout); err != nil {
+			slog.Error("reload failed; staples wait for the next reload", "err", err, "certificates", len(severe))
+		} else {
+			slog.Info("reloaded HAProxy: it reads the staples from disk", "certificates", len(severe))
+			return failed, 0
+		}
 	}
-	return failed
+	return failed, len(severe)
 }
 
 // httpClient is shared by every request of a run so that requests to one responder reuse a

@@ -19,6 +19,9 @@ const stateVersion = 1
 type State struct {
 	Version      int                   `json:"version"`
 	Certificates map[string]*CertState `json:"certificates"`
+	// Sockets maps each HAProxy socket to the process (pid and start) whose staples were last
+	// checked: a different process read its staples from disk again, so they are compared anew.
+	Sockets map[string]string `json:"sockets,omitempty"`
 }
 
 // CertState is the state of one certificate file, keyed by its path.

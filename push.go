@@ -1,0 +1,293 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os/exec"
+	"strings"
+	"sync"
+	"time"
+)
+
+// stapleRef is what one HAProxy should serve for one certificate, as plain values.
+type stapleRef struct {
+	Path       string // the certificate file, as HAProxy names it
+	DER        []byte
+	CertID     string // hex DER CertID: HAProxy 2.6's key for the slot
+	Serial     string // hex
+	ThisUpdate time.Time
+	NewCert    bool // new or changed in this run: HAProxy may still run the previous one
+	Drift      bool // not a new staple: HAProxy lost or never had the one on disk
+}
+
+// outcome is what became of one staple at one HAProxy.
+type outcome int
+
+const (
+	inSync      outcome = iota // HAProxy already served it
+	pushed                     // HAProxy serves it now
+	pushFailed                 // HAProxy did not take it: try again next run
+	needsReload                // only a reload makes HAProxy serve it
+	notLoaded                  // HAProxy has not loaded the certificate at all
+)
+
+type result struct {
+	outcome outcome
+	severe  bool // needsReload that is a problem, not the expected end of a renewal
+}
+
+// syncOptions are the settings of syncSocket.
+type syncOptions struct {
+	Timeout    time.Duration // for connecting and for each answer
+	Now        time.Time
+	Reloadable bool // reload_command will reload HAProxy when it needs to
+}
+
+// socketReport is the outcome of one run's exchange with one HAProxy.
+type socketReport struct {
+	Mark    string            // HAProxy's process mark, to store; "" when unknown
+	Results map[string]result // by certificate path
+}
+
+// syncSocket makes the HAProxy at addr serve the staples in push and checks that it still
+// serves those in check, over one connection:
+//   - each staple is sent with `set ssl ocsp-response`, all in one pipelined batch;
+//   - for a certificate HAProxy has no slot for (loaded without a .ocsp file, or a hot
+//     `set ssl cert` dropped it) it creates the slot without a reload, in a `set ssl cert
+//     <path>.ocsp` transaction, when HAProxy has loaded this very certificate and the socket is
+//     at level admin; otherwise the certificate needs a reload;
+//   - the check costs one round trip (`show info`, `show ssl ocsp-response`) when HAProxy runs
+//     the same process as at the last check (lastMark) and has a slot for every staple; after a
+//     restart or reload it compares the thisUpdate HAProxy serves for each staple with the one on
+//     disk, and pushes what is older.
+func syncSocket(ctx context.Context, addr socketAddr, push, check []stapleRef, lastMark string, opt syncOptions) socketReport {
+	rep := socketReport{Results: map[string]result{}}
+	fail := func(refs []stapleRef, err error) {
+		for _, r := range refs {
+			if _, done := rep.Results[r.Path]; !done {
+				rep.Results[r.Path] = result{outcome: pushFailed}
+				slog.Error("push failed", "cert", r.Path, "socket", addr.Raw, "err", err)
+			}
+		}
+	}
+	s, err := openCLI(ctx, addr, opt.Timeout)
+	if err != nil {
+		if len(push) > 0 {
+			slog.Error("HAProxy unreachable; staples left for the next run", "socket", addr.Raw, "staples", len(push), "err", err)
+		} else {
+			slog.Error("HAProxy unreachable; cannot check what it serves", "socket", addr.Raw, "err", err)
+		}
+		for _, r := range push {
+			rep.Results[r.Path] = result{outcome: pushFailed}
+		}
+		return rep
+	}
+	defer s.close()
+
+	s.reloadable = opt.Reloadable
+	push, err = s.drift(push, check, lastMark, opt.Now, &rep)
+	if err != nil {
+		fail(push, err)
+		return rep
+	}
+	if err := s.pushAll(push, &rep); err != nil {
+		fail(push, err)
+	}
+	return rep
+}
+
+// drift adds to push the staples of check that HAProxy lost or serves an older copy of, and
+// records the process mark in rep.
+func (s *cliSession) drift(push, check []stapleRef, lastMark string, now time.Time, rep *socketReport) ([]stapleRef, error) {
+	if len(check) == 0 && len(push) == 0 {
+		return push, nil
+	}
+	mark, err := s.processMark(now)
+	if err != nil {
+		return push, err
+	}
+	rep.Mark = mark
+	if len(check) == 0 {
+		return push, nil
+	}
+	keys, err := s.ocspKeys()
+	if err != nil {
+		return push, err
+	}
+	var present []stapleRef
+	for _, r := range check {
+		if keys[r.CertID] {
+			rep.Results[r.Path] = result{outcome: inSync}
+			present = append(present, r)
+		} else {
+			slog.Debug("HAProxy has no slot for the staple", "cert", r.Path, "socket", s.addr.Raw)
+			r.NewCert, r.Drift = false, true
+			push = append(push, r)
+		}
+	}
+	if mark == lastMark || len(present) == 0 {
+		return push, nil
+	}
+	// HAProxy (re)started since the last check: it read its staples from its own disk.
+	cmds := make([]string, len(present))
+	for i, r := range present {
+		cmds[i] = "show ssl ocsp-response " + r.CertID
+	}
+	answers, err := s.execAll(cmds)
+	if err != nil {
+		return push, err
+	}
+	for i, a := range answers {
+		r := present[i]
+		if served := servedThisUpdate(a.text); served.Before(r.ThisUpdate.Add(-time.Second)) {
+			slog.Info("HAProxy serves an older staple than the one on disk", "cert", r.Path, "socket", s.addr.Raw, "served_this_update", served)
+			delete(rep.Results, r.Path)
+			r.Drift = true
+			push = append(push, r)
+		}
+	}
+	return push, nil
+}
+
+// pushAll sends the staples in one batch, then deals with those HAProxy has no slot for.
+func (s *cliSession) pushAll(push []stapleRef, rep *socketReport) error {
+	var cmds []string
+	var sent []stapleRef
+	for _, r := range push {
+		cmd, err := setOCSPCommand(r.DER, s.prefix)
+		if err != nil {
+			log := slog.Error
+			if s.reloadable {
+				log = slog.Info
+			}
+			log("needs reload", "cert", r.Path, "socket", s.addr.Raw, "why", err)
+			rep.Results[r.Path] = result{outcome: needsReload, severe: true}
+			continue
+		}
+		cmds = append(cmds, cmd)
+		sent = append(sent, r)
+	}
+	answers, err := s.execAll(cmds)
+	if err != nil {
+		return err
+	}
+	for i, a := range answers {
+		r := sent[i]
+		switch {
+		case a.text == replyUpdated:
+			rep.Results[r.Path] = result{outcome: pushed}
+			slog.Debug("pushed staple", "cert", r.Path, "socket", s.addr.Raw)
+		case a.text == replyNoSlot:
+			res, err := s.createSlot(r)
+			if err != nil {
+				return err
+			}
+			rep.Results[r.Path] = res
+		default:
+			rep.Results[r.Path] = result{outcome: pushFailed}
+			slog.Error("push failed", "cert", r.Path, "socket", s.addr.Raw, "err", fmt.Errorf("HAProxy answered %q", a.text))
+		}
+	}
+	return nil
+}
+
+// createSlot gives HAProxy an OCSP slot for a certificate it loaded without a .ocsp file, in a
+// `set ssl cert <path>.ocsp` transaction, then sends the staple again to prove the slot. An
+// error means the connection failed.
+func (s *cliSession) createSlot(r stapleRef) (result, error) {
+	reload := func(severe bool, why string) result {
+		switch {
+		case !severe:
+			slog.Warn("HAProxy will load this staple when it reloads", "cert", r.Path, "socket", s.addr.Raw, "why", why)
+		case s.reloadable:
+			slog.Info("needs reload", "cert", r.Path, "socket", s.addr.Raw, "why", why)
+		default:
+			slog.Error("needs reload", "cert", r.Path, "socket", s.addr.Raw, "why", why)
+		}
+		return result{outcome: needsReload, severe: severe}
+	}
+	serial, err := s.loadedSerial(r.Path)
+	switch {
+	case errors.Is(err, errUnreachable):
+		return result{}, err
+	case err != nil:
+		return reload(true, err.Error()), nil
+	case serial == "":
+		log := slog.Warn
+		if r.Drift {
+			log = slog.Debug // a certificate this HAProxy does not serve
+		}
+		log("HAProxy has not loaded this certificate; it staples it from disk when it loads it", "cert", r.Path, "socket", s.addr.Raw)
+		return result{outcome: notLoaded}, nil
+	case !sameSerial(serial, r.Serial):
+		return reload(!r.NewCert, "HAProxy runs another certificate from this file (serial "+strings.ToLower(serial)+")"), nil
+	}
+	level, err := s.cliLevel()
+	if err != nil {
+		return result{}, err
+	}
+	if level != "admin" {
+		return reload(true, "HAProxy has no OCSP slot for this certificate, and creating one without a reload needs a socket with level admin, not "+level), nil
+	}
+	answers, err := s.execAll([]string{
+		withPayload("set ssl cert "+r.Path+".ocsp", r.DER),
+		"commit ssl cert " + r.Path,
+	})
+	if err != nil {
+		return result{}, err
+	}
+	if !strings.Contains(answers[0].text, "Transaction created") || !strings.Contains(answers[1].text, "Success!") {
+		s.exec("abort ssl cert " + r.Path)
+		slog.Error("push failed", "cert", r.Path, "socket", s.addr.Raw, "err",
+			fmt.Errorf("creating an OCSP slot: HAProxy answered %q, then %q", answers[0].text, answers[1].text))
+		return result{outcome: pushFailed}, nil
+	}
+	cmd, _ := setOCSPCommand(r.DER, s.prefix) // its size was checked
+	if text, err := s.exec(cmd); errors.Is(err, errUnreachable) {
+		return result{}, err
+	} else if text != replyUpdated {
+		slog.Error("push failed", "cert", r.Path, "socket", s.addr.Raw, "err", fmt.Errorf("after creating an OCSP slot HAProxy answered %q", text))
+		return result{outcome: pushFailed}, nil
+	}
+	slog.Info("created OCSP slot without a reload", "cert", r.Path, "socket", s.addr.Raw)
+	return result{outcome: pushed}, nil
+}
+
+// syncAll runs syncSocket for every socket at once and returns the reports by socket.
+func syncAll(ctx context.Context, sockets []string, push, check map[string][]stapleRef, marks map[string]string, opt syncOptions) map[string]socketReport {
+	reports := make(map[string]socketReport, len(sockets))
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, raw := range sockets {
+		addr, err := parseSocketAddr(raw) // checked by validate
+		if err != nil {
+			continue
+		}
+		wg.Go(func() {
+			rep := syncSocket(ctx, addr, push[raw], check[raw], marks[raw], opt)
+			mu.Lock()
+			reports[raw] = rep
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	return reports
+}
+
+// runReload runs the operator's reload command once, with a deadline, logging its output.
+func runReload(ctx context.Context, command string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "/bin/sh", "-c", command).CombinedOutput()
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if line != "" {
+			slog.Info("reload output", "line", line)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("reload_command %q: %w", command, err)
+	}
+	return nil
+}
