@@ -24,6 +24,10 @@ type Config struct {
 	Dirs []string `toml:"dirs"`
 	// files: single certificate files. Default none.
 	Files []string `toml:"files"`
+	// haproxy_configs: HAProxy configuration files (or directories of *.cfg) whose `bind ... crt`
+	// and `crt-list` certificates and `stats socket` addresses are added to dirs, files and
+	// sockets. Default none.
+	HAProxyConfigs []string `toml:"haproxy_configs"`
 	// recursive: also read subdirectories of dirs. Default false.
 	Recursive bool `toml:"recursive"`
 	// exclude: glob patterns; a file whose base name or path relative to its directory
@@ -254,7 +258,7 @@ func (cfg *Config) resolvePaths(configFile string) {
 		}
 		return filepath.Join(base, p)
 	}
-	for _, list := range [][]string{cfg.Dirs, cfg.Files, cfg.IssuerDirs} {
+	for _, list := range [][]string{cfg.Dirs, cfg.Files, cfg.IssuerDirs, cfg.HAProxyConfigs} {
 		for i := range list {
 			list[i] = abs(list[i])
 		}

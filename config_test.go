@@ -126,6 +126,7 @@ func TestExampleConfig(t *testing.T) {
 	want.Files = []string{}
 	want.Exclude = []string{"*.bak", "*~"}
 	want.IssuerDirs = []string{}
+	want.HAProxyConfigs = []string{}
 	want.Sockets = []string{"/run/haproxy/admin.sock"}
 	cfg.ResponderOverride = nil
 	if !reflect.DeepEqual(cfg, want) {

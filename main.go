@@ -110,6 +110,7 @@ EXAMPLES:
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "config", Usage: "TOML config `FILE`", DefaultText: defaultConfigPath + " when it exists", EnvVars: []string{"STAPLER_CONFIG"}},
 			&cli.StringSliceFlag{Name: "dir", Usage: "certificate `DIR`, read like HAProxy's 'crt /dir/' (repeatable; replaces the config's dirs)"},
+			&cli.StringSliceFlag{Name: "haproxy-config", Usage: "HAProxy configuration `FILE` to take certificates and stats sockets from (repeatable; replaces the config's haproxy_configs)"},
 			&cli.StringSliceFlag{Name: "socket", Usage: "HAProxy runtime API `ADDR`: unix socket path or host:port (repeatable; replaces the config's sockets)"},
 			&cli.StringFlag{Name: "state", Usage: "state `FILE`", DefaultText: "config's state, else /var/lib/stapler/state.json"},
 			&cli.BoolFlag{Name: "force", Usage: "refresh every staple, due or not", DisableDefaultText: true},
@@ -162,6 +163,9 @@ func runAction(c *cli.Context) error {
 		return usageError(err)
 	}
 	slog.SetDefault(logger)
+	for _, note := range opt.Notes {
+		slog.Warn("cannot follow HAProxy configuration", "at", note)
+	}
 
 	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -203,6 +207,9 @@ func runOptionsFrom(c *cli.Context) (runOptions, error) {
 	}
 	if c.IsSet("dir") {
 		cfg.Dirs = c.StringSlice("dir")
+	}
+	if c.IsSet("haproxy-config") {
+		cfg.HAProxyConfigs = c.StringSlice("haproxy-config")
 	}
 	if c.IsSet("socket") {
 		cfg.Sockets = c.StringSlice("socket")
@@ -250,9 +257,20 @@ func runOptionsFrom(c *cli.Context) (runOptions, error) {
 	}
 	slices.Sort(opt.Only)
 	opt.Only = slices.Compact(opt.Only)
-	if len(opt.Only) == 0 && len(cfg.Dirs) == 0 && len(cfg.Files) == 0 {
+	for _, hc := range opt.HAProxyConfigs {
+		hs, err := readHAProxyConfig(absPath(hc))
+		if err != nil {
+			return runOptions{}, usageError(err)
+		}
+		opt.Dirs = append(opt.Dirs, hs.Dirs...)
+		opt.Files = append(opt.Files, hs.Files...)
+		opt.Sockets = append(opt.Sockets, hs.Sockets...)
+		opt.Notes = append(opt.Notes, hs.Notes...)
+	}
+	opt.Dirs, opt.Files, opt.Sockets = dedupe(opt.Dirs), dedupe(opt.Files), dedupe(opt.Sockets)
+	if len(opt.Only) == 0 && len(opt.Dirs) == 0 && len(opt.Files) == 0 {
 		return runOptions{}, usageError(errors.New("no certificates to check"),
-			"give --dir DIR or certificate files, or set dirs in "+defaultConfigPath+" (or --config FILE)")
+			"give --dir DIR, --haproxy-config FILE or certificate files, or set dirs in "+defaultConfigPath+" (or --config FILE)")
 	}
 	opt.State = absPath(opt.State)
 	for i := range opt.Dirs {

@@ -18,6 +18,7 @@ type runOptions struct {
 	Only   []string // certificate files named on the command line: check these only
 	Force  bool     // treat every staple as due
 	DryRun bool     // decide and report, contact nobody, write nothing
+	Notes  []string // what stapler could not follow in HAProxy's configuration
 }
 
 // summary counts what a run did. Every certificate checked lands in exactly one of UpToDate,

@@ -1,0 +1,123 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func TestReadHAProxyConfig(t *testing.T) {
+	dir := t.TempDir()
+	for _, f := range []string{"certs/a.pem", "certs/b.pem", "single.pem", "listed/one.pem", "listed/two.pem", "bundle.pem.rsa", "bundle.pem.ecdsa"} {
+		os.MkdirAll(filepath.Join(dir, filepath.Dir(f)), 0o755)
+		os.WriteFile(filepath.Join(dir, f), []byte("x"), 0o644)
+	}
+	os.WriteFile(filepath.Join(dir, "list.txt"), []byte(`# a crt-list
+listed/one.pem [alpn h2] one.test
+listed/two.pem
+"${CERTS}/three.pem"
+`), 0o644)
+	cfg := filepath.Join(dir, "haproxy.cfg")
+	os.WriteFile(cfg, []byte(`global
+	crt-base `+dir+`
+	stats socket /run/haproxy/admin.sock mode 660 level admin
+	stats socket ipv4@127.0.0.1:9999 level operator
+	stats socket *:9998
+	stats socket abns@hidden
+	stats socket relative.sock
+
+defaults
+	mode http
+
+frontend https # comment
+	bind :443 ssl crt certs/ crt single.pem alpn h2
+	bind :8443 ssl crt-list list.txt
+	bind :9443 ssl crt "`+dir+`/bundle.pem"
+	bind :7443 ssl crt "${HOME}/x.pem"
+.if defined(EXTRA)
+	bind :6443 ssl crt missing.pem
+.endif
+
+backend app
+	server s1 10.0.0.1:443 ssl crt client.pem
+`), 0o644)
+
+	hs, err := readHAProxyConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{filepath.Join(dir, "certs")}; !slices.Equal(hs.Dirs, want) {
+		t.Errorf("dirs %q, want %q", hs.Dirs, want)
+	}
+	wantFiles := []string{"bundle.pem.ecdsa", "bundle.pem.rsa", "listed/one.pem", "listed/two.pem", "single.pem"}
+	for i := range wantFiles {
+		wantFiles[i] = filepath.Join(dir, wantFiles[i])
+	}
+	if !slices.Equal(hs.Files, wantFiles) {
+		t.Errorf("files %q\nwant %q", hs.Files, wantFiles)
+	}
+	if want := []string{"/run/haproxy/admin.sock", "127.0.0.1:9998", "127.0.0.1:9999"}; !slices.Equal(hs.Sockets, want) {
+		t.Errorf("sockets %q, want %q", hs.Sockets, want)
+	}
+	notes := strings.Join(hs.Notes, "\n")
+	for _, want := range []string{
+		cfg + ":6: stats socket abns@hidden cannot be reached",
+		cfg + ":7: stats socket relative.sock is relative",
+		cfg + ":16: uses environment variables",
+		cfg + `:17: conditional block ".if defined(EXTRA)" is not evaluated`,
+		cfg + ":18: certificate " + filepath.Join(dir, "missing.pem") + ": stat",
+		filepath.Join(dir, "list.txt") + ":4: uses environment variables",
+	} {
+		if !strings.Contains(notes, want) {
+			t.Errorf("notes lack %q:\n%s", want, notes)
+		}
+	}
+	if strings.Contains(notes, "client.pem") {
+		t.Errorf("a backend's client certificate was taken for a served one:\n%s", notes)
+	}
+
+	// Without crt-base, relative paths are reported, not guessed.
+	os.WriteFile(cfg, []byte("frontend f\n\tbind :443 ssl crt certs/\n"), 0o644)
+	hs, err = readHAProxyConfig(cfg)
+	if err != nil || len(hs.Dirs) != 0 || len(hs.Notes) != 1 || !strings.Contains(hs.Notes[0], "relative to HAProxy's working directory") {
+		t.Errorf("relative crt without crt-base: %+v, %v", hs, err)
+	}
+
+	// A directory of *.cfg files is read in name order.
+	confd := filepath.Join(dir, "conf.d")
+	os.Mkdir(confd, 0o755)
+	os.WriteFile(filepath.Join(confd, "10-global.cfg"), []byte("global\n\tcrt-base "+dir+"\n"), 0o644)
+	os.WriteFile(filepath.Join(confd, "20-fe.cfg"), []byte("frontend f\n\tbind :443 ssl crt single.pem\n"), 0o644)
+	os.WriteFile(filepath.Join(confd, "notes.txt"), []byte("frontend f\n\tbind :443 ssl crt nothing.pem\n"), 0o644)
+	hs, err = readHAProxyConfig(confd)
+	if err != nil || !slices.Equal(hs.Files, []string{filepath.Join(dir, "single.pem")}) || len(hs.Notes) != 0 {
+		t.Errorf("directory of configs: %+v, %v", hs, err)
+	}
+
+	if _, err := readHAProxyConfig(filepath.Join(dir, "nope.cfg")); err == nil || !strings.Contains(err.Error(), "nope.cfg") {
+		t.Errorf("missing file: %v", err)
+	}
+}
+
+func TestSplitCfgLine(t *testing.T) {
+	tests := []struct {
+		line  string
+		words []string
+		env   bool
+	}{
+		{"  bind :443 ssl crt /a/b.pem  # comment", []string{"bind", ":443", "ssl", "crt", "/a/b.pem"}, false},
+		{`bind :443 ssl crt "/a dir/b.pem"`, []string{"bind", ":443", "ssl", "crt", "/a dir/b.pem"}, false},
+		{`bind :443 ssl crt '/a#b/$x.pem'`, []string{"bind", ":443", "ssl", "crt", "/a#b/$x.pem"}, false},
+		{`bind :443 ssl crt /a\ b.pem`, []string{"bind", ":443", "ssl", "crt", "/a b.pem"}, false},
+		{`bind :443 ssl crt "${CERTS}/b.pem"`, []string{"bind", ":443", "ssl", "crt", "${CERTS}/b.pem"}, true},
+		{"# only a comment", nil, false},
+	}
+	for _, tt := range tests {
+		words, env := splitCfgLine(tt.line)
+		if !slices.Equal(words, tt.words) || env != tt.env {
+			t.Errorf("%q: got %q, %v", tt.line, words, env)
+		}
+	}
+}
