@@ -85,7 +85,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		DisableSliceFlagSeparator: true,
 		HideHelpCommand:           true,
 		ExitErrHandler:            func(*cli.Context, error) {}, // stapler maps errors to exit statuses
-		Commands:                  []*cli.Command{runCommand(), versionCommand()},
+		Commands:                  []*cli.Command{runCommand(), statusCommand(), versionCommand()},
 	}
 }
 
@@ -107,21 +107,67 @@ EXAMPLES:
    stapler run --dry-run -v                        # what is due and why; changes nothing
 
 ` + exitHelpMsg,
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "config", Usage: "TOML config `FILE`", DefaultText: defaultConfigPath + " when it exists", EnvVars: []string{"STAPLER_CONFIG"}},
-			&cli.StringSliceFlag{Name: "dir", Usage: "certificate `DIR`, read like HAProxy's 'crt /dir/' (repeatable; replaces the config's dirs)"},
-			&cli.StringSliceFlag{Name: "haproxy-config", Usage: "HAProxy configuration `FILE` to take certificates and stats sockets from (repeatable; replaces the config's haproxy_configs)"},
-			&cli.StringSliceFlag{Name: "socket", Usage: "HAProxy runtime API `ADDR`: unix socket path or host:port (repeatable; replaces the config's sockets)"},
-			&cli.StringFlag{Name: "state", Usage: "state `FILE`", DefaultText: "config's state, else /var/lib/stapler/state.json"},
+		Flags: append(settingsFlags(),
 			&cli.BoolFlag{Name: "force", Usage: "refresh every staple, due or not", DisableDefaultText: true},
 			&cli.BoolFlag{Name: "dry-run", Usage: "say what is due and why; contact nobody, write nothing", DisableDefaultText: true},
 			&cli.IntFlag{Name: "jobs", Usage: "`N` OCSP requests in flight at once", DefaultText: "config's jobs, else 8"},
-			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print errors only", DisableDefaultText: true},
-			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "print debug messages too", DisableDefaultText: true},
-			&cli.StringFlag{Name: "log-format", Usage: "`FORMAT` of messages on stderr: text or json", DefaultText: "config's log_format, else text"},
-		},
+		),
 		Action: runAction,
 	}
+}
+
+// settingsFlags are the flags that override the config file, shared by the commands that
+// read it.
+func settingsFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "config", Usage: "TOML config `FILE`", DefaultText: defaultConfigPath + " when it exists", EnvVars: []string{"STAPLER_CONFIG"}},
+		&cli.StringSliceFlag{Name: "dir", Usage: "certificate `DIR`, read like HAProxy's 'crt /dir/' (repeatable; replaces the config's dirs)"},
+		&cli.StringSliceFlag{Name: "haproxy-config", Usage: "HAProxy configuration `FILE` to take certificates and stats sockets from (repeatable; replaces the config's haproxy_configs)"},
+		&cli.StringSliceFlag{Name: "socket", Usage: "HAProxy runtime API `ADDR`: unix socket path, host:port, or master:ADDR (repeatable; replaces the config's sockets)"},
+		&cli.StringFlag{Name: "state", Usage: "state `FILE`", DefaultText: "config's state, else /var/lib/stapler/state.json"},
+		&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print errors only", DisableDefaultText: true},
+		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "print debug messages too", DisableDefaultText: true},
+		&cli.StringFlag{Name: "log-format", Usage: "`FORMAT` of messages on stderr: text or json", DefaultText: "config's log_format, else text"},
+	}
+}
+
+func statusCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "status",
+		Usage:     "show each certificate's staple and what every HAProxy serves",
+		ArgsUsage: "[CERT_FILE...]",
+		Description: `Prints one row per certificate: its staple's status and validity, when stapler refreshes it
+next, the last error, and for each HAProxy socket whether HAProxy has an OCSP slot for it and
+serves the staple on disk. It reads the state file, the disk and the sockets; it contacts no
+OCSP responder and changes nothing.
+
+EXAMPLES:
+   stapler status
+   stapler status --socket /run/haproxy/admin.sock /etc/haproxy/certs/example.com.pem`,
+		Flags:  settingsFlags(),
+		Action: statusAction,
+	}
+}
+
+func statusAction(c *cli.Context) error {
+	opt, err := runOptionsFrom(c)
+	if err != nil {
+		return err
+	}
+	if err := setLogger(c, opt); err != nil {
+		return err
+	}
+	now := time.Now()
+	if testOnlyNow != nil {
+		now = testOnlyNow()
+	}
+	ctx, cancel := context.WithTimeout(c.Context, opt.RunTimeout)
+	defer cancel()
+	rows, err := collectStatus(ctx, opt, now)
+	if err != nil {
+		return &exitError{code: exitFailed, err: err}
+	}
+	return printStatus(c.App.Writer, rows, opt.Sockets, now)
 }
 
 func versionCommand() *cli.Command {
@@ -158,13 +204,8 @@ func runAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	logger, err := newLogger(c.App.ErrWriter, opt.LogFormat, opt.LogLevel)
-	if err != nil {
-		return usageError(err)
-	}
-	slog.SetDefault(logger)
-	for _, note := range opt.Notes {
-		slog.Warn("cannot follow HAProxy configuration", "at", note)
+	if err := setLogger(c, opt); err != nil {
+		return err
 	}
 
 	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
@@ -181,6 +222,20 @@ func runAction(c *cli.Context) error {
 	}
 	if !sum.ok() {
 		return &exitError{code: exitFailed}
+	}
+	return nil
+}
+
+// setLogger makes slog write to stderr as configured, and reports what stapler could not
+// follow in HAProxy's configuration.
+func setLogger(c *cli.Context, opt runOptions) error {
+	logger, err := newLogger(c.App.ErrWriter, opt.LogFormat, opt.LogLevel)
+	if err != nil {
+		return usageError(err)
+	}
+	slog.SetDefault(logger)
+	for _, note := range opt.Notes {
+		slog.Warn("cannot follow HAProxy configuration", "at", note)
 	}
 	return nil
 }
