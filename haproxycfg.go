@@ -21,7 +21,8 @@ type haproxySetup struct {
 
 // readHAProxyConfig reads an HAProxy 2.6 configuration file, or a directory of *.cfg files
 // read in name order as HAProxy does with `-f dir`. It follows `crt-base`, `bind ... crt`
-// (files and directories), `bind ... crt-list` (each line's certificate) and `stats socket`.
+// (files and directories), `bind ... crt-list` (each line's certificate; crt-base applies to
+// the certificates, not to the list) and `stats socket`.
 // What it cannot follow (environment variables, `.if` blocks, relative paths without
 // crt-base, abstract or inherited sockets) it reports in Notes rather than guessing.
 func readHAProxyConfig(path string) (haproxySetup, error) {
@@ -187,10 +188,12 @@ func (p *cfgParser) crt(file string, n int, path string) {
 }
 
 func (p *cfgParser) crtList(file string, n int, path string) {
-	full, ok := p.certPath(file, n, path)
-	if !ok {
+	// HAProxy 2.6 applies crt-base to the certificates in a crt-list, not to the list itself.
+	if !filepath.IsAbs(path) {
+		p.note(file, n, "crt-list %s is relative to HAProxy's working directory; give its certificates in dirs or files", path)
 		return
 	}
+	full := filepath.Clean(path)
 	f, err := os.Open(full)
 	if err != nil {
 		p.note(file, n, "crt-list %v", err)

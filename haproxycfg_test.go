@@ -33,7 +33,8 @@ defaults
 
 frontend https # comment
 	bind :443 ssl crt certs/ crt single.pem alpn h2
-	bind :8443 ssl crt-list list.txt
+	bind :8443 ssl crt-list `+dir+`/list.txt
+	bind :5443 ssl crt-list list.txt
 	bind :9443 ssl crt "`+dir+`/bundle.pem"
 	bind :7443 ssl crt "${HOME}/x.pem"
 .if defined(EXTRA)
@@ -65,9 +66,10 @@ backend app
 	for _, want := range []string{
 		cfg + ":6: stats socket abns@hidden cannot be reached",
 		cfg + ":7: stats socket relative.sock is relative",
-		cfg + ":16: uses environment variables",
-		cfg + `:17: conditional block ".if defined(EXTRA)" is not evaluated`,
-		cfg + ":18: certificate " + filepath.Join(dir, "missing.pem") + ": stat",
+		cfg + ":15: crt-list list.txt is relative to HAProxy's working directory",
+		cfg + ":17: uses environment variables",
+		cfg + `:18: conditional block ".if defined(EXTRA)" is not evaluated`,
+		cfg + ":19: certificate " + filepath.Join(dir, "missing.pem") + ": stat",
 		filepath.Join(dir, "list.txt") + ":4: uses environment variables",
 	} {
 		if !strings.Contains(notes, want) {
