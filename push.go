@@ -231,10 +231,11 @@ func (s *cliSession) createSlot(r stapleRef) (result, error) {
 	if level != "admin" {
 		return reload(true, "HAProxy has no OCSP slot for this certificate, and creating one without a reload needs a socket with level admin, not "+level), nil
 	}
-	answers, err := s.execAll([]string{
-		withPayload("set ssl cert "+r.Path+".ocsp", r.DER),
-		"commit ssl cert " + r.Path,
-	})
+	payload := withPayload("set ssl cert "+r.Path+".ocsp", r.DER)
+	if len(s.prefix)+len(payload)+1 > maxCommandLine {
+		return reload(true, "the staple is too large to send to HAProxy safely in a transaction"), nil
+	}
+	answers, err := s.execAll([]string{payload, "commit ssl cert " + r.Path})
 	if err != nil {
 		return result{}, err
 	}
