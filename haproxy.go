@@ -210,18 +210,22 @@ func parseAnswer(raw []byte) answer {
 	return answer{text: t}
 }
 
-// withPayload is a command followed by a payload (HAProxy's `<<` syntax), base64 lines
-// ended by an empty line.
-func withPayload(cmd string, der []byte) string {
+// withPayload is a command followed by a payload (HAProxy's `<<` syntax): the lines of text,
+// then an empty line.
+func withPayload(cmd, text string) string {
+	return cmd + " <<\n" + strings.TrimRight(text, "\n") + "\n" // execAll adds the empty line
+}
+
+// base64Lines is der in base64, in lines of 64 characters.
+func base64Lines(der []byte) string {
 	enc := base64.StdEncoding.EncodeToString(der)
 	var b strings.Builder
-	b.WriteString(cmd + " <<\n")
 	for len(enc) > 0 {
 		n := min(64, len(enc))
 		b.WriteString(enc[:n] + "\n")
 		enc = enc[n:]
 	}
-	return b.String() // execAll adds the empty line's newline
+	return b.String()
 }
 
 // close ends the session: `quit`, a half-close (the master CLI waits for it), then close.

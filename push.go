@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -231,18 +232,31 @@ func (s *cliSession) createSlot(r stapleRef) (result, error) {
 	if level != "admin" {
 		return reload(true, "HAProxy has no OCSP slot for this certificate, and creating one without a reload needs a socket with level admin, not "+level), nil
 	}
-	payload := withPayload("set ssl cert "+r.Path+".ocsp", r.DER)
-	if len(s.prefix)+len(payload)+1 > maxCommandLine {
-		return reload(true, "the staple is too large to send to HAProxy safely in a transaction"), nil
+	// The transaction replaces the certificate's extra files in HAProxy's memory: the issuer
+	// goes too when it is not in the bundle, or HAProxy cannot compute the CertID and fails the
+	// commit. (A hot `set ssl cert` dropped HAProxy's copy of <cert>.issuer as well.)
+	cmds := []string{withPayload("set ssl cert "+r.Path+".ocsp", base64Lines(r.DER))}
+	if issuer, err := os.ReadFile(issuerName(r.Path)); err == nil {
+		cmds = append(cmds, withPayload("set ssl cert "+r.Path+".issuer", string(issuer)))
 	}
-	answers, err := s.execAll([]string{payload, "commit ssl cert " + r.Path})
+	for _, c := range cmds {
+		if len(s.prefix)+len(c)+1 > maxCommandLine {
+			return reload(true, "the staple is too large to send to HAProxy safely in a transaction"), nil
+		}
+	}
+	cmds = append(cmds, "commit ssl cert "+r.Path)
+	answers, err := s.execAll(cmds)
 	if err != nil {
 		return result{}, err
 	}
-	if !strings.Contains(answers[0].text, "Transaction created") || !strings.Contains(answers[1].text, "Success!") {
+	var texts []string
+	for _, a := range answers {
+		texts = append(texts, a.text)
+	}
+	if !strings.HasPrefix(texts[0], "Transaction created") || !strings.Contains(texts[len(texts)-1], "Success!") {
 		s.exec("abort ssl cert " + r.Path)
 		slog.Error("push failed", "cert", r.Path, "socket", s.addr.Raw, "err",
-			fmt.Errorf("creating an OCSP slot: HAProxy answered %q, then %q", answers[0].text, answers[1].text))
+			fmt.Errorf("creating an OCSP slot: HAProxy answered %q", strings.Join(texts, " / ")))
 		return result{outcome: pushFailed}, nil
 	}
 	cmd, _ := setOCSPCommand(r.DER, s.prefix) // its size was checked

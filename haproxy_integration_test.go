@@ -1,0 +1,719 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Integration tests against real HAProxy 2.6 processes on 127.0.0.1 (issue 3). Each one runs
+// the built stapler and then checks, with a TLS handshake that asks for a staple (Go's client
+// always does), that the staple HAProxy serves is byte-identical to <cert>.ocsp on disk. HAProxy
+// reads <cert>.ocsp only when it starts or reloads, so a running HAProxy that serves the new
+// bytes proves that they came over the runtime API. The OCSP responder is the in-process one of
+// responder_test.go; TestHAProxyOpenSSL covers `openssl ocsp`.
+
+// TestHAProxySockets: a forced refresh reaches a running HAProxy over a unix socket and over a
+// TCP stats socket (`stats socket ipv4@127.0.0.1:PORT`, given to stapler as 127.0.0.1:PORT).
+func TestHAProxySockets(t *testing.T) {
+	for _, kind := range []string{"unix", "tcp"} {
+		t.Run(kind, func(t *testing.T) {
+			f := newHAPFixture(t)
+			site, _ := f.addCert("site.stapler.test")
+			stats, sock := f.statsSocket(kind, "admin")
+
+			f.run(0, "--config", f.config("nosocket", nil, ""))
+			first := hapReadFile(t, site+".ocsp")
+			port := hapFreePort(t)
+			f.startHAProxy("haproxy", port, stats, sock)
+			f.wantServed(port, site, nil) // HAProxy read it from disk at start-up
+
+			cfg := f.config("stapler", []string{sock}, "")
+			f.run(0, "--force", "--config", cfg)
+			if bytes.Equal(hapReadFile(t, site+".ocsp"), first) {
+				t.Fatal("site.pem.ocsp did not change in the forced run")
+			}
+			f.wantServed(port, site, first)
+			st := readState(t, f.state)
+			if p := st.Certificates[site].PendingPush; len(p) > 0 {
+				t.Errorf("pending_push = %q after a successful push", p)
+			}
+			if st.Sockets[sock] == "" {
+				t.Errorf("state records no process mark for %s: %q", sock, st.Sockets)
+			}
+		})
+	}
+}
+
+// TestHAProxyTwoInstances: with two sockets configured, one run pushes to both HAProxy
+// processes, and each serves the new staple.
+func TestHAProxyTwoInstances(t *testing.T) {
+	f := newHAPFixture(t)
+	site, _ := f.addCert("site.stapler.test")
+	other, _ := f.addCert("other.stapler.test")
+	f.run(0, "--config", f.config("nosocket", nil, ""))
+	first := map[string][]byte{site: hapReadFile(t, site+".ocsp"), other: hapReadFile(t, other+".ocsp")}
+
+	statsA, sockA := f.statsSocket("unix", "a")
+	statsB, sockB := f.statsSocket("tcp", "b")
+	portA, portB := hapFreePort(t), hapFreePort(t)
+	f.startHAProxy("haproxy-a", portA, statsA, sockA)
+	f.startHAProxy("haproxy-b", portB, statsB, sockB)
+
+	f.run(0, "--force", "--config", f.config("stapler", []string{sockA, sockB}, ""))
+	for _, port := range []int{portA, portB} {
+		for _, path := range []string{site, other} {
+			f.wantServed(port, path, first[path])
+		}
+	}
+	if st := readState(t, f.state); st.Sockets[sockA] == "" || st.Sockets[sockB] == "" || st.Sockets[sockA] == st.Sockets[sockB] {
+		t.Errorf("process marks %q: want two different ones", st.Sockets)
+	}
+}
+
+// TestHAProxyMasterWorker: a master-worker HAProxy (`haproxy -W -S master.sock`) is reached
+// through its master CLI, given to stapler as master:<path>. Then the certificate file is
+// replaced while HAProxy runs the old one: the first run (the certificate is new, a deploy hook
+// reloads) waits for a reload, the second runs reload_command once, and the reloaded HAProxy
+// serves the new certificate with its staple.
+func TestHAProxyMasterWorker(t *testing.T) {
+	f := newHAPFixture(t)
+	site, oldLeaf := f.addCert("site.stapler.test")
+	f.run(0, "--config", f.config("nosocket", nil, ""))
+	first := hapReadFile(t, site+".ocsp")
+
+	master := filepath.Join(f.sockDir, "master.sock")
+	sock := "master:" + master
+	port := hapFreePort(t)
+	cfg := f.haproxyConfig("haproxy", port, "") // no stats socket: the master CLI is the way in
+	proc := hapLaunch(t, f.haproxy, sock, filepath.Join(f.dir, "haproxy.log"), "-W", "-db", "-S", master, "-f", cfg)
+	f.wantServed(port, site, nil)
+
+	marker := filepath.Join(f.dir, "reloads")
+	reload := fmt.Sprintf("reload_command = %q\n", fmt.Sprintf("echo reload >> %s && kill -USR2 %d", marker, proc.cmd.Process.Pid))
+	stapler := f.config("stapler", []string{sock}, reload)
+	f.run(0, "--force", "--config", stapler)
+	f.wantServed(port, site, first)
+	if _, err := os.Stat(marker); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("reload_command ran although HAProxy took the staple (stat: %v)", err)
+	}
+
+	// A renewed certificate in the same file. HAProxy keeps serving the old one until it
+	// reloads.
+	newLeaf := f.reissue(site)
+	stderr := f.run(0, "--config", stapler)
+	if !strings.Contains(stderr, "HAProxy will load this staple when it reloads") {
+		t.Errorf("the run after the renewal does not say that HAProxy needs a reload:\n%s", stderr)
+	}
+	if _, err := os.Stat(marker); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("reload_command ran in the run that found the new certificate (stat: %v)", err)
+	}
+	if leaf, _ := hapHandshake(t, port, "site.stapler.test", f.ca.Cert); leaf.SerialNumber.Cmp(oldLeaf.SerialNumber) != 0 {
+		t.Fatalf("HAProxy presents serial %x before any reload, want the old %x", leaf.SerialNumber, oldLeaf.SerialNumber)
+	}
+
+	// Nothing changed since, and HAProxy still runs the old certificate: now it is a problem,
+	// and reload_command runs, once.
+	stderr = f.run(0, "--config", stapler)
+	if got := string(hapReadFileIfAny(marker)); got != "reload\n" {
+		t.Fatalf("reload_command ran %d times, want once\n%s", strings.Count(got, "reload"), stderr)
+	}
+	hapWaitFor(t, "the reloaded HAProxy to present the new certificate", 10*time.Second, func() error {
+		leaf, _, err := hapTryHandshake(port, "site.stapler.test", f.ca.Cert)
+		if err != nil {
+			return err
+		}
+		if leaf.SerialNumber.Cmp(newLeaf.SerialNumber) != 0 {
+			return fmt.Errorf("it presents serial %x", leaf.SerialNumber)
+		}
+		return nil
+	})
+	f.wantServed(port, site, nil)
+
+	// The reloaded HAProxy serves what is on disk: no further reload.
+	f.run(0, "--config", stapler)
+	if got := string(hapReadFileIfAny(marker)); got != "reload\n" {
+		t.Errorf("reload_command ran again: %q", got)
+	}
+}
+
+// TestHAProxyCreatesSlot: HAProxy loaded a certificate without a .ocsp file, so it has no OCSP
+// slot for it. stapler creates the slot in a `set ssl cert <path>.ocsp` transaction, without a
+// reload, and HAProxy staples the response. When the issuer is not in the bundle, HAProxy has
+// no issuer for the certificate either (it found no <cert>.issuer at start-up): the slot needs
+// the issuer that stapler writes to <cert>.issuer in the same transaction.
+func TestHAProxyCreatesSlot(t *testing.T) {
+	for _, tt := range []struct {
+		name         string
+		issuerInFile bool
+	}{{"issuer in bundle", false}, {"issuer file", true}} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newHAPFixture(t)
+			extra := ""
+			var site string
+			if tt.issuerInFile {
+				site = f.addLeafOnly("site.stapler.test")
+				issuers := filepath.Join(f.dir, "issuers")
+				if err := os.Mkdir(issuers, 0o755); err != nil {
+					t.Fatal(err)
+				}
+				hapWriteFile(t, filepath.Join(issuers, "ca.pem"), certPEM(f.ca.Cert))
+				extra = fmt.Sprintf("issuer_dirs = [%q]\n", issuers)
+			} else {
+				site, _ = f.addCert("site.stapler.test")
+			}
+			stats, sock := f.statsSocket("unix", "admin")
+			port := hapFreePort(t)
+			f.startHAProxy("haproxy", port, stats, sock)
+			if _, staple := hapHandshake(t, port, "site.stapler.test", f.ca.Cert); staple != nil {
+				t.Fatalf("HAProxy staples %d bytes without a .ocsp file", len(staple))
+			}
+
+			cfg := f.config("stapler", []string{sock}, extra)
+			stderr := f.run(0, "--config", cfg)
+			if !strings.Contains(stderr, `msg="created OCSP slot without a reload" cert=`+site) {
+				t.Errorf("no slot creation in the log:\n%s", stderr)
+			}
+			if strings.Contains(stderr, "reload") && !strings.Contains(stderr, "without a reload") {
+				t.Errorf("the run speaks of a reload:\n%s", stderr)
+			}
+			if _, err := os.Stat(site + ".issuer"); tt.issuerInFile != (err == nil) {
+				t.Errorf("site.pem.issuer: stat says %v", err)
+			}
+			f.wantServed(port, site, nil)
+
+			// The next run finds the slot and the staple in place, and does nothing.
+			stderr = f.run(0, "--config", cfg)
+			if strings.Contains(stderr, "created OCSP slot") || strings.Contains(stderr, "older staple") {
+				t.Errorf("the run after the slot was created did more than check:\n%s", stderr)
+			}
+			f.wantServed(port, site, nil)
+		})
+	}
+}
+
+// TestHAProxyDriftRepair: a run with nothing due still makes HAProxy serve the staple on disk
+// when it does not: (1) HAProxy started with an older .ocsp than stapler wrote later, when no
+// socket was configured; (2) a hot `set ssl cert` with the same PEM dropped HAProxy's OCSP slot.
+func TestHAProxyDriftRepair(t *testing.T) {
+	f := newHAPFixture(t)
+	site, _ := f.addCert("site.stapler.test")
+	nosocket := f.config("nosocket", nil, "")
+	f.resp.setMode("older") // thisUpdate two hours ago
+	f.run(0, "--config", nosocket)
+	old := hapReadFile(t, site+".ocsp")
+
+	stats, sock := f.statsSocket("unix", "admin")
+	port := hapFreePort(t)
+	f.startHAProxy("haproxy", port, stats, sock)
+	f.wantServed(port, site, nil)
+
+	// (1) A newer staple, written with no socket to push it to.
+	f.resp.setMode("good") // thisUpdate one hour ago
+	f.run(0, "--force", "--config", nosocket)
+	if _, got := hapHandshake(t, port, "site.stapler.test", f.ca.Cert); !bytes.Equal(got, old) {
+		t.Fatal("HAProxy does not serve the staple it read at start-up")
+	}
+	cfg := f.config("stapler", []string{sock}, "")
+	f.resp.requests.Store(0)
+	stderr := f.run(0, "--config", cfg)
+	if n := f.resp.requests.Load(); n != 0 {
+		t.Errorf("the repair run asked the responder %d times; nothing was due", n)
+	}
+	if !strings.Contains(stderr, `msg="HAProxy serves an older staple than the one on disk" cert=`+site) {
+		t.Errorf("the repair run does not report the older staple:\n%s", stderr)
+	}
+	f.wantServed(port, site, old)
+
+	// (2) A hot certificate update with the very same PEM drops the staple.
+	admin, err := openCLI(context.Background(), mustSocketAddr(t, sock), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	answers, err := admin.execAll([]string{
+		"set ssl cert " + site + " <<\n" + strings.TrimSuffix(string(hapReadFile(t, site)), "\n") + "\n",
+		"commit ssl cert " + site,
+	})
+	admin.close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(answers[0].text, "Transaction created") || !strings.Contains(answers[1].text, "Success!") {
+		t.Fatalf("hot set ssl cert: HAProxy answered %q, then %q", answers[0].text, answers[1].text)
+	}
+	if _, got := hapHandshake(t, port, "site.stapler.test", f.ca.Cert); got != nil {
+		t.Fatalf("HAProxy still staples %d bytes after a hot set ssl cert; the facts say it drops them", len(got))
+	}
+	stderr = f.run(0, "--config", cfg)
+	if n := f.resp.requests.Load(); n != 0 {
+		t.Errorf("the repair runs asked the responder %d times; nothing was due", n)
+	}
+	if !strings.Contains(stderr, `msg="created OCSP slot without a reload" cert=`+site) {
+		t.Errorf("the run after the hot update does not recreate the slot:\n%s", stderr)
+	}
+	f.wantServed(port, site, nil)
+}
+
+// TestHAProxyPendingPush: HAProxy is down during a forced run, which writes the staple to disk,
+// exits 1 and records the socket in pending_push. HAProxy comes back serving an older staple
+// (the one it finds on disk at start-up, swapped in for the occasion); the next run, with
+// nothing due, delivers the pending push and clears pending_push.
+func TestHAProxyPendingPush(t *testing.T) {
+	f := newHAPFixture(t)
+	site, _ := f.addCert("site.stapler.test")
+	f.run(0, "--config", f.config("nosocket", nil, ""))
+	first := hapReadFile(t, site+".ocsp")
+
+	stats, sock := f.statsSocket("unix", "admin")
+	port := hapFreePort(t)
+	cfgFile := f.haproxyConfig("haproxy", port, stats)
+	logFile := filepath.Join(f.dir, "haproxy.log")
+	proc := hapLaunch(t, f.haproxy, sock, logFile, "-db", "-f", cfgFile)
+	f.wantServed(port, site, nil)
+	proc.stop()
+
+	cfg := f.config("stapler", []string{sock}, "")
+	stderr := f.run(1, "--force", "--config", cfg)
+	if !strings.Contains(stderr, "HAProxy unreachable; staples left for the next run") {
+		t.Errorf("the run with HAProxy down does not say so:\n%s", stderr)
+	}
+	second := hapReadFile(t, site+".ocsp")
+	if bytes.Equal(second, first) {
+		t.Fatal("site.pem.ocsp did not change in the forced run")
+	}
+	if p := readState(t, f.state).Certificates[site].PendingPush; !slices.Equal(p, []string{sock}) {
+		t.Fatalf("pending_push = %q, want [%q]", p, sock)
+	}
+
+	// HAProxy reads <cert>.ocsp at start-up: start it with the first staple on disk, then put
+	// the second back, as stapler left it.
+	hapWriteFile(t, site+".ocsp", first)
+	hapLaunch(t, f.haproxy, sock, logFile, "-db", "-f", cfgFile)
+	hapWriteFile(t, site+".ocsp", second)
+	if _, got := hapHandshake(t, port, "site.stapler.test", f.ca.Cert); !bytes.Equal(got, first) {
+		t.Fatal("the restarted HAProxy does not serve the first staple")
+	}
+
+	f.resp.requests.Store(0)
+	stderr = f.run(0, "--config", cfg)
+	if n := f.resp.requests.Load(); n != 0 {
+		t.Errorf("the run after the failed push asked the responder %d times; nothing was due", n)
+	}
+	if strings.Contains(stderr, "older staple") {
+		t.Errorf("the staple went as drift repair, not as the pending push:\n%s", stderr)
+	}
+	f.wantServed(port, site, first)
+	if p := readState(t, f.state).Certificates[site].PendingPush; len(p) > 0 {
+		t.Errorf("pending_push = %q after the push was delivered", p)
+	}
+}
+
+// TestHAProxyBatch: a thousand staples in one run go to HAProxy over one connection, counted by
+// a TCP proxy in front of HAProxy's TCP stats socket.
+func TestHAProxyBatch(t *testing.T) {
+	const n = 1000
+	f := newHAPFixture(t)
+	start := time.Now()
+	paths := make([]string, n)
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Go(func() {
+			for i := w; i < n; i += 4 {
+				paths[i], _ = f.addCert(fmt.Sprintf("site%04d.stapler.test", i))
+			}
+		})
+	}
+	wg.Wait()
+	t.Logf("minted %d ECDSA P-256 certificates in %v", n, time.Since(start).Round(time.Millisecond))
+
+	start = time.Now()
+	f.run(0, "--jobs", "16", "--config", f.config("nosocket", nil, ""))
+	t.Logf("first run (fetch and write %d staples, no socket): %v", n, time.Since(start).Round(time.Millisecond))
+	first := map[string][]byte{}
+	spot := []int{0, 1, 499, 998, n - 1}
+	for _, i := range spot {
+		first[paths[i]] = hapReadFile(t, paths[i]+".ocsp")
+	}
+
+	stats, direct := f.statsSocket("tcp", "admin")
+	port := hapFreePort(t)
+	start = time.Now()
+	f.startHAProxy("haproxy", port, stats, direct)
+	t.Logf("HAProxy loaded %d certificates and staples in %v", n, time.Since(start).Round(time.Millisecond))
+	proxy := hapCountingProxy(t, direct)
+
+	f.resp.requests.Store(0)
+	start = time.Now()
+	stderr := f.run(0, "--force", "--jobs", "16", "--config", f.config("stapler", []string{proxy.addr}, ""))
+	took := time.Since(start)
+	if got := proxy.conns.Load(); got != 1 {
+		t.Errorf("%d connections to HAProxy's stats socket for %d staples, want 1", got, n)
+	}
+	if got := f.resp.requests.Load(); got != n {
+		t.Errorf("%d OCSP requests, want %d", got, n)
+	}
+	if !strings.Contains(stderr, fmt.Sprintf("refreshed=%d", n)) {
+		t.Errorf("the run did not refresh every staple:\n%s", stderr)
+	}
+	hapWaitFor(t, "the proxied connection to close", 5*time.Second, func() error {
+		if proxy.busy.Load() == 0 {
+			return errors.New("still open")
+		}
+		return nil
+	})
+	t.Logf("forced run: fetched, wrote and pushed %d staples in %v (%s); the connection to HAProxy lasted %v",
+		n, took.Round(time.Millisecond), hapTook(stderr), time.Duration(proxy.busy.Load()).Round(time.Millisecond))
+	for _, i := range spot {
+		f.wantServed(port, paths[i], first[paths[i]])
+	}
+	st := readState(t, f.state)
+	for _, p := range paths {
+		if pp := st.Certificates[p].PendingPush; len(pp) > 0 {
+			t.Fatalf("%s: pending_push = %q", p, pp)
+		}
+	}
+}
+
+// hapFixture is one test's world: a CA with its in-process OCSP responder, a certificate
+// directory that HAProxy loads with `crt <dir>/` and stapler scans, stapler's state, and a short
+// directory for unix sockets.
+type hapFixture struct {
+	t       *testing.T
+	haproxy string
+	ca      *testCA
+	resp    *fakeResponder
+	dir     string // configs, state, logs
+	certs   string
+	sockDir string
+	state   string
+}
+
+func newHAPFixture(t *testing.T) *hapFixture {
+	t.Helper()
+	f := &hapFixture{t: t, haproxy: hapLookTool(t, "haproxy", "/usr/sbin/haproxy", "/usr/local/sbin/haproxy"), dir: t.TempDir()}
+	f.ca = newTestCA("Stapler HAProxy Test CA", time.Now())
+	f.resp = startResponder(f.ca)
+	t.Cleanup(f.resp.Close)
+	f.certs = filepath.Join(f.dir, "certs")
+	if err := os.Mkdir(f.certs, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// A unix socket path must fit in sun_path (108 bytes); t.TempDir paths can be longer.
+	sockDir, err := os.MkdirTemp("", "stp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	f.sockDir = sockDir
+	f.state = filepath.Join(f.dir, "state.json")
+	return f
+}
+
+// addCert issues a leaf for name and writes it, with its CA and key, to <certs>/<name>.pem.
+func (f *hapFixture) addCert(name string) (string, *x509.Certificate) {
+	path := filepath.Join(f.certs, name+".pem")
+	leaf, key := f.ca.issue(leafSpec{Name: name, OCSP: []string{f.resp.URL()}}, time.Now())
+	writeBundle(path, leaf, key, f.ca.Cert)
+	return path, leaf
+}
+
+// addLeafOnly writes a leaf for name and its key, without the CA, to <certs>/<name>.pem.
+func (f *hapFixture) addLeafOnly(name string) string {
+	path := filepath.Join(f.certs, name+".pem")
+	leaf, key := f.ca.issue(leafSpec{Name: name, OCSP: []string{f.resp.URL()}}, time.Now())
+	writeBundle(path, leaf, key)
+	return path
+}
+
+// reissue replaces the certificate in path by a new one for the same name.
+func (f *hapFixture) reissue(path string) *x509.Certificate {
+	name := strings.TrimSuffix(filepath.Base(path), ".pem")
+	leaf, key := f.ca.issue(leafSpec{Name: name, OCSP: []string{f.resp.URL()}}, time.Now())
+	writeBundle(path, leaf, key, f.ca.Cert)
+	return leaf
+}
+
+// statsSocket returns a `stats socket` address for haproxy.cfg and the same socket as stapler
+// names it.
+func (f *hapFixture) statsSocket(kind, name string) (stats, sock string) {
+	if kind == "tcp" {
+		port := hapFreePort(f.t)
+		return fmt.Sprintf("ipv4@127.0.0.1:%d", port), fmt.Sprintf("127.0.0.1:%d", port)
+	}
+	sock = filepath.Join(f.sockDir, name+".sock")
+	return sock, sock
+}
+
+// config writes a stapler config file and returns its path.
+func (f *hapFixture) config(name string, sockets []string, extra string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "dirs = [%q]\nstate = %q\n", f.certs, f.state)
+	if len(sockets) > 0 {
+		quoted := make([]string, len(sockets))
+		for i, s := range sockets {
+			quoted[i] = strconv.Quote(s)
+		}
+		fmt.Fprintf(&b, "sockets = [%s]\n", strings.Join(quoted, ", "))
+	}
+	b.WriteString(extra)
+	path := filepath.Join(f.dir, name+".toml")
+	hapWriteFile(f.t, path, []byte(b.String()))
+	return path
+}
+
+// run runs `stapler run args...`, fails the test unless it exits with want, and returns its
+// standard error.
+func (f *hapFixture) run(want int, args ...string) string {
+	f.t.Helper()
+	code, stderr := runStapler(f.t, append([]string{"run"}, args...)...)
+	if code != want {
+		f.t.Fatalf("stapler run %s: exit %d, want %d\n%s", strings.Join(args, " "), code, want, stderr)
+	}
+	return stderr
+}
+
+// haproxyConfig writes an haproxy.cfg that serves the certificate directory on 127.0.0.1:port
+// with the given admin stats sockets (none for a master-worker HAProxy reached by -S).
+func (f *hapFixture) haproxyConfig(name string, port int, stats ...string) string {
+	var global strings.Builder
+	for _, s := range stats {
+		if s != "" {
+			fmt.Fprintf(&global, "\tstats socket %s level admin\n", s)
+		}
+	}
+	path := filepath.Join(f.dir, name+".cfg")
+	hapWriteFile(f.t, path, fmt.Appendf(nil, `global
+%s	stats timeout 10s
+
+defaults
+	mode http
+	timeout connect 5s
+	timeout client 10s
+	timeout server 10s
+
+frontend fe
+	bind 127.0.0.1:%d ssl crt %s/
+	http-request return status 200
+`, global.String(), port, f.certs))
+	return path
+}
+
+// startHAProxy starts a foreground HAProxy with one stats socket and waits for it at sock.
+func (f *hapFixture) startHAProxy(name string, port int, stats, sock string) *hapProc {
+	cfg := f.haproxyConfig(name, port, stats)
+	return hapLaunch(f.t, f.haproxy, sock, filepath.Join(f.dir, name+".log"), "-db", "-f", cfg)
+}
+
+// wantServed fails the test unless HAProxy on port staples exactly the bytes of <path>.ocsp
+// for the certificate in path. old, if given, is a staple HAProxy had before, named in the
+// message when HAProxy still serves it.
+func (f *hapFixture) wantServed(port int, path string, old []byte) {
+	f.t.Helper()
+	name := strings.TrimSuffix(filepath.Base(path), ".pem")
+	want := hapReadFile(f.t, path+".ocsp")
+	_, got := hapHandshake(f.t, port, name, f.ca.Cert)
+	switch {
+	case bytes.Equal(got, want):
+	case got == nil:
+		f.t.Errorf("%s: HAProxy staples nothing, not the %d bytes of %s.ocsp", name, len(want), filepath.Base(path))
+	case old != nil && bytes.Equal(got, old):
+		f.t.Errorf("%s: HAProxy still staples the old response, not the %d bytes of %s.ocsp", name, len(want), filepath.Base(path))
+	default:
+		f.t.Errorf("%s: HAProxy staples %d bytes that are not the %d bytes of %s.ocsp", name, len(got), len(want), filepath.Base(path))
+	}
+}
+
+// hapProc is an HAProxy started by a test, in a process group of its own so that stopping it
+// stops a master-worker HAProxy's workers too.
+type hapProc struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	exited chan struct{}
+	log    string
+	once   sync.Once
+}
+
+// hapLaunch runs haproxy with args until the test ends or stop is called, and returns once its
+// runtime API answers `show version` at ready (a socket as stapler names it). Its output is
+// appended to logFile, which the test prints if it fails.
+func hapLaunch(t *testing.T, haproxy, ready, logFile string, args ...string) *hapProc {
+	t.Helper()
+	addr := mustSocketAddr(t, ready)
+	logw, err := os.OpenFile(logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logw.Close() // the child has its own copy
+	p := &hapProc{t: t, cmd: exec.Command(haproxy, args...), exited: make(chan struct{}), log: logFile}
+	p.cmd.Stdout, p.cmd.Stderr = logw, logw
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("starting haproxy: %v", err)
+	}
+	go func() { p.cmd.Wait(); close(p.exited) }()
+	t.Cleanup(func() {
+		p.stop()
+		if t.Failed() {
+			log, _ := os.ReadFile(logFile)
+			t.Logf("%s:\n%s", filepath.Base(logFile), log)
+		}
+	})
+	hapWaitFor(t, "HAProxy's runtime API at "+ready, 15*time.Second, func() error {
+		select {
+		case <-p.exited:
+			log, _ := os.ReadFile(logFile)
+			t.Fatalf("haproxy exited at start-up (%v):\n%s", p.cmd.ProcessState, log)
+		default:
+		}
+		s, err := openCLI(context.Background(), addr, time.Second)
+		if err != nil {
+			return err
+		}
+		defer s.close()
+		reply, err := s.exec("show version")
+		if err == nil && !strings.HasPrefix(reply, "2.") {
+			err = fmt.Errorf("unexpected answer to show version: %q", reply)
+		}
+		return err
+	})
+	return p
+}
+
+// stop kills HAProxy's process group and waits for HAProxy to exit.
+func (p *hapProc) stop() {
+	p.once.Do(func() {
+		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+		<-p.exited
+	})
+}
+
+// hapHandshake does a TLS handshake with HAProxy on port for name, verified against ca, and
+// returns the leaf HAProxy presents and the OCSP response it staples, nil when none.
+func hapHandshake(t *testing.T, port int, name string, ca *x509.Certificate) (*x509.Certificate, []byte) {
+	t.Helper()
+	leaf, staple, err := hapTryHandshake(port, name, ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return leaf, staple
+}
+
+func hapTryHandshake(port int, name string, ca *x509.Certificate) (*x509.Certificate, []byte, error) {
+	roots := x509.NewCertPool()
+	roots.AddCert(ca)
+	d := &net.Dialer{Timeout: 5 * time.Second}
+	conn, err := tls.DialWithDialer(d, "tcp", "127.0.0.1:"+strconv.Itoa(port), &tls.Config{ServerName: name, RootCAs: roots})
+	if err != nil {
+		return nil, nil, fmt.Errorf("TLS handshake with HAProxy for %s: %w", name, err)
+	}
+	defer conn.Close()
+	st := conn.ConnectionState()
+	if got := st.PeerCertificates[0].Subject.CommonName; got != name {
+		return nil, nil, fmt.Errorf("HAProxy presented %q for SNI %q", got, name)
+	}
+	return st.PeerCertificates[0], st.OCSPResponse, nil
+}
+
+// hapConnProxy forwards TCP connections to a target and counts them.
+type hapConnProxy struct {
+	addr  string
+	conns atomic.Int64
+	busy  atomic.Int64 // nanoseconds the finished connections were open, in all
+}
+
+// hapCountingProxy listens on 127.0.0.1 and forwards each connection to target, half-closes
+// included (the runtime API answers the last command after the client's half-close).
+func hapCountingProxy(t *testing.T, target string) *hapConnProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &hapConnProxy{addr: ln.Addr().String()}
+	var mu sync.Mutex
+	var open []net.Conn
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range open {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			p.conns.Add(1)
+			accepted := time.Now()
+			up, err := net.DialTimeout("tcp", target, 5*time.Second)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			mu.Lock()
+			open = append(open, c, up)
+			mu.Unlock()
+			var both sync.WaitGroup
+			pipe := func(dst, src net.Conn) {
+				io.Copy(dst, src)
+				dst.(*net.TCPConn).CloseWrite()
+			}
+			both.Go(func() { pipe(up, c) })
+			both.Go(func() { pipe(c, up) })
+			wg.Go(func() {
+				both.Wait()
+				c.Close()
+				up.Close()
+				p.busy.Add(int64(time.Since(accepted)))
+			})
+		}
+	})
+	return p
+}
+
+func mustSocketAddr(t *testing.T, s string) socketAddr {
+	t.Helper()
+	a, err := parseSocketAddr(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func hapReadFileIfAny(path string) []byte {
+	data, _ := os.ReadFile(path)
+	return data
+}
+
+// hapTook picks the took= attribute of the run's summary line.
+func hapTook(stderr string) string {
+	for _, line := range strings.Split(stderr, "\n") {
+		if strings.Contains(line, `msg="run finished"`) {
+			if i := strings.Index(line, "took="); i >= 0 {
+				return "stapler says " + line[i:]
+			}
+		}
+	}
+	return "no summary line"
+}
