@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"testing"
 	"time"
 )
@@ -65,6 +67,18 @@ frontend fe
 		disk := hapReadFile(t, filepath.Join(base, file)+".ocsp")
 		if got := hapStaple(t, port, name, ca.Cert); !bytes.Equal(got, disk) {
 			t.Errorf("%s: HAProxy staples %d bytes, not the %d on disk", name, len(got), len(disk))
+		}
+	}
+
+	// stapler status sees the same: every staple good and served.
+	out, err := exec.Command("stapler", "status", "--haproxy-config", cfg, "--state", filepath.Join(base, "state.json")).Output()
+	if err != nil {
+		t.Fatalf("stapler status: %v", err)
+	}
+	for _, file := range certs {
+		re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(filepath.Join(base, file)) + ` +good +23h5\dm +\S+ +serves *$`)
+		if !re.Match(out) {
+			t.Errorf("status has no row matching %s:\n%s", re, out)
 		}
 	}
 }
