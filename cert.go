@@ -50,6 +50,14 @@ func responderURL(c *x509.Certificate) string {
 	return ""
 }
 
+// subjectName names a certificate for people: its first DNS name, else its common name.
+func subjectName(c *x509.Certificate) string {
+	if len(c.DNSNames) > 0 {
+		return c.DNSNames[0]
+	}
+	return c.Subject.CommonName
+}
+
 // issuerSource says where an issuer was found. HAProxy finds it itself in the bundle and in
 // <cert>.issuer; from any other source stapler must write <cert>.issuer.
 type issuerSource int

@@ -2,11 +2,11 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"testing"
 	"time"
 )
@@ -71,14 +71,17 @@ frontend fe
 	}
 
 	// stapler status sees the same: every staple good and served.
-	out, err := exec.Command("stapler", "status", "--haproxy-config", cfg, "--state", filepath.Join(base, "state.json")).Output()
+	out, err := exec.Command("stapler", "status", "--json", "--haproxy-config", cfg, "--state", filepath.Join(base, "state.json")).Output()
 	if err != nil {
 		t.Fatalf("stapler status: %v", err)
 	}
-	for _, file := range certs {
-		re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(filepath.Join(base, file)) + ` +good +23h5\dm +\S+ +serves *$`)
-		if !re.Match(out) {
-			t.Errorf("status has no row matching %s:\n%s", re, out)
+	var rep statusReport
+	if err := json.Unmarshal(out, &rep); err != nil || len(rep.Certificates) != len(certs) {
+		t.Fatalf("stapler status --json: %v\n%s", err, out)
+	}
+	for _, cs := range rep.Certificates {
+		if cs.StapleStatus != "good" || len(cs.HAProxy) != 1 || cs.HAProxy[0].Socket != sock || !cs.HAProxy[0].Slot || !cs.HAProxy[0].MatchesDisk {
+			t.Errorf("status of %s: %s, HAProxy %+v; want good, served", cs.Path, cs.StapleStatus, cs.HAProxy)
 		}
 	}
 }

@@ -55,6 +55,7 @@ func (it *item) check(ctx context.Context, finder *issuerFinder, pol policy, now
 		it.newCert = true
 		it.st = &CertState{
 			Hash:      hash,
+			Subject:   subjectName(leaf),
 			Serial:    fmt.Sprintf("%x", leaf.SerialNumber),
 			Issuer:    leaf.Issuer.String(),
 			NotBefore: leaf.NotBefore,
@@ -212,7 +213,7 @@ func (it *item) refresh(ctx context.Context, f *fetcher, finder *issuerFinder, n
 	current := it.stapleHash != stapleMissing && it.stapleHash == it.st.StapleHash && it.st.hasValidStaple(now)
 	if current && (bytes.Equal(der, it.staple) ||
 		statusName(resp.Status) == it.st.Status && resp.NextUpdate.Before(it.st.NextUpdate)) {
-		it.st.Failures, it.st.LastError = 0, ""
+		it.st.succeeded()
 		return nil
 	}
 	if src == issuerFromDir || src == issuerFromAIA {
@@ -252,6 +253,19 @@ func (st *CertState) recordStaple(der []byte, resp *ocsp.Response, certID []byte
 	st.ThisUpdate = resp.ThisUpdate
 	st.NextUpdate = resp.NextUpdate
 	st.RevokedAt = resp.RevokedAt
-	st.Failures = 0
-	st.LastError = ""
+	st.succeeded()
+}
+
+// succeeded clears the record of failures.
+func (st *CertState) succeeded() {
+	st.Failures, st.FailingSince, st.LastError = 0, time.Time{}, ""
+}
+
+// failed records a failure at now.
+func (st *CertState) failed(err error, now time.Time) {
+	if st.Failures == 0 {
+		st.FailingSince = now
+	}
+	st.Failures++
+	st.LastError = err.Error()
 }

@@ -136,15 +136,18 @@ func statusCommand() *cli.Command {
 		Name:      "status",
 		Usage:     "show each certificate's staple and what every HAProxy serves",
 		ArgsUsage: "[CERT_FILE...]",
-		Description: `Prints one row per certificate: its staple's status and validity, when stapler refreshes it
-next, the last error, and for each HAProxy socket whether HAProxy has an OCSP slot for it and
-serves the staple on disk. It reads the state file, the disk and the sockets; it contacts no
-OCSP responder and changes nothing.
+		Description: `Prints one row per certificate, problems first: its staple's status, how long it stays
+valid, when stapler refreshes it next, whether every HAProxy serves it (ok, stale, no slot,
+down) and the last problem. --json prints everything, in the schema the README documents.
+It reads the state file, the disk and the sockets; it contacts no OCSP responder and changes
+nothing.
 
 EXAMPLES:
    stapler status
+   stapler status --json | jq '.certificates[] | select(.staple_status != "good")'
    stapler status --socket /run/haproxy/admin.sock /etc/haproxy/certs/example.com.pem`,
-		Flags:  settingsFlags(),
+		Flags: append(settingsFlags(),
+			&cli.BoolFlag{Name: "json", Usage: "print JSON instead of a table", DisableDefaultText: true}),
 		Action: statusAction,
 	}
 }
@@ -163,11 +166,14 @@ func statusAction(c *cli.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(c.Context, opt.RunTimeout)
 	defer cancel()
-	rows, err := collectStatus(ctx, opt, now)
+	rep, err := collectStatus(ctx, opt, now)
 	if err != nil {
 		return &exitError{code: exitFailed, err: err}
 	}
-	return printStatus(c.App.Writer, rows, opt.Sockets, now)
+	if c.Bool("json") {
+		return writeStatusJSON(c.App.Writer, rep)
+	}
+	return writeStatusTable(c.App.Writer, rep, now)
 }
 
 func versionCommand() *cli.Command {

@@ -5,7 +5,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -37,12 +39,15 @@ func TestMain(m *testing.M) {
 //
 // Extra commands: `exit CODE COMMAND ARGS...` runs a command like exec and asserts its exit
 // status; `responder MODE` switches the responder's answers (see responderModes);
-// `expandenv FILE` replaces $VARIABLES in FILE; `requests N` asserts how many OCSP requests it answered since the last check;
+// `normalize FILE` writes the last command's stdout to FILE with what changes from run to run
+// (times, durations, serials, $WORK, $RESPONDER) replaced, for golden files
+// (STAPLER_UPDATE_GOLDEN=1 go test -run TestScripts rewrites them); `expandenv FILE` replaces $VARIABLES in FILE; `requests N` asserts how many OCSP requests it answered since the last check;
 // `ocspstatus FILE STATUS` asserts the status in a DER OCSP response file.
 func TestScripts(t *testing.T) {
 	testscript.Run(t, testscript.Params{
-		Dir:   "testdata/script",
-		Setup: setupPKI,
+		Dir:           "testdata/script",
+		UpdateScripts: os.Getenv("STAPLER_UPDATE_GOLDEN") != "",
+		Setup:         setupPKI,
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
 			"responder": func(ts *testscript.TestScript, neg bool, args []string) {
 				if neg || len(args) != 1 {
@@ -65,6 +70,18 @@ func TestScripts(t *testing.T) {
 				if got != want {
 					ts.Fatalf("%s exited with status %d, want %d", args[1], got, want)
 				}
+			},
+			"normalize": func(ts *testscript.TestScript, neg bool, args []string) {
+				if neg || len(args) != 1 {
+					ts.Fatalf("usage: normalize FILE")
+				}
+				out := ts.ReadFile("stdout")
+				out = strings.ReplaceAll(out, ts.Getenv("WORK"), "$WORK")
+				out = strings.ReplaceAll(out, ts.Getenv("RESPONDER"), "$RESPONDER")
+				for _, r := range normalizations {
+					out = r.re.ReplaceAllString(out, r.with)
+				}
+				ts.Check(os.WriteFile(ts.MkAbs(args[0]), []byte(out), 0o644))
 			},
 			"expandenv": func(ts *testscript.TestScript, neg bool, args []string) {
 				if neg || len(args) != 1 {
@@ -95,6 +112,17 @@ func TestScripts(t *testing.T) {
 			},
 		},
 	})
+}
+
+var normalizations = []struct {
+	re   *regexp.Regexp
+	with string
+}{
+	{regexp.MustCompile(`\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)`), "TIME"},
+	{regexp.MustCompile(`"time_left_seconds": \d+`), `"time_left_seconds": SECONDS`},
+	{regexp.MustCompile(`"serial": "[0-9a-f]+"`), `"serial": "SERIAL"`},
+	{regexp.MustCompile(`\b(\d+d\d+h|\d+h\d+m|\d+m)( +)`), "DUR$2"},
+	{regexp.MustCompile(`(\S) {2,}`), "$1  "}, // table columns, whose widths follow the durations
 }
 
 func setupPKI(env *testscript.Env) error {

@@ -163,8 +163,7 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 		case it.err != nil && ctx.Err() != nil:
 			sum.Unfinished++ // not the responder's fault: stays due, no back-off
 		case it.err != nil:
-			it.st.Failures++
-			it.st.LastError = it.err.Error()
+			it.st.failed(it.err, now)
 			it.st.NextDue = pol.afterFailure(now, it.st.Failures, it.st.NextUpdate)
 			attrs := []any{"cert", it.path, "err", it.err, "failures", it.st.Failures, "retry_after", it.st.NextDue}
 			if it.st.hasValidStaple(now) {

@@ -26,7 +26,8 @@ type State struct {
 
 // CertState is the state of one certificate file, keyed by its path.
 type CertState struct {
-	Hash       string    `json:"hash"` // SHA-256 of the certificate file
+	Hash       string    `json:"hash"`    // SHA-256 of the certificate file
+	Subject    string    `json:"subject"` // first DNS name, else common name
 	Serial     string    `json:"serial"`
 	Issuer     string    `json:"issuer"`
 	NotBefore  time.Time `json:"not_before"`
@@ -41,8 +42,10 @@ type CertState struct {
 	RevokedAt  time.Time `json:"revoked_at,omitzero"`
 	NextDue    time.Time `json:"next_due,omitzero"`
 	Failures   int       `json:"failures,omitempty"` // consecutive failed refreshes
-	LastError  string    `json:"last_error,omitempty"`
-	LastUpdate time.Time `json:"last_update,omitzero"` // last successful refresh
+	// FailingSince is when the first of those failures happened.
+	FailingSince time.Time `json:"failing_since,omitzero"`
+	LastError    string    `json:"last_error,omitempty"`
+	LastUpdate   time.Time `json:"last_update,omitzero"` // last successful refresh
 	// PendingPush lists the HAProxy sockets that did not take the staple on disk.
 	PendingPush []string `json:"pending_push,omitempty"`
 }

@@ -2,28 +2,67 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
 )
 
-// certRow is what `stapler status` knows of one certificate.
-type certRow struct {
-	Path       string
-	Staple     string // good, revoked, none, no responder, not checked yet, changed on disk
-	NextUpdate time.Time
-	NextDue    time.Time
-	LastError  string
-	HAProxy    map[string]string // by socket: serves, older, no slot, unreachable, ...
+// statusReport is `stapler status --json`: a stable schema, documented in the README. Times are
+// RFC 3339; absent ones are null.
+type statusReport struct {
+	GeneratedAt  time.Time    `json:"generated_at"`
+	Certificates []certStatus `json:"certificates"`
+}
+
+// certStatus is one certificate in `stapler status`.
+type certStatus struct {
+	Path      string     `json:"path"`
+	Subject   string     `json:"subject"`
+	Serial    string     `json:"serial"`
+	NotAfter  *time.Time `json:"not_after"` // the certificate's expiry
+	Responder string     `json:"responder"` // "" when the certificate names none
+	// StapleStatus is good or revoked (a valid staple on disk), none (no valid staple),
+	// unknown (a staple stapler has not checked: not run yet, or changed on disk) or
+	// no_responder.
+	StapleStatus string         `json:"staple_status"`
+	ThisUpdate   *time.Time     `json:"this_update"`
+	NextUpdate   *time.Time     `json:"next_update"`
+	TimeLeft     *int64         `json:"time_left_seconds"` // until nextUpdate
+	NextRefresh  *time.Time     `json:"next_refresh"`
+	Failures     int            `json:"failures"`
+	FailingSince *time.Time     `json:"failing_since"`
+	LastError    string         `json:"last_error"`
+	HAProxy      []haproxyView  `json:"haproxy"`
+	problem      bool           // sorts first
+	detail       string         // why the status is unknown or none, for the table
+	ref          *stapleRef     // the staple HAProxy should serve, when there is one
+	views        map[string]int // index in HAProxy by socket
+}
+
+// haproxyView is what one HAProxy does with a certificate's staple.
+type haproxyView struct {
+	Socket      string `json:"socket"`
+	Slot        bool   `json:"slot"`         // HAProxy has an OCSP slot for the certificate
+	MatchesDisk bool   `json:"matches_disk"` // and serves the staple on disk
+	Error       string `json:"error"`        // why stapler could not tell
+}
+
+func timePtr(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
 }
 
 // collectStatus reads the state, the certificates and staples on disk, and asks each HAProxy
 // what it serves. It contacts no responder and writes nothing.
-func collectStatus(ctx context.Context, opt runOptions, now time.Time) ([]certRow, error) {
+func collectStatus(ctx context.Context, opt runOptions, now time.Time) (*statusReport, error) {
 	paths := opt.Only
 	if len(paths) == 0 {
 		var err error
@@ -35,61 +74,108 @@ func collectStatus(ctx context.Context, opt runOptions, now time.Time) ([]certRo
 	if err != nil {
 		return nil, err
 	}
-	var rows []certRow
+	rep := &statusReport{GeneratedAt: now, Certificates: []certStatus{}}
 	var refs []stapleRef
 	for _, path := range paths {
-		data, err := readBundle(path, maxBundleBytes)
-		if err != nil {
-			rows = append(rows, certRow{Path: path, Staple: "unreadable", LastError: err.Error()})
+		cs, ok := certStatusOf(path, state.Certificates[path], now)
+		if !ok {
 			continue
 		}
-		st := state.Certificates[path]
-		row := certRow{Path: path, HAProxy: map[string]string{}}
-		staple, serr := os.ReadFile(stapleName(path))
-		switch {
-		case st == nil || st.Hash != hashBytes(data):
-			if _, err := parseBundle(data); errors.Is(err, errNotCertificate) {
-				continue
-			}
-			row.Staple = "not checked yet"
-		case st.Responder == "":
-			row.Staple = "no responder"
-		case serr != nil:
-			row.Staple = "none"
-		case hashBytes(staple) != st.StapleHash:
-			row.Staple = "changed on disk"
-		default:
-			row.Staple = st.Status
-			row.NextUpdate = st.NextUpdate
-			if st.CertID != "" {
-				refs = append(refs, stapleRef{Path: path, CertID: st.CertID, ThisUpdate: st.ThisUpdate})
-			}
+		if cs.ref != nil {
+			refs = append(refs, *cs.ref)
 		}
-		if st != nil && st.Hash == hashBytes(data) {
-			row.NextDue, row.LastError = st.NextDue, st.LastError
-		}
-		rows = append(rows, row)
+		rep.Certificates = append(rep.Certificates, cs)
 	}
-	byPath := map[string]*certRow{}
-	for i := range rows {
-		byPath[rows[i].Path] = &rows[i]
-	}
+	views := map[string]map[string]haproxyView{} // socket: path: view
 	for _, raw := range opt.Sockets {
 		addr, _ := parseSocketAddr(raw) // checked by validate
-		for path, view := range servedBy(ctx, addr, refs, opt.SocketTimeout) {
-			byPath[path].HAProxy[raw] = view
+		views[raw] = servedBy(ctx, addr, refs, opt.SocketTimeout)
+	}
+	for i := range rep.Certificates {
+		cs := &rep.Certificates[i]
+		cs.HAProxy = []haproxyView{}
+		if cs.ref == nil {
+			continue
+		}
+		for _, raw := range opt.Sockets {
+			v := views[raw][cs.Path]
+			cs.HAProxy = append(cs.HAProxy, v)
+			if !v.MatchesDisk {
+				cs.problem = true
+			}
 		}
 	}
-	return rows, nil
+	slices.SortStableFunc(rep.Certificates, func(a, b certStatus) int {
+		switch {
+		case a.problem == b.problem:
+			return strings.Compare(a.Path, b.Path)
+		case a.problem:
+			return -1
+		}
+		return 1
+	})
+	return rep, nil
 }
 
-// servedBy tells for each staple whether the HAProxy at addr serves it: "serves", "older",
-// "no slot", or why it cannot tell.
-func servedBy(ctx context.Context, addr socketAddr, refs []stapleRef, timeout time.Duration) map[string]string {
-	views := map[string]string{}
-	all := func(v string) map[string]string {
+// certStatusOf describes the certificate at path from the state entry st and the disk; ok is
+// false for a file that holds no certificate.
+func certStatusOf(path string, st *CertState, now time.Time) (cs certStatus, ok bool) {
+	cs = certStatus{Path: path, StapleStatus: "unknown"}
+	data, err := readBundle(path, maxBundleBytes)
+	if err != nil {
+		cs.LastError, cs.problem = err.Error(), true
+		return cs, true
+	}
+	if st == nil || st.Hash != hashBytes(data) {
+		certs, err := parseBundle(data)
+		switch {
+		case errors.Is(err, errNotCertificate):
+			return cs, false
+		case err != nil:
+			cs.LastError, cs.problem = err.Error(), true
+			return cs, true
+		}
+		leaf := certs[0]
+		cs.Subject, cs.Serial, cs.NotAfter, cs.Responder = subjectName(leaf), fmt.Sprintf("%x", leaf.SerialNumber), timePtr(leaf.NotAfter), responderURL(leaf)
+		cs.detail, cs.problem = "not checked yet", true
+		if cs.Responder == "" {
+			cs.StapleStatus, cs.detail, cs.problem = "no_responder", "", false
+		}
+		return cs, true
+	}
+	cs.Subject, cs.Serial, cs.NotAfter, cs.Responder = st.Subject, st.Serial, timePtr(st.NotAfter), st.Responder
+	cs.NextRefresh, cs.Failures, cs.FailingSince, cs.LastError = timePtr(st.NextDue), st.Failures, timePtr(st.FailingSince), st.LastError
+	if cs.Responder == "" {
+		cs.StapleStatus, cs.NextRefresh = "no_responder", nil
+		return cs, true
+	}
+	staple, err := os.ReadFile(stapleName(path))
+	switch {
+	case err != nil:
+		cs.StapleStatus, cs.detail = "none", "no staple on disk"
+	case hashBytes(staple) != st.StapleHash:
+		cs.detail = "changed on disk"
+	case !st.NextUpdate.After(now):
+		cs.StapleStatus, cs.detail = "none", "staple expired"
+	default:
+		cs.StapleStatus = st.Status
+		cs.ThisUpdate, cs.NextUpdate = timePtr(st.ThisUpdate), timePtr(st.NextUpdate)
+		left := int64(st.NextUpdate.Sub(now) / time.Second)
+		cs.TimeLeft = &left
+		if st.CertID != "" {
+			cs.ref = &stapleRef{Path: path, CertID: st.CertID, ThisUpdate: st.ThisUpdate}
+		}
+	}
+	cs.problem = cs.StapleStatus != "good" || cs.LastError != "" || now.After(st.NotAfter)
+	return cs, true
+}
+
+// servedBy tells, for each staple, what the HAProxy at addr does with it.
+func servedBy(ctx context.Context, addr socketAddr, refs []stapleRef, timeout time.Duration) map[string]haproxyView {
+	views := map[string]haproxyView{}
+	all := func(err error) map[string]haproxyView {
 		for _, r := range refs {
-			views[r.Path] = v
+			views[r.Path] = haproxyView{Socket: addr.Raw, Error: err.Error()}
 		}
 		return views
 	}
@@ -98,90 +184,105 @@ func servedBy(ctx context.Context, addr socketAddr, refs []stapleRef, timeout ti
 	}
 	s, err := openCLI(ctx, addr, timeout)
 	if err != nil {
-		return all("unreachable")
+		return all(err)
 	}
 	defer s.close()
 	keys, err := s.ocspKeys()
 	if err != nil {
-		return all("unreachable")
+		return all(err)
 	}
 	var cmds []string
 	var present []stapleRef
 	for _, r := range refs {
+		views[r.Path] = haproxyView{Socket: addr.Raw, Slot: keys[r.CertID]}
 		if keys[r.CertID] {
 			cmds = append(cmds, "show ssl ocsp-response "+r.CertID)
 			present = append(present, r)
-		} else {
-			views[r.Path] = "no slot"
 		}
 	}
 	answers, err := s.execAll(cmds)
 	if err != nil {
-		return all("unreachable")
+		return all(err)
 	}
 	for i, a := range answers {
 		r := present[i]
-		switch served := servedThisUpdate(a.text); {
-		case served.IsZero():
-			views[r.Path] = "no staple"
-		case served.Before(r.ThisUpdate.Add(-time.Second)):
-			views[r.Path] = "older"
-		default:
-			views[r.Path] = "serves"
-		}
+		served := servedThisUpdate(a.text)
+		views[r.Path] = haproxyView{Socket: addr.Raw, Slot: true, MatchesDisk: !served.IsZero() && served.Sub(r.ThisUpdate).Abs() < time.Second}
 	}
 	return views
 }
 
-// printStatus writes the rows as a table, problems first.
-func printStatus(w io.Writer, rows []certRow, sockets []string, now time.Time) error {
-	problem := func(r certRow) bool {
-		if r.LastError != "" || (r.Staple != "good" && r.Staple != "no responder") {
-			return true
-		}
-		for _, v := range r.HAProxy {
-			if v != "serves" {
-				return true
-			}
-		}
-		return false
-	}
-	var ordered []certRow
-	for _, first := range []bool{true, false} {
-		for _, r := range rows {
-			if problem(r) == first {
-				ordered = append(ordered, r)
-			}
-		}
-	}
+func writeStatusJSON(w io.Writer, rep *statusReport) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(rep)
+}
+
+// writeStatusTable writes the report as a table that fits 100 columns, problems first.
+func writeStatusTable(w io.Writer, rep *statusReport, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "CERTIFICATE\tSTAPLE\tVALID FOR\tNEXT REFRESH\tHAPROXY\tLAST ERROR")
-	for _, r := range ordered {
-		hap := "-"
-		if len(sockets) > 0 && len(r.HAProxy) > 0 {
-			var views []string
-			for _, s := range sockets {
-				views = append(views, r.HAProxy[s])
-			}
-			hap = strings.Join(views, ",")
+	fmt.Fprintln(tw, "FILE\tSUBJECT\tSTAPLE\tLEFT\tREFRESH\tHAPROXY\tPROBLEM")
+	for _, cs := range rep.Certificates {
+		staple := strings.ReplaceAll(cs.StapleStatus, "_", " ")
+		left, refresh := "-", "-"
+		if cs.NextUpdate != nil {
+			left = shortDuration(cs.NextUpdate.Sub(now))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Path, r.Staple, until(r.NextUpdate, now, "expired"), until(r.NextDue, now, "due"), hap, r.LastError)
-	}
-	if len(sockets) > 0 {
-		fmt.Fprintf(tw, "\nHAPROXY column, in order: %s\n", strings.Join(sockets, ", "))
+		if cs.NextRefresh != nil {
+			refresh = "now"
+			if d := cs.NextRefresh.Sub(now); d > 0 {
+				refresh = shortDuration(d)
+			}
+		}
+		problem := cs.LastError
+		if problem == "" {
+			problem = cs.detail
+		}
+		if cs.NotAfter != nil && now.After(*cs.NotAfter) {
+			problem = "certificate expired"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", clip(baseName(cs.Path), 16), clip(cs.Subject, 16), staple, left, refresh, haproxySummary(cs.HAProxy), clip(problem, 25))
 	}
 	return tw.Flush()
 }
 
-// until is a short duration from now to t: "3d4h", "25m", past when t has passed, or "-".
-func until(t, now time.Time, past string) string {
-	if t.IsZero() {
+// haproxySummary is the HAPROXY column: "ok" when every HAProxy serves the staple on disk,
+// otherwise what is wrong at the first one that does not.
+func haproxySummary(views []haproxyView) string {
+	for _, v := range views {
+		switch {
+		case v.Error != "":
+			return "down"
+		case !v.Slot:
+			return "no slot"
+		case !v.MatchesDisk:
+			return "stale"
+		}
+	}
+	if len(views) == 0 {
 		return "-"
 	}
-	d := t.Sub(now)
+	return "ok"
+}
+
+func baseName(path string) string { return path[strings.LastIndexByte(path, '/')+1:] }
+
+// clip shortens s to n characters, marking the cut.
+func clip(s string, n int) string {
+	if s == "" {
+		return "-"
+	}
+	if r := []rune(s); len(r) > n {
+		return string(r[:n-1]) + "…"
+	}
+	return s
+}
+
+// shortDuration is d as "3d4h", "5h12m" or "25m".
+func shortDuration(d time.Duration) string {
 	switch {
 	case d <= 0:
-		return past
+		return "expired"
 	case d >= 24*time.Hour:
 		return fmt.Sprintf("%dd%dh", int(d.Hours())/24, int(d.Hours())%24)
 	case d >= time.Hour:
