@@ -65,6 +65,9 @@ func stapler(args []string, stdout, stderr io.Writer) int {
 	if !errors.As(err, &ee) {
 		// urfave/cli's own errors: unknown flags and commands.
 		ee = &exitError{code: exitUsage, err: err, hints: []string{"see 'stapler --help'"}}
+		if len(args) > 1 && args[1] == "check" {
+			ee.code = checkUnknown // what monitoring expects of a plugin it runs wrongly
+		}
 	}
 	if ee.err != nil {
 		fmt.Fprintf(stderr, "stapler: error: %v\n", ee.err)
@@ -85,7 +88,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		DisableSliceFlagSeparator: true,
 		HideHelpCommand:           true,
 		ExitErrHandler:            func(*cli.Context, error) {}, // stapler maps errors to exit statuses
-		Commands:                  []*cli.Command{runCommand(), statusCommand(), versionCommand()},
+		Commands:                  []*cli.Command{runCommand(), statusCommand(), checkCommand(), versionCommand()},
 	}
 }
 

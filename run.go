@@ -121,6 +121,8 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 		keep[path] = true
 		state.Certificates[path] = it.st
 		checked = append(checked, it)
+		// Pushes pending for sockets no longer configured are forgotten.
+		it.st.PendingPush = slices.DeleteFunc(it.st.PendingPush, func(s string) bool { return !slices.Contains(opt.Sockets, s) })
 		switch {
 		case it.st.Responder == "":
 			slog.Debug("certificate has no OCSP responder", "cert", path)

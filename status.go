@@ -38,6 +38,7 @@ type certStatus struct {
 	Failures     int            `json:"failures"`
 	FailingSince *time.Time     `json:"failing_since"`
 	LastError    string         `json:"last_error"`
+	PendingPush  []string       `json:"pending_push"` // sockets that have not taken the staple yet
 	HAProxy      []haproxyView  `json:"haproxy"`
 	problem      bool           // sorts first
 	detail       string         // why the status is unknown or none, for the table
@@ -120,7 +121,7 @@ func collectStatus(ctx context.Context, opt runOptions, now time.Time) (*statusR
 // certStatusOf describes the certificate at path from the state entry st and the disk; ok is
 // false for a file that holds no certificate.
 func certStatusOf(path string, st *CertState, now time.Time) (cs certStatus, ok bool) {
-	cs = certStatus{Path: path, StapleStatus: "unknown"}
+	cs = certStatus{Path: path, StapleStatus: "unknown", PendingPush: []string{}}
 	data, err := readBundle(path, maxBundleBytes)
 	if err != nil {
 		cs.LastError, cs.problem = err.Error(), true
@@ -145,6 +146,7 @@ func certStatusOf(path string, st *CertState, now time.Time) (cs certStatus, ok 
 	}
 	cs.Subject, cs.Serial, cs.NotAfter, cs.Responder = st.Subject, st.Serial, timePtr(st.NotAfter), st.Responder
 	cs.NextRefresh, cs.Failures, cs.FailingSince, cs.LastError = timePtr(st.NextDue), st.Failures, timePtr(st.FailingSince), st.LastError
+	cs.PendingPush = append(cs.PendingPush, st.PendingPush...)
 	if cs.Responder == "" {
 		cs.StapleStatus, cs.NextRefresh = "no_responder", nil
 		return cs, true
