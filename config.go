@@ -77,6 +77,9 @@ type Config struct {
 	// run_timeout: deadline for a whole run, waiting for another run's lock included; what is
 	// not done by then stays due for the next run. Default 5m.
 	RunTimeout time.Duration `toml:"run_timeout"`
+	// metrics_file: after each run, write Prometheus metrics here (for node_exporter's textfile
+	// collector, e.g. /var/lib/prometheus/node-exporter/stapler.prom). Default none.
+	MetricsFile string `toml:"metrics_file"`
 	// log_format: "text" or "json". Default "text".
 	LogFormat string `toml:"log_format"`
 	// log_level: "debug", "info", "warn" or "error". Default "info".
@@ -264,6 +267,7 @@ func (cfg *Config) resolvePaths(configFile string) {
 		}
 	}
 	cfg.State = abs(cfg.State)
+	cfg.MetricsFile = abs(cfg.MetricsFile)
 }
 
 func checkHTTPURL(s string) error {

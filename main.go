@@ -114,6 +114,7 @@ EXAMPLES:
 			&cli.BoolFlag{Name: "force", Usage: "refresh every staple, due or not", DisableDefaultText: true},
 			&cli.BoolFlag{Name: "dry-run", Usage: "say what is due and why; contact nobody, write nothing", DisableDefaultText: true},
 			&cli.IntFlag{Name: "jobs", Usage: "`N` OCSP requests in flight at once", DefaultText: "config's jobs, else 8"},
+			&cli.StringFlag{Name: "metrics-file", Usage: "write Prometheus metrics to `FILE` after the run (for node_exporter's textfile collector)", DefaultText: "config's metrics_file, else none"},
 		),
 		Action: runAction,
 	}
@@ -283,6 +284,9 @@ func runOptionsFrom(c *cli.Context) (runOptions, error) {
 	}
 	if c.IsSet("jobs") {
 		cfg.Jobs = c.Int("jobs")
+	}
+	if c.IsSet("metrics-file") {
+		cfg.MetricsFile = absPath(c.String("metrics-file"))
 	}
 	if c.IsSet("log-format") {
 		cfg.LogFormat = c.String("log-format")

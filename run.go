@@ -211,6 +211,12 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 	if err := state.save(opt.State); err != nil {
 		return sum, err
 	}
+	if opt.MetricsFile != "" {
+		if err := writeMetrics(opt.MetricsFile, checked, sum, now, time.Since(start)); err != nil {
+			slog.Error("cannot write metrics", "file", opt.MetricsFile, "err", err)
+			sum.Errors++
+		}
+	}
 	sum.log(false, time.Since(start))
 	return sum, nil
 }

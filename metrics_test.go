@@ -1,0 +1,98 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+// TestRunWritesMetrics: --metrics-file leaves a Prometheus text file that the Prometheus text
+// parser reads back with the staple's expiry, status, last refresh and failures, and the run's
+// counts.
+func TestRunWritesMetrics(t *testing.T) {
+	now := time.Now()
+	ca := newTestCA("Metrics Test CA", now)
+	r := startResponder(ca)
+	defer r.Close()
+	dir := t.TempDir()
+	certs := filepath.Join(dir, "certs")
+	os.Mkdir(certs, 0o755)
+	good, bad := filepath.Join(certs, "good.pem"), filepath.Join(certs, "bad.pem")
+	for _, p := range []string{good, bad} {
+		leaf, key := ca.issue(leafSpec{Name: filepath.Base(p) + ".test", OCSP: []string{r.URL()}}, now)
+		writeBundle(p, leaf, key, ca.Cert)
+	}
+	leaf, key := ca.issue(leafSpec{Name: "plain.test"}, now)
+	writeBundle(filepath.Join(certs, "plain.pem"), leaf, key, ca.Cert)
+	state, metrics := filepath.Join(dir, "state.json"), filepath.Join(dir, "stapler.prom")
+	args := []string{"run", "--dir", certs, "--state", state, "--metrics-file", metrics}
+	if code, stderr := runStapler(t, args...); code != 0 {
+		t.Fatalf("exit %d\n%s", code, stderr)
+	}
+	r.setMode("tryLater")
+	if code, stderr := runStapler(t, append(args, "--force", bad)...); code != 1 {
+		t.Fatalf("exit %d, want 1\n%s", code, stderr)
+	}
+
+	f, err := os.Open(metrics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(f)
+	if err != nil {
+		t.Fatalf("metrics file does not parse: %v", err)
+	}
+	st := readState(t, state).Certificates
+	value := func(name string, labels map[string]string) (float64, bool) {
+		for _, m := range families[name].GetMetric() {
+			if matches(m, labels) {
+				return m.GetGauge().GetValue(), true
+			}
+		}
+		return 0, false
+	}
+	// The last run checked only bad.pem; both certificates it knows of are in the file.
+	for _, tt := range []struct {
+		name   string
+		labels map[string]string
+		want   float64
+	}{
+		{"stapler_staple_expiry_timestamp_seconds", map[string]string{"cert": bad, "subject": "bad.pem.test"}, float64(st[bad].NextUpdate.Unix())},
+		{"stapler_staple_status", map[string]string{"cert": bad, "status": "good"}, 1},
+		{"stapler_staple_refresh_failures", map[string]string{"cert": bad}, 1},
+		{"stapler_staple_last_refresh_timestamp_seconds", map[string]string{"cert": bad}, float64(st[bad].LastUpdate.Unix())},
+		{"stapler_run_certificates", map[string]string{"result": "checked"}, 1},
+		{"stapler_run_certificates", map[string]string{"result": "failed"}, 1},
+		{"stapler_run_success", nil, 0},
+	} {
+		if got, ok := value(tt.name, tt.labels); !ok || got != tt.want {
+			t.Errorf("%s%v = %v (found %v), want %v", tt.name, tt.labels, got, ok, tt.want)
+		}
+	}
+	if _, ok := value("stapler_run_duration_seconds", nil); !ok {
+		t.Error("no stapler_run_duration_seconds")
+	}
+	if _, ok := value("stapler_staple_status", map[string]string{"cert": filepath.Join(certs, "plain.pem")}); ok {
+		t.Error("a certificate without a responder has a staple status")
+	}
+}
+
+func matches(m *dto.Metric, labels map[string]string) bool {
+	n := 0
+	for _, l := range m.GetLabel() {
+		if want, ok := labels[l.GetName()]; ok {
+			if l.GetValue() != want {
+				return false
+			}
+			n++
+		}
+	}
+	return n == len(labels)
+}
