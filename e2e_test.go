@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -167,6 +170,9 @@ func TestRunReusesConnections(t *testing.T) {
 	if got := r.conns.Load(); got > jobs {
 		t.Errorf("%d connections for %d requests, want at most %d (--jobs)", got, n, jobs)
 	}
+	if strings.Contains(stderr, "fetching staples") {
+		t.Errorf("progress shown although stderr is no terminal:\n%s", stderr)
+	}
 }
 
 // TestRunKeepsNewerStaple: a responder that answers with the staple already on disk (a cache)
@@ -269,4 +275,26 @@ func TestRunRepairsIssuerFile(t *testing.T) {
 		t.Errorf("no clear error about the wrong .issuer:\n%s", stderr)
 	}
 	issuerIs(certPEM(ca2.Cert))
+}
+
+func TestShowProgress(t *testing.T) {
+	var buf bytes.Buffer
+	var done atomic.Int64
+	done.Store(7)
+	stop := showProgress(&syncWriter{w: &buf}, &done, 40)
+	stop()
+	if got := buf.String(); !strings.HasPrefix(got, "\rstapler: fetching staples 7/40") || !strings.HasSuffix(got, "\r\033[K") {
+		t.Errorf("progress %q", got)
+	}
+}
+
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
 }

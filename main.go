@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
 )
 
 // Exit statuses, documented in --help and the README.
@@ -225,6 +226,9 @@ func runAction(c *cli.Context) error {
 	now := time.Now()
 	if testOnlyNow != nil {
 		now = testOnlyNow()
+	}
+	if f, ok := c.App.ErrWriter.(*os.File); ok && term.IsTerminal(int(f.Fd())) && opt.LogLevel != "error" && opt.LogFormat == "text" {
+		opt.Progress = f
 	}
 	sum, err := run(ctx, opt, now)
 	if err != nil {

@@ -3,12 +3,15 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -19,6 +22,8 @@ type runOptions struct {
 	Force  bool     // treat every staple as due
 	DryRun bool     // decide and report, contact nobody, write nothing
 	Notes  []string // what stapler could not follow in HAProxy's configuration
+	// Progress, when set, is a terminal that shows how far the fetching is.
+	Progress io.Writer
 }
 
 // summary counts what a run did. Every certificate checked lands in exactly one of UpToDate,
@@ -159,7 +164,7 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 		return sum, nil
 	}
 
-	fetchAll(ctx, due, opt.Jobs, &fetcher{Client: client, MaxBytes: opt.MaxResponseBytes, Override: opt.ResponderOverride}, finder, now)
+	fetchAll(ctx, due, opt.Jobs, &fetcher{Client: client, MaxBytes: opt.MaxResponseBytes, Override: opt.ResponderOverride}, finder, now, opt.Progress)
 	for _, it := range due {
 		switch {
 		case it.err != nil && ctx.Err() != nil:
@@ -223,8 +228,9 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 
 // fetchAll refreshes the due items, jobs at a time. Items not started before ctx ends get
 // ctx's error.
-func fetchAll(ctx context.Context, due []*item, jobs int, f *fetcher, finder *issuerFinder, now time.Time) {
+func fetchAll(ctx context.Context, due []*item, jobs int, f *fetcher, finder *issuerFinder, now time.Time, progress io.Writer) {
 	var wg sync.WaitGroup
+	var done atomic.Int64
 	work := make(chan *item)
 	for range min(jobs, len(due)) {
 		wg.Go(func() {
@@ -232,14 +238,43 @@ func fetchAll(ctx context.Context, due []*item, jobs int, f *fetcher, finder *is
 				if it.err = context.Cause(ctx); it.err == nil {
 					it.err = it.refresh(ctx, f, finder, now)
 				}
+				done.Add(1)
 			}
 		})
+	}
+	if progress != nil && len(due) >= minProgress {
+		stop := showProgress(progress, &done, len(due))
+		defer stop()
 	}
 	for _, it := range due {
 		work <- it
 	}
 	close(work)
 	wg.Wait()
+}
+
+// minProgress is how many staples must be due for a run to show its progress.
+const minProgress = 20
+
+// showProgress rewrites one line on a terminal with how many of total staples are fetched,
+// until stop, which clears it.
+func showProgress(w io.Writer, done *atomic.Int64, total int) (stop func()) {
+	quit, finished := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(finished)
+		tick := time.NewTicker(200 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			fmt.Fprintf(w, "\rstapler: fetching staples %d/%d", done.Load(), total)
+			select {
+			case <-quit:
+				fmt.Fprint(w, "\r\033[K")
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return func() { close(quit); <-finished }
 }
 
 // syncHAProxies makes every HAProxy serve the staple on disk of each checked certificate:
