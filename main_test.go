@@ -134,6 +134,7 @@ func setupPKI(env *testscript.Env) error {
 	env.Values["ca"] = ca
 	env.Setenv("RESPONDER", r.URL())
 	env.Setenv("STAPLER_CONFIG", "")
+	env.Setenv("CONTRIB", must(filepath.Abs("contrib")))
 
 	dir := filepath.Join(env.WorkDir, "pki")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
