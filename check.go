@@ -1,13 +1,10 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"time"
-
-	"github.com/urfave/cli/v2"
 )
 
 // Monitoring plugin exit statuses (Nagios, Icinga, Sensu, ...).
@@ -108,68 +105,4 @@ func evaluateCheck(certs []certStatus, th checkThresholds, now time.Time) checkR
 	}
 	perf = append(perf, fmt.Sprintf("failing=%d", failing))
 	return checkResult{State: state, Line: fmt.Sprintf("STAPLER %s - %s | %s", checkStateNames[state], summary, strings.Join(perf, " "))}
-}
-
-func checkCommand() *cli.Command {
-	return &cli.Command{
-		Name:      "check",
-		Usage:     "monitoring plugin: are all staples valid, good and fresh?",
-		ArgsUsage: "[CERT_FILE...]",
-		Description: `A Nagios/Icinga-style plugin. It prints one line with performance data and exits
-0 OK, 1 WARNING, 2 CRITICAL or 3 UNKNOWN. CRITICAL: a revoked certificate, a certificate with
-a responder but no valid staple, or a staple with less than --critical left. WARNING: less than
---warning left, refreshes failing for longer than --failing, a staple not yet pushed to some
-HAProxy, or a staple stapler has not checked. It reads the state file and the disk only.
-
-EXAMPLES:
-   stapler check
-   stapler check --warning 24h --critical 6h /etc/haproxy/certs/shop.pem
-
-   # Icinga 2
-   object CheckCommand "stapler" { command = [ "/usr/local/bin/stapler", "check" ] }`,
-		Flags: append(settingsFlags(),
-			&cli.DurationFlag{Name: "warning", Value: 12 * time.Hour, Usage: "WARNING when a staple has less than `DURATION` left"},
-			&cli.DurationFlag{Name: "critical", Value: 3 * time.Hour, Usage: "CRITICAL when a staple has less than `DURATION` left"},
-			&cli.DurationFlag{Name: "failing", Value: 6 * time.Hour, Usage: "WARNING when refreshes have failed for longer than `DURATION`"},
-		),
-		Action: checkAction,
-	}
-}
-
-func checkAction(c *cli.Context) error {
-	unknown := func(err error) error {
-		fmt.Fprintf(c.App.Writer, "STAPLER UNKNOWN - %v\n", err)
-		return &exitError{code: checkUnknown}
-	}
-	opt, err := runOptionsFrom(c)
-	if err != nil {
-		var ee *exitError
-		if errors.As(err, &ee) {
-			err = ee.err
-		}
-		return unknown(err)
-	}
-	th := checkThresholds{Warning: c.Duration("warning"), Critical: c.Duration("critical"), Failing: c.Duration("failing")}
-	if th.Critical > th.Warning {
-		return unknown(fmt.Errorf("--critical (%v) must not exceed --warning (%v)", th.Critical, th.Warning))
-	}
-	opt.LogLevel = "error"
-	if err := setLogger(c, opt); err != nil {
-		return unknown(err)
-	}
-	now := time.Now()
-	if testOnlyNow != nil {
-		now = testOnlyNow()
-	}
-	opt.Sockets = nil // the check reads state and disk only
-	rep, err := collectStatus(c.Context, opt, now)
-	if err != nil {
-		return unknown(err)
-	}
-	res := evaluateCheck(rep.Certificates, th, now)
-	fmt.Fprintln(c.App.Writer, res.Line)
-	if res.State != checkOK {
-		return &exitError{code: res.State}
-	}
-	return nil
 }

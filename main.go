@@ -89,7 +89,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		DisableSliceFlagSeparator: true,
 		HideHelpCommand:           true,
 		ExitErrHandler:            func(*cli.Context, error) {}, // stapler maps errors to exit statuses
-		Commands:                  []*cli.Command{runCommand(), statusCommand(), checkCommand(), versionCommand()},
+		Commands:                  []*cli.Command{runCommand(), statusCommand(), checkCommand(), demoCommand(), versionCommand()},
 	}
 }
 
@@ -179,6 +179,119 @@ func statusAction(c *cli.Context) error {
 		return writeStatusJSON(c.App.Writer, rep)
 	}
 	return writeStatusTable(c.App.Writer, rep, now)
+}
+
+func checkCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "check",
+		Usage:     "monitoring plugin: are all staples valid, good and fresh?",
+		ArgsUsage: "[CERT_FILE...]",
+		Description: `A Nagios/Icinga-style plugin. It prints one line with performance data and exits
+0 OK, 1 WARNING, 2 CRITICAL or 3 UNKNOWN. CRITICAL: a revoked certificate, a certificate with
+a responder but no valid staple, or a staple with less than --critical left. WARNING: less than
+--warning left, refreshes failing for longer than --failing, a staple not yet pushed to some
+HAProxy, or a staple stapler has not checked. It reads the state file and the disk only.
+
+EXAMPLES:
+   stapler check
+   stapler check --warning 24h --critical 6h /etc/haproxy/certs/shop.pem
+
+   # Icinga 2
+   object CheckCommand "stapler" { command = [ "/usr/local/bin/stapler", "check" ] }`,
+		Flags: append(settingsFlags(),
+			&cli.DurationFlag{Name: "warning", Value: 12 * time.Hour, Usage: "WARNING when a staple has less than `DURATION` left"},
+			&cli.DurationFlag{Name: "critical", Value: 3 * time.Hour, Usage: "CRITICAL when a staple has less than `DURATION` left"},
+			&cli.DurationFlag{Name: "failing", Value: 6 * time.Hour, Usage: "WARNING when refreshes have failed for longer than `DURATION`"},
+		),
+		Action: checkAction,
+	}
+}
+
+func checkAction(c *cli.Context) error {
+	unknown := func(err error) error {
+		fmt.Fprintf(c.App.Writer, "STAPLER UNKNOWN - %v\n", err)
+		return &exitError{code: checkUnknown}
+	}
+	opt, err := runOptionsFrom(c)
+	if err != nil {
+		var ee *exitError
+		if errors.As(err, &ee) {
+			err = ee.err
+		}
+		return unknown(err)
+	}
+	th := checkThresholds{Warning: c.Duration("warning"), Critical: c.Duration("critical"), Failing: c.Duration("failing")}
+	if th.Critical > th.Warning {
+		return unknown(fmt.Errorf("--critical (%v) must not exceed --warning (%v)", th.Critical, th.Warning))
+	}
+	opt.LogLevel = "error"
+	if err := setLogger(c, opt); err != nil {
+		return unknown(err)
+	}
+	now := time.Now()
+	if testOnlyNow != nil {
+		now = testOnlyNow()
+	}
+	opt.Sockets = nil // the check reads state and disk only
+	rep, err := collectStatus(c.Context, opt, now)
+	if err != nil {
+		return unknown(err)
+	}
+	res := evaluateCheck(rep.Certificates, th, now)
+	fmt.Fprintln(c.App.Writer, res.Line)
+	if res.State != checkOK {
+		return &exitError{code: res.State}
+	}
+	return nil
+}
+
+func demoCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "demo",
+		Usage: "watch stapler work on a throw-away CA, OCSP responder and HAProxy",
+		Description: `Shows the whole job on this machine with nothing configured, in a few seconds. In a
+temporary directory it mints a CA, starts an OCSP responder on 127.0.0.1 and issues four
+certificates (one without a responder, one revoked); starts HAProxy on 127.0.0.1 when it is
+installed; runs the real 'stapler run' on them; prints 'stapler status'; and proves with TLS
+handshakes that HAProxy staples exactly what stapler wrote. Then it stops everything and
+removes the directory. The story goes to stdout, stapler's log to stderr. It reads no
+configuration and changes nothing outside the temporary directory.
+
+EXAMPLES:
+   stapler demo
+   stapler demo --keep         # keep the directory, to look at the files
+   stapler demo --no-haproxy   # stop at the files on disk
+
+EXIT STATUS:
+   0  everything behaved as it should (the revoked certificate included)
+   1  something did not; the message says what`,
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "keep", Usage: "keep the demo directory and print its path", DisableDefaultText: true},
+			&cli.BoolFlag{Name: "no-haproxy", Usage: "do not start HAProxy, even when it is installed", DisableDefaultText: true},
+		},
+		Action: demoAction,
+	}
+}
+
+func demoAction(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return usageError(fmt.Errorf("demo takes no arguments, not %q", c.Args().First()), "see 'stapler demo --help'")
+	}
+	logger, err := newLogger(c.App.ErrWriter, "text", "info")
+	if err != nil {
+		return usageError(err)
+	}
+	slog.SetDefault(logger)
+	opt := demoOptions{Keep: c.Bool("keep"), NoHAProxy: c.Bool("no-haproxy")}
+	if !opt.NoHAProxy {
+		opt.HAProxy = lookHAProxy()
+	}
+	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := demo(ctx, c.App.Writer, opt); err != nil {
+		return &exitError{code: exitFailed, err: err}
+	}
+	return nil
 }
 
 func versionCommand() *cli.Command {

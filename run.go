@@ -100,7 +100,7 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 	}
 
 	client := httpClient(opt.Config)
-	finder := &issuerFinder{Dirs: opt.IssuerDirs, CacheDir: filepath.Join(filepath.Dir(opt.State), "issuers"), MaxBytes: opt.MaxResponseBytes}
+	finder := &issuerFinder{Dirs: opt.IssuerDirs, CacheDir: filepath.Join(filepath.Dir(opt.State), "aia-cache"), MaxBytes: opt.MaxResponseBytes}
 	if opt.FetchIssuers && !opt.DryRun {
 		finder.Client = client
 	}
@@ -190,11 +190,10 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 		default:
 			it.st.NextDue = pol.afterSuccess(it.path, now, it.st.ThisUpdate, it.st.NextUpdate)
 			sum.Refreshed++
+			slog.Info("updated staple", "cert", it.path, "reason", it.reason, "status", it.st.Status, "next_update", it.st.NextUpdate, "next_due", it.st.NextDue)
 			if it.st.Status == "revoked" {
 				sum.Revoked++
 				slog.Error("certificate is revoked", "cert", it.path, "revoked_at", it.st.RevokedAt, "serial", it.st.Serial)
-			} else {
-				slog.Info("updated staple", "cert", it.path, "reason", it.reason, "next_update", it.st.NextUpdate, "next_due", it.st.NextDue)
 			}
 			it.pushAll = true
 		}

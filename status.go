@@ -243,7 +243,7 @@ func writeStatusTable(w io.Writer, rep *statusReport, now time.Time) error {
 		if cs.NotAfter != nil && now.After(*cs.NotAfter) {
 			problem = "certificate expired"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", clip(baseName(cs.Path), 16), clip(cs.Subject, 16), staple, left, refresh, haproxySummary(cs.HAProxy), clip(problem, 25))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", clip(baseName(cs.Path), 16), clip(cs.Subject, 20), staple, left, refresh, haproxySummary(cs.HAProxy), clip(problem, 20))
 	}
 	return tw.Flush()
 }
