@@ -53,6 +53,9 @@ type Config struct {
 	ReloadTimeout time.Duration `toml:"reload_timeout"`
 	// jobs: OCSP requests in flight at once. Default 8.
 	Jobs int `toml:"jobs"`
+	// responder_jobs: OCSP requests in flight to one responder host at most, to stay polite to
+	// CAs; the smaller of jobs and this applies. Default 32.
+	ResponderJobs int `toml:"responder_jobs"`
 	// timeout: deadline for one OCSP request, connection included. Default 10s.
 	Timeout time.Duration `toml:"timeout"`
 	// max_response_bytes: larger OCSP responses are refused. Default 65536.
@@ -93,6 +96,7 @@ func defaultConfig() Config {
 		SocketTimeout:    5 * time.Second,
 		ReloadTimeout:    time.Minute,
 		Jobs:             8,
+		ResponderJobs:    32,
 		Timeout:          10 * time.Second,
 		MaxResponseBytes: 64 << 10,
 		RenewAt:          0.5,
@@ -146,6 +150,9 @@ func (cfg *Config) validate() error {
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	if cfg.Jobs < 1 {
 		bad("jobs must be at least 1, not %d", cfg.Jobs)
+	}
+	if cfg.ResponderJobs < 1 {
+		bad("responder_jobs must be at least 1, not %d", cfg.ResponderJobs)
 	}
 	if cfg.RenewAt <= 0 || cfg.RenewAt >= 1 {
 		bad("renew_at must be between 0 and 1 (exclusive), not %v", cfg.RenewAt)

@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
+	"syscall"
 )
 
 // writeFileAtomic replaces path with data so that a reader (HAProxy, a later run) sees either
@@ -15,6 +18,43 @@ import (
 // Renaming replaces a symlink at path rather than following it. It reports whether it wrote:
 // a file that already holds exactly data is left alone.
 func writeFileAtomic(path string, data []byte, perm os.FileMode) (written bool, err error) {
+	return writeFile(path, data, perm, nil)
+}
+
+// dirSyncer defers the fsync of directories, so that a run writing thousands of staples syncs
+// each directory once instead of once per file. Until sync returns, a crash may undo some
+// renames: the directory then holds the previous files, complete, which the next run finds
+// and replaces, because the state file is saved only after sync.
+type dirSyncer struct {
+	mu   sync.Mutex
+	dirs map[string]bool
+}
+
+func (d *dirSyncer) add(dir string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.dirs == nil {
+		d.dirs = map[string]bool{}
+	}
+	d.dirs[dir] = true
+}
+
+// sync fsyncs every directory written to since the last sync.
+func (d *dirSyncer) sync() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var errs []error
+	for dir := range d.dirs {
+		if err := syncDir(dir); err != nil {
+			errs = append(errs, fmt.Errorf("syncing directory %s: %w", dir, err))
+		}
+	}
+	d.dirs = nil
+	return errors.Join(errs...)
+}
+
+// writeFile is writeFileAtomic, with the directory's fsync left to ds when ds is not nil.
+func writeFile(path string, data []byte, perm os.FileMode, ds *dirSyncer) (written bool, err error) {
 	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, data) {
 		return false, nil
 	}
@@ -48,6 +88,10 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) (written bool, 
 	if err = os.Rename(tmp, path); err != nil {
 		return false, err
 	}
+	if ds != nil {
+		ds.add(dir)
+		return true, nil
+	}
 	if err = syncDir(dir); err != nil {
 		return true, fmt.Errorf("syncing directory %s: %w", dir, err)
 	}
@@ -61,6 +105,17 @@ func syncDir(dir string) error {
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+// fileKey identifies a file's content cheaply: size, modification time and inode. Replacing
+// the file (as every atomic writer does) changes the inode; rewriting it in place changes the
+// modification time. "" when the inode is unknown.
+func fileKey(fi os.FileInfo) string {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return ""
+	}
+	return fmt.Sprintf("%d:%d:%d", fi.Size(), fi.ModTime().UnixNano(), st.Ino)
 }
 
 // hashBytes is the content hash recorded in the state file.

@@ -542,7 +542,7 @@ func (f *hapFixture) wantServed(port int, path string, old []byte) {
 // hapProc is an HAProxy started by a test, in a process group of its own so that stopping it
 // stops a master-worker HAProxy's workers too.
 type hapProc struct {
-	t      *testing.T
+	t      testing.TB
 	cmd    *exec.Cmd
 	exited chan struct{}
 	log    string
@@ -552,7 +552,7 @@ type hapProc struct {
 // hapLaunch runs haproxy with args until the test ends or stop is called, and returns once its
 // runtime API answers `show version` at ready (a socket as stapler names it). Its output is
 // appended to logFile, which the test prints if it fails.
-func hapLaunch(t *testing.T, haproxy, ready, logFile string, args ...string) *hapProc {
+func hapLaunch(t testing.TB, haproxy, ready, logFile string, args ...string) *hapProc {
 	t.Helper()
 	addr := mustSocketAddr(t, ready)
 	logw, err := os.OpenFile(logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
@@ -639,7 +639,7 @@ type hapConnProxy struct {
 
 // hapCountingProxy listens on 127.0.0.1 and forwards each connection to target, half-closes
 // included (the runtime API answers the last command after the client's half-close).
-func hapCountingProxy(t *testing.T, target string) *hapConnProxy {
+func hapCountingProxy(t testing.TB, target string) *hapConnProxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -692,7 +692,7 @@ func hapCountingProxy(t *testing.T, target string) *hapConnProxy {
 	return p
 }
 
-func mustSocketAddr(t *testing.T, s string) socketAddr {
+func mustSocketAddr(t testing.TB, s string) socketAddr {
 	t.Helper()
 	a, err := parseSocketAddr(s)
 	if err != nil {

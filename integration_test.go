@@ -175,7 +175,7 @@ frontend fe
 // hapLookTool finds a program the test needs: on PATH, else at one of the fallback paths
 // (Debian puts haproxy in /usr/sbin, which an ordinary user's PATH lacks). Without it the
 // test fails loudly in CI, where it must run, and skips loudly elsewhere.
-func hapLookTool(t *testing.T, name string, fallbacks ...string) string {
+func hapLookTool(t testing.TB, name string, fallbacks ...string) string {
 	t.Helper()
 	if p, err := exec.LookPath(name); err == nil {
 		return p
@@ -336,7 +336,7 @@ func hapStaple(t *testing.T, port int, name string, ca *x509.Certificate) []byte
 
 // hapWaitFor polls check until it returns nil, failing the test with its last error after
 // timeout.
-func hapWaitFor(t *testing.T, what string, timeout time.Duration, check func() error) {
+func hapWaitFor(t testing.TB, what string, timeout time.Duration, check func() error) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	tick := time.NewTicker(10 * time.Millisecond)
@@ -354,7 +354,7 @@ func hapWaitFor(t *testing.T, what string, timeout time.Duration, check func() e
 }
 
 // hapFreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func hapFreePort(t *testing.T) int {
+func hapFreePort(t testing.TB) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -364,14 +364,14 @@ func hapFreePort(t *testing.T) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-func hapWriteFile(t *testing.T, path string, data []byte) {
+func hapWriteFile(t testing.TB, path string, data []byte) {
 	t.Helper()
 	if err := os.WriteFile(path, data, 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
 
-func hapReadFile(t *testing.T, path string) []byte {
+func hapReadFile(t testing.TB, path string) []byte {
 	t.Helper()
 	data, err := os.ReadFile(path)
 	if err != nil {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/x509"
 	"encoding/hex"
@@ -18,6 +17,7 @@ import (
 type item struct {
 	path   string
 	dryRun bool
+	dirs   *dirSyncer // fsyncs the directories written to, once, before the state is saved
 	old    *CertState // what the state recorded before this run, nil if nothing
 	st     *CertState // what it records after
 
@@ -72,9 +72,16 @@ func (it *item) check(ctx context.Context, finder *issuerFinder, pol policy, now
 	if it.st.Responder == "" || now.After(it.st.NotAfter) || now.Before(it.st.NotBefore) {
 		return nil // run reports these
 	}
+	// The staple's hash, without reading it when the file is the one the state recorded: same
+	// size, modification time and inode. A replaced or rewritten file is read and hashed.
 	it.stapleHash = stapleMissing
-	if staple, err := os.ReadFile(stapleName(it.path)); err == nil {
-		it.staple, it.stapleHash = staple, hashBytes(staple)
+	if fi, err := os.Stat(stapleName(it.path)); err == nil {
+		if key := fileKey(fi); it.old != nil && it.old.Hash == hash && key == it.old.StapleKey && key != "" {
+			it.stapleHash = it.old.StapleHash
+		} else if staple, err := os.ReadFile(stapleName(it.path)); err == nil {
+			it.staple, it.stapleHash = staple, hashBytes(staple)
+			it.st.StapleKey = key
+		}
 	}
 	it.reason = dueReason(now, it.old, hash, it.stapleHash, force)
 	if it.reason != dueReplaced {
@@ -140,7 +147,7 @@ func (it *item) checkIssuerFile(ctx context.Context, finder *issuerFinder) error
 
 func (it *item) writeIssuer(issuer *x509.Certificate) error {
 	data := issuerPEM(issuer)
-	if _, err := writeFileAtomic(issuerName(it.path), data, 0o644); err != nil {
+	if _, err := writeFile(issuerName(it.path), data, 0o644, it.dirs); err != nil {
 		return fmt.Errorf("writing issuer: %w", err)
 	}
 	it.st.IssuerFile = hashBytes(data)
@@ -211,7 +218,7 @@ func (it *item) refresh(ctx context.Context, f *fetcher, finder *issuerFinder, n
 	}
 	// The staple on disk is still the one the state vouches for: keep it unless this is newer.
 	current := it.stapleHash != stapleMissing && it.stapleHash == it.st.StapleHash && it.st.hasValidStaple(now)
-	if current && (bytes.Equal(der, it.staple) ||
+	if current && (hashBytes(der) == it.st.StapleHash ||
 		statusName(resp.Status) == it.st.Status && resp.NextUpdate.Before(it.st.NextUpdate)) {
 		it.st.succeeded()
 		return nil
@@ -221,8 +228,11 @@ func (it *item) refresh(ctx context.Context, f *fetcher, finder *issuerFinder, n
 			return err
 		}
 	}
-	if _, err := writeFileAtomic(stapleName(it.path), der, 0o644); err != nil {
+	if _, err := writeFile(stapleName(it.path), der, 0o644, it.dirs); err != nil {
 		return fmt.Errorf("writing staple: %w", err)
+	}
+	if fi, err := os.Stat(stapleName(it.path)); err == nil {
+		it.st.StapleKey = fileKey(fi)
 	}
 	it.st.recordStaple(der, resp, certID)
 	it.st.LastUpdate = now
@@ -236,6 +246,13 @@ func (it *item) ref(now time.Time) (stapleRef, bool) {
 	st := it.st
 	if st == nil || st.Responder == "" || st.CertID == "" || it.stapleHash != st.StapleHash || !st.hasValidStaple(now) {
 		return stapleRef{}, false
+	}
+	if it.staple == nil {
+		staple, err := os.ReadFile(stapleName(it.path))
+		if err != nil || hashBytes(staple) != st.StapleHash {
+			return stapleRef{}, false
+		}
+		it.staple = staple
 	}
 	return stapleRef{Path: it.path, DER: it.staple, CertID: st.CertID, Serial: st.Serial, ThisUpdate: st.ThisUpdate, NewCert: it.newCert}, true
 }

@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"testing"
@@ -22,6 +23,15 @@ func TestMain(m *testing.M) {
 			if s := os.Getenv("STAPLER_TEST_CLOCK"); s != "" {
 				d := must(time.ParseDuration(s))
 				testOnlyNow = func() time.Time { return time.Now().Add(d) }
+			}
+			// STAPLER_CPUPROFILE writes a CPU profile of this run (for bench/README.md).
+			if p := os.Getenv("STAPLER_CPUPROFILE"); p != "" {
+				f := must(os.Create(p))
+				pprof.StartCPUProfile(f)
+				code := stapler(os.Args, os.Stdout, os.Stderr)
+				pprof.StopCPUProfile()
+				f.Close()
+				os.Exit(code)
 			}
 			os.Exit(stapler(os.Args, os.Stdout, os.Stderr))
 		},

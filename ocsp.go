@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/crypto/cryptobyte"
@@ -44,9 +45,13 @@ func newRequest(leaf, issuer *x509.Certificate) ([]byte, error) {
 
 // fetcher asks OCSP responders for responses.
 type fetcher struct {
-	Client   *http.Client
-	MaxBytes int64
-	Override map[string]string // responder URL in the certificate: URL to use instead
+	Client       *http.Client
+	MaxBytes     int64
+	Override     map[string]string // responder URL in the certificate: URL to use instead
+	PerResponder int               // requests in flight to one responder host at most
+
+	mu    sync.Mutex
+	slots map[string]chan struct{} // by responder host
 }
 
 // fetch sends req to the responder and returns the body of its answer, unvalidated.
@@ -54,8 +59,12 @@ func (f *fetcher) fetch(ctx context.Context, responder string, req []byte) ([]by
 	if o, ok := f.Override[responder]; ok {
 		responder = o
 	}
+	release, err := f.acquire(ctx, responder)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	var hreq *http.Request
-	var err error
 	enc := url.QueryEscape(base64.StdEncoding.EncodeToString(req))
 	if len(enc) <= maxGETLength {
 		hreq, err = http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(responder, "/")+"/"+enc, nil)
@@ -74,6 +83,33 @@ func (f *fetcher) fetch(ctx context.Context, responder string, req []byte) ([]by
 		return nil, fmt.Errorf("asking responder %s: %w", responder, err)
 	}
 	return body, nil
+}
+
+// acquire waits for one of the PerResponder slots of the responder's host.
+func (f *fetcher) acquire(ctx context.Context, responder string) (release func(), err error) {
+	if f.PerResponder <= 0 {
+		return func() {}, nil
+	}
+	host := responder
+	if u, err := url.Parse(responder); err == nil {
+		host = u.Host
+	}
+	f.mu.Lock()
+	if f.slots == nil {
+		f.slots = map[string]chan struct{}{}
+	}
+	slot, ok := f.slots[host]
+	if !ok {
+		slot = make(chan struct{}, f.PerResponder)
+		f.slots[host] = slot
+	}
+	f.mu.Unlock()
+	select {
+	case slot <- struct{}{}:
+		return func() { <-slot }, nil
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	}
 }
 
 // httpBody sends req and returns the body of a 200 answer, refusing one over maxBytes.

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -155,5 +156,37 @@ func TestFetchMethod(t *testing.T) {
 				t.Errorf("POST body %d bytes, content type %q", len(body), contentType)
 			}
 		})
+	}
+}
+
+// TestFetchPerResponderLimit: however many jobs run, at most PerResponder requests are in
+// flight to one responder host.
+func TestFetchPerResponderLimit(t *testing.T) {
+	var mu sync.Mutex
+	inFlight, most := 0, 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		inFlight++
+		most = max(most, inFlight)
+		mu.Unlock()
+		time.Sleep(20 * time.Millisecond) // a responder's latency, so that requests overlap
+		mu.Lock()
+		inFlight--
+		mu.Unlock()
+		w.Write([]byte("answer"))
+	}))
+	defer srv.Close()
+	f := &fetcher{Client: srv.Client(), MaxBytes: 4096, PerResponder: 3}
+	var wg sync.WaitGroup
+	for range 12 {
+		wg.Go(func() {
+			if _, err := f.fetch(context.Background(), srv.URL, []byte{1}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if most != 3 {
+		t.Errorf("%d requests in flight at most, want 3", most)
 	}
 }

@@ -28,7 +28,8 @@ type fakeResponder struct {
 	mode string
 	srv  *http.Server
 
-	cache map[string][]byte // "cached" mode: the first answer per serial
+	cache   map[string][]byte // "cached" mode: the first answer per serial
+	latency time.Duration     // before each OCSP answer, as a distant responder has
 
 	requests atomic.Int64 // OCSP requests answered
 	conns    atomic.Int64 // TCP connections accepted
@@ -84,6 +85,7 @@ func (r *fakeResponder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	r.requests.Add(1)
+	time.Sleep(r.latency)
 	var der []byte
 	if req.Method == http.MethodPost {
 		r.posts.Add(1)

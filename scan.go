@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -129,10 +130,11 @@ func readBundle(path string, maxBytes int64) ([]byte, error) {
 	if !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("%s is not a regular file", path)
 	}
-	data, err := io.ReadAll(io.LimitReader(f, maxBytes+1))
-	if err != nil {
+	buf := bytes.NewBuffer(make([]byte, 0, min(fi.Size(), maxBytes)+1))
+	if _, err := buf.ReadFrom(io.LimitReader(f, maxBytes+1)); err != nil {
 		return nil, err
 	}
+	data := buf.Bytes()
 	if int64(len(data)) > maxBytes {
 		return nil, fmt.Errorf("%s is larger than a certificate bundle should be (%d bytes)", path, maxBytes)
 	}

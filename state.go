@@ -35,8 +35,9 @@ type CertState struct {
 	Responder  string    `json:"responder,omitempty"`   // empty: the certificate names no OCSP responder
 	IssuerFile string    `json:"issuer_file,omitempty"` // hash of the <cert>.issuer stapler wrote
 	StapleHash string    `json:"staple_hash,omitempty"`
-	CertID     string    `json:"cert_id,omitempty"` // hex DER CertID: HAProxy's key for the staple
-	Status     string    `json:"status,omitempty"`  // of the staple on disk: good or revoked
+	StapleKey  string    `json:"staple_key,omitempty"` // size, mtime and inode of that file
+	CertID     string    `json:"cert_id,omitempty"`    // hex DER CertID: HAProxy's key for the staple
+	Status     string    `json:"status,omitempty"`     // of the staple on disk: good or revoked
 	ThisUpdate time.Time `json:"this_update,omitzero"`
 	NextUpdate time.Time `json:"next_update,omitzero"`
 	RevokedAt  time.Time `json:"revoked_at,omitzero"`
