@@ -99,7 +99,7 @@ func (f *issuerFinder) find(ctx context.Context, path string, bundle []*x509.Cer
 			return c, issuerInBundle, nil
 		}
 	}
-	if data, err := os.ReadFile(issuerName(path)); err == nil {
+	if data, err := readRegular(issuerName(path), maxStapleBytes); err == nil {
 		certs, err := parseBundle(data)
 		switch {
 		case err != nil:

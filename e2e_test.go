@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -297,4 +298,43 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.w.Write(p)
+}
+
+// TestRunFIFOsNeverBlock: a FIFO where a certificate, a staple or an issuer belongs is no
+// file to read, and opening one never hangs the run.
+func TestRunFIFOsNeverBlock(t *testing.T) {
+	now := time.Now()
+	ca := newTestCA("FIFO Test CA", now)
+	r := startResponder(ca)
+	defer r.Close()
+	dir := t.TempDir()
+	certs := filepath.Join(dir, "certs")
+	os.Mkdir(certs, 0o755)
+	site := filepath.Join(certs, "site.pem")
+	leaf, key := ca.issue(leafSpec{Name: "site.test", OCSP: []string{r.URL()}}, now)
+	writeBundle(site, leaf, key, ca.Cert)
+	for _, p := range []string{filepath.Join(certs, "fifo.pem"), site + ".ocsp", site + ".issuer"} {
+		if err := syscall.Mkfifo(p, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan struct{})
+	var code int
+	var stderr string
+	go func() {
+		code, stderr = runStapler(t, "run", "--dir", certs, "--state", filepath.Join(dir, "state.json"))
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("stapler hangs on a FIFO")
+	}
+	// The FIFO named site.pem.ocsp is replaced by a staple; fifo.pem is no certificate.
+	if code != 0 || !strings.Contains(stderr, "checked=1 refreshed=1") {
+		t.Fatalf("exit %d\n%s", code, stderr)
+	}
+	if fi, err := os.Lstat(site + ".ocsp"); err != nil || !fi.Mode().IsRegular() {
+		t.Errorf("site.pem.ocsp: %v, %v", fi, err)
+	}
 }

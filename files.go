@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sync"
@@ -55,7 +56,7 @@ func (d *dirSyncer) sync() error {
 
 // writeFile is writeFileAtomic, with the directory's fsync left to ds when ds is not nil.
 func writeFile(path string, data []byte, perm os.FileMode, ds *dirSyncer) (written bool, err error) {
-	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, data) {
+	if old, err := readRegular(path, int64(len(data))); err == nil && bytes.Equal(old, data) {
 		return false, nil
 	}
 	dir, base := filepath.Split(path)
@@ -117,6 +118,38 @@ func fileKey(fi os.FileInfo) string {
 	}
 	return fmt.Sprintf("%d:%d:%d", fi.Size(), fi.ModTime().UnixNano(), st.Ino)
 }
+
+// readRegular reads the regular file at path, at most maxBytes of it. Anything else (a FIFO,
+// a device, a directory) is an error, and opening never blocks, so that a FIFO or a device
+// left where a certificate or staple belongs cannot hang a run.
+func readRegular(path string, maxBytes int64) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	if fi.Size() > maxBytes {
+		return nil, fmt.Errorf("%s is larger than it should be (%d bytes, at most %d)", path, fi.Size(), maxBytes)
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, fi.Size()+1))
+	if _, err := buf.ReadFrom(io.LimitReader(f, maxBytes+1)); err != nil {
+		return nil, err
+	}
+	if int64(buf.Len()) > maxBytes {
+		return nil, fmt.Errorf("%s is larger than it should be (more than %d bytes)", path, maxBytes)
+	}
+	return buf.Bytes(), nil
+}
+
+// maxStapleBytes caps what is read of a staple or .issuer file: far more than HAProxy takes.
+const maxStapleBytes = 1 << 20
 
 // hashBytes is the content hash recorded in the state file.
 func hashBytes(b []byte) string {

@@ -78,7 +78,7 @@ func (it *item) check(ctx context.Context, finder *issuerFinder, pol policy, now
 	if fi, err := os.Stat(stapleName(it.path)); err == nil {
 		if key := fileKey(fi); it.old != nil && it.old.Hash == hash && key == it.old.StapleKey && key != "" {
 			it.stapleHash = it.old.StapleHash
-		} else if staple, err := os.ReadFile(stapleName(it.path)); err == nil {
+		} else if staple, err := readRegular(stapleName(it.path), maxStapleBytes); err == nil {
 			it.staple, it.stapleHash = staple, hashBytes(staple)
 			it.st.StapleKey = key
 		}
@@ -113,7 +113,7 @@ func (it *item) check(ctx context.Context, finder *issuerFinder, pol policy, now
 // HAProxy finds the issuer in the bundle; one that someone else wrote is reported.
 func (it *item) checkIssuerFile(ctx context.Context, finder *issuerFinder) error {
 	name := issuerName(it.path)
-	data, err := os.ReadFile(name)
+	data, err := readRegular(name, maxStapleBytes)
 	if err != nil {
 		return nil
 	}
@@ -248,7 +248,7 @@ func (it *item) ref(now time.Time) (stapleRef, bool) {
 		return stapleRef{}, false
 	}
 	if it.staple == nil {
-		staple, err := os.ReadFile(stapleName(it.path))
+		staple, err := readRegular(stapleName(it.path), maxStapleBytes)
 		if err != nil || hashBytes(staple) != st.StapleHash {
 			return stapleRef{}, false
 		}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -236,7 +235,7 @@ func (s *cliSession) createSlot(r stapleRef) (result, error) {
 	// goes too when it is not in the bundle, or HAProxy cannot compute the CertID and fails the
 	// commit. (A hot `set ssl cert` dropped HAProxy's copy of <cert>.issuer as well.)
 	cmds := []string{withPayload("set ssl cert "+r.Path+".ocsp", base64Lines(r.DER))}
-	if issuer, err := os.ReadFile(issuerName(r.Path)); err == nil {
+	if issuer, err := readRegular(issuerName(r.Path), maxStapleBytes); err == nil {
 		cmds = append(cmds, withPayload("set ssl cert "+r.Path+".issuer", string(issuer)))
 	}
 	for _, c := range cmds {

@@ -1,10 +1,7 @@
 package main
 
 import (
-	"bytes"
 	"errors"
-	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -118,27 +115,7 @@ var errNotCertificate = errors.New("no PEM certificate in file")
 
 // readBundle reads the certificate file at path; maxBytes caps what is read.
 func readBundle(path string, maxBytes int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file", path)
-	}
-	buf := bytes.NewBuffer(make([]byte, 0, min(fi.Size(), maxBytes)+1))
-	if _, err := buf.ReadFrom(io.LimitReader(f, maxBytes+1)); err != nil {
-		return nil, err
-	}
-	data := buf.Bytes()
-	if int64(len(data)) > maxBytes {
-		return nil, fmt.Errorf("%s is larger than a certificate bundle should be (%d bytes)", path, maxBytes)
-	}
-	return data, nil
+	return readRegular(path, maxBytes)
 }
 
 // maxBundleBytes caps how much of a file is read as a certificate bundle: a long chain with a

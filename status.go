@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -151,7 +150,7 @@ func certStatusOf(path string, st *CertState, now time.Time) (cs certStatus, ok 
 		cs.StapleStatus, cs.NextRefresh = "no_responder", nil
 		return cs, true
 	}
-	staple, err := os.ReadFile(stapleName(path))
+	staple, err := readRegular(stapleName(path), maxStapleBytes)
 	switch {
 	case err != nil:
 		cs.StapleStatus, cs.detail = "none", "no staple on disk"
