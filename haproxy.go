@@ -59,7 +59,7 @@ func parseSocketAddr(s string) (socketAddr, error) {
 	}
 	if a.Network == "tcp" {
 		host, port, err := net.SplitHostPort(a.Address)
-		if err != nil || port == "" {
+		if err != nil || port == "" || strings.ContainsAny(host, "@/") {
 			return a, fmt.Errorf("socket %q: want a unix socket path or host:port", s)
 		}
 		if host == "" || host == "*" {
@@ -78,7 +78,8 @@ type cliSession struct {
 	prompt  []byte // "\n" + the prompt: what ends each answer
 	prefix  string // "@1 " on a master socket
 	timeout time.Duration
-	level   string // of `show cli level`, once asked
+	end     time.Time // the caller's deadline, if any: no exchange outlasts it
+	level   string    // of `show cli level`, once asked
 
 	reloadable bool // a reload will follow when a staple needs one
 }
@@ -94,11 +95,12 @@ func openCLI(ctx context.Context, addr socketAddr, timeout time.Duration) (*cliS
 		return nil, fmt.Errorf("%w: %w", errUnreachable, err)
 	}
 	s := &cliSession{addr: addr, conn: conn, timeout: timeout}
+	s.end, _ = ctx.Deadline()
 	if addr.Master {
 		s.prefix = "@1 "
 	}
 	// The first answer to `prompt` is the prompt itself: "> ", or "master> ".
-	if err := s.write("prompt\n"); err != nil {
+	if err := s.write("prompt\n", 1); err != nil {
 		conn.Close()
 		return nil, err
 	}
@@ -115,19 +117,37 @@ func openCLI(ctx context.Context, addr socketAddr, timeout time.Duration) (*cliS
 	return s, nil
 }
 
-func (s *cliSession) write(text string) error {
-	s.conn.SetDeadline(time.Now().Add(s.timeout))
+// deadline is d from now, but never past the caller's deadline.
+func (s *cliSession) deadline(d time.Duration) time.Time {
+	t := time.Now().Add(d)
+	if !s.end.IsZero() && s.end.Before(t) {
+		return s.end
+	}
+	return t
+}
+
+// write sends text holding n commands, allowing socket_timeout per thousand commands, since
+// HAProxy takes in a batch only as fast as it answers it.
+func (s *cliSession) write(text string, n int) error {
+	s.conn.SetWriteDeadline(s.deadline(s.timeout * time.Duration(1+n/1000)))
 	if _, err := s.conn.Write([]byte(text)); err != nil {
 		return fmt.Errorf("%w: sending to %s: %w", errUnreachable, s.addr.Raw, err)
 	}
 	return nil
 }
 
-// readUntil returns what HAProxy sends up to and including end, without end if trim.
+// maxAnswer caps one answer: the list of 10,000 OCSP slots is about 4 MB.
+const maxAnswer = 64 << 20
+
+// readUntil returns what HAProxy sends up to and including end, without end if trim. The whole
+// answer must arrive within socket_timeout, so a peer that trickles bytes cannot hold a run.
 func (s *cliSession) readUntil(end []byte, trim bool) ([]byte, error) {
+	s.conn.SetReadDeadline(s.deadline(s.timeout))
 	chunk := make([]byte, 64<<10)
+	from := 0
 	for {
-		if i := bytes.Index(s.buf, end); i >= 0 {
+		if i := bytes.Index(s.buf[from:], end); i >= 0 {
+			i += from
 			n := i + len(end)
 			out := bytes.Clone(s.buf[:n])
 			s.buf = s.buf[n:]
@@ -136,7 +156,10 @@ func (s *cliSession) readUntil(end []byte, trim bool) ([]byte, error) {
 			}
 			return out, nil
 		}
-		s.conn.SetDeadline(time.Now().Add(s.timeout))
+		if len(s.buf) > maxAnswer {
+			return nil, fmt.Errorf("%w: %s sent an answer of more than %d bytes", errUnreachable, s.addr.Raw, maxAnswer)
+		}
+		from = max(0, len(s.buf)-len(end)+1)
 		n, err := s.conn.Read(chunk)
 		s.buf = append(s.buf, chunk[:n]...)
 		if err != nil {
@@ -176,7 +199,7 @@ func (s *cliSession) execAll(cmds []string) ([]answer, error) {
 		text.WriteByte('\n')
 	}
 	werr := make(chan error, 1)
-	go func() { werr <- s.write(text.String()) }()
+	go func() { werr <- s.write(text.String(), len(cmds)) }()
 	answers := make([]answer, 0, len(cmds))
 	for range cmds {
 		raw, err := s.readUntil(s.prompt, true)
@@ -230,7 +253,7 @@ func base64Lines(der []byte) string {
 
 // close ends the session: `quit`, a half-close (the master CLI waits for it), then close.
 func (s *cliSession) close() {
-	s.conn.SetDeadline(time.Now().Add(s.timeout))
+	s.conn.SetDeadline(s.deadline(s.timeout))
 	s.conn.Write([]byte("quit\n"))
 	if cw, ok := s.conn.(interface{ CloseWrite() error }); ok {
 		cw.CloseWrite()

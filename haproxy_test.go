@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -375,5 +376,42 @@ func TestRunPushes(t *testing.T) {
 	}
 	if !strings.Contains(stderr, `msg="reload output" line=reloading`) || strings.Contains(stderr, "level=ERROR") {
 		t.Errorf("reload output not logged, or errors that the reload resolves:\n%s", stderr)
+	}
+}
+
+// TestSessionTricklingPeer: an answer must arrive whole within socket_timeout; a peer that
+// sends a byte now and then cannot hold a run.
+func TestSessionTricklingPeer(t *testing.T) {
+	client, server := net.Pipe()
+	defer server.Close()
+	go func() {
+		r := bufio.NewReader(server)
+		r.ReadString('\n') // prompt
+		server.Write([]byte("\n> "))
+		r.ReadString('\n') // set severity-output number
+		server.Write([]byte("\n> "))
+		r.ReadString('\n') // the command
+		for range 100 {
+			if _, err := server.Write([]byte("x")); err != nil {
+				return
+			}
+			time.Sleep(50 * time.Millisecond) // the fault under test: a trickle
+		}
+	}()
+	s := &cliSession{addr: socketAddr{Raw: "pipe"}, conn: client, timeout: 300 * time.Millisecond}
+	if err := s.write("prompt\n", 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.readUntil([]byte("> "), false); err != nil {
+		t.Fatal(err)
+	}
+	s.prompt = []byte("\n> ")
+	if _, err := s.exec("set severity-output number"); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err := s.exec("show info")
+	if !errors.Is(err, errUnreachable) || time.Since(start) > 2*time.Second {
+		t.Fatalf("after %v: %v; want errUnreachable within the timeout", time.Since(start), err)
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -125,27 +126,33 @@ func (p *cfgParser) socket(file string, n int, addr string) {
 	switch {
 	case strings.HasPrefix(addr, "abns@"), strings.HasPrefix(addr, "fd@"), strings.HasPrefix(addr, "sockpair@"):
 		p.note(file, n, "stats socket %s cannot be reached from another process; add a unix or TCP stats socket", addr)
-		return
 	case strings.HasPrefix(addr, "unix@"), strings.HasPrefix(addr, "/"), !strings.Contains(addr, ":"):
 		path := strings.TrimPrefix(addr, "unix@")
 		if !filepath.IsAbs(path) {
 			p.note(file, n, "stats socket %s is relative to HAProxy's working directory; give its absolute path in sockets", addr)
 			return
 		}
-		p.hs.Sockets = append(p.hs.Sockets, path)
-		return
+		p.hs.Sockets = append(p.hs.Sockets, filepath.Clean(path))
+	default:
+		// A TCP address: HAProxy listens on it, stapler connects to it, on this host.
+		a, err := parseSocketAddr(addr)
+		if err != nil || a.Network != "tcp" || a.Master {
+			p.note(file, n, "stats socket %s: not an address stapler can connect to; give it in sockets", addr)
+			return
+		}
+		host, port, _ := net.SplitHostPort(a.Address)
+		switch host {
+		case "0.0.0.0":
+			host = "127.0.0.1"
+		case "::":
+			host = "::1"
+		}
+		out := net.JoinHostPort(host, port)
+		if b, err := parseSocketAddr(out); err != nil || b.Master {
+			out = "ipv4@" + out // a host named "master" would read as a master socket
+		}
+		p.hs.Sockets = append(p.hs.Sockets, out)
 	}
-	a, err := parseSocketAddr(addr)
-	if err != nil {
-		p.note(file, n, "stats socket %s: %v", addr, err)
-		return
-	}
-	if host, port, _ := strings.Cut(a.Address, ":"); host == "0.0.0.0" {
-		a.Address = "127.0.0.1:" + port
-	} else if strings.HasPrefix(a.Address, "[::]:") {
-		a.Address = "[::1]:" + strings.TrimPrefix(a.Address, "[::]:")
-	}
-	p.hs.Sockets = append(p.hs.Sockets, a.Address)
 }
 
 // certPath resolves a certificate path the way HAProxy does, against crt-base.
@@ -210,6 +217,9 @@ func (p *cfgParser) crtList(file string, n int, path string) {
 		default:
 			p.crt(full, ln, words[0])
 		}
+	}
+	if err := sc.Err(); err != nil {
+		p.note(file, n, "crt-list %s: %v", full, err)
 	}
 }
 

@@ -27,6 +27,9 @@ listed/two.pem
 	stats socket *:9998
 	stats socket abns@hidden
 	stats socket relative.sock
+	stats socket /run//haproxy/../haproxy/admin.sock
+	stats socket ipv4@a/b:1
+	stats socket ipv4@master:9999
 
 defaults
 	mode http
@@ -59,17 +62,18 @@ backend app
 	if !slices.Equal(hs.Files, wantFiles) {
 		t.Errorf("files %q\nwant %q", hs.Files, wantFiles)
 	}
-	if want := []string{"/run/haproxy/admin.sock", "127.0.0.1:9998", "127.0.0.1:9999"}; !slices.Equal(hs.Sockets, want) {
+	if want := []string{"/run/haproxy/admin.sock", "127.0.0.1:9998", "127.0.0.1:9999", "ipv4@master:9999"}; !slices.Equal(hs.Sockets, want) {
 		t.Errorf("sockets %q, want %q", hs.Sockets, want)
 	}
 	notes := strings.Join(hs.Notes, "\n")
 	for _, want := range []string{
 		cfg + ":6: stats socket abns@hidden cannot be reached",
 		cfg + ":7: stats socket relative.sock is relative",
-		cfg + ":15: crt-list list.txt is relative to HAProxy's working directory",
-		cfg + ":17: uses environment variables",
-		cfg + `:18: conditional block ".if defined(EXTRA)" is not evaluated`,
-		cfg + ":19: certificate " + filepath.Join(dir, "missing.pem") + ": stat",
+		cfg + ":9: stats socket ipv4@a/b:1: not an address stapler can connect to",
+		cfg + ":18: crt-list list.txt is relative to HAProxy's working directory",
+		cfg + ":20: uses environment variables",
+		cfg + `:21: conditional block ".if defined(EXTRA)" is not evaluated`,
+		cfg + ":22: certificate " + filepath.Join(dir, "missing.pem") + ": stat",
 		filepath.Join(dir, "list.txt") + ":4: uses environment variables",
 	} {
 		if !strings.Contains(notes, want) {

@@ -141,8 +141,8 @@ func httpBody(client *http.Client, req *http.Request, maxBytes int64) ([]byte, e
 // the signature, which HAProxy never does. req is the request it answers: its CertID is the
 // one HAProxy will compare byte for byte. A revoked status is valid: the caller decides.
 func validateResponse(der, req []byte, leaf, issuer *x509.Certificate, now time.Time) (*ocsp.Response, error) {
-	// Without an issuer, ParseResponse checks only that an embedded certificate signed the
-	// response; who may sign is decided here, because ParseResponse(der, issuer) wrongly
+	// Without an issuer, ParseResponse checks only that an embedded certificate's key signed
+	// the response; who may sign is decided below, because ParseResponse(der, issuer) wrongly
 	// insists that the issuer signed any embedded certificate, even the issuer's own.
 	resp, err := ocsp.ParseResponse(der, nil)
 	if err != nil {
@@ -152,20 +152,19 @@ func validateResponse(der, req []byte, leaf, issuer *x509.Certificate, now time.
 		}
 		return nil, fmt.Errorf("invalid OCSP response: %w", err)
 	}
-	if c := resp.Certificate; c == nil || c.Equal(issuer) {
-		if err := resp.CheckSignatureFrom(issuer); err != nil {
-			return nil, fmt.Errorf("bad OCSP signature: not signed by the issuer %q: %v", issuer.Subject, err)
-		}
-	} else {
-		// A delegated responder (RFC 6960 section 4.2.2.2): issued by the issuer, marked for
-		// OCSP signing and valid now. ParseResponse checked that it signed the response.
-		if err := issuer.CheckSignature(c.SignatureAlgorithm, c.RawTBSCertificate, c.Signature); err != nil {
+	// Signed by the issuer itself, whatever certificate the response carries (some embed the
+	// issuer's own, or another certificate for the same key), or else by a delegated responder
+	// (RFC 6960 section 4.2.2.2): issued by the issuer, marked for OCSP signing and valid now.
+	// ParseResponse checked that the embedded certificate's key signed the response.
+	if c := resp.Certificate; resp.CheckSignatureFrom(issuer) != nil {
+		switch {
+		case c == nil || c.Equal(issuer):
+			return nil, fmt.Errorf("bad OCSP signature: not signed by the issuer %q", issuer.Subject)
+		case issuer.CheckSignature(c.SignatureAlgorithm, c.RawTBSCertificate, c.Signature) != nil:
 			return nil, fmt.Errorf("bad OCSP signature: responder certificate %q was not issued by %q", c.Subject, issuer.Subject)
-		}
-		if !slices.Contains(c.ExtKeyUsage, x509.ExtKeyUsageOCSPSigning) {
+		case !slices.Contains(c.ExtKeyUsage, x509.ExtKeyUsageOCSPSigning):
 			return nil, fmt.Errorf("response signed by %q, which lacks id-kp-OCSPSigning", c.Subject)
-		}
-		if now.Before(c.NotBefore) || now.After(c.NotAfter) {
+		case now.Before(c.NotBefore) || now.After(c.NotAfter):
 			return nil, fmt.Errorf("response signed by %q, valid only from %s to %s", c.Subject, c.NotBefore.Format(time.RFC3339), c.NotAfter.Format(time.RFC3339))
 		}
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/x509"
 	"io"
 	"net/http"
@@ -82,6 +83,17 @@ func TestValidateResponseIntermediate(t *testing.T) {
 	der := must(ocsp.CreateResponse(inter.Cert, inter.Cert, tmpl, inter.Key))
 	if _, err := validateResponse(der, req, leaf, inter.Cert, now); err != nil {
 		t.Errorf("response signed by the intermediate, embedding it: %v", err)
+	}
+
+	// Signed with the issuer's key, carrying another certificate for that key (a renewed or
+	// cross-signed issuer): the issuer signed it.
+	other := *inter.Cert
+	other.Raw = must(x509.CreateCertificate(rand.Reader, &x509.Certificate{SerialNumber: nextSerial(), Subject: inter.Cert.Subject,
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), IsCA: true, BasicConstraintsValid: true}, root.Cert, inter.Key.Public(), root.Key))
+	tmpl.Certificate = must(x509.ParseCertificate(other.Raw))
+	der = must(ocsp.CreateResponse(inter.Cert, tmpl.Certificate, tmpl, inter.Key))
+	if _, err := validateResponse(der, req, leaf, inter.Cert, now); err != nil {
+		t.Errorf("response signed by the issuer's key, carrying another certificate for it: %v", err)
 	}
 
 	// The root's own certificate embedded and signing: not the issuer, not a delegate of it.

@@ -277,6 +277,7 @@ func syncAll(ctx context.Context, sockets []string, push, check map[string][]sta
 	for _, raw := range sockets {
 		addr, err := parseSocketAddr(raw) // checked by validate
 		if err != nil {
+			slog.Error("cannot use socket", "socket", raw, "err", err)
 			continue
 		}
 		wg.Go(func() {

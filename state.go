@@ -60,10 +60,9 @@ func newState() *State {
 // checked again, which is safe (a dry run, with moveAside false, only pretends). A file from a
 // newer stapler is an error and is left alone.
 func loadState(path string, moveAside bool) (*State, error) {
-	st := newState()
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return st, nil
+		return newState(), nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("reading state: %w", err)
@@ -74,9 +73,10 @@ func loadState(path string, moveAside bool) (*State, error) {
 	if err := json.Unmarshal(data, &probe); err == nil && probe.Version > stateVersion {
 		return nil, fmt.Errorf("%s: written by a newer stapler (state version %d, this one reads %d)", path, probe.Version, stateVersion)
 	}
+	st := &State{}
 	if err := json.Unmarshal(data, st); err != nil || st.Version != stateVersion {
 		if err == nil {
-			err = fmt.Errorf("version %d", st.Version)
+			err = fmt.Errorf("no version %d", stateVersion)
 		}
 		if !moveAside {
 			slog.Error("state file is unreadable; a real run would start afresh", "file", path, "err", err)
@@ -91,6 +91,11 @@ func loadState(path string, moveAside bool) (*State, error) {
 	}
 	if st.Certificates == nil {
 		st.Certificates = map[string]*CertState{}
+	}
+	for path, cs := range st.Certificates {
+		if cs == nil {
+			delete(st.Certificates, path)
+		}
 	}
 	return st, nil
 }

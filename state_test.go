@@ -45,6 +45,7 @@ func TestStateDamaged(t *testing.T) {
 		{"not JSON", "\x00\x01garbage", ""},
 		{"empty", "", ""},
 		{"old version", `{"version": 0}`, ""},
+		{"no version", `{"certificates": {"/c/a.pem": {"hash": "ab"}}}`, ""},
 		{"future version", `{"version": 99, "certificates": {}}`, "written by a newer stapler"},
 	}
 	for _, tt := range tests {
