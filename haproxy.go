@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -78,8 +79,9 @@ type cliSession struct {
 	prompt  []byte // "\n" + the prompt: what ends each answer
 	prefix  string // "@1 " on a master socket
 	timeout time.Duration
-	end     time.Time // the caller's deadline, if any: no exchange outlasts it
-	level   string    // of `show cli level`, once asked
+	end     time.Time         // the caller's deadline, if any: no exchange outlasts it
+	level   string            // of `show cli level`, once asked
+	loaded  map[string]string // cleaned path: HAProxy's name, of `show ssl cert`, once asked
 
 	reloadable bool // a reload will follow when a staple needs one
 }
@@ -96,6 +98,8 @@ func openCLI(ctx context.Context, addr socketAddr, timeout time.Duration) (*cliS
 	}
 	s := &cliSession{addr: addr, conn: conn, timeout: timeout}
 	s.end, _ = ctx.Deadline()
+	// A signal ends the run at once, not at the next deadline. (close closes again: harmless.)
+	context.AfterFunc(ctx, func() { conn.Close() })
 	if addr.Master {
 		s.prefix = "@1 "
 	}
@@ -285,29 +289,26 @@ func (s *cliSession) cliLevel() (string, error) {
 
 // processMark identifies the HAProxy process behind a socket: its pid and start time. A new
 // mark means HAProxy restarted or reloaded and read its staples from disk again.
-func (s *cliSession) processMark(now time.Time) (string, error) {
+func (s *cliSession) processMark() (string, error) {
 	info, err := s.exec("show info")
 	if err != nil {
 		return "", err
 	}
-	var pid string
-	var uptime int64 = -1
-	for _, line := range strings.Split(info, "\n") {
-		k, v, _ := strings.Cut(line, ": ")
-		switch k {
-		case "Pid":
-			pid = v
-		case "Uptime_sec":
-			uptime, _ = strconv.ParseInt(v, 10, 64)
+	pid, start := fieldValue(info, "Pid"), fieldValue(info, "Start_time_sec")
+	if pid == "" || start == "" {
+		return "", fmt.Errorf("HAProxy at %s: no Pid and Start_time_sec in its answer to show info", s.addr.Raw)
+	}
+	return pid + "@" + start, nil
+}
+
+// fieldValue is the value of "Name: value" in HAProxy's text, "" when absent.
+func fieldValue(text, name string) string {
+	for _, line := range strings.Split(text, "\n") {
+		if v, ok := strings.CutPrefix(line, name+": "); ok {
+			return strings.TrimSpace(v)
 		}
 	}
-	if pid == "" || uptime < 0 {
-		return "", fmt.Errorf("HAProxy at %s: unexpected answer to show info", s.addr.Raw)
-	}
-	// The start time is known to a second or two; a minute's resolution is plenty to tell
-	// one process from the next with the same pid.
-	start := now.Add(-time.Duration(uptime) * time.Second).Truncate(time.Minute)
-	return pid + "@" + start.UTC().Format(time.RFC3339), nil
+	return ""
 }
 
 // ocspKeys lists the CertID keys (hex) of HAProxy's OCSP slots.
@@ -338,23 +339,39 @@ func servedThisUpdate(text string) time.Time {
 	return time.Time{}
 }
 
-// loadedSerial asks whether HAProxy has loaded the certificate file path and returns the
-// serial (hex) of the certificate it holds; "" when it has not loaded the file.
-func (s *cliSession) loadedSerial(path string) (string, error) {
-	text, err := s.exec("show ssl cert " + path)
-	var cerr *cliError
-	if errors.As(err, &cerr) || strings.HasPrefix(text, "Can't display the certificate") {
-		return "", nil
-	}
-	if err != nil {
-		return "", err
-	}
-	for _, line := range strings.Split(text, "\n") {
-		if v, ok := strings.CutPrefix(line, "Serial: "); ok {
-			return strings.TrimSpace(v), nil
+// loadedName is the name under which HAProxy holds the certificate file path, from one
+// `show ssl cert` listing per session; "" when HAProxy has not loaded it. HAProxy keeps paths
+// as its configuration spells them ("/etc/haproxy//certs/a.pem" with a crt-base ending in
+// "/"), so they are compared cleaned.
+func (s *cliSession) loadedName(path string) (string, error) {
+	if s.loaded == nil {
+		list, err := s.exec("show ssl cert")
+		if err != nil {
+			var cerr *cliError
+			if errors.As(err, &cerr) {
+				err = fmt.Errorf("%w: %w", errCannotList, err)
+			}
+			return "", err
+		}
+		s.loaded = map[string]string{}
+		for _, line := range strings.Split(list, "\n") {
+			if name := strings.TrimPrefix(strings.TrimSpace(line), "*"); name != "" && !strings.HasPrefix(name, "#") {
+				s.loaded[filepath.Clean(name)] = name
+			}
 		}
 	}
-	return "", fmt.Errorf("HAProxy at %s: no serial in show ssl cert %s", s.addr.Raw, path)
+	return s.loaded[filepath.Clean(path)], nil
+}
+
+// errCannotList: HAProxy did not say which certificates it loaded (a socket below level
+// admin, or certificate operations locked).
+var errCannotList = errors.New("cannot list HAProxy's certificates")
+
+// cliArg escapes a path for HAProxy's command line, which splits words on spaces and commands
+// on ";", and takes "\" as an escape.
+func cliArg(path string) string {
+	r := strings.NewReplacer(`\`, `\\`, " ", `\ `, "\t", "\\\t", ";", `\;`)
+	return r.Replace(path)
 }
 
 // sameSerial compares hex serials as HAProxy and stapler write them.

@@ -717,3 +717,82 @@ func hapTook(stderr string) string {
 	}
 	return "no summary line"
 }
+
+// TestHAProxyAwkwardSetups: file names HAProxy's command line must have escaped, two sockets
+// that lead to one HAProxy, a socket below level admin, and a socket that is down when there
+// is nothing to push.
+func TestHAProxyAwkwardSetups(t *testing.T) {
+	t.Run("file name with a space and a semicolon", func(t *testing.T) {
+		f := newHAPFixture(t)
+		site := filepath.Join(f.certs, "my site;1.pem")
+		leaf, key := f.ca.issue(leafSpec{Name: "odd.stapler.test", OCSP: []string{f.resp.URL()}}, time.Now())
+		writeBundle(site, leaf, key, f.ca.Cert)
+		stats, sock := f.statsSocket("unix", "admin")
+		port := hapFreePort(t)
+		f.startHAProxy("haproxy", port, stats, sock)
+		stderr := f.run(0, "--config", f.config("stapler", []string{sock}, ""))
+		if !strings.Contains(stderr, "created OCSP slot without a reload") {
+			t.Errorf("no slot created:\n%s", stderr)
+		}
+		want := hapReadFile(t, site+".ocsp")
+		if _, got := hapHandshake(t, port, "odd.stapler.test", f.ca.Cert); !bytes.Equal(got, want) {
+			t.Errorf("HAProxy staples %d bytes, not the %d on disk", len(got), len(want))
+		}
+	})
+
+	t.Run("two sockets to one HAProxy", func(t *testing.T) {
+		f := newHAPFixture(t)
+		var sites []string
+		for _, name := range []string{"a", "b", "c", "d"} {
+			site, _ := f.addCert(name + ".stapler.test")
+			sites = append(sites, site)
+		}
+		unixStats, unixSock := f.statsSocket("unix", "admin")
+		tcpStats, tcpSock := f.statsSocket("tcp", "")
+		port := hapFreePort(t)
+		cfg := f.haproxyConfig("haproxy", port, unixStats, tcpStats)
+		hapLaunch(t, f.haproxy, unixSock, filepath.Join(f.dir, "haproxy.log"), "-db", "-f", cfg)
+		stderr := f.run(0, "--config", f.config("stapler", []string{unixSock, tcpSock}, ""))
+		if strings.Contains(stderr, "level=ERROR") || strings.Contains(stderr, "locked") {
+			t.Errorf("errors with two sockets to one HAProxy:\n%s", stderr)
+		}
+		for _, site := range sites {
+			f.wantServed(port, site, nil)
+		}
+	})
+
+	t.Run("operator level", func(t *testing.T) {
+		f := newHAPFixture(t)
+		site, _ := f.addCert("site.stapler.test")
+		_, sock := f.statsSocket("unix", "operator")
+		port := hapFreePort(t)
+		cfg := filepath.Join(f.dir, "haproxy.cfg")
+		hapWriteFile(t, cfg, fmt.Appendf(nil, "global\n\tstats socket %s level operator\n\ndefaults\n\tmode http\n\ttimeout connect 5s\n\ttimeout client 10s\n\ttimeout server 10s\n\nfrontend fe\n\tbind 127.0.0.1:%d ssl crt %s/\n\thttp-request return status 200\n", sock, port, f.certs))
+		hapLaunch(t, f.haproxy, sock, filepath.Join(f.dir, "haproxy.log"), "-db", "-f", cfg)
+		// HAProxy loaded the certificate without a .ocsp file, and the socket may not create
+		// the slot: only a reload helps, and the run says so and fails.
+		stderr := f.run(1, "--config", f.config("stapler", []string{sock}, ""))
+		if !strings.Contains(stderr, `level=ERROR msg="needs reload" cert=`+site) {
+			t.Errorf("no needs reload:\n%s", stderr)
+		}
+		if st := readState(t, f.state).Certificates[site]; len(st.PendingPush) != 1 {
+			t.Errorf("pending pushes %q, want the socket (for status and check)", st.PendingPush)
+		}
+		// With reload_command, the reload is run, and the run succeeds.
+		marker := filepath.Join(f.dir, "reloaded")
+		stderr = f.run(0, "--config", f.config("reload", []string{sock}, fmt.Sprintf("reload_command = %q\n", "touch "+marker)))
+		if _, err := os.Stat(marker); err != nil {
+			t.Errorf("reload_command did not run:\n%s", stderr)
+		}
+	})
+
+	t.Run("socket down with nothing to push", func(t *testing.T) {
+		f := newHAPFixture(t)
+		f.addCert("site.stapler.test")
+		f.run(0, "--config", f.config("first", nil, ""))
+		stderr := f.run(1, "--config", f.config("down", []string{filepath.Join(f.sockDir, "nobody.sock")}, ""))
+		if !strings.Contains(stderr, "HAProxy unreachable; cannot check what it serves") {
+			t.Errorf("no error about the socket:\n%s", stderr)
+		}
+	})
+}

@@ -91,7 +91,7 @@ func (h *fakeHAProxy) serve(c net.Conn) {
 		case line == "set severity-output number":
 			sev = true
 		case line == "show info":
-			answer = "Name: HAProxy\nPid: 4242\nUptime_sec: 100\n"
+			answer = "Name: HAProxy\nPid: 4242\nUptime_sec: 100\nStart_time_sec: 1795300000\n"
 		case line == "show ssl ocsp-response":
 			answer = "# Certificate IDs\n"
 			h.mu.Lock()
@@ -107,6 +107,15 @@ func (h *fakeHAProxy) serve(c net.Conn) {
 			if ok {
 				answer = "OCSP Response Data:\n    This Update: " + this.UTC().Format("Jan _2 15:04:05 2006 MST") + "\n"
 			}
+		case line == "show cli level":
+			answer = "admin\n"
+		case line == "show ssl cert":
+			answer = "# filename\n"
+			h.mu.Lock()
+			for path := range h.loaded {
+				answer += path + "\n"
+			}
+			h.mu.Unlock()
 		case strings.HasPrefix(line, "show ssl cert "):
 			h.mu.Lock()
 			serial, ok := h.loaded[strings.TrimPrefix(line, "show ssl cert ")]

@@ -7,7 +7,7 @@ import (
 	"log/slog"
 	"os/exec"
 	"strings"
-	"sync"
+	"syscall"
 	"time"
 )
 
@@ -49,6 +49,7 @@ type syncOptions struct {
 type socketReport struct {
 	Mark    string            // HAProxy's process mark, to store; "" when unknown
 	Results map[string]result // by certificate path
+	Err     error             // the socket failed: what it serves is unknown
 }
 
 // syncSocket makes the HAProxy at addr serve the staples in push and checks that it still
@@ -64,51 +65,54 @@ type socketReport struct {
 //     disk, and pushes what is older.
 func syncSocket(ctx context.Context, addr socketAddr, push, check []stapleRef, lastMark string, opt syncOptions) socketReport {
 	rep := socketReport{Results: map[string]result{}}
-	fail := func(refs []stapleRef, err error) {
-		for _, r := range refs {
+	if len(push) == 0 && len(check) == 0 {
+		return rep
+	}
+	// fail records a socket that failed; perCert names each staple it left pending (when the
+	// socket failed during the exchange), else one line says how many.
+	fail := func(err error, perCert bool) socketReport {
+		rep.Err, rep.Mark = err, ""
+		n := 0
+		for _, r := range push {
 			if _, done := rep.Results[r.Path]; !done {
 				rep.Results[r.Path] = result{outcome: pushFailed}
-				slog.Error("push failed", "cert", r.Path, "socket", addr.Raw, "err", err)
+				n++
+				if perCert {
+					slog.Error("push failed", "cert", r.Path, "socket", addr.Raw, "err", err)
+				}
 			}
 		}
+		switch {
+		case n > 0 && !perCert:
+			slog.Error("HAProxy unreachable; staples left for the next run", "socket", addr.Raw, "staples", n, "err", err)
+		case n == 0:
+			slog.Error("HAProxy unreachable; cannot check what it serves", "socket", addr.Raw, "err", err)
+		}
+		return rep
 	}
 	s, err := openCLI(ctx, addr, opt.Timeout)
 	if err != nil {
-		if len(push) > 0 {
-			slog.Error("HAProxy unreachable; staples left for the next run", "socket", addr.Raw, "staples", len(push), "err", err)
-		} else {
-			slog.Error("HAProxy unreachable; cannot check what it serves", "socket", addr.Raw, "err", err)
-		}
-		for _, r := range push {
-			rep.Results[r.Path] = result{outcome: pushFailed}
-		}
-		return rep
+		return fail(err, false)
 	}
 	defer s.close()
-
 	s.reloadable = opt.Reloadable
-	push, err = s.drift(push, check, lastMark, opt.Now, &rep)
+	mark, err := s.processMark()
 	if err != nil {
-		fail(push, err)
-		return rep
+		return fail(err, true)
+	}
+	if push, err = s.drift(push, check, mark == lastMark, &rep); err != nil {
+		return fail(err, true)
 	}
 	if err := s.pushAll(push, &rep); err != nil {
-		fail(push, err)
+		return fail(err, true)
 	}
+	rep.Mark = mark // what this process serves has now been compared with the disk
 	return rep
 }
 
-// drift adds to push the staples of check that HAProxy lost or serves an older copy of, and
-// records the process mark in rep.
-func (s *cliSession) drift(push, check []stapleRef, lastMark string, now time.Time, rep *socketReport) ([]stapleRef, error) {
-	if len(check) == 0 && len(push) == 0 {
-		return push, nil
-	}
-	mark, err := s.processMark(now)
-	if err != nil {
-		return push, err
-	}
-	rep.Mark = mark
+// drift adds to push the staples of check that HAProxy lost or serves an older copy of.
+// Unless sameProcess, it compares what HAProxy serves for every staple with the disk.
+func (s *cliSession) drift(push, check []stapleRef, sameProcess bool, rep *socketReport) ([]stapleRef, error) {
 	if len(check) == 0 {
 		return push, nil
 	}
@@ -121,13 +125,21 @@ func (s *cliSession) drift(push, check []stapleRef, lastMark string, now time.Ti
 		if keys[r.CertID] {
 			rep.Results[r.Path] = result{outcome: inSync}
 			present = append(present, r)
-		} else {
-			slog.Debug("HAProxy has no slot for the staple", "cert", r.Path, "socket", s.addr.Raw)
-			r.NewCert, r.Drift = false, true
-			push = append(push, r)
+			continue
 		}
+		// No slot: a certificate HAProxy loaded without a .ocsp file, or one a hot `set ssl
+		// cert` replaced; not one HAProxy does not load at all.
+		if name, err := s.loadedName(r.Path); errors.Is(err, errUnreachable) {
+			return push, err
+		} else if name == "" && err == nil {
+			rep.Results[r.Path] = result{outcome: notLoaded}
+			continue
+		}
+		slog.Debug("HAProxy has no slot for the staple", "cert", r.Path, "socket", s.addr.Raw)
+		r.NewCert, r.Drift = false, true
+		push = append(push, r)
 	}
-	if mark == lastMark || len(present) == 0 {
+	if sameProcess || len(present) == 0 {
 		return push, nil
 	}
 	// HAProxy (re)started since the last check: it read its staples from its own disk.
@@ -208,21 +220,19 @@ func (s *cliSession) createSlot(r stapleRef) (result, error) {
 		}
 		return result{outcome: needsReload, severe: severe}
 	}
-	serial, err := s.loadedSerial(r.Path)
+	name, err := s.loadedName(r.Path)
 	switch {
 	case errors.Is(err, errUnreachable):
 		return result{}, err
 	case err != nil:
-		return reload(true, err.Error()), nil
-	case serial == "":
+		return reload(true, err.Error()+" (creating an OCSP slot without a reload needs a socket with level admin)"), nil
+	case name == "":
 		log := slog.Warn
 		if r.Drift {
 			log = slog.Debug // a certificate this HAProxy does not serve
 		}
 		log("HAProxy has not loaded this certificate; it staples it from disk when it loads it", "cert", r.Path, "socket", s.addr.Raw)
 		return result{outcome: notLoaded}, nil
-	case !sameSerial(serial, r.Serial):
-		return reload(!r.NewCert, "HAProxy runs another certificate from this file (serial "+strings.ToLower(serial)+")"), nil
 	}
 	level, err := s.cliLevel()
 	if err != nil {
@@ -231,31 +241,53 @@ func (s *cliSession) createSlot(r stapleRef) (result, error) {
 	if level != "admin" {
 		return reload(true, "HAProxy has no OCSP slot for this certificate, and creating one without a reload needs a socket with level admin, not "+level), nil
 	}
-	// The transaction replaces the certificate's extra files in HAProxy's memory: the issuer
-	// goes too when it is not in the bundle, or HAProxy cannot compute the CertID and fails the
-	// commit. (A hot `set ssl cert` dropped HAProxy's copy of <cert>.issuer as well.)
-	cmds := []string{withPayload("set ssl cert "+r.Path+".ocsp", base64Lines(r.DER))}
-	if issuer, err := readRegular(issuerName(r.Path), maxStapleBytes); err == nil {
-		cmds = append(cmds, withPayload("set ssl cert "+r.Path+".issuer", string(issuer)))
-	}
-	for _, c := range cmds {
-		if len(s.prefix)+len(c)+1 > maxCommandLine {
-			return reload(true, "the staple is too large to send to HAProxy safely in a transaction"), nil
-		}
-	}
-	cmds = append(cmds, "commit ssl cert "+r.Path)
-	answers, err := s.execAll(cmds)
-	if err != nil {
+	info, err := s.exec("show ssl cert " + cliArg(name))
+	if errors.Is(err, errUnreachable) {
 		return result{}, err
 	}
-	var texts []string
-	for _, a := range answers {
-		texts = append(texts, a.text)
+	serial := fieldValue(info, "Serial")
+	switch {
+	case err != nil || serial == "":
+		return reload(true, fmt.Sprintf("HAProxy answered %q to show ssl cert", firstLine(info))), nil
+	case !sameSerial(serial, r.Serial):
+		return reload(!r.NewCert, "HAProxy runs another certificate from this file (serial "+strings.ToLower(serial)+")"), nil
 	}
-	if !strings.HasPrefix(texts[0], "Transaction created") || !strings.Contains(texts[len(texts)-1], "Success!") {
-		s.exec("abort ssl cert " + r.Path)
-		slog.Error("push failed", "cert", r.Path, "socket", s.addr.Raw, "err",
-			fmt.Errorf("creating an OCSP slot: HAProxy answered %q", strings.Join(texts, " / ")))
+	// The transaction replaces the certificate's extra files in HAProxy's memory: the issuer
+	// goes too when it is not in the bundle, or HAProxy cannot compute the CertID and fails the
+	// commit. (A hot `set ssl cert` dropped HAProxy's copy of <cert>.issuer as well.) Each step
+	// must name this certificate: HAProxy 2.6 adds to whatever transaction is open, even
+	// another certificate's, so stapler commits only its own.
+	steps := []string{withPayload("set ssl cert "+cliArg(name+".ocsp"), base64Lines(r.DER))}
+	if issuer, err := readRegular(issuerName(r.Path), maxStapleBytes); err == nil {
+		steps = append(steps, withPayload("set ssl cert "+cliArg(name+".issuer"), string(issuer)))
+	}
+	for i, step := range steps {
+		if len(s.prefix)+len(step)+1 > maxCommandLine {
+			return reload(true, "the staple is too large to send to HAProxy safely in a transaction"), nil
+		}
+		text, err := s.exec(step)
+		if errors.Is(err, errUnreachable) {
+			return result{}, err
+		}
+		want := "Transaction updated for certificate " + name + "!"
+		if i == 0 {
+			want = "Transaction created for certificate " + name + "!"
+		}
+		if text != want {
+			if i > 0 {
+				s.exec("abort ssl cert " + cliArg(name))
+			}
+			slog.Error("push failed", "cert", r.Path, "socket", s.addr.Raw, "err", fmt.Errorf("creating an OCSP slot: HAProxy answered %q", text))
+			return result{outcome: pushFailed}, nil
+		}
+	}
+	text, err := s.exec("commit ssl cert " + cliArg(name))
+	if errors.Is(err, errUnreachable) {
+		return result{}, err
+	}
+	if !strings.HasSuffix(text, "Success!") {
+		s.exec("abort ssl cert " + cliArg(name))
+		slog.Error("push failed", "cert", r.Path, "socket", s.addr.Raw, "err", fmt.Errorf("creating an OCSP slot: HAProxy answered %q to the commit", text))
 		return result{outcome: pushFailed}, nil
 	}
 	cmd, _ := setOCSPCommand(r.DER, s.prefix) // its size was checked
@@ -269,33 +301,38 @@ func (s *cliSession) createSlot(r stapleRef) (result, error) {
 	return result{outcome: pushed}, nil
 }
 
-// syncAll runs syncSocket for every socket at once and returns the reports by socket.
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(s, "\n")
+	return line
+}
+
+// syncAll runs syncSocket for each socket in turn, never at once: several sockets may lead to
+// one HAProxy, whose certificate transactions would then collide.
 func syncAll(ctx context.Context, sockets []string, push, check map[string][]stapleRef, marks map[string]string, opt syncOptions) map[string]socketReport {
 	reports := make(map[string]socketReport, len(sockets))
-	var mu sync.Mutex
-	var wg sync.WaitGroup
 	for _, raw := range sockets {
 		addr, err := parseSocketAddr(raw) // checked by validate
 		if err != nil {
+			reports[raw] = socketReport{Err: err, Results: map[string]result{}}
 			slog.Error("cannot use socket", "socket", raw, "err", err)
 			continue
 		}
-		wg.Go(func() {
-			rep := syncSocket(ctx, addr, push[raw], check[raw], marks[raw], opt)
-			mu.Lock()
-			reports[raw] = rep
-			mu.Unlock()
-		})
+		reports[raw] = syncSocket(ctx, addr, push[raw], check[raw], marks[raw], opt)
 	}
-	wg.Wait()
 	return reports
 }
 
-// runReload runs the operator's reload command once, with a deadline, logging its output.
+// runReload runs the operator's reload command once, with a deadline, logging its output. At
+// the deadline the command's whole process group is killed, so that a child left running
+// cannot hold the run either.
 func runReload(ctx context.Context, command string, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, "/bin/sh", "-c", command).CombinedOutput()
+	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", command)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = time.Second
+	out, err := cmd.CombinedOutput()
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
 		if line != "" {
 			slog.Info("reload output", "line", line)

@@ -343,11 +343,21 @@ func syncHAProxies(ctx context.Context, opt runOptions, items []*item, state *St
 		}
 	}
 	reports := syncAll(ctx, opt.Sockets, push, check, state.Sockets, syncOptions{Timeout: opt.SocketTimeout, Now: now, Reloadable: opt.ReloadCommand != ""})
-	state.Sockets = map[string]string{}
 	var severe []*item
+	if state.Sockets == nil {
+		state.Sockets = map[string]string{}
+	}
 	for _, sock := range opt.Sockets {
-		if m := reports[sock].Mark; m != "" {
-			state.Sockets[sock] = m
+		rep := reports[sock]
+		switch {
+		case rep.Err != nil:
+			if len(push[sock]) == 0 {
+				failed++ // nothing to push, but what this HAProxy serves is unknown: not fine
+			}
+			delete(state.Sockets, sock)
+		case rep.Mark != "" && len(opt.Only) == 0:
+			// Only a run over every certificate has compared all that HAProxy serves.
+			state.Sockets[sock] = rep.Mark
 		}
 	}
 	for _, it := range synced {
@@ -359,13 +369,13 @@ func syncHAProxies(ctx context.Context, opt runOptions, items []*item, state *St
 				it.st.PendingPush = append(it.st.PendingPush, sock)
 			case res.outcome == needsReload && res.severe:
 				needs = true
+				it.st.PendingPush = append(it.st.PendingPush, sock) // shown by status and check
 			}
-		}
-		if len(it.st.PendingPush) > 0 {
-			failed++
 		}
 		if needs {
 			severe = append(severe, it)
+		} else if len(it.st.PendingPush) > 0 {
+			failed++
 		}
 	}
 	if len(severe) > 0 && opt.ReloadCommand != "" {
@@ -373,6 +383,9 @@ func syncHAProxies(ctx context.Context, opt runOptions, items []*item, state *St
 			slog.Error("reload failed; staples wait for the next reload", "err", err, "certificates", len(severe))
 		} else {
 			slog.Info("reloaded HAProxy: it reads the staples from disk", "certificates", len(severe))
+			for _, it := range severe {
+				it.st.PendingPush = nil
+			}
 			return failed, 0
 		}
 	}
