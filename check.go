@@ -92,7 +92,7 @@ func evaluateCheck(certs []certStatus, th checkThresholds, now time.Time) checkR
 	}
 	perf := []string{}
 	if minLeft >= 0 {
-		perf = append(perf, fmt.Sprintf("min_validity=%ds;%d;%d;0", int64(minLeft/time.Second), int64(th.Warning/time.Second), int64(th.Critical/time.Second)))
+		perf = append(perf, fmt.Sprintf("min_validity=%ds;%d:;%d:;0", int64(minLeft/time.Second), int64(th.Warning/time.Second), int64(th.Critical/time.Second)))
 	}
 	for _, k := range []string{"good", "revoked", "none", "unknown", "no_responder"} {
 		perf = append(perf, fmt.Sprintf("%s=%d", k, counts[k]))

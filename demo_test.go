@@ -52,9 +52,7 @@ func TestDemo(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("stapler demo exited with status %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
 	}
-	if took > 10*time.Second {
-		t.Errorf("stapler demo took %v, want well under 10s", took)
-	}
+	t.Logf("stapler demo took %v", took)
 	for _, want := range []string{
 		`(?m)^2\. Started HAProxy \S+, serving certs/`,
 		`(?m)^\s+shop\.demo\.test\s+stapled a good response, byte-identical to certs/shop\.pem\.ocsp$`,

@@ -95,6 +95,9 @@ func (it *item) check(ctx context.Context, finder *issuerFinder, pol policy, now
 		it.reason = "staple on disk is not valid: " + err.Error()
 	case resp.Status != ocsp.Good:
 		it.reason = "staple on disk says " + statusName(resp.Status)
+	case it.old != nil && it.old.Hash == hash && resp.ThisUpdate.Before(it.old.ThisUpdate):
+		// A restored backup, or configuration management with an old copy: never go back.
+		it.reason = "staple on disk is older than the last one written"
 	default:
 		it.st.recordStaple(it.staple, resp, certID)
 		it.st.NextDue = pol.afterSuccess(it.path, now, resp.ThisUpdate, resp.NextUpdate)

@@ -233,6 +233,9 @@ func checkAction(c *cli.Context) error {
 		now = testOnlyNow()
 	}
 	opt.Sockets = nil // the check reads state and disk only
+	if err := stateReadable(opt.State); err != nil {
+		return unknown(err)
+	}
 	rep, err := collectStatus(c.Context, opt, now)
 	if err != nil {
 		return unknown(err)

@@ -20,7 +20,9 @@ import (
 //
 // Per run: stapler_run_timestamp_seconds, stapler_run_duration_seconds,
 // stapler_run_certificates{result} and stapler_run_success.
-func writeMetrics(path string, items []*item, sum summary, now time.Time, took time.Duration) error {
+// A run limited to some certificates (the deploy hook's) still writes every certificate the
+// state knows, so that no series disappears between runs.
+func writeMetrics(path string, state *State, items []*item, sum summary, now time.Time, took time.Duration) error {
 	reg := prometheus.NewRegistry()
 	certLabels := []string{"cert", "subject"}
 	expiry := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "stapler_staple_expiry_timestamp_seconds",
@@ -39,14 +41,18 @@ func writeMetrics(path string, items []*item, sum summary, now time.Time, took t
 		Help: "1 when the last run left every staple fresh, valid and in every HAProxy (exit status 0)."})
 	reg.MustRegister(expiry, status, refreshed, failures, runAt, runTook, runCerts, runOK)
 
+	onDisk := map[string]string{} // staple hashes seen on disk by this run
 	for _, it := range items {
-		st := it.st
+		onDisk[it.path] = it.stapleHash
+	}
+	for certPath, st := range state.Certificates {
 		if st.Responder == "" {
 			continue
 		}
-		l := prometheus.Labels{"cert": it.path, "subject": st.Subject}
+		l := prometheus.Labels{"cert": certPath, "subject": st.Subject}
+		hash, seen := onDisk[certPath]
 		s := "none"
-		if it.stapleHash == st.StapleHash && st.StapleHash != "" && st.NextUpdate.After(now) {
+		if (!seen || hash == st.StapleHash) && st.StapleHash != "" && st.NextUpdate.After(now) {
 			s = st.Status
 			expiry.With(l).Set(float64(st.NextUpdate.Unix()))
 		}

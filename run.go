@@ -238,7 +238,7 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 		}
 	}
 	if opt.MetricsFile != "" {
-		if err := writeMetrics(opt.MetricsFile, checked, sum, now, time.Since(start)); err != nil {
+		if err := writeMetrics(opt.MetricsFile, state, checked, sum, now, time.Since(start)); err != nil {
 			slog.Error("cannot write metrics", "file", opt.MetricsFile, "err", err)
 			sum.Errors++
 		}

@@ -100,6 +100,26 @@ func loadState(path string, moveAside bool) (*State, error) {
 	return st, nil
 }
 
+// stateReadable reports whether the state file is missing or one this stapler reads, without
+// moving anything aside: `stapler check` says UNKNOWN rather than judge from a damaged file.
+func stateReadable(path string) error {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var st State
+	if err := json.Unmarshal(data, &st); err != nil {
+		return fmt.Errorf("%s: unreadable state file: %w", path, err)
+	}
+	if st.Version != stateVersion {
+		return fmt.Errorf("%s: state file of version %d, not %d", path, st.Version, stateVersion)
+	}
+	return nil
+}
+
 // save writes the state atomically, readable by its owner only.
 func (st *State) save(path string) error {
 	data, err := json.MarshalIndent(st, "", "  ")
