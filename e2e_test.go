@@ -313,28 +313,38 @@ func TestRunFIFOsNeverBlock(t *testing.T) {
 	site := filepath.Join(certs, "site.pem")
 	leaf, key := ca.issue(leafSpec{Name: "site.test", OCSP: []string{r.URL()}}, now)
 	writeBundle(site, leaf, key, ca.Cert)
-	for _, p := range []string{filepath.Join(certs, "fifo.pem"), site + ".ocsp", site + ".issuer"} {
+	run := func() (int, string) {
+		done := make(chan struct{})
+		var code int
+		var stderr string
+		go func() {
+			code, stderr = runStapler(t, "run", "--dir", certs, "--state", filepath.Join(dir, "state.json"))
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			t.Fatal("stapler hangs on a FIFO")
+		}
+		return code, stderr
+	}
+	for _, p := range []string{filepath.Join(certs, "fifo.pem"), site + ".ocsp"} {
 		if err := syscall.Mkfifo(p, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	done := make(chan struct{})
-	var code int
-	var stderr string
-	go func() {
-		code, stderr = runStapler(t, "run", "--dir", certs, "--state", filepath.Join(dir, "state.json"))
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-time.After(20 * time.Second):
-		t.Fatal("stapler hangs on a FIFO")
-	}
 	// The FIFO named site.pem.ocsp is replaced by a staple; fifo.pem is no certificate.
-	if code != 0 || !strings.Contains(stderr, "checked=1 refreshed=1") {
+	if code, stderr := run(); code != 0 || !strings.Contains(stderr, "checked=1 refreshed=1") {
 		t.Fatalf("exit %d\n%s", code, stderr)
 	}
 	if fi, err := os.Lstat(site + ".ocsp"); err != nil || !fi.Mode().IsRegular() {
 		t.Errorf("site.pem.ocsp: %v, %v", fi, err)
+	}
+	// A FIFO named site.pem.issuer would hang HAProxy's start: an error naming it.
+	if err := syscall.Mkfifo(site+".issuer", 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, stderr := run(); code != 1 || !strings.Contains(stderr, site+".issuer cannot be read as HAProxy will try to") {
+		t.Fatalf("FIFO issuer: exit %d\n%s", code, stderr)
 	}
 }

@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"slices"
@@ -65,9 +67,27 @@ func (it *item) check(ctx context.Context, finder *issuerFinder, pol policy, now
 		if it.old != nil {
 			it.st.IssuerFile = it.old.IssuerFile
 		}
-		if err := it.checkIssuerFile(ctx, finder); err != nil {
-			return err
+		if err := leafFirst(it.bundle); err != nil {
+			return fmt.Errorf("%s: %w", it.path, err)
 		}
+	}
+	// <cert>.issuer is checked when it or the certificate changed: HAProxy will not start with
+	// a wrong one, staple or not.
+	if fi, err := os.Stat(issuerName(it.path)); err == nil || !errors.Is(err, fs.ErrNotExist) {
+		key := ""
+		if err == nil {
+			key = fileKey(fi)
+		}
+		if it.newCert || key == "" || key != it.st.IssuerKey {
+			if err := it.parse(); err != nil {
+				return err
+			}
+			if err := it.checkIssuerFile(ctx, finder); err != nil {
+				return err
+			}
+		}
+	} else {
+		it.st.IssuerKey = ""
 	}
 	if it.st.Responder == "" || now.After(it.st.NotAfter) || now.Before(it.st.NotBefore) {
 		return nil // run reports these
@@ -117,10 +137,16 @@ func (it *item) check(ctx context.Context, finder *issuerFinder, pol policy, now
 func (it *item) checkIssuerFile(ctx context.Context, finder *issuerFinder) error {
 	name := issuerName(it.path)
 	data, err := readRegular(name, maxStapleBytes)
-	if err != nil {
+	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
+	if err != nil {
+		return fmt.Errorf("%s cannot be read as HAProxy will try to (%w): correct or remove it", name, err)
+	}
 	if certs, err := parseBundle(data); err == nil && signed(it.bundle[0], certs[0]) {
+		if fi, err := os.Stat(name); err == nil {
+			it.st.IssuerKey = fileKey(fi)
+		}
 		return nil
 	}
 	if it.st.IssuerFile != hashBytes(data) {
@@ -148,12 +174,30 @@ func (it *item) checkIssuerFile(ctx context.Context, finder *issuerFinder) error
 	return nil
 }
 
+// leafFirst rejects a bundle whose first certificate is a CA that issued a later one: HAProxy
+// serves the first certificate of a bundle (and refuses one whose key does not match it), so
+// stapler must not take a misordered chain's CA for the leaf.
+func leafFirst(bundle []*x509.Certificate) error {
+	if !bundle[0].IsCA {
+		return nil
+	}
+	for _, c := range bundle[1:] {
+		if !c.IsCA && signed(c, bundle[0]) {
+			return errors.New("the first certificate is a CA certificate, and a later one is the certificate it issued: HAProxy serves the first certificate of a bundle, so put the leaf first")
+		}
+	}
+	return nil
+}
+
 func (it *item) writeIssuer(issuer *x509.Certificate) error {
 	data := issuerPEM(issuer)
 	if _, err := writeFile(issuerName(it.path), data, 0o644, it.dirs); err != nil {
 		return fmt.Errorf("writing issuer: %w", err)
 	}
 	it.st.IssuerFile = hashBytes(data)
+	if fi, err := os.Stat(issuerName(it.path)); err == nil {
+		it.st.IssuerKey = fileKey(fi)
+	}
 	return nil
 }
 

@@ -34,6 +34,7 @@ type CertState struct {
 	NotAfter   time.Time `json:"not_after"`
 	Responder  string    `json:"responder,omitempty"`   // empty: the certificate names no OCSP responder
 	IssuerFile string    `json:"issuer_file,omitempty"` // hash of the <cert>.issuer stapler wrote
+	IssuerKey  string    `json:"issuer_key,omitempty"`  // size, mtime and inode of the checked <cert>.issuer
 	StapleHash string    `json:"staple_hash,omitempty"`
 	StapleKey  string    `json:"staple_key,omitempty"` // size, mtime and inode of that file
 	CertID     string    `json:"cert_id,omitempty"`    // hex DER CertID: HAProxy's key for the staple

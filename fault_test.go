@@ -1,0 +1,1563 @@
+package main
+
+// The fault-injection suite (issue 5). Each case starts from a good first run (a certificate
+// whose OCSP responder is a fake on 127.0.0.1, its staple on disk), injects one fault, runs the
+// built stapler again and then asserts, whatever the fault:
+//   - the run ends within its deadline (stapler.toml sets timeout, socket_timeout and
+//     run_timeout short, so that slow faults stay fast);
+//   - the exit status is the documented one (README, "Exit status");
+//   - stderr names the certificate file (or the state file, or the socket) and the cause;
+//   - the last good staple is byte-identical, unless the case says what replaces it;
+//   - no temporary file is left in the certificate directory or beside the state;
+//   - the state file parses, when there is one;
+//   - `haproxy -c` accepts a configuration that loads the directory with `crt <dir>/`, unless
+//     the fault itself makes the directory invalid for HAProxy (the case says why).
+//
+// A case that shows a production bug is kept as it should be and skipped with "BUG: ...".
+// STAPLER_FAULT_BUGS=1 runs those cases too, to check a fix. STAPLER_FAULT_SEED fixes the
+// random kill points of the SIGKILL case.
+//
+// Everything stays on 127.0.0.1: no DNS query and no packet leaves the machine. Tests run as
+// root in CI, so permissions cannot make a file unreadable or a socket forbidden; FIFOs,
+// directories, dangling symlinks, a read-only bind mount and RLIMIT_FSIZE stand in for them.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"math/big"
+	mrand "math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ocsp"
+)
+
+// The settings every case's stapler.toml starts with.
+const (
+	faultTimeout       = "1s"    // timeout: one OCSP request
+	faultSocketTimeout = "500ms" // socket_timeout
+	faultRunTimeout    = "5s"    // run_timeout
+	// faultDeadline is how long a faulty run may take unless its case says otherwise: a process
+	// start and a few local round trips (about 50 ms), with room for a busy two-core machine.
+	faultDeadline = 2 * time.Second
+	// faultGrace: a run still going this long after its deadline is killed and reported.
+	faultGrace = 3 * time.Second
+)
+
+// faultBugTempFiles is the bug that both the stale temp file case and the SIGKILL case show.
+const faultBugTempFiles = "BUG: temporary files left by a killed run (.<name>.tmp-*) are never removed: " +
+	"writeFile cleans up only after its own errors, and nothing removes a crashed run's leftovers"
+
+// faultStaple says what must become of site.pem.ocsp.
+type faultStaple int
+
+const (
+	faultStapleKept faultStaple = iota // byte-identical to the good staple
+	faultStapleNew                     // a new, valid, good response for site.pem
+	faultStapleOwn                     // the case's check decides
+)
+
+type faultCase struct {
+	name string
+	// prep runs before the good first run: more certificates, more settings.
+	prep func(e *faultEnv)
+	// inject applies the fault after the good first run and returns what to add to the faulty
+	// run's command line, `stapler run --config FILE -v`.
+	inject func(e *faultEnv) []string
+	// run, when set, replaces inject and the single faulty run.
+	run      func(e *faultEnv) faultResult
+	deadline time.Duration // faultDeadline when zero
+	want     int           // exit status
+	// stderr must match this regexp; {site}, {certs}, {state}, {dir} and {sock} stand for
+	// those paths.
+	stderr string
+	staple faultStaple
+	// hapInvalid says why HAProxy rejects the directory because of the fault itself; haproxy -c
+	// is then not run.
+	hapInvalid string
+	check      func(e *faultEnv, res faultResult)
+	bug        string // "BUG: ...": the case fails because of a production bug
+	tempBug    string // a bug that only leftover temporary files reveal
+}
+
+// faultEnv is one case's world: a CA, its responder, a certificate directory, a state file.
+type faultEnv struct {
+	t          *testing.T
+	now        time.Time
+	ca         *testCA
+	r          *fakeResponder
+	dir        string // the case's temporary directory
+	certs      string // the certificate directory, HAProxy's `crt <certs>/`
+	stateDir   string
+	state      string
+	config     string
+	site       string // certs/site.pem: leaf, CA and key; stapled by the first run
+	leaf       *x509.Certificate
+	key        *ecdsa.PrivateKey
+	good       []byte // site.pem.ocsp after the good first run
+	sockDir    string // short, for unix socket paths
+	conf       []string
+	override   map[string]string // [responder_override]
+	runTimeout string
+	env        []string // more environment for the faulty run
+	wrap       []string // a command that runs stapler (unshare, sh)
+	vars       map[string]string
+	fleet      []faultCert // certificates checked for crash consistency
+}
+
+type faultCert struct {
+	path     string
+	leaf     *x509.Certificate
+	leafOnly bool // HAProxy needs <path>.issuer
+}
+
+type faultResult struct {
+	code   int
+	stderr string
+	took   time.Duration
+	killed bool // still running at deadline + faultGrace
+}
+
+func TestFault(t *testing.T) {
+	for _, c := range faultCases() {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			if c.bug != "" && os.Getenv("STAPLER_FAULT_BUGS") == "" {
+				t.Skip(c.bug)
+			}
+			e := newFaultEnv(t, c)
+			var res faultResult
+			if c.run != nil {
+				res = c.run(e)
+			} else {
+				args := []string{"run", "--config", e.config, "-v"}
+				if c.inject != nil {
+					args = append(args, c.inject(e)...)
+				}
+				res = e.stapler(e.deadline(c), args...)
+			}
+			e.assert(c, res)
+		})
+	}
+}
+
+func faultCases() []faultCase {
+	force := []string{"--force"}
+	mode := func(name, mode, cause string) faultCase {
+		return faultCase{name: "responder/" + name, want: 1, stderr: faultRefreshFailed(cause),
+			inject: func(e *faultEnv) []string { e.r.setMode(mode); return force }}
+	}
+	handler := func(name, cause string, h func(e *faultEnv) http.Handler) faultCase {
+		return faultCase{name: "responder/" + name, want: 1, stderr: faultRefreshFailed(cause),
+			inject: func(e *faultEnv) []string { e.serve(h(e)); return force }}
+	}
+	var cases []faultCase
+
+	// --- The OCSP responder fails: exit 1, the old staple stays.
+	cases = append(cases,
+		faultCase{name: "responder/connection_refused", want: 1, stderr: faultRefreshFailed(`connect: connection refused`),
+			inject: func(e *faultEnv) []string { e.redirect("http://" + faultClosedAddr(e.t)); return force }},
+		// A listener whose accept queue is full drops SYNs: the connect itself hangs (on
+		// Linux a listener that merely never accepts still completes handshakes).
+		faultCase{name: "responder/connect_timeout", deadline: 3 * time.Second, want: 1,
+			stderr: faultRefreshFailed(`(Client\.Timeout exceeded|i/o timeout)`),
+			inject: func(e *faultEnv) []string { e.redirect("http://" + faultBacklogFull(e.t)); return force }},
+		// A 64-character label is not a domain name: Go's resolver fails it without a query.
+		faultCase{name: "responder/unresolvable_host", want: 1, stderr: faultRefreshFailed(`lookup x{64}\.invalid[^"]*: no such host`),
+			inject: func(e *faultEnv) []string {
+				e.redirect("http://" + strings.Repeat("x", 64) + ".invalid")
+				e.env = append(e.env, "GODEBUG=netdns=go")
+				return force
+			}},
+		faultCase{name: "responder/slow_drip_body", deadline: 3 * time.Second, want: 1,
+			stderr: faultRefreshFailed(`(Client\.Timeout|deadline exceeded)`),
+			inject: func(e *faultEnv) []string { e.serve(faultSlowDrip()); return force }},
+		handler("redirect_loop", `stopped after 10 redirects`, func(e *faultEnv) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+				http.Redirect(w, req, req.URL.RequestURI(), http.StatusFound)
+			})
+		}),
+		handler("http_404", `answered HTTP 404 Not Found`, func(e *faultEnv) http.Handler { return http.NotFoundHandler() }),
+		handler("http_503", `answered HTTP 503 Service Unavailable`, func(e *faultEnv) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+				http.Error(w, "overloaded", http.StatusServiceUnavailable)
+			})
+		}),
+		mode("http_500", "http500", `answered HTTP 500 Internal Server Error`),
+		mode("tryLater", "tryLater", `responder answered \\"tryLater\\"`),
+		mode("internalError", "internalError", `responder answered \\"internalError\\"`),
+		mode("unauthorized", "unauthorized", `responder answered \\"unauthorized\\"`),
+		handler("malformedRequest", `responder answered \\"malformedRequest\\"`, func(e *faultEnv) http.Handler {
+			return e.answer("application/ocsp-response", func(*ocsp.Request) []byte { return ocsp.MalformedRequestErrorResponse })
+		}),
+		mode("empty_body", "empty", `invalid OCSP response`),
+		faultHugeBody(),
+		// The content type is the responder's business; the response is what counts.
+		faultCase{name: "responder/wrong_content_type", want: 0, staple: faultStapleNew,
+			stderr: `level=INFO msg="updated staple" cert={site} reason=forced status=good`,
+			inject: func(e *faultEnv) []string {
+				e.serve(e.answer("text/html; charset=utf-8", func(req *ocsp.Request) []byte {
+					now := time.Now()
+					return e.ca.respond(req.SerialNumber, ocsp.Good, now.Add(-time.Hour), now.Add(48*time.Hour), nil, nil)
+				}))
+				return force
+			}},
+		mode("garbage_text", "garbage", `invalid OCSP response`),
+		handler("garbage_der", `invalid OCSP response`, func(e *faultEnv) http.Handler {
+			der := must(asn1.Marshal(struct {
+				N int
+				S []byte
+			}{1, []byte("DER, but no OCSP response")}))
+			return e.answer("application/ocsp-response", func(*ocsp.Request) []byte { return der })
+		}),
+		mode("another_serial", "wrongSerial", `response is for serial [0-9a-f]+, not this certificate's [0-9a-f]+`),
+		// HAProxy ignores such a response ("contains multiple single responses").
+		handler("two_single_responses", `bad number of responses`, func(e *faultEnv) http.Handler {
+			return e.answer("application/ocsp-response", func(req *ocsp.Request) []byte {
+				return faultTwoSingles(e.ca, req, time.Now())
+			})
+		}),
+		mode("sha256_certid", "sha256", `hashed with 2\.16\.840\.1\.101\.3\.4\.2\.1, not SHA-1: HAProxy 2\.6 matches SHA-1 CertIDs only`),
+		mode("unrelated_key", "stranger", `bad OCSP signature: not signed by the issuer`),
+		mode("delegated_without_ocspsigning", "delegatedNoEKU", `lacks id-kp-OCSPSigning`),
+		mode("delegated_expired", "delegatedExpired", `response signed by \\"[^"\\]*OCSP responder\\", valid only from`),
+		handler("delegated_not_yet_valid", `response signed by \\"[^"\\]*OCSP responder\\", valid only from`, func(e *faultEnv) http.Handler {
+			return e.answer("application/ocsp-response", func(req *ocsp.Request) []byte {
+				now := time.Now()
+				c, k := e.ca.delegate(true, now.Add(time.Hour), now.Add(30*24*time.Hour))
+				return e.ca.respond(req.SerialNumber, ocsp.Good, now.Add(-time.Hour), now.Add(24*time.Hour), c, k)
+			})
+		}),
+		mode("thisupdate_in_future", "future", `thisUpdate [^ ]+ lies in the future`),
+		mode("nextupdate_missing", "noNextUpdate", `no nextUpdate; HAProxy refuses such responses`),
+		mode("nextupdate_passed", "expired", `response expires at [^ ]+, too soon to staple`),
+		// 4 minutes: inside the 300 s before nextUpdate in which HAProxy staples nothing.
+		mode("nextupdate_inside_haproxy_margin", "tooShort", `response expires at [^ ]+, too soon to staple \(HAProxy stops 5m0s before nextUpdate\)`),
+		// 7 minutes: HAProxy would staple it for 2 minutes; stapler wants 10 minutes left.
+		handler("nextupdate_7_minutes_ahead", `too soon to staple`, func(e *faultEnv) http.Handler {
+			return e.answer("application/ocsp-response", func(req *ocsp.Request) []byte {
+				now := time.Now()
+				return e.ca.respond(req.SerialNumber, ocsp.Good, now.Add(-time.Hour), now.Add(7*time.Minute), nil, nil)
+			})
+		}),
+		mode("status_unknown", "unknown", `responder says the certificate's status is unknown`),
+	)
+
+	// --- Certificate files.
+	notPEM := func(name string, write func(e *faultEnv)) []faultCase {
+		return []faultCase{
+			// In a directory, a file without a PEM certificate is not a certificate: skipped,
+			// visible with -v (README). HAProxy refuses the same file.
+			{name: "cert/" + name + "_in_dir", want: 0,
+				stderr:     `level=DEBUG msg="skipping file without a PEM certificate" file={site}\n`,
+				hapInvalid: "HAProxy: unable to load certificate from file site.pem",
+				inject:     func(e *faultEnv) []string { write(e); return nil }},
+			// Named on the command line, it is an error.
+			{name: "cert/" + name + "_argument", want: 1,
+				stderr:     `level=ERROR msg="cannot check certificate" cert={site} err="no PEM certificate in file"`,
+				hapInvalid: "HAProxy: unable to load certificate from file site.pem",
+				inject:     func(e *faultEnv) []string { write(e); return []string{e.site} }},
+		}
+	}
+	cases = append(cases, notPEM("empty_file", func(e *faultEnv) { faultWrite(e.t, e.site, nil) })...)
+	cases = append(cases, notPEM("binary_junk", func(e *faultEnv) {
+		junk := make([]byte, 4096)
+		rand.Read(junk)
+		faultWrite(e.t, e.site, junk)
+	})...)
+	cases = append(cases, notPEM("key_only", func(e *faultEnv) { faultWrite(e.t, e.site, keyPEM(e.key)) })...)
+	cases = append(cases, notPEM("der_not_pem", func(e *faultEnv) { faultWrite(e.t, e.site, e.leaf.Raw) })...)
+	cases = append(cases,
+		// A valid bundle padded past the 1 MiB cap: HAProxy loads it, stapler refuses to read
+		// that much and says so.
+		faultCase{name: "cert/huge_file", want: 1,
+			stderr: `level=ERROR msg="cannot check certificate" cert={site} err="{site} is larger than [^"]*1048576[^"]*"`,
+			inject: func(e *faultEnv) []string {
+				data := append(faultRead(e.t, e.site), bytes.Repeat([]byte("# padding: not part of any PEM block\n"), 60000)...)
+				faultWrite(e.t, e.site, data)
+				return nil
+			}},
+		// CA first, then the leaf and its key: HAProxy takes the first certificate as the
+		// server's, and refuses the file ("inconsistencies between private key and
+		// certificate"). stapler should say the same instead of taking the CA for a leaf.
+		faultCase{name: "cert/chain_in_wrong_order", want: 1,
+			stderr:     `level=ERROR msg="[^"]*" cert={site} err="[^"\n]*(first certificate|order)`,
+			hapInvalid: "HAProxy: inconsistencies between private key and certificate loaded site.pem",
+			bug: "BUG: a bundle with the CA first (CA, leaf, key) is taken as a certificate without an OCSP responder: " +
+				"the run exits 0 and logs nothing at all without -v (\"certificate has no OCSP responder\" at debug), while HAProxy refuses the file",
+			inject: func(e *faultEnv) []string {
+				faultWrite(e.t, e.site, append(certPEM(e.ca.Cert, e.leaf), keyPEM(e.key)...))
+				return nil
+			}},
+		// A new certificate whose issuer is nowhere: no chain, no .issuer, no AIA.
+		faultCase{name: "cert/issuer_missing", want: 1,
+			stderr: `level=ERROR msg="refresh failed" cert={certs}/leafonly\.pem err="issuer certificate not found in the bundle, leafonly\.pem\.issuer or issuer_dirs, and the certificate names no AIA caIssuers URL"`,
+			inject: func(e *faultEnv) []string {
+				e.conf = append(e.conf, "fetch_issuers = false")
+				e.writeConfig()
+				leaf, key := e.ca.issue(leafSpec{Name: "leafonly.fault.test", OCSP: []string{e.r.URL()}}, e.now)
+				writeBundle(filepath.Join(e.certs, "leafonly.pem"), leaf, key)
+				return nil
+			},
+			check: func(e *faultEnv, res faultResult) {
+				faultAbsent(e.t, filepath.Join(e.certs, "leafonly.pem.ocsp"))
+			}},
+		// The stapled bundle is rewritten without its chain: the .ocsp stapler wrote now makes
+		// HAProxy 2.6 refuse to start ("impossible to compute the OCSP certificate ID").
+		faultCase{name: "cert/issuer_dropped_from_stapled_bundle", want: 1,
+			stderr: `level=ERROR msg="refresh failed" cert={site} err="issuer certificate not found`,
+			bug: "BUG: when a stapled bundle loses its issuer (site.pem rewritten as leaf and key only, no .issuer, no AIA), " +
+				"stapler exits 1 with \"issuer certificate not found\" but leaves site.pem.ocsp next to it, and HAProxy 2.6 then refuses to start " +
+				"(\"is present and activates OCSP but it is impossible to compute the OCSP certificate ID\"); it never says so",
+			inject: func(e *faultEnv) []string {
+				e.conf = append(e.conf, "fetch_issuers = false")
+				e.writeConfig()
+				writeBundle(e.site, e.leaf, e.key)
+				return nil
+			}},
+		// Someone else's .issuer that did not sign the certificate, found when the
+		// certificate changes (the documented check).
+		faultCase{name: "cert/wrong_issuer_file_on_renewal", want: 1,
+			stderr:     `level=ERROR msg="cannot check certificate" cert={site} err="{site}\.issuer did not sign the certificate, and HAProxy refuses to start with it: correct or remove it"`,
+			hapInvalid: "HAProxy 2.6 with a .ocsp present: site.pem.issuer is not an issuer",
+			inject: func(e *faultEnv) []string {
+				faultWrite(e.t, issuerName(e.site), certPEM(newTestCA("Stranger CA", e.now).Cert))
+				leaf, key := e.ca.issue(leafSpec{Name: "site.fault.test", OCSP: []string{e.r.URL()}}, e.now)
+				writeBundle(e.site, leaf, key, e.ca.Cert)
+				return nil
+			}},
+		// The same .issuer appearing beside an unchanged certificate: HAProxy refuses to start
+		// just the same.
+		faultCase{name: "cert/wrong_issuer_file_unchanged_cert", want: 1,
+			stderr:     `level=ERROR msg="[^"]*" cert={site} err="{site}\.issuer did not sign the certificate`,
+			hapInvalid: "HAProxy 2.6 with a .ocsp present: site.pem.issuer is not an issuer",
+			bug: "BUG: a wrong site.pem.issuer (signed nothing of site.pem) written beside an unchanged, stapled certificate is never reported: " +
+				"checkIssuerFile runs only when the certificate file changes, so stapler exits 0 (even with --force) while HAProxy 2.6 refuses to start",
+			inject: func(e *faultEnv) []string {
+				faultWrite(e.t, issuerName(e.site), certPEM(newTestCA("Stranger CA", e.now).Cert))
+				return force
+			}},
+		faultCase{name: "cert/expired_leaf", want: 0,
+			stderr: `level=WARN msg="skipping expired certificate" cert={certs}/expired\.pem`,
+			inject: func(e *faultEnv) []string {
+				leaf, key := e.ca.issue(leafSpec{Name: "expired.fault.test", OCSP: []string{e.r.URL()},
+					NotBefore: e.now.Add(-90 * 24 * time.Hour), NotAfter: e.now.Add(-time.Hour)}, e.now)
+				writeBundle(filepath.Join(e.certs, "expired.pem"), leaf, key, e.ca.Cert)
+				return nil
+			}},
+		// Unreadable files: as root, chmod 000 blocks nothing, so a FIFO (whose open blocks
+		// until a writer comes) and a directory stand in for them.
+		faultCase{name: "cert/fifo_in_dir", want: 0,
+			stderr: `level=DEBUG msg="skipping file that is not a regular file" file={certs}/fifo\.pem`,
+			inject: func(e *faultEnv) []string { faultMkfifo(e.t, filepath.Join(e.certs, "fifo.pem")); return force }},
+		faultCase{name: "cert/fifo_argument", want: 2,
+			stderr: `stapler: error: {certs}/fifo\.pem is not a certificate file`,
+			inject: func(e *faultEnv) []string {
+				faultMkfifo(e.t, filepath.Join(e.certs, "fifo.pem"))
+				return []string{filepath.Join(e.certs, "fifo.pem")}
+			}},
+		faultCase{name: "cert/fifo_in_files_setting", want: 2,
+			stderr: `stapler: error: {certs}/fifo\.pem is not a certificate file`,
+			inject: func(e *faultEnv) []string {
+				faultMkfifo(e.t, filepath.Join(e.certs, "fifo.pem"))
+				e.conf = append(e.conf, fmt.Sprintf("files = [%q]", filepath.Join(e.certs, "fifo.pem")))
+				e.writeConfig()
+				return nil
+			}},
+		// A FIFO where the staple should be: it must not block the run (HAProxy itself blocks
+		// at start-up opening it). It is no staple: a new one replaces it.
+		faultCase{name: "cert/fifo_as_staple", want: 0,
+			stderr: `level=INFO msg="updated staple" cert={site} reason="no staple on disk"`,
+			inject: func(e *faultEnv) []string {
+				faultRemove(e.t, stapleName(e.site))
+				faultMkfifo(e.t, stapleName(e.site))
+				return nil
+			},
+			check: func(e *faultEnv, res faultResult) { faultRegular(e.t, stapleName(e.site)) }},
+		faultCase{name: "cert/fifo_as_issuer_file", want: 1,
+			stderr:     `level=ERROR msg="[^"]*" cert={site} err="[^"\n]*{site}\.issuer[^"\n]*not a regular file`,
+			hapInvalid: "HAProxy blocks at start-up opening a FIFO site.pem.issuer when site.pem.ocsp exists",
+			bug: "BUG: a FIFO named site.pem.issuer beside a stapled certificate is passed over in silence (checkIssuerFile treats any " +
+				"readRegular error as \"no .issuer\"): the run exits 0, while HAProxy 2.6 blocks for ever at start-up opening it " +
+				"(haproxy -c never returns); it should be reported like a wrong .issuer (before a69f93b the run itself hung)",
+			inject: func(e *faultEnv) []string {
+				faultMkfifo(e.t, issuerName(e.site))
+				leaf, key := e.ca.issue(leafSpec{Name: "site.fault.test", OCSP: []string{e.r.URL()}}, e.now)
+				writeBundle(e.site, leaf, key, e.ca.Cert)
+				return nil
+			}},
+		// A FIFO in an issuer directory must not block the lookup (it hung runs before a69f93b).
+		faultCase{name: "cert/fifo_in_issuer_dirs", want: 0,
+			stderr: `level=INFO msg="updated staple" cert={certs}/leafonly\.pem`,
+			prep: func(e *faultEnv) {
+				issuers := filepath.Join(e.dir, "issuers")
+				faultMkdir(e.t, issuers)
+				faultWrite(e.t, filepath.Join(issuers, "ca.pem"), certPEM(e.ca.Cert))
+				e.conf = append(e.conf, fmt.Sprintf("issuer_dirs = [%q]", issuers), "fetch_issuers = false")
+			},
+			inject: func(e *faultEnv) []string {
+				faultMkfifo(e.t, filepath.Join(e.dir, "issuers", "pipe.pem"))
+				leaf, key := e.ca.issue(leafSpec{Name: "leafonly.fault.test", OCSP: []string{e.r.URL()}}, e.now)
+				writeBundle(filepath.Join(e.certs, "leafonly.pem"), leaf, key)
+				return nil
+			}},
+		faultCase{name: "cert/directory_argument", want: 2,
+			stderr: `stapler: error: {certs}/dir\.pem is not a certificate file`,
+			inject: func(e *faultEnv) []string {
+				faultMkdir(e.t, filepath.Join(e.certs, "dir.pem"))
+				return []string{filepath.Join(e.certs, "dir.pem")}
+			}},
+		faultCase{name: "cert/directory_in_files_setting", want: 2,
+			stderr: `stapler: error: {certs}/dir\.pem is not a certificate file`,
+			inject: func(e *faultEnv) []string {
+				faultMkdir(e.t, filepath.Join(e.certs, "dir.pem"))
+				e.conf = append(e.conf, fmt.Sprintf("files = [%q]", filepath.Join(e.certs, "dir.pem")))
+				e.writeConfig()
+				return nil
+			}},
+		// Without `recursive`, HAProxy and stapler both pass over a subdirectory: nothing to
+		// name, and only site.pem is checked.
+		faultCase{name: "cert/directory_in_dir", want: 0,
+			stderr: `level=INFO msg="run finished" checked=1 refreshed=0 up_to_date=1 `,
+			inject: func(e *faultEnv) []string { faultMkdir(e.t, filepath.Join(e.certs, "dir.pem")); return nil }},
+		faultCase{name: "cert/directory_as_staple", want: 1, staple: faultStapleOwn,
+			stderr:     `level=ERROR msg="refresh failed" cert={site} err="writing staple: [^"]*{site}\.ocsp: (is a directory|file exists)`,
+			hapInvalid: "HAProxy: Error reading OCSP response from file (site.pem.ocsp is a directory)",
+			inject: func(e *faultEnv) []string {
+				os.Remove(stapleName(e.site))
+				faultMkdir(e.t, stapleName(e.site))
+				return nil
+			},
+			check: func(e *faultEnv, res faultResult) {
+				if fi, err := os.Lstat(stapleName(e.site)); err != nil || !fi.IsDir() {
+					e.t.Errorf("site.pem.ocsp is no longer the directory: %v", err)
+				}
+			}},
+		faultCase{name: "cert/dangling_symlink_in_dir", want: 0,
+			stderr:     `level=DEBUG msg="skipping file that is not a regular file" file={certs}/gone\.pem`,
+			hapInvalid: "HAProxy: unable to stat SSL certificate from file gone.pem: No such file or directory",
+			inject: func(e *faultEnv) []string {
+				faultSymlink(e.t, filepath.Join(e.dir, "nowhere.pem"), filepath.Join(e.certs, "gone.pem"))
+				return nil
+			}},
+		faultCase{name: "cert/dangling_symlink_argument", want: 2,
+			stderr:     `stapler: error: stat {certs}/gone\.pem: no such file or directory`,
+			hapInvalid: "HAProxy: unable to stat SSL certificate from file gone.pem: No such file or directory",
+			inject: func(e *faultEnv) []string {
+				faultSymlink(e.t, filepath.Join(e.dir, "nowhere.pem"), filepath.Join(e.certs, "gone.pem"))
+				return []string{filepath.Join(e.certs, "gone.pem")}
+			}},
+		// The staple is a dangling symlink: stapler replaces the link and never creates its
+		// target.
+		faultCase{name: "cert/staple_is_dangling_symlink", want: 0,
+			stderr: `level=INFO msg="updated staple" cert={site} reason="no staple on disk"`,
+			inject: func(e *faultEnv) []string {
+				faultMkdir(e.t, filepath.Join(e.dir, "elsewhere"))
+				os.Remove(stapleName(e.site))
+				faultSymlink(e.t, filepath.Join(e.dir, "elsewhere", "victim"), stapleName(e.site))
+				return nil
+			},
+			check: func(e *faultEnv, res faultResult) {
+				faultAbsent(e.t, filepath.Join(e.dir, "elsewhere", "victim"))
+				faultRegular(e.t, stapleName(e.site))
+			}},
+		// The staple is a symlink to a file elsewhere: a new staple replaces the link, and the
+		// file it pointed at is untouched.
+		faultCase{name: "cert/staple_is_symlink_elsewhere", want: 0, staple: faultStapleNew,
+			stderr: `level=INFO msg="updated staple" cert={site} reason=forced`,
+			inject: func(e *faultEnv) []string {
+				target := filepath.Join(e.dir, "elsewhere", "target.ocsp")
+				faultMkdir(e.t, filepath.Dir(target))
+				faultWrite(e.t, target, e.good)
+				os.Remove(stapleName(e.site))
+				faultSymlink(e.t, target, stapleName(e.site))
+				e.r.setMode("good")
+				return force
+			},
+			check: func(e *faultEnv, res faultResult) {
+				if got := faultRead(e.t, filepath.Join(e.dir, "elsewhere", "target.ocsp")); !bytes.Equal(got, e.good) {
+					e.t.Error("stapler wrote through the symlink into its target")
+				}
+				faultRegular(e.t, stapleName(e.site))
+			}},
+		faultReplacedDuringFetch(),
+	)
+
+	// --- The state file.
+	corrupt := func(name, cause string, data func(e *faultEnv) []byte) faultCase {
+		var injected []byte
+		return faultCase{name: "state/" + name, want: 0,
+			stderr: `level=ERROR msg="state file is unreadable; starting afresh" file={state} err="` + cause + `[^"]*" kept_as={state}\.corrupt`,
+			inject: func(e *faultEnv) []string {
+				injected = data(e)
+				faultWrite(e.t, e.state, injected)
+				return nil
+			},
+			check: func(e *faultEnv, res faultResult) {
+				if got := faultRead(e.t, e.state+".corrupt"); !bytes.Equal(got, injected) {
+					e.t.Errorf("state.json.corrupt does not hold the unreadable state")
+				}
+				if st := readState(e.t, e.state); st.Certificates[e.site] == nil {
+					e.t.Errorf("the new state has no entry for site.pem")
+				}
+			}}
+	}
+	cases = append(cases,
+		faultCase{name: "state/missing", want: 0,
+			stderr: `level=INFO msg="updated staple" cert={site} reason="new certificate"`,
+			inject: func(e *faultEnv) []string { faultRemove(e.t, e.state); return nil }},
+		corrupt("empty", `unexpected end of JSON input`, func(e *faultEnv) []byte { return nil }),
+		corrupt("truncated", `unexpected end of JSON input`, func(e *faultEnv) []byte {
+			data := faultRead(e.t, e.state)
+			return data[:len(data)/2]
+		}),
+		corrupt("invalid_json", `invalid character`, func(e *faultEnv) []byte {
+			return []byte(`{"version": 1, "certificates": {"` + e.site + `": [}`)
+		}),
+		faultCase{name: "state/future_version", want: 1,
+			stderr: `stapler: error: {state}: written by a newer stapler \(state version 99, this one reads 1\)`,
+			inject: func(e *faultEnv) []string {
+				faultWrite(e.t, e.state, []byte(`{"version": 99, "certificates": {}, "written_by": "stapler 9"}`+"\n"))
+				return force
+			},
+			check: func(e *faultEnv, res faultResult) {
+				if got := faultRead(e.t, e.state); !bytes.Contains(got, []byte(`"version": 99`)) {
+					e.t.Errorf("a newer stapler's state was not left alone:\n%s", got)
+				}
+				faultAbsent(e.t, e.state+".corrupt")
+			}},
+		// The state directory cannot be created: its parent is a regular file.
+		faultCase{name: "state/directory_under_a_regular_file", want: 1,
+			stderr: `stapler: error: creating state directory: mkdir {dir}/blocker: not a directory`,
+			inject: func(e *faultEnv) []string {
+				faultWrite(e.t, filepath.Join(e.dir, "blocker"), []byte("a file\n"))
+				return []string{"--force", "--state", filepath.Join(e.dir, "blocker", "state.json")}
+			}},
+		faultCase{name: "state/path_is_a_directory", want: 1,
+			stderr: `stapler: error: reading state: read {dir}/statedir\.json: is a directory`,
+			inject: func(e *faultEnv) []string {
+				faultMkdir(e.t, filepath.Join(e.dir, "statedir.json"))
+				return []string{"--force", "--state", filepath.Join(e.dir, "statedir.json")}
+			}},
+		// A lock file left behind by a killed run: the lock is flock(2), which died with the
+		// process, so the file alone must not block.
+		faultCase{name: "state/stale_lock_file", want: 0,
+			stderr: `level=INFO msg="run finished" checked=1 refreshed=0 up_to_date=1 `,
+			inject: func(e *faultEnv) []string {
+				faultWrite(e.t, e.state+".lock", []byte("4242\n"))
+				return force
+			},
+			check: func(e *faultEnv, res faultResult) {
+				if strings.Contains(res.stderr, "waiting for another stapler run") {
+					e.t.Error("a lock file nobody holds made the run wait")
+				}
+			}},
+		// A hung run holds the lock: the next run waits at most run_timeout and fails.
+		faultCase{name: "state/lock_held_by_a_hung_run", deadline: 4 * time.Second, want: 1,
+			stderr: `stapler: error: another stapler run holds {state}\.lock: (context deadline exceeded|run_timeout)`,
+			inject: func(e *faultEnv) []string {
+				f, err := os.OpenFile(e.state+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+				if err != nil {
+					e.t.Fatal(err)
+				}
+				e.t.Cleanup(func() { f.Close() })
+				if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+					e.t.Fatal(err)
+				}
+				e.runTimeout = "2s"
+				e.writeConfig()
+				return force
+			}},
+		faultTwoRuns(),
+	)
+
+	// --- The disk.
+	cases = append(cases,
+		faultCase{name: "disk/read_only_cert_dir", want: 1,
+			stderr: faultRefreshFailed(`writing staple: [^"]*read-only file system`),
+			inject: func(e *faultEnv) []string {
+				faultReadOnlyMount(e)
+				e.r.setMode("good") // new bytes, so that there is something to write
+				return force
+			}},
+		// RLIMIT_FSIZE 0 makes every write(2) fail (EFBIG), as a full disk does (ENOSPC).
+		faultCase{name: "disk/write_fails", want: 1,
+			stderr: faultRefreshFailed(`writing staple: write [^"]*file too large`) + `[^\n]*\n(.*\n)*stapler: error: writing state {state}: write [^\n]*file too large`,
+			inject: func(e *faultEnv) []string {
+				e.wrap = []string{"sh", "-c", `ulimit -f 0 && exec "$@"`, "sh"}
+				e.r.setMode("good")
+				return force
+			}},
+		faultCase{name: "disk/stale_temp_files", want: 0, bug: faultBugTempFiles,
+			stderr: `level=INFO msg="run finished" checked=1 refreshed=0 up_to_date=1 `,
+			inject: func(e *faultEnv) []string {
+				old := time.Now().Add(-time.Hour)
+				for _, p := range []string{
+					filepath.Join(e.certs, ".site.pem.ocsp.tmp-4242"),
+					filepath.Join(e.certs, ".site.pem.issuer.tmp-4242"),
+					filepath.Join(e.stateDir, ".state.json.tmp-4242"),
+				} {
+					faultWrite(e.t, p, e.good[:len(e.good)/2])
+					os.Chtimes(p, old, old)
+				}
+				return force
+			}},
+		faultSIGKILL(),
+	)
+
+	// --- HAProxy's runtime API. The faulty run fetches a new staple (--force, fresh responses)
+	// that must reach the socket: the staple is written all the same, the push is recorded as
+	// pending and the run exits 1.
+	sock := func(name, stderr string, deadline time.Duration, addr func(e *faultEnv) string) faultCase {
+		return faultCase{name: "socket/" + name, want: 1, staple: faultStapleNew, deadline: deadline, stderr: stderr,
+			inject: func(e *faultEnv) []string {
+				a := addr(e)
+				e.vars["sock"] = a
+				e.r.setMode("good")
+				return []string{"--force", "--socket", a}
+			},
+			check: func(e *faultEnv, res faultResult) {
+				if st := readState(e.t, e.state).Certificates[e.site]; st == nil || len(st.PendingPush) != 1 || st.PendingPush[0] != e.vars["sock"] {
+					e.t.Errorf("state does not record the push as pending: %+v", st)
+				}
+			}}
+	}
+	unreachable := func(cause string) string {
+		return `level=ERROR msg="HAProxy unreachable; staples left for the next run" socket={sock} staples=1 err="HAProxy unreachable: [^"]*` + cause
+	}
+	cases = append(cases,
+		sock("missing", unreachable(`connect: no such file or directory`), 0, func(e *faultEnv) string {
+			return filepath.Join(e.sockDir, "missing.sock")
+		}),
+		sock("regular_file", unreachable(`connect: connection refused`), 0, func(e *faultEnv) string {
+			p := filepath.Join(e.sockDir, "file.sock")
+			faultWrite(e.t, p, []byte("not a socket\n"))
+			return p
+		}),
+		sock("accepts_never_answers", unreachable(`i/o timeout`), 2*time.Second, func(e *faultEnv) string {
+			h := startFakeHAProxy(e.t)
+			h.set(replyUpdated, true)
+			return h.addr
+		}),
+		sock("closes_mid_reply", `level=ERROR msg="push failed" cert={site} socket={sock} err="HAProxy unreachable: reading the answer of {sock}: EOF"`, 0, func(e *faultEnv) string {
+			return e.cli("midreply.sock", faultCLIClosesMidReply)
+		}),
+		sock("answers_garbage", unreachable(`i/o timeout`), 2*time.Second, func(e *faultEnv) string {
+			return e.cli("garbage.sock", func(c net.Conn) {
+				c.Write([]byte("SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n\x00\x01\x02\xff garbage\n"))
+				io.Copy(io.Discard, c)
+			})
+		}),
+		sock("refuses_the_staple", `level=ERROR msg="push failed" cert={site} socket={sock} err="HAProxy answered \\"Unable to parse OCSP response\.\\""`, 0, func(e *faultEnv) string {
+			h := startFakeHAProxy(e.t)
+			h.set("Unable to parse OCSP response.", false)
+			return h.addr
+		}),
+	)
+	// A socket that keeps sending bytes that never end an answer: socket_timeout bounds each
+	// answer, not each read, and an answer is capped (this hung runs before cf31a04).
+	garbage := `(i/o timeout|more than [0-9]+ bytes)`
+	cases = append(cases,
+		sock("drips_garbage_forever", unreachable(garbage), 3*time.Second, func(e *faultEnv) string {
+			return e.cli("drip.sock", func(c net.Conn) { faultDrip(c, []byte("garbage\n"), 100*time.Millisecond, 200) })
+		}),
+		sock("floods_garbage", unreachable(garbage), 3*time.Second, func(e *faultEnv) string {
+			return e.cli("flood.sock", func(c net.Conn) { faultDrip(c, bytes.Repeat([]byte("A"), 64<<10), 0, 2048) })
+		}),
+		// Nothing new to push, but the socket cannot be checked: the run cannot promise that
+		// HAProxy serves the staple on disk (exit 0 means "... and in every configured HAProxy";
+		// this exited 0 before cf31a04).
+		faultCase{name: "socket/missing_nothing_to_push", want: 1,
+			stderr: `level=ERROR msg="HAProxy unreachable; cannot check what it serves" socket={sock} err="HAProxy unreachable: [^"]*connect: no such file or directory"`,
+			inject: func(e *faultEnv) []string {
+				e.vars["sock"] = filepath.Join(e.sockDir, "missing.sock")
+				return []string{"--socket", e.vars["sock"]}
+			}},
+		// Permission denied on the socket does not apply: the tests run as root.
+	)
+	return cases
+}
+
+// faultHugeBody: a responder that streams 100 MB. stapler must stop at max_response_bytes at
+// once, not read (or wait for) the rest.
+func faultHugeBody() faultCase {
+	var written atomic.Int64
+	done := make(chan struct{})
+	return faultCase{name: "responder/100MB_body", deadline: 3 * time.Second, want: 1,
+		stderr: faultRefreshFailed(`answered more than 65536 bytes`),
+		inject: func(e *faultEnv) []string {
+			var once sync.Once
+			e.serve(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+				defer once.Do(func() { close(done) })
+				const total = 100 << 20
+				w.Header().Set("Content-Type", "application/ocsp-response")
+				w.Header().Set("Content-Length", strconv.Itoa(total))
+				chunk := make([]byte, 64<<10)
+				for written.Load() < total {
+					if _, err := w.Write(chunk); err != nil {
+						return
+					}
+					written.Add(int64(len(chunk)))
+				}
+			}))
+			return []string{"--force"}
+		},
+		check: func(e *faultEnv, res faultResult) {
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				e.t.Fatal("the responder is still sending 5 s after the run")
+			}
+			if n := written.Load(); n >= 100<<20 {
+				e.t.Errorf("the responder sent all %d bytes: stapler read the whole body", n)
+			} else {
+				e.t.Logf("the responder got %d MB out before stapler hung up", n>>20)
+			}
+		}}
+}
+
+// faultReplacedDuringFetch: site.pem is replaced by a renewed certificate while its staple is
+// being fetched. The run writes a staple for the certificate it read; HAProxy, if it starts
+// now, ignores it with a warning; the next run staples the new certificate.
+func faultReplacedDuringFetch() faultCase {
+	var renewed *x509.Certificate
+	replaced := make(chan struct{})
+	return faultCase{name: "cert/replaced_during_fetch", want: 0, staple: faultStapleOwn,
+		stderr: `level=INFO msg="updated staple" cert={site} reason=forced`,
+		inject: func(e *faultEnv) []string {
+			e.r.setMode("good")
+			e.r.latency = 800 * time.Millisecond // set while no request is in flight
+			before := e.r.requests.Load()
+			leaf, key := e.ca.issue(leafSpec{Name: "site.fault.test", OCSP: []string{e.r.URL()}}, e.now)
+			renewed = leaf
+			go func() {
+				defer close(replaced)
+				for deadline := time.Now().Add(5 * time.Second); e.r.requests.Load() == before && time.Now().Before(deadline); {
+					time.Sleep(5 * time.Millisecond)
+				}
+				tmp := filepath.Join(e.dir, "site.pem.new") // outside the directory, then renamed in
+				writeBundle(tmp, leaf, key, e.ca.Cert)
+				os.Rename(tmp, e.site)
+			}()
+			return []string{"--force"}
+		},
+		check: func(e *faultEnv, res faultResult) {
+			<-replaced
+			e.r.latency = 0
+			der := faultRead(e.t, stapleName(e.site))
+			if err := e.validFor(der, e.leaf); err != nil {
+				e.t.Errorf("the staple written during the replacement is not a valid one for the certificate read: %v", err)
+			}
+			e.haproxyAccepts("with the staple of the replaced certificate", true)
+			next := e.stapler(faultDeadline, "run", "--config", e.config, "-v")
+			if next.code != 0 || !regexp.MustCompile(`msg="updated staple" cert=`+regexp.QuoteMeta(e.site)+` reason="certificate changed"`).MatchString(next.stderr) {
+				e.t.Errorf("the next run: exit %d, want 0 and a new staple for the changed certificate\n%s", next.code, next.stderr)
+			}
+			if err := e.validFor(faultRead(e.t, stapleName(e.site)), renewed); err != nil {
+				e.t.Errorf("after the next run the staple is not for the new certificate: %v", err)
+			}
+		}}
+}
+
+// faultTwoRuns: two runs started at once on the same state. One waits for the other's lock;
+// both end in time; the state agrees with the staple on disk.
+func faultTwoRuns() faultCase {
+	return faultCase{name: "state/two_runs_at_once", want: 0, staple: faultStapleNew, deadline: 3 * time.Second,
+		stderr: `level=INFO msg="waiting for another stapler run to finish" lock={state}\.lock`,
+		run: func(e *faultEnv) faultResult {
+			e.r.setMode("good")
+			e.r.latency = 500 * time.Millisecond // both start well within the first one's fetch
+			var res [2]faultResult
+			var wg sync.WaitGroup
+			for i := range res {
+				wg.Go(func() { res[i] = e.stapler(3*time.Second, "run", "--config", e.config, "-v", "--force") })
+			}
+			wg.Wait()
+			e.r.latency = 0
+			for i, r := range res {
+				if r.code != 0 {
+					e.t.Errorf("run %d: exit %d, want 0\n%s", i+1, r.code, r.stderr)
+				}
+			}
+			return faultResult{code: max(res[0].code, res[1].code), took: max(res[0].took, res[1].took),
+				killed: res[0].killed || res[1].killed, stderr: res[0].stderr + "--- the other run:\n" + res[1].stderr}
+		},
+		check: func(e *faultEnv, res faultResult) {
+			st := readState(e.t, e.state).Certificates[e.site]
+			if st == nil || st.StapleHash != hashBytes(faultRead(e.t, stapleName(e.site))) {
+				e.t.Errorf("the state does not describe the staple on disk: %+v", st)
+			}
+		}}
+}
+
+// faultSIGKILL kills runs over 51 certificates (half of them needing a .issuer that stapler
+// writes) at random points, 20 times. After each kill: the state parses or is absent, every
+// .ocsp is absent or a complete, valid response for its certificate, and HAProxy accepts the
+// directory (no .ocsp without an issuer it can find). The next normal run leaves everything
+// right, and no temporary file behind.
+func faultSIGKILL() faultCase {
+	return faultCase{name: "disk/sigkill_during_run", want: 0, staple: faultStapleOwn, tempBug: faultBugTempFiles,
+		stderr: `level=INFO msg="run finished" checked=51 `,
+		prep: func(e *faultEnv) {
+			issuers := filepath.Join(e.dir, "issuers")
+			faultMkdir(e.t, issuers)
+			faultWrite(e.t, filepath.Join(issuers, "ca.pem"), certPEM(e.ca.Cert))
+			e.conf = append(e.conf, fmt.Sprintf("issuer_dirs = [%q]", issuers), "fetch_issuers = false")
+			e.fleet = append(e.fleet, faultCert{path: e.site, leaf: e.leaf})
+			for i := range 50 {
+				leaf, key := e.ca.issue(leafSpec{Name: fmt.Sprintf("fleet%02d.fault.test", i), OCSP: []string{e.r.URL()}}, e.now)
+				c := faultCert{path: filepath.Join(e.certs, fmt.Sprintf("fleet%02d.pem", i)), leaf: leaf, leafOnly: i%2 == 1}
+				if c.leafOnly {
+					writeBundle(c.path, leaf, key) // stapler writes fleetNN.pem.issuer for HAProxy
+				} else {
+					writeBundle(c.path, leaf, key, e.ca.Cert)
+				}
+				e.fleet = append(e.fleet, c)
+			}
+		},
+		run: func(e *faultEnv) faultResult {
+			seed := uint64(time.Now().UnixNano())
+			if s := os.Getenv("STAPLER_FAULT_SEED"); s != "" {
+				seed = must(strconv.ParseUint(s, 10, 64))
+			}
+			rng := mrand.New(mrand.NewPCG(seed, seed))
+			// Forced runs with fresh responses rewrite all 51 staples every time.
+			// With 25 ms per answer and 8 jobs, a run lasts about 200-300 ms: kills land before,
+			// during and after the fetching and writing.
+			e.r.setMode("good")
+			e.r.latency = 25 * time.Millisecond
+			const kills = 20
+			killed := 0
+			for i := range kills {
+				cmd := exec.Command("stapler", "run", "--config", e.config, "--force", "-q")
+				cmd.Env = faultEnviron(nil)
+				if err := cmd.Start(); err != nil {
+					e.t.Fatal(err)
+				}
+				time.Sleep(time.Duration(rng.Int64N(int64(300 * time.Millisecond))))
+				cmd.Process.Kill()
+				cmd.Wait()
+				if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+					killed++
+				}
+				e.crashConsistent(fmt.Sprintf("after kill %d (STAPLER_FAULT_SEED=%d)", i+1, seed))
+				if e.t.Failed() {
+					break
+				}
+			}
+			e.t.Logf("STAPLER_FAULT_SEED=%d: %d of %d runs were killed before they finished", seed, killed, kills)
+			e.r.latency = 0
+			return e.stapler(faultDeadline, "run", "--config", e.config, "-v")
+		},
+		check: func(e *faultEnv, res faultResult) {
+			e.crashConsistent("after the next normal run")
+			for _, c := range e.fleet {
+				if _, err := os.Stat(stapleName(c.path)); err != nil {
+					e.t.Errorf("after the next normal run: %v", err)
+				}
+			}
+		}}
+}
+
+func newFaultEnv(t *testing.T, c faultCase) *faultEnv {
+	t.Helper()
+	now := time.Now()
+	e := &faultEnv{t: t, now: now, override: map[string]string{}, runTimeout: faultRunTimeout}
+	e.ca = newTestCA("Fault Test CA", now)
+	e.r = startResponder(e.ca)
+	t.Cleanup(e.r.Close)
+	// Fetched again, a staple comes back with the same bytes, so that a run that must fetch
+	// again (a lost state) still leaves it byte-identical.
+	e.r.setMode("cached")
+	e.dir = t.TempDir()
+	e.certs = filepath.Join(e.dir, "certs")
+	e.stateDir = filepath.Join(e.dir, "state")
+	e.state = filepath.Join(e.stateDir, "state.json")
+	e.config = filepath.Join(e.dir, "stapler.toml")
+	faultMkdir(t, e.certs)
+	e.site = filepath.Join(e.certs, "site.pem")
+	e.leaf, e.key = e.ca.issue(leafSpec{Name: "site.fault.test", OCSP: []string{e.r.URL()}}, now)
+	writeBundle(e.site, e.leaf, e.key, e.ca.Cert)
+	sockDir, err := os.MkdirTemp("", "stapler-fault") // unix socket paths must stay short
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	e.sockDir = sockDir
+	e.vars = map[string]string{"site": e.site, "certs": e.certs, "state": e.state, "dir": e.dir}
+	if c.prep != nil {
+		c.prep(e)
+	}
+	e.writeConfig()
+	res := e.stapler(faultDeadline, "run", "--config", e.config)
+	if res.code != 0 {
+		t.Fatalf("good first run: exit %d\n%s", res.code, res.stderr)
+	}
+	e.good = faultRead(t, stapleName(e.site))
+	if err := e.validFor(e.good, e.leaf); err != nil {
+		t.Fatalf("good first run: %v", err)
+	}
+	return e
+}
+
+func (e *faultEnv) writeConfig() {
+	var b strings.Builder
+	fmt.Fprintf(&b, "dirs = [%q]\nstate = %q\ntimeout = %q\nsocket_timeout = %q\nrun_timeout = %q\n",
+		e.certs, e.state, faultTimeout, faultSocketTimeout, e.runTimeout)
+	for _, line := range e.conf {
+		b.WriteString(line + "\n")
+	}
+	if len(e.override) > 0 {
+		b.WriteString("[responder_override]\n")
+		for from, to := range e.override {
+			fmt.Fprintf(&b, "%q = %q\n", from, to)
+		}
+	}
+	faultWrite(e.t, e.config, []byte(b.String()))
+}
+
+// redirect sends site.pem's OCSP requests to url instead of its responder.
+func (e *faultEnv) redirect(url string) {
+	e.override[e.r.URL()] = url
+	e.writeConfig()
+}
+
+// serve answers site.pem's OCSP requests with h, on 127.0.0.1.
+func (e *faultEnv) serve(h http.Handler) {
+	srv := httptest.NewServer(h)
+	e.t.Cleanup(srv.Close)
+	e.redirect(srv.URL)
+}
+
+// answer is an OCSP responder that answers each request with body(request) as ctype.
+func (e *faultEnv) answer(ctype string, body func(*ocsp.Request) []byte) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		oreq, err := faultParseRequest(req)
+		if err != nil {
+			http.Error(w, "bad request", http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Type", ctype)
+		w.Write(body(oreq))
+	})
+}
+
+// cli serves a unix socket with serve, one connection at a time per goroutine, and returns
+// its path.
+func (e *faultEnv) cli(name string, serve func(net.Conn)) string {
+	path := filepath.Join(e.sockDir, name)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				serve(c)
+			}()
+		}
+	}()
+	return path
+}
+
+func (e *faultEnv) deadline(c faultCase) time.Duration {
+	if c.deadline > 0 {
+		return c.deadline
+	}
+	return faultDeadline
+}
+
+// stapler runs the built command (through e.wrap, if set) and kills it if it is still running
+// faultGrace after deadline.
+func (e *faultEnv) stapler(deadline time.Duration, args ...string) faultResult {
+	ctx, cancel := context.WithTimeout(context.Background(), deadline+faultGrace)
+	defer cancel()
+	name, argv := "stapler", args
+	if len(e.wrap) > 0 {
+		name, argv = e.wrap[0], append(append(append([]string{}, e.wrap[1:]...), "stapler"), args...)
+	}
+	cmd := exec.CommandContext(ctx, name, argv...)
+	cmd.Env = faultEnviron(e.env)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	cmd.WaitDelay = time.Second
+	start := time.Now()
+	err := cmd.Run()
+	res := faultResult{took: time.Since(start), killed: ctx.Err() != nil}
+	res.stderr = stderr.String()
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		res.code = ee.ExitCode()
+	case err != nil:
+		e.t.Errorf("running stapler: %v", err)
+		res.code = -1
+	}
+	return res
+}
+
+// faultEnviron is the test's environment for stapler: no config from the environment, the
+// real clock, no proxy (a proxy would see the unresolvable host), plus extra.
+func faultEnviron(extra []string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		switch strings.ToUpper(k) {
+		case "STAPLER_CONFIG", "STAPLER_TEST_CLOCK", "STAPLER_CPUPROFILE", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "GODEBUG":
+			continue
+		}
+		env = append(env, kv)
+	}
+	return append(env, extra...)
+}
+
+// assert makes the checks every case shares.
+func (e *faultEnv) assert(c faultCase, res faultResult) {
+	t := e.t
+	defer func() {
+		if t.Failed() {
+			t.Logf("stderr of the faulty run:\n%s", res.stderr)
+		}
+	}()
+	deadline := e.deadline(c)
+	t.Logf("the faulty run: exit %d after %v (deadline %v)", res.code, res.took.Round(time.Millisecond), deadline)
+	switch {
+	case res.killed:
+		t.Errorf("the run did not end within its deadline of %v: killed after %v", deadline, res.took.Round(time.Millisecond))
+	case res.took > deadline:
+		t.Errorf("the run took %v, longer than its deadline of %v", res.took.Round(time.Millisecond), deadline)
+	}
+	if res.code != c.want {
+		t.Errorf("exit status %d, want %d", res.code, c.want)
+	}
+	if re := regexp.MustCompile(e.expand(c.stderr)); !re.MatchString(res.stderr) {
+		t.Errorf("stderr does not match %s", re)
+	}
+
+	staple, err := os.ReadFile(stapleName(e.site))
+	switch c.staple {
+	case faultStapleKept:
+		if !bytes.Equal(staple, e.good) {
+			t.Errorf("the last good staple changed (read: %v)", err)
+		}
+	case faultStapleNew:
+		if err != nil {
+			t.Errorf("no staple: %v", err)
+		} else if bytes.Equal(staple, e.good) {
+			t.Errorf("the staple is still the old one, want a new one")
+		} else if err := e.validFor(staple, e.leaf); err != nil {
+			t.Errorf("the new staple: %v", err)
+		}
+	}
+
+	var tempSkip string
+	if left := faultLeftovers(e.certs, e.stateDir); len(left) > 0 {
+		if c.tempBug != "" && os.Getenv("STAPLER_FAULT_BUGS") == "" {
+			tempSkip = fmt.Sprintf("%s (every other assertion held; left: %v)", c.tempBug, left)
+		} else {
+			t.Errorf("temporary files left behind: %v", left)
+		}
+	}
+	e.stateParses("after the faulty run")
+	if c.check != nil {
+		c.check(e, res)
+	}
+	if c.hapInvalid != "" {
+		t.Logf("haproxy -c not run: the fault itself makes the directory invalid for HAProxy (%s)", c.hapInvalid)
+	} else {
+		e.haproxyAccepts("after the faulty run", false)
+	}
+	if tempSkip != "" && !t.Failed() {
+		t.Skip(tempSkip)
+	}
+}
+
+func (e *faultEnv) expand(re string) string {
+	for k, v := range e.vars {
+		re = strings.ReplaceAll(re, "{"+k+"}", regexp.QuoteMeta(v))
+	}
+	return re
+}
+
+// validFor checks that der is a complete, good OCSP response for leaf, signed by the CA.
+func (e *faultEnv) validFor(der []byte, leaf *x509.Certificate) error {
+	resp, err := ocsp.ParseResponse(der, e.ca.Cert)
+	switch {
+	case err != nil:
+		return fmt.Errorf("not a valid OCSP response from the CA: %w", err)
+	case resp.SerialNumber.Cmp(leaf.SerialNumber) != 0:
+		return fmt.Errorf("a response for serial %x, not %x", resp.SerialNumber, leaf.SerialNumber)
+	case resp.Status != ocsp.Good:
+		return fmt.Errorf("status %s, not good", statusName(resp.Status))
+	case !resp.NextUpdate.After(time.Now().Add(minValidity)):
+		return fmt.Errorf("nextUpdate %v is too close", resp.NextUpdate)
+	}
+	return nil
+}
+
+// stateParses checks that the state file, if there is one, is JSON stapler can read.
+func (e *faultEnv) stateParses(when string) {
+	data, err := os.ReadFile(e.state)
+	if errors.Is(err, fs.ErrNotExist) {
+		return
+	}
+	if err != nil {
+		e.t.Errorf("%s: reading the state: %v", when, err)
+		return
+	}
+	var st State
+	if err := json.Unmarshal(data, &st); err != nil {
+		e.t.Errorf("%s: the state file does not parse: %v\n%s", when, err, data)
+	}
+}
+
+// crashConsistent checks the fleet after a crash: the state parses, each staple is absent or
+// whole and right, and HAProxy can start.
+func (e *faultEnv) crashConsistent(when string) {
+	e.stateParses(when)
+	for _, c := range e.fleet {
+		der, err := os.ReadFile(stapleName(c.path))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			e.t.Errorf("%s: %v", when, err)
+			continue
+		}
+		if err := e.validFor(der, c.leaf); err != nil {
+			e.t.Errorf("%s: %s.ocsp is not whole and right: %v", when, filepath.Base(c.path), err)
+		}
+		if c.leafOnly {
+			if iss, err := os.ReadFile(issuerName(c.path)); err != nil || !bytes.Equal(iss, certPEM(e.ca.Cert)) {
+				e.t.Errorf("%s: %s.ocsp exists but HAProxy cannot find its issuer (%s.issuer: %v)", when, filepath.Base(c.path), filepath.Base(c.path), err)
+			}
+		}
+	}
+	e.haproxyAccepts(when, false)
+}
+
+// haproxyAccepts runs `haproxy -c` on a configuration that loads the certificate directory.
+func (e *faultEnv) haproxyAccepts(when string, warnOK bool) {
+	t := e.t
+	haproxy := faultHAProxy(t)
+	cfg := filepath.Join(e.dir, "haproxy.cfg")
+	faultWrite(t, cfg, fmt.Appendf(nil, `defaults
+	mode http
+	timeout connect 5s
+	timeout client 10s
+	timeout server 10s
+
+frontend fe
+	bind 127.0.0.1:%d ssl crt %s/
+	http-request return status 200
+`, hapFreePort(t), e.certs))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, haproxy, "-c", "-f", cfg).CombinedOutput()
+	if err != nil {
+		t.Errorf("%s: haproxy -c rejects the certificate directory: %v\n%s", when, err, out)
+		return
+	}
+	if warnOK {
+		return
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.Contains(strings.ToLower(line), "ocsp") {
+			t.Errorf("%s: haproxy -c warns about OCSP: %s", when, line)
+		}
+	}
+}
+
+// faultHAProxy finds haproxy: without it the case fails in CI and skips loudly elsewhere.
+func faultHAProxy(t *testing.T) string {
+	t.Helper()
+	if p, err := exec.LookPath("haproxy"); err == nil {
+		return p
+	}
+	for _, p := range []string{"/usr/sbin/haproxy", "/usr/local/sbin/haproxy"} {
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
+			return p
+		}
+	}
+	msg := "!!! haproxy not found: the fault suite cannot check that HAProxy still starts (apt-get install haproxy) !!!"
+	if os.Getenv("CI") != "" {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
+	return ""
+}
+
+// faultLeftovers lists stapler's temporary files (.<name>.tmp-*) in dirs.
+func faultLeftovers(dirs ...string) []string {
+	var left []string
+	for _, d := range dirs {
+		entries, _ := os.ReadDir(d)
+		for _, en := range entries {
+			if strings.HasPrefix(en.Name(), ".") && strings.Contains(en.Name(), ".tmp-") {
+				left = append(left, filepath.Join(d, en.Name()))
+			}
+		}
+	}
+	return left
+}
+
+func faultRefreshFailed(cause string) string {
+	return `level=ERROR msg="refresh failed" cert={site} err="[^\n]*` + cause
+}
+
+// faultReadOnlyMount makes the faulty run see the certificate directory through a read-only
+// bind mount in a mount namespace of its own, which vanishes with it.
+func faultReadOnlyMount(e *faultEnv) {
+	const script = `mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"`
+	probe := exec.Command("unshare", "--mount", "sh", "-c", script+` || exit 9`, "sh", e.certs, "sh", "-c", `! touch "$0"/.probe 2>/dev/null`, e.certs)
+	if out, err := probe.CombinedOutput(); err != nil {
+		e.t.Skipf("!!! cannot make a read-only bind mount in a private mount namespace (unshare --mount needs CAP_SYS_ADMIN): %v %s !!!", err, out)
+	}
+	e.wrap = []string{"unshare", "--mount", "sh", "-c", script, "sh", e.certs}
+}
+
+// faultParseRequest reads the OCSP request of a GET or POST.
+func faultParseRequest(req *http.Request) (*ocsp.Request, error) {
+	var der []byte
+	if req.Method == http.MethodPost {
+		var err error
+		if der, err = io.ReadAll(io.LimitReader(req.Body, 1<<16)); err != nil {
+			return nil, err
+		}
+	} else {
+		enc, err := url.PathUnescape(strings.TrimPrefix(req.URL.EscapedPath(), "/"))
+		if err != nil {
+			return nil, err
+		}
+		if der, err = base64.StdEncoding.DecodeString(enc); err != nil {
+			return nil, err
+		}
+	}
+	return ocsp.ParseRequest(der)
+}
+
+// faultSlowDrip sends a 200 answer whose body comes one byte every 200 ms.
+func faultSlowDrip() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		w.Header().Set("Content-Type", "application/ocsp-response")
+		w.WriteHeader(http.StatusOK)
+		tick := time.NewTicker(200 * time.Millisecond)
+		defer tick.Stop()
+		for range 150 { // 30 s at most
+			if _, err := w.Write([]byte{0x30}); err != nil {
+				return
+			}
+			w.(http.Flusher).Flush()
+			select {
+			case <-req.Context().Done():
+				return
+			case <-tick.C:
+			}
+		}
+	})
+}
+
+// faultClosedAddr is a 127.0.0.1 address nobody listens on.
+func faultClosedAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+// faultBacklogFull returns the address of a listener on 127.0.0.1 whose accept queue is full,
+// so that a connection to it never completes: Linux drops the SYNs, as a firewalled host does.
+func faultBacklogFull(t *testing.T) string {
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
+	// Fill the queue (Linux queues backlog+1 connections), until a connect times out.
+	for range 8 {
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err != nil {
+			return addr
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	t.Skip("!!! this kernel completes connections to a full listen queue: no connect timeout to simulate on 127.0.0.1 (TestFaultFetcherDial covers it) !!!")
+	return ""
+}
+
+// faultCLIClosesMidReply speaks HAProxy's interactive runtime API until the staple comes, then
+// closes the connection in the middle of its answer.
+func faultCLIClosesMidReply(c net.Conn) {
+	r := bufio.NewReader(c)
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		var answer string
+		switch line = strings.TrimSuffix(line, "\n"); {
+		case line == "prompt", line == "set severity-output number":
+			answer = "\n> "
+		case line == "show info":
+			answer = "Name: HAProxy\nVersion: 2.6.12-1+deb12u4\nPid: 4242\nUptime_sec: 100\nStart_time_sec: 1795300000\n\n> "
+		case strings.HasPrefix(line, "set ssl ocsp-response "):
+			c.Write([]byte("[6]: OCSP Resp"))
+			return
+		default:
+			answer = "Unknown command.\n\n> "
+		}
+		if _, err := c.Write([]byte(answer)); err != nil {
+			return
+		}
+	}
+}
+
+// faultDrip writes chunk n times, pausing between writes, and never ends an answer.
+func faultDrip(c net.Conn, chunk []byte, pause time.Duration, n int) {
+	go io.Copy(io.Discard, c)
+	for range n {
+		c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write(chunk); err != nil {
+			return
+		}
+		time.Sleep(pause)
+	}
+}
+
+// The ASN.1 of an OCSP response (RFC 6960 section 4.2.1), as golang.org/x/crypto/ocsp's
+// responseASN1 and its parts declare it, to build what ocsp.CreateResponse cannot: a response
+// with two SingleResponses.
+type faultResponseASN1 struct {
+	Status   asn1.Enumerated
+	Response faultResponseBytes `asn1:"explicit,tag:0,optional"`
+}
+
+type faultResponseBytes struct {
+	ResponseType asn1.ObjectIdentifier
+	Response     []byte
+}
+
+type faultBasicResponse struct {
+	TBSResponseData    asn1.RawValue
+	SignatureAlgorithm pkix.AlgorithmIdentifier
+	Signature          asn1.BitString
+}
+
+type faultResponseData struct {
+	Version        int `asn1:"optional,default:0,explicit,tag:0"`
+	RawResponderID asn1.RawValue
+	ProducedAt     time.Time `asn1:"generalized"`
+	Responses      []faultSingleResponse
+}
+
+type faultSingleResponse struct {
+	CertID     certID
+	Good       asn1.Flag `asn1:"tag:0,optional"`
+	ThisUpdate time.Time `asn1:"generalized"`
+	NextUpdate time.Time `asn1:"generalized,explicit,tag:0,optional"`
+}
+
+// faultTwoSingles is a response signed by the CA with two good SingleResponses: first the one
+// asked for, then one for the next serial.
+func faultTwoSingles(ca *testCA, req *ocsp.Request, now time.Time) []byte {
+	id := func(serial *big.Int) certID {
+		return certID{HashAlgorithm: pkix.AlgorithmIdentifier{Algorithm: oidSHA1, Parameters: asn1.NullRawValue},
+			IssuerNameHash: req.IssuerNameHash, IssuerKeyHash: req.IssuerKeyHash, SerialNumber: serial}
+	}
+	this, next := now.Add(-time.Hour).UTC().Truncate(time.Second), now.Add(24*time.Hour).UTC().Truncate(time.Second)
+	tbs := must(asn1.Marshal(faultResponseData{
+		RawResponderID: asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 1, IsCompound: true, Bytes: ca.Cert.RawSubject},
+		ProducedAt:     now.UTC().Truncate(time.Second),
+		Responses: []faultSingleResponse{
+			{CertID: id(req.SerialNumber), Good: true, ThisUpdate: this, NextUpdate: next},
+			{CertID: id(new(big.Int).Add(req.SerialNumber, big.NewInt(1))), Good: true, ThisUpdate: this, NextUpdate: next},
+		},
+	}))
+	digest := sha256.Sum256(tbs)
+	sig := must(ca.Key.Sign(rand.Reader, digest[:], crypto.SHA256))
+	basic := must(asn1.Marshal(faultBasicResponse{
+		TBSResponseData:    asn1.RawValue{FullBytes: tbs},
+		SignatureAlgorithm: pkix.AlgorithmIdentifier{Algorithm: asn1.ObjectIdentifier{1, 2, 840, 10045, 4, 3, 2}}, // ecdsa-with-SHA256
+		Signature:          asn1.BitString{Bytes: sig, BitLength: 8 * len(sig)},
+	}))
+	return must(asn1.Marshal(faultResponseASN1{Response: faultResponseBytes{
+		ResponseType: asn1.ObjectIdentifier{1, 3, 6, 1, 5, 5, 7, 48, 1, 1}, // id-pkix-ocsp-basic
+		Response:     basic,
+	}}))
+}
+
+// TestFaultTwoSingles checks the hand-built response: it is what the responder case claims,
+// a well-formed, correctly signed response with two SingleResponses.
+func TestFaultTwoSingles(t *testing.T) {
+	now := time.Now()
+	ca := newTestCA("Two Singles CA", now)
+	leaf, _ := ca.issue(leafSpec{Name: "two.fault.test"}, now)
+	req, err := ocsp.ParseRequest(must(newRequest(leaf, ca.Cert)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	der := faultTwoSingles(ca, req, now)
+	resp, err := ocsp.ParseResponseForCert(der, leaf, ca.Cert)
+	if err != nil {
+		t.Fatalf("the response does not parse: %v", err)
+	}
+	if resp.Status != ocsp.Good || resp.SerialNumber.Cmp(leaf.SerialNumber) != 0 {
+		t.Errorf("status %d, serial %x", resp.Status, resp.SerialNumber)
+	}
+	if _, err := ocsp.ParseResponse(der, ca.Cert); err == nil || !strings.Contains(err.Error(), "bad number of responses") {
+		t.Errorf("ParseResponse without a certificate: %v, want bad number of responses", err)
+	}
+	if got, want := must(responseCertID(der)), must(requestCertID(must(newRequest(leaf, ca.Cert)))); !bytes.Equal(got, want) {
+		t.Errorf("the first SingleResponse's CertID %x is not the request's %x", got, want)
+	}
+}
+
+// TestFaultFetcherDial covers the connection faults below the command: a name that does not
+// resolve and a connect that never completes, through a transport whose dialer injects them,
+// so that no DNS query or packet leaves 127.0.0.1. The request's deadline and the run's context
+// (run_timeout) each bound a connect that hangs.
+func TestFaultFetcherDial(t *testing.T) {
+	now := time.Now()
+	ca := newTestCA("Dial Fault CA", now)
+	leaf, _ := ca.issue(leafSpec{Name: "dial.fault.test", OCSP: []string{"http://ocsp.fault.invalid"}}, now)
+	req := must(newRequest(leaf, ca.Cert))
+	hang := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	tests := []struct {
+		name    string
+		dial    func(ctx context.Context, network, addr string) (net.Conn, error)
+		timeout time.Duration // the client's: timeout
+		ctx     time.Duration // the run's: run_timeout
+		want    string
+	}{
+		{"unresolvable host", func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return nil, &net.OpError{Op: "dial", Net: network, Err: &net.DNSError{Err: "no such host", Name: "ocsp.fault.invalid", IsNotFound: true}}
+		}, time.Second, time.Minute, `^asking responder http://ocsp\.fault\.invalid: dial tcp: lookup ocsp\.fault\.invalid: no such host$`},
+		{"connect timeout", hang, 300 * time.Millisecond, time.Minute, `^asking responder http://ocsp\.fault\.invalid: .*Client\.Timeout exceeded`},
+		{"connect outlasting run_timeout", hang, time.Minute, 300 * time.Millisecond, `^asking responder http://ocsp\.fault\.invalid: .*context deadline exceeded`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			client := &http.Client{Transport: &http.Transport{DialContext: tt.dial}, Timeout: tt.timeout}
+			f := &fetcher{Client: client, MaxBytes: 64 << 10, PerResponder: 4}
+			ctx, cancel := context.WithTimeout(context.Background(), tt.ctx)
+			defer cancel()
+			start := time.Now()
+			_, err := f.fetch(ctx, responderURL(leaf), req)
+			took := time.Since(start)
+			if err == nil || !regexp.MustCompile(tt.want).MatchString(err.Error()) {
+				t.Errorf("error %v, want one matching %s", err, tt.want)
+			}
+			if limit := min(tt.timeout, tt.ctx) + time.Second; took > limit {
+				t.Errorf("took %v, want at most %v", took, limit)
+			}
+		})
+	}
+}
+
+func faultWrite(t *testing.T, path string, data []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func faultRead(t *testing.T, path string) []byte {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+func faultMkdir(t *testing.T, path string) {
+	t.Helper()
+	if err := os.Mkdir(path, 0o755); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func faultMkfifo(t *testing.T, path string) {
+	t.Helper()
+	if err := syscall.Mkfifo(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func faultSymlink(t *testing.T, target, link string) {
+	t.Helper()
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func faultRemove(t *testing.T, path string) {
+	t.Helper()
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func faultAbsent(t *testing.T, path string) {
+	t.Helper()
+	if _, err := os.Lstat(path); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("%s exists (%v), want none", path, err)
+	}
+}
+
+func faultRegular(t *testing.T, path string) {
+	t.Helper()
+	if fi, err := os.Lstat(path); err != nil || !fi.Mode().IsRegular() {
+		t.Errorf("%s is not a regular file: %v %v", path, fi, err)
+	}
+}
