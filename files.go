@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sync"
 	"syscall"
 )
@@ -106,6 +108,32 @@ func syncDir(dir string) error {
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+// tempName matches the temporary files writeFile creates for staples, issuers and the state:
+// "." + name + ".tmp-" + digits. No other file is ever removed.
+var tempName = regexp.MustCompile(`^\..+\.(ocsp|issuer|json|der)\.tmp-[0-9]+$`)
+
+// removeStaleTemps removes, from each directory, temporary files that writeFile left behind
+// when its process was killed. HAProxy ignores them, being dotfiles, but they would pile up.
+// The caller holds the state lock, so no other run is writing there (runs that share
+// certificate directories share the state file, and so its lock).
+func removeStaleTemps(dirs []string) {
+	for _, dir := range dirs {
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			continue
+		}
+		for _, e := range entries {
+			if !e.Type().IsRegular() || !tempName.MatchString(e.Name()) {
+				continue
+			}
+			p := filepath.Join(dir, e.Name())
+			if err := os.Remove(p); err == nil {
+				slog.Info("removed a temporary file left by an interrupted run", "file", p)
+			}
+		}
+	}
 }
 
 // fileKey identifies a file's content cheaply: size, modification time and inode. Replacing

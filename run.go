@@ -101,6 +101,13 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 	if err != nil {
 		return sum, err
 	}
+	if !opt.DryRun {
+		dirs := []string{filepath.Dir(opt.State)}
+		for _, p := range paths {
+			dirs = append(dirs, filepath.Dir(p))
+		}
+		removeStaleTemps(dedupe(dirs))
+	}
 
 	client := httpClient(opt.Config)
 	finder := &issuerFinder{Dirs: opt.IssuerDirs, CacheDir: filepath.Join(filepath.Dir(opt.State), "aia-cache"), MaxBytes: opt.MaxResponseBytes}
