@@ -77,18 +77,23 @@ func (s issuerSource) String() string {
 var errIssuerNotFound = errors.New("issuer certificate not found")
 
 // issuerFinder finds the certificate that signed a leaf, by signature and never by position:
-// in the bundle, in <cert>.issuer, in the configured issuer directories, then at the leaf's
-// AIA caIssuers URL (fetched once, then cached). No system trust store is involved, so
-// private CAs work.
+// in the bundle, in <cert>.issuer, in the configured issuer directories, among the issuers it
+// verified before, then at the leaf's AIA caIssuers URL (fetched once, then cached). No system
+// trust store is involved, so private CAs work.
 type issuerFinder struct {
 	Dirs     []string
-	CacheDir string       // where fetched issuers are kept
+	CacheDir string       // where fetched and verified issuers are kept
 	Client   *http.Client // nil: never fetch
+	ReadOnly bool         // never write to CacheDir (a dry run)
 	MaxBytes int64
 
 	once    sync.Once
 	fromDir []*x509.Certificate
 	mu      sync.Mutex // serialises fetches so a URL is fetched once per run
+
+	cacheOnce sync.Once
+	cacheMu   sync.Mutex
+	cached    map[string]*x509.Certificate // by hash of the DER: issuers in CacheDir
 }
 
 // find returns the issuer of leaf (the first certificate of the bundle at path) and its source.
@@ -96,6 +101,7 @@ func (f *issuerFinder) find(ctx context.Context, path string, bundle []*x509.Cer
 	leaf := bundle[0]
 	for _, c := range bundle[1:] {
 		if signed(leaf, c) {
+			f.remember(c)
 			return c, issuerInBundle, nil
 		}
 	}
@@ -105,6 +111,7 @@ func (f *issuerFinder) find(ctx context.Context, path string, bundle []*x509.Cer
 		case err != nil:
 			slog.Warn("ignoring unreadable issuer file", "file", issuerName(path), "err", err)
 		case signed(leaf, certs[0]):
+			f.remember(certs[0])
 			return certs[0], issuerFromFile, nil
 		default:
 			slog.Warn("ignoring issuer file that did not sign the certificate", "file", issuerName(path), "cert", path)
@@ -116,6 +123,17 @@ func (f *issuerFinder) find(ctx context.Context, path string, bundle []*x509.Cer
 			return c, issuerFromDir, nil
 		}
 	}
+	// An issuer stapler verified before: a bundle that lost its chain keeps its staple, and
+	// HAProxy its start, because stapler writes <cert>.issuer from here.
+	f.cacheOnce.Do(f.loadCache)
+	f.cacheMu.Lock()
+	for _, c := range f.cached {
+		if signed(leaf, c) {
+			f.cacheMu.Unlock()
+			return c, issuerFromDir, nil
+		}
+	}
+	f.cacheMu.Unlock()
 	var errs []error
 	for _, u := range leaf.IssuingCertificateURL {
 		c, err := f.aia(ctx, u, leaf)
@@ -154,6 +172,42 @@ func (f *issuerFinder) loadDirs() {
 				continue
 			}
 			f.fromDir = append(f.fromDir, certs...)
+		}
+	}
+}
+
+// loadCache reads the issuers kept in CacheDir.
+func (f *issuerFinder) loadCache() {
+	f.cached = map[string]*x509.Certificate{}
+	entries, _ := os.ReadDir(f.CacheDir)
+	for _, e := range entries {
+		if filepath.Ext(e.Name()) != ".der" {
+			continue
+		}
+		der, err := readRegular(filepath.Join(f.CacheDir, e.Name()), maxBundleBytes)
+		if err != nil {
+			continue
+		}
+		if c, err := x509.ParseCertificate(der); err == nil {
+			f.cached[hashBytes(c.Raw)] = c
+		}
+	}
+}
+
+// remember keeps an issuer that verifiably signed a certificate, for the day its bundle
+// loses it.
+func (f *issuerFinder) remember(c *x509.Certificate) {
+	f.cacheOnce.Do(f.loadCache)
+	f.cacheMu.Lock()
+	defer f.cacheMu.Unlock()
+	h := hashBytes(c.Raw)
+	if f.cached[h] != nil || f.ReadOnly || f.CacheDir == "" {
+		return
+	}
+	f.cached[h] = c
+	if err := os.MkdirAll(f.CacheDir, 0o755); err == nil {
+		if _, err := writeFileAtomic(filepath.Join(f.CacheDir, "seen-"+h[:32]+".der"), c.Raw, 0o644); err != nil {
+			slog.Warn("cannot keep issuer", "dir", f.CacheDir, "err", err)
 		}
 	}
 }

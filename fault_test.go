@@ -315,25 +315,29 @@ func faultCases() []faultCase {
 			inject: func(e *faultEnv) []string {
 				e.conf = append(e.conf, "fetch_issuers = false")
 				e.writeConfig()
-				leaf, key := e.ca.issue(leafSpec{Name: "leafonly.fault.test", OCSP: []string{e.r.URL()}}, e.now)
+				// An issuer stapler has never seen: not even its cache of verified issuers helps.
+				leaf, key := newTestCA("Unseen CA", e.now).issue(leafSpec{Name: "leafonly.fault.test", OCSP: []string{e.r.URL()}}, e.now)
 				writeBundle(filepath.Join(e.certs, "leafonly.pem"), leaf, key)
 				return nil
 			},
 			check: func(e *faultEnv, res faultResult) {
 				faultAbsent(e.t, filepath.Join(e.certs, "leafonly.pem.ocsp"))
 			}},
-		// The stapled bundle is rewritten without its chain: the .ocsp stapler wrote now makes
-		// HAProxy 2.6 refuse to start ("impossible to compute the OCSP certificate ID").
-		faultCase{name: "cert/issuer_dropped_from_stapled_bundle", want: 1,
-			stderr: `level=ERROR msg="refresh failed" cert={site} err="issuer certificate not found`,
-			bug: "BUG: when a stapled bundle loses its issuer (site.pem rewritten as leaf and key only, no .issuer, no AIA), " +
-				"stapler exits 1 with \"issuer certificate not found\" but leaves site.pem.ocsp next to it, and HAProxy 2.6 then refuses to start " +
-				"(\"is present and activates OCSP but it is impossible to compute the OCSP certificate ID\"); it never says so",
+		// The stapled bundle is rewritten without its chain. With the .ocsp left alone HAProxy
+		// 2.6 would refuse to start ("impossible to compute the OCSP certificate ID"); stapler
+		// remembers the issuer it verified and writes site.pem.issuer from it.
+		faultCase{name: "cert/issuer_dropped_from_stapled_bundle", want: 0,
+			stderr: `level=INFO msg="updated staple" cert={site} reason="certificate changed"`,
 			inject: func(e *faultEnv) []string {
 				e.conf = append(e.conf, "fetch_issuers = false")
 				e.writeConfig()
 				writeBundle(e.site, e.leaf, e.key)
 				return nil
+			},
+			check: func(e *faultEnv, res faultResult) {
+				if got, err := os.ReadFile(issuerName(e.site)); err != nil || !bytes.Equal(got, certPEM(e.ca.Cert)) {
+					e.t.Errorf("site.pem.issuer: %v; want the CA", err)
+				}
 			}},
 		// Someone else's .issuer that did not sign the certificate, found when the
 		// certificate changes (the documented check).

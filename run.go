@@ -110,7 +110,7 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 	}
 
 	client := httpClient(opt.Config)
-	finder := &issuerFinder{Dirs: opt.IssuerDirs, CacheDir: filepath.Join(filepath.Dir(opt.State), "aia-cache"), MaxBytes: opt.MaxResponseBytes}
+	finder := &issuerFinder{Dirs: opt.IssuerDirs, CacheDir: filepath.Join(filepath.Dir(opt.State), "issuer-cache"), MaxBytes: opt.MaxResponseBytes, ReadOnly: opt.DryRun}
 	if opt.FetchIssuers && !opt.DryRun {
 		finder.Client = client
 	}

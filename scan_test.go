@@ -172,13 +172,23 @@ func TestFindIssuer(t *testing.T) {
 	// A fetched issuer is cached: the next finder does not fetch it again.
 	cache := filepath.Join(t.TempDir(), "cache")
 	aiaHits = 0
-	for range 2 {
+	for i, want := range []issuerSource{issuerFromAIA, issuerFromDir} {
 		f := &issuerFinder{CacheDir: cache, Client: srv.Client(), MaxBytes: 1 << 16}
-		if _, src, err := f.find(context.Background(), filepath.Join(t.TempDir(), "x.pem"), []*x509.Certificate{leaf}); err != nil || src != issuerFromAIA {
-			t.Fatalf("find: %v from %v", err, src)
+		if _, src, err := f.find(context.Background(), filepath.Join(t.TempDir(), "x.pem"), []*x509.Certificate{leaf}); err != nil || src != want {
+			t.Fatalf("find %d: %v from %v, want %v", i, err, src, want)
 		}
 	}
 	if aiaHits != 1 {
 		t.Errorf("AIA URL fetched %d times, want 1", aiaHits)
+	}
+
+	// An issuer found in a bundle is remembered: when the bundle loses it, it is still found.
+	f := &issuerFinder{CacheDir: filepath.Join(t.TempDir(), "cache"), MaxBytes: 1 << 16}
+	if _, src, err := f.find(context.Background(), filepath.Join(t.TempDir(), "y.pem"), []*x509.Certificate{noAIA, ca.Cert}); err != nil || src != issuerInBundle {
+		t.Fatalf("bundle: %v from %v", err, src)
+	}
+	f = &issuerFinder{CacheDir: f.CacheDir, MaxBytes: 1 << 16}
+	if c, src, err := f.find(context.Background(), filepath.Join(t.TempDir(), "y.pem"), []*x509.Certificate{noAIA}); err != nil || src != issuerFromDir || !c.Equal(ca.Cert) {
+		t.Fatalf("bundle without its issuer: %v from %v", err, src)
 	}
 }
