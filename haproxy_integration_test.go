@@ -145,6 +145,16 @@ func TestHAProxyMasterWorker(t *testing.T) {
 		return nil
 	})
 	f.wantServed(port, site, nil)
+	// The master re-executes itself on a reload: wait until its CLI answers again.
+	hapWaitFor(t, "the master CLI after the reload", 10*time.Second, func() error {
+		s, err := openCLI(context.Background(), mustSocketAddr(t, sock), time.Second)
+		if err != nil {
+			return err
+		}
+		defer s.close()
+		_, err = s.exec("show version")
+		return err
+	})
 
 	// The reloaded HAProxy serves what is on disk: no further reload.
 	f.run(0, "--config", stapler)
