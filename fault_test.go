@@ -268,10 +268,10 @@ func faultCases() []faultCase {
 	// --- Certificate files.
 	notPEM := func(name string, write func(e *faultEnv)) []faultCase {
 		return []faultCase{
-			// In a directory, a file without a PEM certificate is not a certificate: skipped,
-			// visible with -v (README). HAProxy refuses the same file.
+			// In a directory, a file without a PEM certificate is not a certificate: skipped. This
+			// one held a stapled certificate, which HAProxy will now refuse: a warning.
 			{name: "cert/" + name + "_in_dir", want: 0,
-				stderr:     `level=DEBUG msg="skipping file without a PEM certificate" file={site}\n`,
+				stderr:     `level=WARN msg="file no longer holds a PEM certificate" file={site}\n`,
 				hapInvalid: "HAProxy: unable to load certificate from file site.pem",
 				inject:     func(e *faultEnv) []string { write(e); return nil }},
 			// Named on the command line, it is an error.

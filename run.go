@@ -128,6 +128,10 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 		path, err := it.path, it.err
 		it.err = nil
 		switch {
+		case errors.Is(err, errNotCertificate) && !explicit[path] && it.old != nil:
+			// Stapled before: HAProxy will refuse this file now, and its staple is stale.
+			slog.Warn("file no longer holds a PEM certificate", "file", path)
+			continue
 		case errors.Is(err, errNotCertificate) && !explicit[path]:
 			slog.Debug("skipping file without a PEM certificate", "file", path)
 			continue
