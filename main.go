@@ -301,6 +301,11 @@ func versionCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "version",
 		Usage: "print stapler's version",
+		Description: `Prints stapler's version (the module version, or the VCS revision of a development
+build) and the Go version it was built with.
+
+EXAMPLES:
+   stapler version`,
 		Action: func(c *cli.Context) error {
 			fmt.Fprintf(c.App.Writer, "stapler %s\n", version())
 			return nil
