@@ -183,8 +183,7 @@ func (f *benchFleet) push(b *testing.B) (took time.Duration, ok bool) {
 	b.Cleanup(func() { os.RemoveAll(sockDir) })
 	sock := filepath.Join(sockDir, "admin.sock")
 	cfg := filepath.Join(f.dir, "haproxy.cfg")
-	hapWriteFile(b, cfg, fmt.Appendf(nil, "global\n\tstats socket %s level admin\n\ndefaults\n\tmode http\n\ttimeout connect 5s\n\ttimeout client 10s\n\ttimeout server 10s\n\nfrontend fe\n\tbind 127.0.0.1:%d ssl crt %s/\n\thttp-request return status 200\n",
-		sock, hapFreePort(b), f.certs))
+	hapWriteFile(b, cfg, hapConfig(hapFreePort(b), f.certs, sock+" level admin"))
 	start := time.Now()
 	hapLaunch(b, haproxy, sock, filepath.Join(f.dir, "haproxy.log"), "-db", "-f", cfg)
 	fmt.Printf("%8d  %-32s %10s\n", f.n, "(HAProxy start-up, not stapler)", time.Since(start).Round(time.Millisecond))

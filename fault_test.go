@@ -1158,16 +1158,7 @@ func (e *faultEnv) haproxyAccepts(when string, warnOK bool) {
 	t := e.t
 	haproxy := faultHAProxy(t)
 	cfg := filepath.Join(e.dir, "haproxy.cfg")
-	faultWrite(t, cfg, fmt.Appendf(nil, `defaults
-	mode http
-	timeout connect 5s
-	timeout client 10s
-	timeout server 10s
-
-frontend fe
-	bind 127.0.0.1:%d ssl crt %s/
-	http-request return status 200
-`, hapFreePort(t), e.certs))
+	faultWrite(t, cfg, hapConfig(hapFreePort(t), e.certs))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, haproxy, "-c", "-f", cfg).CombinedOutput()

@@ -501,26 +501,14 @@ func (f *hapFixture) run(want int, args ...string) string {
 // haproxyConfig writes an haproxy.cfg that serves the certificate directory on 127.0.0.1:port
 // with the given admin stats sockets (none for a master-worker HAProxy reached by -S).
 func (f *hapFixture) haproxyConfig(name string, port int, stats ...string) string {
-	var global strings.Builder
+	var lines []string
 	for _, s := range stats {
 		if s != "" {
-			fmt.Fprintf(&global, "\tstats socket %s level admin\n", s)
+			lines = append(lines, s+" level admin")
 		}
 	}
 	path := filepath.Join(f.dir, name+".cfg")
-	hapWriteFile(f.t, path, fmt.Appendf(nil, `global
-%s	stats timeout 10s
-
-defaults
-	mode http
-	timeout connect 5s
-	timeout client 10s
-	timeout server 10s
-
-frontend fe
-	bind 127.0.0.1:%d ssl crt %s/
-	http-request return status 200
-`, global.String(), port, f.certs))
+	hapWriteFile(f.t, path, hapConfig(port, f.certs, lines...))
 	return path
 }
 
@@ -777,7 +765,7 @@ func TestHAProxyAwkwardSetups(t *testing.T) {
 		_, sock := f.statsSocket("unix", "operator")
 		port := hapFreePort(t)
 		cfg := filepath.Join(f.dir, "haproxy.cfg")
-		hapWriteFile(t, cfg, fmt.Appendf(nil, "global\n\tstats socket %s level operator\n\ndefaults\n\tmode http\n\ttimeout connect 5s\n\ttimeout client 10s\n\ttimeout server 10s\n\nfrontend fe\n\tbind 127.0.0.1:%d ssl crt %s/\n\thttp-request return status 200\n", sock, port, f.certs))
+		hapWriteFile(t, cfg, hapConfig(port, f.certs, sock+" level operator"))
 		hapLaunch(t, f.haproxy, sock, filepath.Join(f.dir, "haproxy.log"), "-db", "-f", cfg)
 		// HAProxy loaded the certificate without a .ocsp file, and the socket may not create
 		// the slot: only a reload helps, and the run says so and fails.

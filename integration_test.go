@@ -97,20 +97,7 @@ func TestHAProxyOpenSSL(t *testing.T) {
 	// HAProxy parses every staple without complaint.
 	port := hapFreePort(t)
 	hapCfg := filepath.Join(stateDir, "haproxy.cfg")
-	hapWriteFile(t, hapCfg, fmt.Appendf(nil, `global
-	stats socket %s level admin
-	stats timeout 10s
-
-defaults
-	mode http
-	timeout connect 5s
-	timeout client 10s
-	timeout server 10s
-
-frontend fe
-	bind 127.0.0.1:%d ssl crt %s/
-	http-request return status 200
-`, sock, port, certs))
+	hapWriteFile(t, hapCfg, hapConfig(port, certs, sock+" level admin"))
 	out, err := exec.Command(haproxy, "-c", "-f", hapCfg).CombinedOutput()
 	if err != nil {
 		t.Fatalf("haproxy -c rejects the directory stapler wrote: %v\n%s", err, out)
@@ -378,4 +365,26 @@ func hapReadFile(t testing.TB, path string) []byte {
 		t.Fatal(err)
 	}
 	return data
+}
+
+// hapConfig is an haproxy.cfg that serves the certificate directory certs on 127.0.0.1:port,
+// with a `stats socket` line for each of stats (an address and its options).
+func hapConfig(port int, certs string, stats ...string) []byte {
+	var global strings.Builder
+	for _, s := range stats {
+		fmt.Fprintf(&global, "\tstats socket %s\n", s)
+	}
+	return fmt.Appendf(nil, `global
+%s	stats timeout 10s
+
+defaults
+	mode http
+	timeout connect 5s
+	timeout client 10s
+	timeout server 10s
+
+frontend fe
+	bind 127.0.0.1:%d ssl crt %s/
+	http-request return status 200
+`, global.String(), port, certs)
 }
