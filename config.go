@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"stapler/internal/haproxy"
 )
 
 // defaultConfigPath is read when it exists and no --config or STAPLER_CONFIG is given.
@@ -201,7 +203,7 @@ func (cfg *Config) validate() error {
 		}
 	}
 	for _, s := range cfg.Sockets {
-		if _, err := parseSocketAddr(s); err != nil {
+		if _, err := haproxy.ParseAddr(s); err != nil {
 			bad("%v", err)
 		}
 	}

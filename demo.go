@@ -26,6 +26,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ocsp"
+
+	"stapler/internal/haproxy"
 )
 
 // `stapler demo`: the whole job on a throw-away PKI, OCSP responder and HAProxy, all on
@@ -578,12 +580,12 @@ frontend demo
 }
 
 func haproxyVersion(ctx context.Context, sock string) (string, error) {
-	s, err := openCLI(ctx, socketAddr{Raw: sock, Network: "unix", Address: sock}, time.Second)
+	c, err := haproxy.Dial(ctx, haproxy.Addr{Raw: sock, Network: "unix", Address: sock}, time.Second)
 	if err != nil {
 		return "", err
 	}
-	defer s.close()
-	return s.exec("show version")
+	defer c.Close()
+	return c.Exec("", "show version")
 }
 
 // stop kills HAProxy and waits for it.

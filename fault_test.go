@@ -22,7 +22,6 @@ package main
 // directories, dangling symlinks, a read-only bind mount and RLIMIT_FSIZE stand in for them.
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto"
@@ -57,6 +56,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ocsp"
+
+	"stapler/internal/haproxy/haproxytest"
 )
 
 // The settings every case's stapler.toml starts with.
@@ -642,40 +643,48 @@ func faultCases() []faultCase {
 			}}
 	}
 	unreachable := func(cause string) string {
-		return `level=ERROR msg="HAProxy unreachable; staples left for the next run" socket={sock} staples=1 err="HAProxy unreachable: [^"]*` + cause
+		return `level=ERROR msg="HAProxy unreachable; checked again at the next run" socket={sock} certificates=1 err="HAProxy unreachable: [^"]*` + cause
+	}
+	// fake is a fake HAProxy 2.6 that has loaded site.pem with a slot.
+	fake := func(e *faultEnv) *haproxytest.Fake {
+		h := haproxytest.Start(e.t, "2.6.12-1+deb12u4", "admin")
+		h.Load(e.site, fmt.Sprintf("%x", e.leaf.SerialNumber), certIDHex(e.leaf, e.ca.Cert), true)
+		return h
 	}
 	cases = append(cases,
-		sock("missing", unreachable(`connect: no such file or directory`), 0, func(e *faultEnv) string {
+		sock("missing", unreachable(`missing.sock does not exist`), 0, func(e *faultEnv) string {
 			return filepath.Join(e.sockDir, "missing.sock")
 		}),
-		sock("regular_file", unreachable(`connect: connection refused`), 0, func(e *faultEnv) string {
+		sock("regular_file", unreachable(`file.sock is a regular file, not a socket`), 0, func(e *faultEnv) string {
 			p := filepath.Join(e.sockDir, "file.sock")
 			faultWrite(e.t, p, []byte("not a socket\n"))
 			return p
 		}),
-		sock("accepts_never_answers", unreachable(`i/o timeout`), 2*time.Second, func(e *faultEnv) string {
-			h := startFakeHAProxy(e.t)
-			h.set(replyUpdated, true)
-			return h.addr
+		sock("accepts_never_answers", unreachable(`accepted the connection but sent nothing within 500ms`), 2*time.Second, func(e *faultEnv) string {
+			h := fake(e)
+			h.SetSilent(true)
+			return h.Addr
 		}),
-		sock("closes_mid_reply", `level=ERROR msg="push failed" cert={site} socket={sock} err="HAProxy unreachable: reading the answer of {sock}: EOF"`, 0, func(e *faultEnv) string {
-			return e.cli("midreply.sock", faultCLIClosesMidReply)
+		sock("closes_mid_reply", unreachable(`reading the answer of {sock}: EOF`), 0, func(e *faultEnv) string {
+			h := fake(e)
+			h.Hangup("set ssl ocsp-response", "[6]: OCSP Resp")
+			return h.Addr
 		}),
-		sock("answers_garbage", unreachable(`i/o timeout`), 2*time.Second, func(e *faultEnv) string {
+		sock("answers_garbage", unreachable(`does not speak HAProxy's CLI: it answered \\"SSH-2.0-OpenSSH`), 2*time.Second, func(e *faultEnv) string {
 			return e.cli("garbage.sock", func(c net.Conn) {
 				c.Write([]byte("SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n\x00\x01\x02\xff garbage\n"))
 				io.Copy(io.Discard, c)
 			})
 		}),
 		sock("refuses_the_staple", `level=ERROR msg="push failed" cert={site} socket={sock} err="HAProxy answered \\"Unable to parse OCSP response\.\\""`, 0, func(e *faultEnv) string {
-			h := startFakeHAProxy(e.t)
-			h.set("Unable to parse OCSP response.", false)
-			return h.addr
+			h := fake(e)
+			h.Override("set ssl ocsp-response", "[3]: Unable to parse OCSP response.\n")
+			return h.Addr
 		}),
 	)
 	// A socket that keeps sending bytes that never end an answer: socket_timeout bounds each
 	// answer, not each read, and an answer is capped (this hung runs before cf31a04).
-	garbage := `(i/o timeout|more than [0-9]+ bytes)`
+	garbage := `(does not speak HAProxy's CLI|more than [0-9]+ bytes)`
 	cases = append(cases,
 		sock("drips_garbage_forever", unreachable(garbage), 3*time.Second, func(e *faultEnv) string {
 			return e.cli("drip.sock", func(c net.Conn) { faultDrip(c, []byte("garbage\n"), 100*time.Millisecond, 200) })
@@ -687,7 +696,7 @@ func faultCases() []faultCase {
 		// HAProxy serves the staple on disk (exit 0 means "... and in every configured HAProxy";
 		// this exited 0 before cf31a04).
 		faultCase{name: "socket/missing_nothing_to_push", want: 1,
-			stderr: `level=ERROR msg="HAProxy unreachable; cannot check what it serves" socket={sock} err="HAProxy unreachable: [^"]*connect: no such file or directory"`,
+			stderr: unreachable(`missing.sock does not exist`),
 			inject: func(e *faultEnv) []string {
 				e.vars["sock"] = filepath.Join(e.sockDir, "missing.sock")
 				return []string{"--socket", e.vars["sock"]}
@@ -1153,46 +1162,29 @@ func (e *faultEnv) crashConsistent(when string) {
 	e.haproxyAccepts(when, false)
 }
 
-// haproxyAccepts runs `haproxy -c` on a configuration that loads the certificate directory.
+// haproxyAccepts runs `haproxy -c`, of every HAProxy branch, on a configuration that loads the
+// certificate directory.
 func (e *faultEnv) haproxyAccepts(when string, warnOK bool) {
 	t := e.t
-	haproxy := faultHAProxy(t)
 	cfg := filepath.Join(e.dir, "haproxy.cfg")
 	faultWrite(t, cfg, hapConfig(hapFreePort(t), e.certs))
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, haproxy, "-c", "-f", cfg).CombinedOutput()
-	if err != nil {
-		t.Errorf("%s: haproxy -c rejects the certificate directory: %v\n%s", when, err, out)
-		return
-	}
-	if warnOK {
-		return
-	}
-	for _, line := range strings.Split(string(out), "\n") {
-		if strings.Contains(strings.ToLower(line), "ocsp") {
-			t.Errorf("%s: haproxy -c warns about OCSP: %s", when, line)
+	for _, h := range hapVersions(t) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		out, err := exec.CommandContext(ctx, h.Path, "-c", "-f", cfg).CombinedOutput()
+		cancel()
+		if err != nil {
+			t.Errorf("%s: haproxy %s -c rejects the certificate directory: %v\n%s", when, h.Branch, err, out)
+			continue
+		}
+		if warnOK {
+			continue
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			if strings.Contains(strings.ToLower(line), "ocsp") {
+				t.Errorf("%s: haproxy %s -c warns about OCSP: %s", when, h.Branch, line)
+			}
 		}
 	}
-}
-
-// faultHAProxy finds haproxy: without it the case fails in CI and skips loudly elsewhere.
-func faultHAProxy(t *testing.T) string {
-	t.Helper()
-	if p, err := exec.LookPath("haproxy"); err == nil {
-		return p
-	}
-	for _, p := range []string{"/usr/sbin/haproxy", "/usr/local/sbin/haproxy"} {
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
-			return p
-		}
-	}
-	msg := "!!! haproxy not found: the fault suite cannot check that HAProxy still starts (apt-get install haproxy) !!!"
-	if os.Getenv("CI") != "" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
-	return ""
 }
 
 // faultLeftovers lists stapler's temporary files (.<name>.tmp-*) in dirs.
@@ -1305,33 +1297,6 @@ func faultBacklogFull(t *testing.T) string {
 	}
 	t.Skip("!!! this kernel completes connections to a full listen queue: no connect timeout to simulate on 127.0.0.1 (TestFaultFetcherDial covers it) !!!")
 	return ""
-}
-
-// faultCLIClosesMidReply speaks HAProxy's interactive runtime API until the staple comes, then
-// closes the connection in the middle of its answer.
-func faultCLIClosesMidReply(c net.Conn) {
-	r := bufio.NewReader(c)
-	for {
-		line, err := r.ReadString('\n')
-		if err != nil {
-			return
-		}
-		var answer string
-		switch line = strings.TrimSuffix(line, "\n"); {
-		case line == "prompt", line == "set severity-output number":
-			answer = "\n> "
-		case line == "show info":
-			answer = "Name: HAProxy\nVersion: 2.6.12-1+deb12u4\nPid: 4242\nUptime_sec: 100\nStart_time_sec: 1795300000\n\n> "
-		case strings.HasPrefix(line, "set ssl ocsp-response "):
-			c.Write([]byte("[6]: OCSP Resp"))
-			return
-		default:
-			answer = "Unknown command.\n\n> "
-		}
-		if _, err := c.Write([]byte(answer)); err != nil {
-			return
-		}
-	}
 }
 
 // faultDrip writes chunk n times, pausing between writes, and never ends an answer.

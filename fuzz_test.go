@@ -24,21 +24,20 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
-	"io"
 	"log/slog"
 	"math/big"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/crypto/cryptobyte"
 	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 	"golang.org/x/crypto/ocsp"
+
+	"stapler/internal/haproxy"
 )
 
 // quietLogs discards slog output while a fuzz target runs: damaged inputs are logged on
@@ -466,91 +465,6 @@ func FuzzLoadState(f *testing.F) {
 	})
 }
 
-// haproxyTranscripts are what HAProxy 2.6 sends on its runtime API in interactive mode.
-var haproxyTranscripts = []string{
-	"> \n> [6]: OCSP Response updated!\n\n> ",
-	"master> \nmaster> OCSP Response updated!\n\nmaster> ",
-	"> \n> [3]: " + replyNoSlot + "\n\n> ",
-	"> \n> Name: HAProxy\nVersion: 2.6.12\nPid: 4242\nUptime_sec: 100\n\n> ",
-	"> \n> # Certificate IDs\nCertificate ID key : 303b300906052b0e03021a05000414\n Certificate ID:\n\n> ",
-	"> \n> OCSP Response Data:\n    Cert Status: good\n    This Update: Nov  2 04:31:47 2026 GMT\n    Next Update: Nov  2 05:31:47 2026 GMT\n\n> ",
-	"> \n> + + + [5]: Transaction created for certificate /c/site.pem!\n\n> ",
-	"> \n> Unknown command.\n\n> \n> \n> ",
-	"> \n> [3]: OCSP single response: Certificate ID does not match",
-	"",
-	"\n",
-	">",
-	"\n> \n>",
-	"> [3]",
-	"[9]: x\n\n> ",
-}
-
-// FuzzHAProxyAnswer: whatever HAProxy's side of the runtime API sends, parseAnswer and
-// servedThisUpdate never panic, and a session answers every command or fails with
-// errUnreachable, promptly, once the peer has closed.
-func FuzzHAProxyAnswer(f *testing.F) {
-	for i, s := range haproxyTranscripts {
-		f.Add([]byte(s), uint16(i))
-	}
-	cmds := []string{"set severity-output number", "show info", "set ssl ocsp-response MAo="}
-
-	f.Fuzz(func(t *testing.T, data []byte, split uint16) {
-		a := parseAnswer(data)
-		if a.text != strings.TrimSpace(a.text) {
-			t.Errorf("answer %q is not trimmed", a.text)
-		}
-		if a.err != nil {
-			var cerr *cliError
-			if !errors.As(a.err, &cerr) || cerr.text != a.text {
-				t.Errorf("error %v is not the cliError of the answer %q", a.err, a.text)
-			}
-		}
-		if tu := servedThisUpdate(string(data)); !tu.IsZero() && !bytes.Contains(data, []byte("This Update: ")) {
-			t.Errorf("thisUpdate %v from an answer without one", tu)
-		}
-
-		// A session to a peer that sends data, whatever it was asked, then closes.
-		client, peer := net.Pipe()
-		s := &cliSession{addr: socketAddr{Raw: "fuzz"}, conn: client, timeout: 100 * time.Millisecond}
-		var wg sync.WaitGroup
-		wg.Add(2)
-		go func() { defer wg.Done(); io.Copy(io.Discard, peer) }()
-		go func() {
-			defer wg.Done()
-			defer peer.Close()
-			k := int(split) % (len(data) + 1) // in two writes, which may split a prompt
-			if _, err := peer.Write(data[:k]); err == nil {
-				peer.Write(data[k:])
-			}
-		}()
-		var answers []answer
-		var err error
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			var first []byte
-			if first, err = s.readUntil([]byte("> "), false); err != nil {
-				return
-			}
-			s.prompt = append([]byte("\n"), bytes.TrimLeft(first, "\n")...) // as openCLI does
-			answers, err = s.execAll(cmds)
-		}()
-		select {
-		case <-done:
-		case <-time.After(time.Second):
-			t.Fatalf("session still reading a second after the peer sent %d bytes and closed", len(data))
-		}
-		client.Close()
-		wg.Wait()
-		switch {
-		case err != nil && !errors.Is(err, errUnreachable):
-			t.Errorf("session failed with %v, not errUnreachable", err)
-		case err == nil && len(answers) != len(cmds):
-			t.Errorf("%d answers to %d commands", len(answers), len(cmds))
-		}
-	})
-}
-
 // FuzzHAProxyConfig: splitCfgLine and readHAProxyConfig never panic on any configuration, and
 // every certificate path they return is absolute and clean, every socket one stapler can parse.
 // "@DIR@" in the input stands for a directory of certificates, crt-lists and bundles.
@@ -627,7 +541,7 @@ func FuzzHAProxyConfig(f *testing.F) {
 			}
 		}
 		for _, s := range hs.Sockets {
-			a, err := parseSocketAddr(s)
+			a, err := haproxy.ParseAddr(s)
 			switch {
 			case err != nil:
 				t.Errorf("socket %q does not parse: %v", s, err)
@@ -641,39 +555,6 @@ func FuzzHAProxyConfig(f *testing.F) {
 			if !strings.HasPrefix(n, "/") || !strings.Contains(n, ": ") {
 				t.Errorf("note %q does not start with file:line", n)
 			}
-		}
-	})
-}
-
-// FuzzParseSocketAddr: parseSocketAddr never panics, and an address it takes can be dialled:
-// a unix path or a TCP host:port.
-func FuzzParseSocketAddr(f *testing.F) {
-	for _, s := range []string{"/run/haproxy/admin.sock", "unix@/run/haproxy/admin.sock", "unix@admin.sock",
-		"127.0.0.1:9999", "ipv4@127.0.0.1:9999", "[::1]:9999", "ipv6@[::1]:9999", "*:9999", ":9999",
-		"master:/run/haproxy-master.sock", "master:127.0.0.1:9998", "master:", "localhost", "", "unix@",
-		"ipv4@", "[::1]", "host:", "abns@x", "fd@3", "master:master:/x", "ipv6@:1"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		a, err := parseSocketAddr(s)
-		if err != nil {
-			return
-		}
-		if a.Raw != s || a.Master != strings.HasPrefix(s, "master:") {
-			t.Errorf("%q: raw %q, master %v", s, a.Raw, a.Master)
-		}
-		switch a.Network {
-		case "unix":
-			if a.Address == "" {
-				t.Errorf("%q: empty unix path", s)
-			}
-		case "tcp":
-			host, port, err := net.SplitHostPort(a.Address)
-			if err != nil || host == "" || port == "" {
-				t.Errorf("%q: TCP address %q is not host:port (%v)", s, a.Address, err)
-			}
-		default:
-			t.Errorf("%q: network %q", s, a.Network)
 		}
 	})
 }

@@ -3,378 +3,486 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
-	"path/filepath"
-	"strconv"
+	"io/fs"
+	"log/slog"
+	"os/exec"
 	"strings"
+	"sync"
+	"syscall"
 	"time"
+
+	"golang.org/x/crypto/ocsp"
+
+	"stapler/internal/haproxy"
+	"stapler/internal/ocspcheck"
 )
 
-// HAProxy's runtime API, as HAProxy 2.6 speaks it (../shared/haproxy-ocsp-facts.md).
+// stapleRef is what every HAProxy should serve for one certificate file, as plain values.
+type stapleRef struct {
+	Path       string // the certificate file, as HAProxy names it
+	DER        []byte
+	CertID     string // hex DER CertID: HAProxy's key for the staple
+	Serial     string // hex
+	ThisUpdate time.Time
+	ProducedAt time.Time // zero when the state predates it
+	Status     string    // good or revoked
+	NextUpdate time.Time
+	Fresh      bool   // fetched in this run: pushing it is news, not a repair
+	NewCert    bool   // new or changed in this run: HAProxy may still run the previous one
+	IssuerFile string // <cert>.issuer: sent in a slot transaction when it exists
+}
+
+// outcome is what became of one staple at one HAProxy.
+type outcome int
 
 const (
-	// maxCommandLine: HAProxy 2.6 with the default tune.bufsize of 16384 answers nothing to a
-	// longer command line and keeps the connection, and one of its ten stats slots, forever; a
-	// payload near 16384 bytes can abort the process. stapler stays well below.
-	maxCommandLine = 15360
-	// replyUpdated is HAProxy's answer to a successful `set ssl ocsp-response`.
-	replyUpdated = "OCSP Response updated!"
-	// replyNoSlot: HAProxy has no OCSP slot whose CertID matches the staple.
-	replyNoSlot = "OCSP single response: Certificate ID does not match any certificate or issuer."
+	inSync      outcome = iota // HAProxy serves the staple on disk, or a newer response for it
+	pushed                     // HAProxy serves it now
+	pushFailed                 // HAProxy did not take it: try again next run
+	needsReload                // only a reload makes HAProxy serve it
+	notLoaded                  // HAProxy has not loaded the certificate file at all
+	unknown                    // stapler could not tell what HAProxy serves
 )
 
-// errUnreachable marks a socket that could not be talked to at all (refused, timed out,
-// closed without an answer), as opposed to an answer that says no.
-var errUnreachable = errors.New("HAProxy unreachable")
-
-// socketAddr is a runtime API address: a unix socket path ("/run/haproxy/admin.sock",
-// "unix@/path"), a TCP address ("127.0.0.1:9999", "ipv4@127.0.0.1:9999", "[::1]:9999",
-// "ipv6@[::1]:9999"), either behind "master:" for the master CLI of `haproxy -W -S`, whose
-// commands stapler sends to the current worker with the "@1 " prefix.
-type socketAddr struct {
-	Raw     string
-	Network string // "unix" or "tcp"
-	Address string
-	Master  bool
+type result struct {
+	outcome outcome
+	severe  bool   // needsReload that is a problem, not the expected end of a renewal
+	newer   bool   // inSync because HAProxy serves a newer response than the disk's
+	slot    bool   // HAProxy has an OCSP slot for the certificate the file runs
+	why     string // for people
 }
 
-func parseSocketAddr(s string) (socketAddr, error) {
-	a := socketAddr{Raw: s}
-	rest, master := strings.CutPrefix(s, "master:")
-	a.Master = master
+// socketReport is the outcome of one run's exchange with one HAProxy socket.
+type socketReport struct {
+	Results map[string]result // by certificate path
+	Err     error             // the socket failed: what it serves is unknown
+	Version string            // HAProxy's version, when known
+}
+
+// syncOptions are the settings of syncSockets.
+type syncOptions struct {
+	Timeout    time.Duration // for connecting and for each answer
+	Reloadable bool          // reload_command will reload HAProxy when it needs to
+	ReadOnly   bool          // look, never push (stapler status)
+}
+
+// syncSockets makes the HAProxy behind each socket serve the staples in refs, and reports
+// what each serves. Sockets of different HAProxy processes are handled at once, so that a
+// run's HAProxy phase costs one socket_timeout at most; sockets that lead to the same process
+// (a unix and a TCP socket of one HAProxy) one after another, because certificate
+// transactions on one HAProxy collide.
+func syncSockets(ctx context.Context, sockets []string, refs []stapleRef, opt syncOptions) map[string]socketReport {
+	reports := make(map[string]socketReport, len(sockets))
+	if len(refs) == 0 {
+		return reports
+	}
+	sessions := make([]*haproxy.Session, len(sockets))
+	errs := make([]error, len(sockets))
+	var wg sync.WaitGroup
+	for i, raw := range sockets {
+		wg.Go(func() {
+			addr, err := haproxy.ParseAddr(raw) // checked by validate
+			if err == nil {
+				sessions[i], err = haproxy.Open(ctx, addr, opt.Timeout)
+			}
+			errs[i] = err
+		})
+	}
+	wg.Wait()
+	groups := map[string][]int{} // process identity: sockets
+	for i := range sockets {
+		if errs[i] != nil {
+			reports[sockets[i]] = failSocket(sockets[i], errs[i], refs, opt)
+			continue
+		}
+		var marks []string
+		for _, p := range sessions[i].Current() {
+			marks = append(marks, p.Info.Mark())
+		}
+		key := strings.Join(marks, ",")
+		groups[key] = append(groups[key], i)
+	}
+	var mu sync.Mutex
+	for _, group := range groups {
+		wg.Go(func() {
+			for _, i := range group {
+				rep := syncSession(sessions[i], refs, opt)
+				sessions[i].Close()
+				mu.Lock()
+				reports[sockets[i]] = rep
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return reports
+}
+
+// failSocket reports a socket that failed as a whole, in one line.
+func failSocket(socket string, err error, refs []stapleRef, opt syncOptions) socketReport {
+	rep := socketReport{Err: err, Results: map[string]result{}}
+	for _, r := range refs {
+		rep.Results[r.Path] = result{outcome: unknown, why: err.Error()}
+	}
+	if !opt.ReadOnly {
+		slog.Error("HAProxy unreachable; checked again at the next run", "socket", socket, "certificates", len(refs), "err", err)
+	}
+	return rep
+}
+
+// syncSession deals with every process behind one socket: the one behind a stats socket, or
+// each worker behind a master CLI. Old workers (stopping after a reload) get the staples too,
+// but only the current ones decide the outcome.
+func syncSession(s *haproxy.Session, refs []stapleRef, opt syncOptions) socketReport {
+	rep := socketReport{Results: map[string]result{}}
+	for _, p := range s.Procs {
+		rep.Version = p.Info.Version.Text
+		results, err := syncProcess(p, refs, opt)
+		switch {
+		case p.Old:
+			if err != nil {
+				slog.Debug("old HAProxy worker did not take the staples", "socket", p.Where(), "err", err)
+			}
+			continue
+		case err != nil:
+			return failSocket(p.Where(), err, refs, opt)
+		}
+		for path, res := range results {
+			if prev, ok := rep.Results[path]; !ok || worse(res, prev) {
+				rep.Results[path] = res
+			}
+		}
+	}
+	return rep
+}
+
+// worse orders the outcomes of several workers for one certificate: the worst one counts.
+func worse(a, b result) bool {
+	rank := map[outcome]int{inSync: 0, pushed: 1, notLoaded: 2, needsReload: 3, pushFailed: 4, unknown: 5}
+	return rank[a.outcome] > rank[b.outcome]
+}
+
+// verdict is what one process's copy of a staple calls for.
+type verdict int
+
+const (
+	vInSync    verdict = iota // it holds the staple on disk
+	vNewer                    // it holds a newer response: never overwritten with an older one
+	vPush                     // its slot holds nothing, or an older response
+	vCreate                   // the certificate the file runs has no slot: create one
+	vOtherCert                // the file runs another certificate: a reload is needed
+	vNotLoaded                // it has not loaded the file
+	vUnknown                  // stapler could not tell
+)
+
+// judge decides what the response a process holds for a certificate file calls for, given
+// the staple on disk. HAProxy versions differ only in what they show (Caps.ByPath).
+func judge(h haproxy.Held, r stapleRef, caps haproxy.Caps) verdict {
 	switch {
-	case strings.HasPrefix(rest, "unix@"):
-		a.Network, a.Address = "unix", strings.TrimPrefix(rest, "unix@")
-	case strings.HasPrefix(rest, "ipv4@"), strings.HasPrefix(rest, "ipv6@"):
-		a.Network, a.Address = "tcp", rest[len("ipv4@"):]
-	case strings.Contains(rest, "/"):
-		a.Network, a.Address = "unix", rest
-	default:
-		a.Network, a.Address = "tcp", rest
+	case h.Err != nil:
+		return vUnknown
+	case h.Name == "":
+		return vNotLoaded
+	case h.Key != "" && h.Key != r.CertID:
+		return vOtherCert // 2.6: attached to another certificate's slot
+	case !h.Slot && h.Serial != "" && !haproxy.SameSerial(h.Serial, r.Serial):
+		return vOtherCert
+	case !h.Slot:
+		return vCreate
+	case caps.ByPath && h.DER == nil, !caps.ByPath && !h.TextOK:
+		return vPush // an empty slot
+	case caps.ByPath && bytes.Equal(h.DER, r.DER):
+		return vInSync
 	}
-	if a.Address == "" {
-		return a, fmt.Errorf("socket %q: no address", s)
-	}
-	if a.Network == "tcp" {
-		host, port, err := net.SplitHostPort(a.Address)
-		if err != nil || port == "" || strings.ContainsAny(host, "@/") {
-			return a, fmt.Errorf("socket %q: want a unix socket path or host:port", s)
+	this, produced, next := h.Text.ThisUpdate, h.Text.ProducedAt, h.Text.NextUpdate
+	if caps.ByPath {
+		id, err := ocspcheck.ResponseCertID(h.DER)
+		if err != nil || hex.EncodeToString(id) != r.CertID {
+			return vOtherCert // the slot of the certificate the file runs is another's
 		}
-		if host == "" || host == "*" {
-			a.Address = net.JoinHostPort("127.0.0.1", port)
+		resp, err := ocsp.ParseResponse(h.DER, nil)
+		if err != nil {
+			return vPush
+		}
+		this, produced, next = resp.ThisUpdate, resp.ProducedAt, resp.NextUpdate
+	}
+	switch c := compareResponses(this, produced, r.ThisUpdate, r.ProducedAt); {
+	case c > 0:
+		return vNewer
+	case c == 0 && !caps.ByPath && next.Truncate(time.Second).Equal(r.NextUpdate.Truncate(time.Second)) && h.Text.Status == r.Status:
+		// 2.6 shows a response as text, its times to the second: one with the same times and
+		// status is the same answer, if not the same bytes (signed again in the same second).
+		return vInSync
+	}
+	return vPush
+}
+
+// compareResponses orders two responses for one certificate by thisUpdate, then producedAt,
+// to the second (HAProxy 2.6 shows them so): newer is never a later nextUpdate.
+func compareResponses(thisA, producedA, thisB, producedB time.Time) int {
+	if c := thisA.Truncate(time.Second).Compare(thisB.Truncate(time.Second)); c != 0 {
+		return c
+	}
+	if producedA.IsZero() || producedB.IsZero() {
+		return 0
+	}
+	return producedA.Truncate(time.Second).Compare(producedB.Truncate(time.Second))
+}
+
+// syncProcess reads what one process holds for each staple, and (unless read-only) sends
+// what it lacks: one batch of `set ssl ocsp-response`, a slot transaction for a certificate
+// without a slot, then a second read of every staple sent, which must now be the disk's. An
+// error means the exchange failed: what the process holds is unknown.
+func syncProcess(p *haproxy.Process, refs []stapleRef, opt syncOptions) (map[string]result, error) {
+	if p.Err != nil {
+		return nil, p.Err
+	}
+	if p.Caps.WarnsBelowAdmin && p.Level != "admin" && !opt.ReadOnly {
+		slog.Warn("HAProxy logs a deprecation warning for each OCSP command below level admin, and 3.4 refuses them: give stapler a socket with level admin", "socket", p.Where(), "version", p.Info.Version.Text, "level", p.Level)
+	}
+	paths, ids := make([]string, len(refs)), make([]string, len(refs))
+	for i, r := range refs {
+		paths[i], ids[i] = r.Path, r.CertID
+	}
+	held, err := p.Held(paths, ids)
+	if err != nil {
+		return nil, err
+	}
+	results := make(map[string]result, len(refs))
+	var push, create []int
+	for i, r := range refs {
+		v := judge(held[i], r, p.Caps)
+		res := result{outcome: inSync, slot: held[i].Slot}
+		switch v {
+		case vNewer:
+			res.newer = true
+			slog.Debug("HAProxy serves a newer response than the staple on disk", "cert", r.Path, "socket", p.Where())
+		case vPush:
+			push = append(push, i)
+			res.outcome = pushFailed
+		case vCreate:
+			create = append(create, i)
+			res.outcome = pushFailed
+		case vOtherCert:
+			res = result{outcome: needsReload, severe: !r.NewCert, slot: held[i].Slot,
+				why: "HAProxy runs an older certificate from this file; it serves this one, with its staple, after a reload"}
+			if held[i].Serial != "" {
+				res.why = fmt.Sprintf("HAProxy runs an older certificate from this file (serial %s); it serves this one, with its staple, after a reload", held[i].Serial)
+			}
+		case vNotLoaded:
+			res = result{outcome: notLoaded, why: "HAProxy has not loaded this file; it staples it from disk when it does"}
+		case vUnknown:
+			res = result{outcome: unknown, why: held[i].Err.Error()}
+		}
+		results[r.Path] = res
+	}
+	if opt.ReadOnly {
+		return results, nil
+	}
+	sent, err := pushBatch(p, refs, push, results, &create)
+	if err != nil {
+		return nil, err
+	}
+	created, err := createSlots(p, refs, create, held, results)
+	if err != nil {
+		return nil, err
+	}
+	if err := verifySent(p, refs, append(sent, created...), results); err != nil {
+		return nil, err
+	}
+	if len(sent)+len(created) > 0 {
+		if err := p.Recheck(); err != nil {
+			return nil, err
 		}
 	}
-	return a, nil
+	logResults(p, refs, results, opt)
+	return results, nil
 }
 
-// cliSession is one connection to HAProxy's runtime API in interactive mode (`prompt`), so
-// that any number of commands share it. Every exchange has a deadline; close always closes.
-type cliSession struct {
-	addr    socketAddr
-	conn    net.Conn
-	buf     []byte // read but not yet returned
-	prompt  []byte // "\n" + the prompt: what ends each answer
-	prefix  string // "@1 " on a master socket
-	timeout time.Duration
-	end     time.Time         // the caller's deadline, if any: no exchange outlasts it
-	level   string            // of `show cli level`, once asked
-	loaded  map[string]string // cleaned path: HAProxy's name, of `show ssl cert`, once asked
-
-	reloadable bool // a reload will follow when a staple needs one
-}
-
-// openCLI connects, switches to interactive mode and asks for numbered severities, so that
-// answers say whether they report success ("[6]: ...") or an error ("[3]: ...").
-func openCLI(ctx context.Context, addr socketAddr, timeout time.Duration) (*cliSession, error) {
-	dctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	var d net.Dialer
-	conn, err := d.DialContext(dctx, addr.Network, addr.Address)
+// pushBatch sends the staples of refs at idx in one batch. Those HAProxy has no slot for go
+// to create; it returns those it took.
+func pushBatch(p *haproxy.Process, refs []stapleRef, idx []int, results map[string]result, create *[]int) ([]int, error) {
+	ders := make([][]byte, len(idx))
+	for k, i := range idx {
+		ders[k] = refs[i].DER
+	}
+	answers, err := p.SetOCSP(ders)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", errUnreachable, err)
-	}
-	s := &cliSession{addr: addr, conn: conn, timeout: timeout}
-	s.end, _ = ctx.Deadline()
-	// A signal ends the run at once, not at the next deadline. (close closes again: harmless.)
-	context.AfterFunc(ctx, func() { conn.Close() })
-	if addr.Master {
-		s.prefix = "@1 "
-	}
-	// The first answer to `prompt` is the prompt itself: "> ", or "master> ".
-	if err := s.write("prompt\n", 1); err != nil {
-		conn.Close()
 		return nil, err
 	}
-	first, err := s.readUntil([]byte("> "), false)
+	var sent []int
+	for k, i := range idx {
+		r, a := refs[i], answers[k]
+		switch {
+		case a.Text == haproxy.ReplyUpdated:
+			sent = append(sent, i)
+		case a.Text == haproxy.ReplyNoSlot:
+			*create = append(*create, i)
+		case errors.Is(a.Err, haproxy.ErrBadCommand):
+			results[r.Path] = result{outcome: needsReload, severe: true, why: a.Err.Error()}
+		case haproxy.IsDenied(a.Text):
+			results[r.Path] = result{outcome: pushFailed, why: fmt.Sprintf("HAProxy refused `set ssl ocsp-response` (%s): %v", a.Text, haproxy.ErrNeedsAdmin)}
+		default:
+			results[r.Path] = result{outcome: pushFailed, why: fmt.Sprintf("HAProxy answered %q", a.Text)}
+		}
+	}
+	return sent, nil
+}
+
+// createSlots creates an OCSP slot, in a transaction, for each certificate at idx that HAProxy
+// runs without one (loaded without a .ocsp file, or since a hot `set ssl cert`). It returns
+// those it created.
+func createSlots(p *haproxy.Process, refs []stapleRef, idx []int, held []haproxy.Held, results map[string]result) ([]int, error) {
+	var created []int
+	for _, i := range idx {
+		r, h := refs[i], held[i]
+		if h.Serial == "" {
+			// An empty slot (3.x) or a push answered "no slot" does not say which certificate
+			// the file runs: a transaction must not give this staple to another.
+			ci, ok, err := p.CertInfo(h.Name)
+			if err != nil {
+				return nil, err
+			}
+			if ok {
+				h.Serial = ci.Serial
+			}
+		}
+		if h.Serial != "" && !haproxy.SameSerial(h.Serial, r.Serial) {
+			results[r.Path] = result{outcome: needsReload, severe: !r.NewCert,
+				why: fmt.Sprintf("HAProxy runs an older certificate from this file (serial %s); it serves this one, with its staple, after a reload", h.Serial)}
+			continue
+		}
+		issuer, err := issuerPayload(r.IssuerFile)
+		if err == nil {
+			err = p.CreateSlot(h.Name, r.DER, issuer)
+		}
+		switch {
+		case err == nil:
+			created = append(created, i)
+			results[r.Path] = result{outcome: pushed, slot: true, why: "created OCSP slot without a reload"}
+		case errors.Is(err, haproxy.ErrUnreachable):
+			return nil, err
+		case errors.Is(err, haproxy.ErrNeedsAdmin), errors.Is(err, haproxy.ErrTransactionOpen):
+			results[r.Path] = result{outcome: needsReload, severe: !r.NewCert, why: "HAProxy has no OCSP slot for this certificate, and " + err.Error()}
+		default:
+			results[r.Path] = result{outcome: pushFailed, why: "creating an OCSP slot: " + err.Error()}
+		}
+	}
+	return created, nil
+}
+
+// issuerPayload is the issuer file's certificates, re-encoded one PEM block each with no blank
+// line (HAProxy ends a payload at an empty line), nil when there is no such file.
+func issuerPayload(path string) ([]byte, error) {
+	data, err := readRegular(path, maxStapleBytes)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
 	if err != nil {
-		conn.Close()
 		return nil, err
 	}
-	s.prompt = append([]byte("\n"), bytes.TrimLeft(first, "\n")...)
-	if _, err := s.exec("set severity-output number"); err != nil {
-		s.close()
-		return nil, err
+	certs, err := parseBundle(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	return s, nil
+	var out []byte
+	for _, c := range certs {
+		out = append(out, issuerPEM(c)...)
+	}
+	return out, nil
 }
 
-// deadline is d from now, but never past the caller's deadline.
-func (s *cliSession) deadline(d time.Duration) time.Time {
-	t := time.Now().Add(d)
-	if !s.end.IsZero() && s.end.Before(t) {
-		return s.end
+// verifySent reads again, by file, what HAProxy holds for each staple sent: HAProxy answers
+// "updated" for a slot that no certificate uses any more (an orphan of a hot update kept alive
+// by an old connection), so only this read proves a push.
+func verifySent(p *haproxy.Process, refs []stapleRef, idx []int, results map[string]result) error {
+	if len(idx) == 0 {
+		return nil
 	}
-	return t
-}
-
-// write sends text holding n commands, allowing socket_timeout per thousand commands, since
-// HAProxy takes in a batch only as fast as it answers it.
-func (s *cliSession) write(text string, n int) error {
-	s.conn.SetWriteDeadline(s.deadline(s.timeout * time.Duration(1+n/1000)))
-	if _, err := s.conn.Write([]byte(text)); err != nil {
-		return fmt.Errorf("%w: sending to %s: %w", errUnreachable, s.addr.Raw, err)
+	paths, ids := make([]string, len(idx)), make([]string, len(idx))
+	for k, i := range idx {
+		paths[k], ids[k] = refs[i].Path, refs[i].CertID
+	}
+	held, err := p.Held(paths, ids)
+	if err != nil {
+		return err
+	}
+	for k, i := range idx {
+		r := refs[i]
+		switch v := judge(held[k], r, p.Caps); v {
+		case vInSync, vNewer:
+			res := results[r.Path]
+			res.outcome, res.slot = pushed, true
+			results[r.Path] = res
+		default:
+			results[r.Path] = result{outcome: pushFailed, slot: held[k].Slot, why: "HAProxy accepted the staple but does not serve it for this file"}
+		}
 	}
 	return nil
 }
 
-// maxAnswer caps one answer: the list of 10,000 OCSP slots is about 4 MB.
-const maxAnswer = 64 << 20
-
-// readUntil returns what HAProxy sends up to and including end, without end if trim. The whole
-// answer must arrive within socket_timeout, so a peer that trickles bytes cannot hold a run.
-func (s *cliSession) readUntil(end []byte, trim bool) ([]byte, error) {
-	s.conn.SetReadDeadline(s.deadline(s.timeout))
-	chunk := make([]byte, 64<<10)
-	from := 0
-	for {
-		if i := bytes.Index(s.buf[from:], end); i >= 0 {
-			i += from
-			n := i + len(end)
-			out := bytes.Clone(s.buf[:n])
-			s.buf = s.buf[n:]
-			if trim {
-				out = out[:i]
-			}
-			return out, nil
+// logResults says what became of the staples at one process: a line per change or problem,
+// and one line for what many certificates share (a socket below level admin).
+func logResults(p *haproxy.Process, refs []stapleRef, results map[string]result, opt syncOptions) {
+	var admin []string
+	for _, r := range refs {
+		res := results[r.Path]
+		switch {
+		case res.outcome == pushed && res.why != "":
+			slog.Info(res.why, "cert", r.Path, "socket", p.Where())
+		case res.outcome == pushed && r.Fresh:
+			slog.Debug("pushed staple", "cert", r.Path, "socket", p.Where())
+		case res.outcome == pushed:
+			slog.Info("HAProxy did not serve the staple on disk; sent it", "cert", r.Path, "socket", p.Where())
+		case res.outcome == needsReload && strings.Contains(res.why, haproxy.ErrNeedsAdmin.Error()) && res.severe:
+			admin = append(admin, r.Path)
+			slog.Debug("needs reload", "cert", r.Path, "socket", p.Where(), "why", res.why)
+		case res.outcome == needsReload && !res.severe:
+			slog.Warn("HAProxy will load this staple when it reloads", "cert", r.Path, "socket", p.Where(), "why", res.why)
+		case res.outcome == needsReload && opt.Reloadable:
+			slog.Info("needs reload", "cert", r.Path, "socket", p.Where(), "why", res.why)
+		case res.outcome == needsReload:
+			slog.Error("needs reload", "cert", r.Path, "socket", p.Where(), "why", res.why)
+		case res.outcome == pushFailed:
+			slog.Error("push failed", "cert", r.Path, "socket", p.Where(), "err", res.why)
+		case res.outcome == notLoaded && r.NewCert:
+			slog.Warn("HAProxy has not loaded this certificate; it staples it from disk when it loads it", "cert", r.Path, "socket", p.Where())
 		}
-		if len(s.buf) > maxAnswer {
-			return nil, fmt.Errorf("%w: %s sent an answer of more than %d bytes", errUnreachable, s.addr.Raw, maxAnswer)
+	}
+	if len(admin) > 0 {
+		log := slog.Error
+		if opt.Reloadable {
+			log = slog.Info
 		}
-		from = max(0, len(s.buf)-len(end)+1)
-		n, err := s.conn.Read(chunk)
-		s.buf = append(s.buf, chunk[:n]...)
-		if err != nil {
-			return nil, fmt.Errorf("%w: reading the answer of %s: %w", errUnreachable, s.addr.Raw, err)
-		}
+		log("needs reload: HAProxy has no OCSP slot for these certificates, and creating one without a reload needs a socket with level admin (stats socket ... level admin)",
+			"socket", p.Where(), "level", p.Level, "certificates", len(admin), "first", admin[0])
 	}
 }
 
-// exec sends one command and returns HAProxy's answer. An answer with an error severity
-// ("[3]: ...") comes back as a *cliError. Through a master socket HAProxy 2.6 gives no
-// severities: callers compare answers with the texts they expect.
-func (s *cliSession) exec(cmd string) (string, error) {
-	answers, err := s.execAll([]string{cmd})
+// runReload runs the operator's reload command once, with a deadline, logging its output. At
+// the deadline the command's whole process group is killed, so that a child left running
+// cannot hold the run either.
+func runReload(ctx context.Context, command string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", command)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = time.Second
+	out, err := cmd.CombinedOutput()
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if line != "" {
+			slog.Info("reload output", "line", line)
+		}
+	}
+	if ctx.Err() == context.DeadlineExceeded {
+		return fmt.Errorf("reload_command %q did not finish within %v", command, timeout)
+	}
 	if err != nil {
-		return "", err
+		return fmt.Errorf("reload_command %q: %w", command, err)
 	}
-	return answers[0].text, answers[0].err
-}
-
-type answer struct {
-	text string
-	err  error // a *cliError when HAProxy reported an error
-}
-
-// cliError is an answer HAProxy marked as an error.
-type cliError struct{ text string }
-
-func (e *cliError) Error() string { return fmt.Sprintf("HAProxy answered %q", e.text) }
-
-// execAll pipelines commands: it writes them all while reading the answers, so that many
-// commands cost one round trip. It fails as a whole only when the connection does.
-func (s *cliSession) execAll(cmds []string) ([]answer, error) {
-	var text strings.Builder
-	for _, c := range cmds {
-		text.WriteString(s.prefix)
-		text.WriteString(c)
-		text.WriteByte('\n')
-	}
-	werr := make(chan error, 1)
-	go func() { werr <- s.write(text.String(), len(cmds)) }()
-	answers := make([]answer, 0, len(cmds))
-	for range cmds {
-		raw, err := s.readUntil(s.prompt, true)
-		if err != nil {
-			s.conn.Close() // unblocks the writer
-			<-werr
-			return nil, err
-		}
-		answers = append(answers, parseAnswer(raw))
-	}
-	if err := <-werr; err != nil {
-		return nil, err
-	}
-	return answers, nil
-}
-
-// parseAnswer strips the "+ " prompts that follow payload lines and the severity prefix.
-func parseAnswer(raw []byte) answer {
-	t := string(raw)
-	for strings.HasPrefix(t, "+ ") {
-		t = t[2:]
-	}
-	t = strings.TrimSpace(t)
-	if len(t) >= 5 && t[0] == '[' && t[2] == ']' && t[3] == ':' {
-		sev, err := strconv.Atoi(t[1:2])
-		t = strings.TrimSpace(t[4:])
-		if err == nil && sev <= 3 {
-			return answer{text: t, err: &cliError{t}}
-		}
-	}
-	return answer{text: t}
-}
-
-// withPayload is a command followed by a payload (HAProxy's `<<` syntax): the lines of text,
-// then an empty line.
-func withPayload(cmd, text string) string {
-	return cmd + " <<\n" + strings.TrimRight(text, "\n") + "\n" // execAll adds the empty line
-}
-
-// base64Lines is der in base64, in lines of 64 characters.
-func base64Lines(der []byte) string {
-	enc := base64.StdEncoding.EncodeToString(der)
-	var b strings.Builder
-	for len(enc) > 0 {
-		n := min(64, len(enc))
-		b.WriteString(enc[:n] + "\n")
-		enc = enc[n:]
-	}
-	return b.String()
-}
-
-// close ends the session: `quit`, a half-close (the master CLI waits for it), then close.
-func (s *cliSession) close() {
-	s.conn.SetDeadline(s.deadline(s.timeout))
-	s.conn.Write([]byte("quit\n"))
-	if cw, ok := s.conn.(interface{ CloseWrite() error }); ok {
-		cw.CloseWrite()
-	}
-	s.conn.Close()
-}
-
-// setOCSPCommand is the `set ssl ocsp-response` command for a staple, or an error when it
-// would come too near HAProxy's buffer limit.
-func setOCSPCommand(der []byte, prefix string) (string, error) {
-	cmd := "set ssl ocsp-response " + base64.StdEncoding.EncodeToString(der)
-	if len(prefix)+len(cmd)+1 > maxCommandLine {
-		return "", fmt.Errorf("staple of %d bytes is too large to send to HAProxy safely (a command line over %d bytes can hang its runtime API); HAProxy reads it from disk at its next reload", len(der), maxCommandLine)
-	}
-	return cmd, nil
-}
-
-// cliLevel is the socket's access level: "admin", "operator" or "user".
-func (s *cliSession) cliLevel() (string, error) {
-	if s.level == "" {
-		level, err := s.exec("show cli level")
-		if err != nil {
-			return "", err
-		}
-		s.level = level
-	}
-	return s.level, nil
-}
-
-// processMark identifies the HAProxy process behind a socket: its pid and start time. A new
-// mark means HAProxy restarted or reloaded and read its staples from disk again.
-func (s *cliSession) processMark() (string, error) {
-	info, err := s.exec("show info")
-	if err != nil {
-		return "", err
-	}
-	pid, start := fieldValue(info, "Pid"), fieldValue(info, "Start_time_sec")
-	if pid == "" || start == "" {
-		return "", fmt.Errorf("HAProxy at %s: no Pid and Start_time_sec in its answer to show info", s.addr.Raw)
-	}
-	return pid + "@" + start, nil
-}
-
-// fieldValue is the value of "Name: value" in HAProxy's text, "" when absent.
-func fieldValue(text, name string) string {
-	for _, line := range strings.Split(text, "\n") {
-		if v, ok := strings.CutPrefix(line, name+": "); ok {
-			return strings.TrimSpace(v)
-		}
-	}
-	return ""
-}
-
-// ocspKeys lists the CertID keys (hex) of HAProxy's OCSP slots.
-func (s *cliSession) ocspKeys() (map[string]bool, error) {
-	list, err := s.exec("show ssl ocsp-response")
-	if err != nil {
-		return nil, err
-	}
-	keys := map[string]bool{}
-	for _, line := range strings.Split(list, "\n") {
-		if k, ok := strings.CutPrefix(line, "Certificate ID key : "); ok {
-			keys[strings.ToLower(strings.TrimSpace(k))] = true
-		}
-	}
-	return keys, nil
-}
-
-// servedThisUpdate reads the thisUpdate from HAProxy's text form of the response in a slot
-// (`show ssl ocsp-response <key>`), zero when there is none.
-func servedThisUpdate(text string) time.Time {
-	for _, line := range strings.Split(text, "\n") {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "This Update: "); ok {
-			if t, err := time.Parse("Jan _2 15:04:05 2006 MST", strings.TrimSpace(v)); err == nil {
-				return t
-			}
-		}
-	}
-	return time.Time{}
-}
-
-// loadedName is the name under which HAProxy holds the certificate file path, from one
-// `show ssl cert` listing per session; "" when HAProxy has not loaded it. HAProxy keeps paths
-// as its configuration spells them ("/etc/haproxy//certs/a.pem" with a crt-base ending in
-// "/"), so they are compared cleaned.
-func (s *cliSession) loadedName(path string) (string, error) {
-	if s.loaded == nil {
-		list, err := s.exec("show ssl cert")
-		if err != nil {
-			var cerr *cliError
-			if errors.As(err, &cerr) {
-				err = fmt.Errorf("%w: %w", errCannotList, err)
-			}
-			return "", err
-		}
-		s.loaded = map[string]string{}
-		for _, line := range strings.Split(list, "\n") {
-			if name := strings.TrimPrefix(strings.TrimSpace(line), "*"); name != "" && !strings.HasPrefix(name, "#") {
-				s.loaded[filepath.Clean(name)] = name
-			}
-		}
-	}
-	return s.loaded[filepath.Clean(path)], nil
-}
-
-// errCannotList: HAProxy did not say which certificates it loaded (a socket below level
-// admin, or certificate operations locked).
-var errCannotList = errors.New("cannot list HAProxy's certificates")
-
-// cliArg escapes a path for HAProxy's command line, which splits words on spaces and commands
-// on ";", and takes "\" as an escape.
-func cliArg(path string) string {
-	r := strings.NewReplacer(`\`, `\\`, " ", `\ `, "\t", "\\\t", ";", `\;`)
-	return r.Replace(path)
-}
-
-// sameSerial compares hex serials as HAProxy and stapler write them.
-func sameSerial(a, b string) bool {
-	return strings.TrimLeft(strings.ToLower(a), "0") == strings.TrimLeft(strings.ToLower(b), "0")
+	return nil
 }

@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"stapler/internal/haproxy"
 )
 
 // Integration tests against real HAProxy 2.6 processes on 127.0.0.1 (issue 3). Each one runs
@@ -32,59 +34,57 @@ import (
 // TestHAProxySockets: a forced refresh reaches a running HAProxy over a unix socket and over a
 // TCP stats socket (`stats socket ipv4@127.0.0.1:PORT`, given to stapler as 127.0.0.1:PORT).
 func TestHAProxySockets(t *testing.T) {
-	for _, kind := range []string{"unix", "tcp"} {
-		t.Run(kind, func(t *testing.T) {
-			f := newHAPFixture(t)
-			site, _ := f.addCert("site.stapler.test")
-			stats, sock := f.statsSocket(kind, "admin")
+	forEachHAProxy(t, func(t *testing.T, h hapBin) {
+		for _, kind := range []string{"unix", "tcp"} {
+			t.Run(kind, func(t *testing.T) {
+				f := newHAPFixture(t, h)
+				site, _ := f.addCert("site.stapler.test")
+				stats, sock := f.statsSocket(kind, "admin")
 
-			f.run(0, "--config", f.config("nosocket", nil, ""))
-			first := hapReadFile(t, site+".ocsp")
-			port := hapFreePort(t)
-			f.startHAProxy("haproxy", port, stats, sock)
-			f.wantServed(port, site, nil) // HAProxy read it from disk at start-up
+				f.run(0, "--config", f.config("nosocket", nil, ""))
+				first := hapReadFile(t, site+".ocsp")
+				port := hapFreePort(t)
+				f.startHAProxy("haproxy", port, stats, sock)
+				f.wantServed(port, site, nil) // HAProxy read it from disk at start-up
 
-			cfg := f.config("stapler", []string{sock}, "")
-			f.run(0, "--force", "--config", cfg)
-			if bytes.Equal(hapReadFile(t, site+".ocsp"), first) {
-				t.Fatal("site.pem.ocsp did not change in the forced run")
-			}
-			f.wantServed(port, site, first)
-			st := readState(t, f.state)
-			if p := st.Certificates[site].PendingPush; len(p) > 0 {
-				t.Errorf("pending_push = %q after a successful push", p)
-			}
-			if st.Sockets[sock] == "" {
-				t.Errorf("state records no process mark for %s: %q", sock, st.Sockets)
-			}
-		})
-	}
+				cfg := f.config("stapler", []string{sock}, "")
+				f.run(0, "--force", "--config", cfg)
+				if bytes.Equal(hapReadFile(t, site+".ocsp"), first) {
+					t.Fatal("site.pem.ocsp did not change in the forced run")
+				}
+				f.wantServed(port, site, first)
+				st := readState(t, f.state)
+				if p := st.Certificates[site].PendingPush; len(p) > 0 {
+					t.Errorf("pending_push = %q after a successful push", p)
+				}
+			})
+		}
+	})
 }
 
 // TestHAProxyTwoInstances: with two sockets configured, one run pushes to both HAProxy
 // processes, and each serves the new staple.
 func TestHAProxyTwoInstances(t *testing.T) {
-	f := newHAPFixture(t)
-	site, _ := f.addCert("site.stapler.test")
-	other, _ := f.addCert("other.stapler.test")
-	f.run(0, "--config", f.config("nosocket", nil, ""))
-	first := map[string][]byte{site: hapReadFile(t, site+".ocsp"), other: hapReadFile(t, other+".ocsp")}
+	forEachHAProxy(t, func(t *testing.T, h hapBin) {
+		f := newHAPFixture(t, h)
+		site, _ := f.addCert("site.stapler.test")
+		other, _ := f.addCert("other.stapler.test")
+		f.run(0, "--config", f.config("nosocket", nil, ""))
+		first := map[string][]byte{site: hapReadFile(t, site+".ocsp"), other: hapReadFile(t, other+".ocsp")}
 
-	statsA, sockA := f.statsSocket("unix", "a")
-	statsB, sockB := f.statsSocket("tcp", "b")
-	portA, portB := hapFreePort(t), hapFreePort(t)
-	f.startHAProxy("haproxy-a", portA, statsA, sockA)
-	f.startHAProxy("haproxy-b", portB, statsB, sockB)
+		statsA, sockA := f.statsSocket("unix", "a")
+		statsB, sockB := f.statsSocket("tcp", "b")
+		portA, portB := hapFreePort(t), hapFreePort(t)
+		f.startHAProxy("haproxy-a", portA, statsA, sockA)
+		f.startHAProxy("haproxy-b", portB, statsB, sockB)
 
-	f.run(0, "--force", "--config", f.config("stapler", []string{sockA, sockB}, ""))
-	for _, port := range []int{portA, portB} {
-		for _, path := range []string{site, other} {
-			f.wantServed(port, path, first[path])
+		f.run(0, "--force", "--config", f.config("stapler", []string{sockA, sockB}, ""))
+		for _, port := range []int{portA, portB} {
+			for _, path := range []string{site, other} {
+				f.wantServed(port, path, first[path])
+			}
 		}
-	}
-	if st := readState(t, f.state); st.Sockets[sockA] == "" || st.Sockets[sockB] == "" || st.Sockets[sockA] == st.Sockets[sockB] {
-		t.Errorf("process marks %q: want two different ones", st.Sockets)
-	}
+	})
 }
 
 // TestHAProxyMasterWorker: a master-worker HAProxy (`haproxy -W -S master.sock`) is reached
@@ -93,74 +93,71 @@ func TestHAProxyTwoInstances(t *testing.T) {
 // reloads) waits for a reload, the second runs reload_command once, and the reloaded HAProxy
 // serves the new certificate with its staple.
 func TestHAProxyMasterWorker(t *testing.T) {
-	f := newHAPFixture(t)
-	site, oldLeaf := f.addCert("site.stapler.test")
-	f.run(0, "--config", f.config("nosocket", nil, ""))
-	first := hapReadFile(t, site+".ocsp")
+	forEachHAProxy(t, func(t *testing.T, h hapBin) {
+		f := newHAPFixture(t, h)
+		site, oldLeaf := f.addCert("site.stapler.test")
+		f.run(0, "--config", f.config("nosocket", nil, ""))
+		first := hapReadFile(t, site+".ocsp")
 
-	master := filepath.Join(f.sockDir, "master.sock")
-	sock := "master:" + master
-	port := hapFreePort(t)
-	cfg := f.haproxyConfig("haproxy", port, "") // no stats socket: the master CLI is the way in
-	proc := hapLaunch(t, f.haproxy, sock, filepath.Join(f.dir, "haproxy.log"), "-W", "-db", "-S", master, "-f", cfg)
-	f.wantServed(port, site, nil)
+		master := filepath.Join(f.sockDir, "master.sock")
+		sock := "master:" + master
+		port := hapFreePort(t)
+		cfg := f.haproxyConfig("haproxy", port, "") // no stats socket: the master CLI is the way in
+		proc := hapLaunch(t, f.haproxy, sock, filepath.Join(f.dir, "haproxy.log"), "-W", "-db", "-S", master, "-f", cfg)
+		f.wantServed(port, site, nil)
 
-	marker := filepath.Join(f.dir, "reloads")
-	reload := fmt.Sprintf("reload_command = %q\n", fmt.Sprintf("echo reload >> %s && kill -USR2 %d", marker, proc.cmd.Process.Pid))
-	stapler := f.config("stapler", []string{sock}, reload)
-	f.run(0, "--force", "--config", stapler)
-	f.wantServed(port, site, first)
-	if _, err := os.Stat(marker); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("reload_command ran although HAProxy took the staple (stat: %v)", err)
-	}
+		marker := filepath.Join(f.dir, "reloads")
+		reload := fmt.Sprintf("reload_command = %q\n", fmt.Sprintf("echo reload >> %s && kill -USR2 %d", marker, proc.cmd.Process.Pid))
+		stapler := f.config("stapler", []string{sock}, reload)
+		f.run(0, "--force", "--config", stapler)
+		f.wantServed(port, site, first)
+		if _, err := os.Stat(marker); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("reload_command ran although HAProxy took the staple (stat: %v)", err)
+		}
 
-	// A renewed certificate in the same file. HAProxy keeps serving the old one until it
-	// reloads.
-	newLeaf := f.reissue(site)
-	stderr := f.run(0, "--config", stapler)
-	if !strings.Contains(stderr, "HAProxy will load this staple when it reloads") {
-		t.Errorf("the run after the renewal does not say that HAProxy needs a reload:\n%s", stderr)
-	}
-	if _, err := os.Stat(marker); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("reload_command ran in the run that found the new certificate (stat: %v)", err)
-	}
-	if leaf, _ := hapHandshake(t, port, "site.stapler.test", f.ca.Cert); leaf.SerialNumber.Cmp(oldLeaf.SerialNumber) != 0 {
-		t.Fatalf("HAProxy presents serial %x before any reload, want the old %x", leaf.SerialNumber, oldLeaf.SerialNumber)
-	}
+		// A renewed certificate in the same file. HAProxy keeps serving the old one until it
+		// reloads.
+		newLeaf := f.reissue(site)
+		stderr := f.run(0, "--config", stapler)
+		if !strings.Contains(stderr, "HAProxy will load this staple when it reloads") {
+			t.Errorf("the run after the renewal does not say that HAProxy needs a reload:\n%s", stderr)
+		}
+		if _, err := os.Stat(marker); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("reload_command ran in the run that found the new certificate (stat: %v)", err)
+		}
+		if leaf, _ := hapHandshake(t, port, "site.stapler.test", f.ca.Cert); leaf.SerialNumber.Cmp(oldLeaf.SerialNumber) != 0 {
+			t.Fatalf("HAProxy presents serial %x before any reload, want the old %x", leaf.SerialNumber, oldLeaf.SerialNumber)
+		}
 
-	// Nothing changed since, and HAProxy still runs the old certificate: now it is a problem,
-	// and reload_command runs, once.
-	stderr = f.run(0, "--config", stapler)
-	if got := string(hapReadFileIfAny(marker)); got != "reload\n" {
-		t.Fatalf("reload_command ran %d times, want once\n%s", strings.Count(got, "reload"), stderr)
-	}
-	hapWaitFor(t, "the reloaded HAProxy to present the new certificate", 10*time.Second, func() error {
-		leaf, _, err := hapTryHandshake(port, "site.stapler.test", f.ca.Cert)
-		if err != nil {
+		// Nothing changed since, and HAProxy still runs the old certificate: now it is a problem,
+		// and reload_command runs, once.
+		stderr = f.run(0, "--config", stapler)
+		if got := string(hapReadFileIfAny(marker)); got != "reload\n" {
+			t.Fatalf("reload_command ran %d times, want once\n%s", strings.Count(got, "reload"), stderr)
+		}
+		hapWaitFor(t, "the reloaded HAProxy to present the new certificate", 10*time.Second, func() error {
+			leaf, _, err := hapTryHandshake(port, "site.stapler.test", f.ca.Cert)
+			if err != nil {
+				return err
+			}
+			if leaf.SerialNumber.Cmp(newLeaf.SerialNumber) != 0 {
+				return fmt.Errorf("it presents serial %x", leaf.SerialNumber)
+			}
+			return nil
+		})
+		f.wantServed(port, site, nil)
+		// The master re-executes itself on a reload: wait until its CLI answers again.
+		hapWaitFor(t, "the master CLI after the reload", 10*time.Second, func() error {
+			_, err := hapTryCLI(sock, "show version")
 			return err
-		}
-		if leaf.SerialNumber.Cmp(newLeaf.SerialNumber) != 0 {
-			return fmt.Errorf("it presents serial %x", leaf.SerialNumber)
-		}
-		return nil
-	})
-	f.wantServed(port, site, nil)
-	// The master re-executes itself on a reload: wait until its CLI answers again.
-	hapWaitFor(t, "the master CLI after the reload", 10*time.Second, func() error {
-		s, err := openCLI(context.Background(), mustSocketAddr(t, sock), time.Second)
-		if err != nil {
-			return err
-		}
-		defer s.close()
-		_, err = s.exec("show version")
-		return err
-	})
+		})
 
-	// The reloaded HAProxy serves what is on disk: no further reload.
-	f.run(0, "--config", stapler)
-	if got := string(hapReadFileIfAny(marker)); got != "reload\n" {
-		t.Errorf("reload_command ran again: %q", got)
-	}
+		// The reloaded HAProxy serves what is on disk: no further reload.
+		f.run(0, "--config", stapler)
+		if got := string(hapReadFileIfAny(marker)); got != "reload\n" {
+			t.Errorf("reload_command ran again: %q", got)
+		}
+	})
 }
 
 // TestHAProxyCreatesSlot: HAProxy loaded a certificate without a .ocsp file, so it has no OCSP
@@ -169,115 +166,105 @@ func TestHAProxyMasterWorker(t *testing.T) {
 // no issuer for the certificate either (it found no <cert>.issuer at start-up): the slot needs
 // the issuer that stapler writes to <cert>.issuer in the same transaction.
 func TestHAProxyCreatesSlot(t *testing.T) {
-	for _, tt := range []struct {
-		name         string
-		issuerInFile bool
-	}{{"issuer in bundle", false}, {"issuer file", true}} {
-		t.Run(tt.name, func(t *testing.T) {
-			f := newHAPFixture(t)
-			extra := ""
-			var site string
-			if tt.issuerInFile {
-				site = f.addLeafOnly("site.stapler.test")
-				issuers := filepath.Join(f.dir, "issuers")
-				if err := os.Mkdir(issuers, 0o755); err != nil {
-					t.Fatal(err)
+	forEachHAProxy(t, func(t *testing.T, h hapBin) {
+		for _, tt := range []struct {
+			name         string
+			issuerInFile bool
+		}{{"issuer in bundle", false}, {"issuer file", true}} {
+			t.Run(tt.name, func(t *testing.T) {
+				f := newHAPFixture(t, h)
+				extra := ""
+				var site string
+				if tt.issuerInFile {
+					site = f.addLeafOnly("site.stapler.test")
+					issuers := filepath.Join(f.dir, "issuers")
+					if err := os.Mkdir(issuers, 0o755); err != nil {
+						t.Fatal(err)
+					}
+					hapWriteFile(t, filepath.Join(issuers, "ca.pem"), certPEM(f.ca.Cert))
+					extra = fmt.Sprintf("issuer_dirs = [%q]\n", issuers)
+				} else {
+					site, _ = f.addCert("site.stapler.test")
 				}
-				hapWriteFile(t, filepath.Join(issuers, "ca.pem"), certPEM(f.ca.Cert))
-				extra = fmt.Sprintf("issuer_dirs = [%q]\n", issuers)
-			} else {
-				site, _ = f.addCert("site.stapler.test")
-			}
-			stats, sock := f.statsSocket("unix", "admin")
-			port := hapFreePort(t)
-			f.startHAProxy("haproxy", port, stats, sock)
-			if _, staple := hapHandshake(t, port, "site.stapler.test", f.ca.Cert); staple != nil {
-				t.Fatalf("HAProxy staples %d bytes without a .ocsp file", len(staple))
-			}
+				stats, sock := f.statsSocket("unix", "admin")
+				port := hapFreePort(t)
+				f.startHAProxy("haproxy", port, stats, sock)
+				if _, staple := hapHandshake(t, port, "site.stapler.test", f.ca.Cert); staple != nil {
+					t.Fatalf("HAProxy staples %d bytes without a .ocsp file", len(staple))
+				}
 
-			cfg := f.config("stapler", []string{sock}, extra)
-			stderr := f.run(0, "--config", cfg)
-			if !strings.Contains(stderr, `msg="created OCSP slot without a reload" cert=`+site) {
-				t.Errorf("no slot creation in the log:\n%s", stderr)
-			}
-			if strings.Contains(stderr, "reload") && !strings.Contains(stderr, "without a reload") {
-				t.Errorf("the run speaks of a reload:\n%s", stderr)
-			}
-			if _, err := os.Stat(site + ".issuer"); tt.issuerInFile != (err == nil) {
-				t.Errorf("site.pem.issuer: stat says %v", err)
-			}
-			f.wantServed(port, site, nil)
+				cfg := f.config("stapler", []string{sock}, extra)
+				stderr := f.run(0, "--config", cfg)
+				if !strings.Contains(stderr, `msg="created OCSP slot without a reload" cert=`+site) {
+					t.Errorf("no slot creation in the log:\n%s", stderr)
+				}
+				if strings.Contains(stderr, "reload") && !strings.Contains(stderr, "without a reload") {
+					t.Errorf("the run speaks of a reload:\n%s", stderr)
+				}
+				if _, err := os.Stat(site + ".issuer"); tt.issuerInFile != (err == nil) {
+					t.Errorf("site.pem.issuer: stat says %v", err)
+				}
+				f.wantServed(port, site, nil)
 
-			// The next run finds the slot and the staple in place, and does nothing.
-			stderr = f.run(0, "--config", cfg)
-			if strings.Contains(stderr, "created OCSP slot") || strings.Contains(stderr, "older staple") {
-				t.Errorf("the run after the slot was created did more than check:\n%s", stderr)
-			}
-			f.wantServed(port, site, nil)
-		})
-	}
+				// The next run finds the slot and the staple in place, and does nothing.
+				stderr = f.run(0, "--config", cfg)
+				if strings.Contains(stderr, "created OCSP slot") || strings.Contains(stderr, "older staple") {
+					t.Errorf("the run after the slot was created did more than check:\n%s", stderr)
+				}
+				f.wantServed(port, site, nil)
+			})
+		}
+	})
 }
 
 // TestHAProxyDriftRepair: a run with nothing due still makes HAProxy serve the staple on disk
 // when it does not: (1) HAProxy started with an older .ocsp than stapler wrote later, when no
 // socket was configured; (2) a hot `set ssl cert` with the same PEM dropped HAProxy's OCSP slot.
 func TestHAProxyDriftRepair(t *testing.T) {
-	f := newHAPFixture(t)
-	site, _ := f.addCert("site.stapler.test")
-	nosocket := f.config("nosocket", nil, "")
-	f.resp.setMode("older") // thisUpdate two hours ago
-	f.run(0, "--config", nosocket)
-	old := hapReadFile(t, site+".ocsp")
+	forEachHAProxy(t, func(t *testing.T, h hapBin) {
+		f := newHAPFixture(t, h)
+		site, _ := f.addCert("site.stapler.test")
+		nosocket := f.config("nosocket", nil, "")
+		f.resp.setMode("older") // thisUpdate two hours ago
+		f.run(0, "--config", nosocket)
+		old := hapReadFile(t, site+".ocsp")
 
-	stats, sock := f.statsSocket("unix", "admin")
-	port := hapFreePort(t)
-	f.startHAProxy("haproxy", port, stats, sock)
-	f.wantServed(port, site, nil)
+		stats, sock := f.statsSocket("unix", "admin")
+		port := hapFreePort(t)
+		f.startHAProxy("haproxy", port, stats, sock)
+		f.wantServed(port, site, nil)
 
-	// (1) A newer staple, written with no socket to push it to.
-	f.resp.setMode("good") // thisUpdate one hour ago
-	f.run(0, "--force", "--config", nosocket)
-	if _, got := hapHandshake(t, port, "site.stapler.test", f.ca.Cert); !bytes.Equal(got, old) {
-		t.Fatal("HAProxy does not serve the staple it read at start-up")
-	}
-	cfg := f.config("stapler", []string{sock}, "")
-	f.resp.requests.Store(0)
-	stderr := f.run(0, "--config", cfg)
-	if n := f.resp.requests.Load(); n != 0 {
-		t.Errorf("the repair run asked the responder %d times; nothing was due", n)
-	}
-	if !strings.Contains(stderr, `msg="HAProxy serves an older staple than the one on disk" cert=`+site) {
-		t.Errorf("the repair run does not report the older staple:\n%s", stderr)
-	}
-	f.wantServed(port, site, old)
+		// (1) A newer staple, written with no socket to push it to.
+		f.resp.setMode("good") // thisUpdate one hour ago
+		f.run(0, "--force", "--config", nosocket)
+		if _, got := hapHandshake(t, port, "site.stapler.test", f.ca.Cert); !bytes.Equal(got, old) {
+			t.Fatal("HAProxy does not serve the staple it read at start-up")
+		}
+		cfg := f.config("stapler", []string{sock}, "")
+		f.resp.requests.Store(0)
+		stderr := f.run(0, "--config", cfg)
+		if n := f.resp.requests.Load(); n != 0 {
+			t.Errorf("the repair run asked the responder %d times; nothing was due", n)
+		}
+		if !strings.Contains(stderr, `msg="HAProxy did not serve the staple on disk; sent it" cert=`+site) {
+			t.Errorf("the repair run does not report the older staple:\n%s", stderr)
+		}
+		f.wantServed(port, site, old)
 
-	// (2) A hot certificate update with the very same PEM drops the staple.
-	admin, err := openCLI(context.Background(), mustSocketAddr(t, sock), 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	answers, err := admin.execAll([]string{
-		"set ssl cert " + site + " <<\n" + strings.TrimSuffix(string(hapReadFile(t, site)), "\n") + "\n",
-		"commit ssl cert " + site,
+		// (2) A hot certificate update with the very same PEM drops the staple.
+		hapHotUpdate(t, sock, site)
+		if _, got := hapHandshake(t, port, "site.stapler.test", f.ca.Cert); got != nil {
+			t.Fatalf("HAProxy still staples %d bytes after a hot set ssl cert; the facts say it drops them", len(got))
+		}
+		stderr = f.run(0, "--config", cfg)
+		if n := f.resp.requests.Load(); n != 0 {
+			t.Errorf("the repair runs asked the responder %d times; nothing was due", n)
+		}
+		if !strings.Contains(stderr, `msg="created OCSP slot without a reload" cert=`+site) {
+			t.Errorf("the run after the hot update does not recreate the slot:\n%s", stderr)
+		}
+		f.wantServed(port, site, nil)
 	})
-	admin.close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(answers[0].text, "Transaction created") || !strings.Contains(answers[1].text, "Success!") {
-		t.Fatalf("hot set ssl cert: HAProxy answered %q, then %q", answers[0].text, answers[1].text)
-	}
-	if _, got := hapHandshake(t, port, "site.stapler.test", f.ca.Cert); got != nil {
-		t.Fatalf("HAProxy still staples %d bytes after a hot set ssl cert; the facts say it drops them", len(got))
-	}
-	stderr = f.run(0, "--config", cfg)
-	if n := f.resp.requests.Load(); n != 0 {
-		t.Errorf("the repair runs asked the responder %d times; nothing was due", n)
-	}
-	if !strings.Contains(stderr, `msg="created OCSP slot without a reload" cert=`+site) {
-		t.Errorf("the run after the hot update does not recreate the slot:\n%s", stderr)
-	}
-	f.wantServed(port, site, nil)
 }
 
 // TestHAProxyPendingPush: HAProxy is down during a forced run, which writes the staple to disk,
@@ -285,119 +272,123 @@ func TestHAProxyDriftRepair(t *testing.T) {
 // (the one it finds on disk at start-up, swapped in for the occasion); the next run, with
 // nothing due, delivers the pending push and clears pending_push.
 func TestHAProxyPendingPush(t *testing.T) {
-	f := newHAPFixture(t)
-	site, _ := f.addCert("site.stapler.test")
-	f.run(0, "--config", f.config("nosocket", nil, ""))
-	first := hapReadFile(t, site+".ocsp")
+	forEachHAProxy(t, func(t *testing.T, h hapBin) {
+		f := newHAPFixture(t, h)
+		site, _ := f.addCert("site.stapler.test")
+		f.run(0, "--config", f.config("nosocket", nil, ""))
+		first := hapReadFile(t, site+".ocsp")
 
-	stats, sock := f.statsSocket("unix", "admin")
-	port := hapFreePort(t)
-	cfgFile := f.haproxyConfig("haproxy", port, stats)
-	logFile := filepath.Join(f.dir, "haproxy.log")
-	proc := hapLaunch(t, f.haproxy, sock, logFile, "-db", "-f", cfgFile)
-	f.wantServed(port, site, nil)
-	proc.stop()
+		stats, sock := f.statsSocket("unix", "admin")
+		port := hapFreePort(t)
+		cfgFile := f.haproxyConfig("haproxy", port, stats)
+		logFile := filepath.Join(f.dir, "haproxy.log")
+		proc := hapLaunch(t, f.haproxy, sock, logFile, "-db", "-f", cfgFile)
+		f.wantServed(port, site, nil)
+		proc.stop()
 
-	cfg := f.config("stapler", []string{sock}, "")
-	stderr := f.run(1, "--force", "--config", cfg)
-	if !strings.Contains(stderr, "HAProxy unreachable; staples left for the next run") {
-		t.Errorf("the run with HAProxy down does not say so:\n%s", stderr)
-	}
-	second := hapReadFile(t, site+".ocsp")
-	if bytes.Equal(second, first) {
-		t.Fatal("site.pem.ocsp did not change in the forced run")
-	}
-	if p := readState(t, f.state).Certificates[site].PendingPush; !slices.Equal(p, []string{sock}) {
-		t.Fatalf("pending_push = %q, want [%q]", p, sock)
-	}
+		cfg := f.config("stapler", []string{sock}, "")
+		stderr := f.run(1, "--force", "--config", cfg)
+		if !strings.Contains(stderr, "HAProxy unreachable; checked again at the next run") {
+			t.Errorf("the run with HAProxy down does not say so:\n%s", stderr)
+		}
+		second := hapReadFile(t, site+".ocsp")
+		if bytes.Equal(second, first) {
+			t.Fatal("site.pem.ocsp did not change in the forced run")
+		}
+		if p := readState(t, f.state).Certificates[site].PendingPush; !slices.Equal(p, []string{sock}) {
+			t.Fatalf("pending_push = %q, want [%q]", p, sock)
+		}
 
-	// HAProxy reads <cert>.ocsp at start-up: start it with the first staple on disk, then put
-	// the second back, as stapler left it.
-	hapWriteFile(t, site+".ocsp", first)
-	hapLaunch(t, f.haproxy, sock, logFile, "-db", "-f", cfgFile)
-	hapWriteFile(t, site+".ocsp", second)
-	if _, got := hapHandshake(t, port, "site.stapler.test", f.ca.Cert); !bytes.Equal(got, first) {
-		t.Fatal("the restarted HAProxy does not serve the first staple")
-	}
+		// HAProxy reads <cert>.ocsp at start-up: start it with the first staple on disk, then put
+		// the second back, as stapler left it.
+		hapWriteFile(t, site+".ocsp", first)
+		hapLaunch(t, f.haproxy, sock, logFile, "-db", "-f", cfgFile)
+		hapWriteFile(t, site+".ocsp", second)
+		if _, got := hapHandshake(t, port, "site.stapler.test", f.ca.Cert); !bytes.Equal(got, first) {
+			t.Fatal("the restarted HAProxy does not serve the first staple")
+		}
 
-	f.resp.requests.Store(0)
-	stderr = f.run(0, "--config", cfg)
-	if n := f.resp.requests.Load(); n != 0 {
-		t.Errorf("the run after the failed push asked the responder %d times; nothing was due", n)
-	}
-	if strings.Contains(stderr, "older staple") {
-		t.Errorf("the staple went as drift repair, not as the pending push:\n%s", stderr)
-	}
-	f.wantServed(port, site, first)
-	if p := readState(t, f.state).Certificates[site].PendingPush; len(p) > 0 {
-		t.Errorf("pending_push = %q after the push was delivered", p)
-	}
+		f.resp.requests.Store(0)
+		stderr = f.run(0, "--config", cfg)
+		if n := f.resp.requests.Load(); n != 0 {
+			t.Errorf("the run after the failed push asked the responder %d times; nothing was due", n)
+		}
+		if strings.Contains(stderr, "older staple") {
+			t.Errorf("the staple went as drift repair, not as the pending push:\n%s", stderr)
+		}
+		f.wantServed(port, site, first)
+		if p := readState(t, f.state).Certificates[site].PendingPush; len(p) > 0 {
+			t.Errorf("pending_push = %q after the push was delivered", p)
+		}
+	})
 }
 
 // TestHAProxyBatch: a thousand staples in one run go to HAProxy over one connection, counted by
 // a TCP proxy in front of HAProxy's TCP stats socket.
 func TestHAProxyBatch(t *testing.T) {
-	const n = 1000
-	f := newHAPFixture(t)
-	start := time.Now()
-	paths := make([]string, n)
-	var wg sync.WaitGroup
-	for w := range 4 {
-		wg.Go(func() {
-			for i := w; i < n; i += 4 {
-				paths[i], _ = f.addCert(fmt.Sprintf("site%04d.stapler.test", i))
+	forEachHAProxy(t, func(t *testing.T, h hapBin) {
+		const n = 1000
+		f := newHAPFixture(t, h)
+		start := time.Now()
+		paths := make([]string, n)
+		var wg sync.WaitGroup
+		for w := range 4 {
+			wg.Go(func() {
+				for i := w; i < n; i += 4 {
+					paths[i], _ = f.addCert(fmt.Sprintf("site%04d.stapler.test", i))
+				}
+			})
+		}
+		wg.Wait()
+		t.Logf("minted %d ECDSA P-256 certificates in %v", n, time.Since(start).Round(time.Millisecond))
+
+		start = time.Now()
+		f.run(0, "--jobs", "16", "--config", f.config("nosocket", nil, ""))
+		t.Logf("first run (fetch and write %d staples, no socket): %v", n, time.Since(start).Round(time.Millisecond))
+		first := map[string][]byte{}
+		spot := []int{0, 1, 499, 998, n - 1}
+		for _, i := range spot {
+			first[paths[i]] = hapReadFile(t, paths[i]+".ocsp")
+		}
+
+		stats, direct := f.statsSocket("tcp", "admin")
+		port := hapFreePort(t)
+		start = time.Now()
+		f.startHAProxy("haproxy", port, stats, direct)
+		t.Logf("HAProxy loaded %d certificates and staples in %v", n, time.Since(start).Round(time.Millisecond))
+		proxy := hapCountingProxy(t, direct)
+
+		f.resp.requests.Store(0)
+		start = time.Now()
+		stderr := f.run(0, "--force", "--jobs", "16", "--config", f.config("stapler", []string{proxy.addr}, ""))
+		took := time.Since(start)
+		if got := proxy.conns.Load(); got != 1 {
+			t.Errorf("%d connections to HAProxy's stats socket for %d staples, want 1", got, n)
+		}
+		if got := f.resp.requests.Load(); got != n {
+			t.Errorf("%d OCSP requests, want %d", got, n)
+		}
+		if !strings.Contains(stderr, fmt.Sprintf("refreshed=%d", n)) {
+			t.Errorf("the run did not refresh every staple:\n%s", stderr)
+		}
+		hapWaitFor(t, "the proxied connection to close", 5*time.Second, func() error {
+			if proxy.busy.Load() == 0 {
+				return errors.New("still open")
 			}
+			return nil
 		})
-	}
-	wg.Wait()
-	t.Logf("minted %d ECDSA P-256 certificates in %v", n, time.Since(start).Round(time.Millisecond))
-
-	start = time.Now()
-	f.run(0, "--jobs", "16", "--config", f.config("nosocket", nil, ""))
-	t.Logf("first run (fetch and write %d staples, no socket): %v", n, time.Since(start).Round(time.Millisecond))
-	first := map[string][]byte{}
-	spot := []int{0, 1, 499, 998, n - 1}
-	for _, i := range spot {
-		first[paths[i]] = hapReadFile(t, paths[i]+".ocsp")
-	}
-
-	stats, direct := f.statsSocket("tcp", "admin")
-	port := hapFreePort(t)
-	start = time.Now()
-	f.startHAProxy("haproxy", port, stats, direct)
-	t.Logf("HAProxy loaded %d certificates and staples in %v", n, time.Since(start).Round(time.Millisecond))
-	proxy := hapCountingProxy(t, direct)
-
-	f.resp.requests.Store(0)
-	start = time.Now()
-	stderr := f.run(0, "--force", "--jobs", "16", "--config", f.config("stapler", []string{proxy.addr}, ""))
-	took := time.Since(start)
-	if got := proxy.conns.Load(); got != 1 {
-		t.Errorf("%d connections to HAProxy's stats socket for %d staples, want 1", got, n)
-	}
-	if got := f.resp.requests.Load(); got != n {
-		t.Errorf("%d OCSP requests, want %d", got, n)
-	}
-	if !strings.Contains(stderr, fmt.Sprintf("refreshed=%d", n)) {
-		t.Errorf("the run did not refresh every staple:\n%s", stderr)
-	}
-	hapWaitFor(t, "the proxied connection to close", 5*time.Second, func() error {
-		if proxy.busy.Load() == 0 {
-			return errors.New("still open")
+		t.Logf("forced run: fetched, wrote and pushed %d staples in %v (%s); the connection to HAProxy lasted %v",
+			n, took.Round(time.Millisecond), hapTook(stderr), time.Duration(proxy.busy.Load()).Round(time.Millisecond))
+		for _, i := range spot {
+			f.wantServed(port, paths[i], first[paths[i]])
 		}
-		return nil
+		st := readState(t, f.state)
+		for _, p := range paths {
+			if pp := st.Certificates[p].PendingPush; len(pp) > 0 {
+				t.Fatalf("%s: pending_push = %q", p, pp)
+			}
+		}
 	})
-	t.Logf("forced run: fetched, wrote and pushed %d staples in %v (%s); the connection to HAProxy lasted %v",
-		n, took.Round(time.Millisecond), hapTook(stderr), time.Duration(proxy.busy.Load()).Round(time.Millisecond))
-	for _, i := range spot {
-		f.wantServed(port, paths[i], first[paths[i]])
-	}
-	st := readState(t, f.state)
-	for _, p := range paths {
-		if pp := st.Certificates[p].PendingPush; len(pp) > 0 {
-			t.Fatalf("%s: pending_push = %q", p, pp)
-		}
-	}
 }
 
 // hapFixture is one test's world: a CA with its in-process OCSP responder, a certificate
@@ -405,7 +396,8 @@ func TestHAProxyBatch(t *testing.T) {
 // directory for unix sockets.
 type hapFixture struct {
 	t       *testing.T
-	haproxy string
+	haproxy string // the binary
+	branch  string // its branch, "2.6"
 	ca      *testCA
 	resp    *fakeResponder
 	dir     string // configs, state, logs
@@ -414,9 +406,9 @@ type hapFixture struct {
 	state   string
 }
 
-func newHAPFixture(t *testing.T) *hapFixture {
+func newHAPFixture(t *testing.T, h hapBin) *hapFixture {
 	t.Helper()
-	f := &hapFixture{t: t, haproxy: hapLookTool(t, "haproxy", "/usr/sbin/haproxy", "/usr/local/sbin/haproxy"), dir: t.TempDir()}
+	f := &hapFixture{t: t, haproxy: h.Path, branch: h.Branch, dir: t.TempDir()}
 	f.ca = newTestCA("Stapler HAProxy Test CA", time.Now())
 	f.resp = startResponder(f.ca)
 	t.Cleanup(f.resp.Close)
@@ -550,15 +542,14 @@ type hapProc struct {
 // hapLaunch runs haproxy with args until the test ends or stop is called, and returns once its
 // runtime API answers `show version` at ready (a socket as stapler names it). Its output is
 // appended to logFile, which the test prints if it fails.
-func hapLaunch(t testing.TB, haproxy, ready, logFile string, args ...string) *hapProc {
+func hapLaunch(t testing.TB, bin, ready, logFile string, args ...string) *hapProc {
 	t.Helper()
-	addr := mustSocketAddr(t, ready)
 	logw, err := os.OpenFile(logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer logw.Close() // the child has its own copy
-	p := &hapProc{t: t, cmd: exec.Command(haproxy, args...), exited: make(chan struct{}), log: logFile}
+	p := &hapProc{t: t, cmd: exec.Command(bin, args...), exited: make(chan struct{}), log: logFile}
 	p.cmd.Stdout, p.cmd.Stderr = logw, logw
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := p.cmd.Start(); err != nil {
@@ -579,14 +570,9 @@ func hapLaunch(t testing.TB, haproxy, ready, logFile string, args ...string) *ha
 			t.Fatalf("haproxy exited at start-up (%v):\n%s", p.cmd.ProcessState, log)
 		default:
 		}
-		s, err := openCLI(context.Background(), addr, time.Second)
-		if err != nil {
-			return err
-		}
-		defer s.close()
-		reply, err := s.exec("show version")
-		if err == nil && !strings.HasPrefix(reply, "2.") {
-			err = fmt.Errorf("unexpected answer to show version: %q", reply)
+		answers, err := hapTryCLI(ready, "show version")
+		if err == nil && haproxy.ParseVersion(answers[0].Text).Major == 0 {
+			err = fmt.Errorf("unexpected answer to show version: %q", answers[0].Text)
 		}
 		return err
 	})
@@ -690,13 +676,43 @@ func hapCountingProxy(t testing.TB, target string) *hapConnProxy {
 	return p
 }
 
-func mustSocketAddr(t testing.TB, s string) socketAddr {
+// hapTryCLI sends commands to the runtime API at sock (as stapler names sockets) over one
+// connection, as an operator would with socat.
+func hapTryCLI(sock string, cmds ...string) ([]haproxy.Answer, error) {
+	addr, err := haproxy.ParseAddr(sock)
+	if err != nil {
+		return nil, err
+	}
+	c, err := haproxy.Dial(context.Background(), addr, 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	prefix := ""
+	if addr.Master {
+		prefix = "@1 "
+	}
+	return c.ExecAll(prefix, cmds)
+}
+
+// hapCLI is hapTryCLI that fails the test when the connection does.
+func hapCLI(t testing.TB, sock string, cmds ...string) []haproxy.Answer {
 	t.Helper()
-	a, err := parseSocketAddr(s)
+	answers, err := hapTryCLI(sock, cmds...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return a
+	return answers
+}
+
+// hapHotUpdate replaces the certificate in path at run time with the same PEM, as ACME
+// clients that use `set ssl cert` do: HAProxy drops the certificate's staple.
+func hapHotUpdate(t testing.TB, sock, path string) {
+	t.Helper()
+	answers := hapCLI(t, sock, haproxy.Payload("set ssl cert "+haproxy.Arg(path), string(hapReadFile(t, path))), "commit ssl cert "+haproxy.Arg(path))
+	if !strings.Contains(answers[0].Text, "Transaction created") || !strings.Contains(answers[1].Text, "Success!") {
+		t.Fatalf("hot set ssl cert: HAProxy answered %q, then %q", answers[0].Text, answers[1].Text)
+	}
 }
 
 func hapReadFileIfAny(path string) []byte {
@@ -720,77 +736,95 @@ func hapTook(stderr string) string {
 // that lead to one HAProxy, a socket below level admin, and a socket that is down when there
 // is nothing to push.
 func TestHAProxyAwkwardSetups(t *testing.T) {
-	t.Run("file name with a space and a semicolon", func(t *testing.T) {
-		f := newHAPFixture(t)
-		site := filepath.Join(f.certs, "my site;1.pem")
-		leaf, key := f.ca.issue(leafSpec{Name: "odd.stapler.test", OCSP: []string{f.resp.URL()}}, time.Now())
-		writeBundle(site, leaf, key, f.ca.Cert)
-		stats, sock := f.statsSocket("unix", "admin")
-		port := hapFreePort(t)
-		f.startHAProxy("haproxy", port, stats, sock)
-		stderr := f.run(0, "--config", f.config("stapler", []string{sock}, ""))
-		if !strings.Contains(stderr, "created OCSP slot without a reload") {
-			t.Errorf("no slot created:\n%s", stderr)
-		}
-		want := hapReadFile(t, site+".ocsp")
-		if _, got := hapHandshake(t, port, "odd.stapler.test", f.ca.Cert); !bytes.Equal(got, want) {
-			t.Errorf("HAProxy staples %d bytes, not the %d on disk", len(got), len(want))
-		}
-	})
+	forEachHAProxy(t, func(t *testing.T, h hapBin) {
+		t.Run("file name with a space and a semicolon", func(t *testing.T) {
+			f := newHAPFixture(t, h)
+			site := filepath.Join(f.certs, "my site;1.pem")
+			leaf, key := f.ca.issue(leafSpec{Name: "odd.stapler.test", OCSP: []string{f.resp.URL()}}, time.Now())
+			writeBundle(site, leaf, key, f.ca.Cert)
+			stats, sock := f.statsSocket("unix", "admin")
+			port := hapFreePort(t)
+			f.startHAProxy("haproxy", port, stats, sock)
+			stderr := f.run(0, "--config", f.config("stapler", []string{sock}, ""))
+			if !strings.Contains(stderr, "created OCSP slot without a reload") {
+				t.Errorf("no slot created:\n%s", stderr)
+			}
+			want := hapReadFile(t, site+".ocsp")
+			if _, got := hapHandshake(t, port, "odd.stapler.test", f.ca.Cert); !bytes.Equal(got, want) {
+				t.Errorf("HAProxy staples %d bytes, not the %d on disk", len(got), len(want))
+			}
+		})
 
-	t.Run("two sockets to one HAProxy", func(t *testing.T) {
-		f := newHAPFixture(t)
-		var sites []string
-		for _, name := range []string{"a", "b", "c", "d"} {
-			site, _ := f.addCert(name + ".stapler.test")
-			sites = append(sites, site)
-		}
-		unixStats, unixSock := f.statsSocket("unix", "admin")
-		tcpStats, tcpSock := f.statsSocket("tcp", "")
-		port := hapFreePort(t)
-		cfg := f.haproxyConfig("haproxy", port, unixStats, tcpStats)
-		hapLaunch(t, f.haproxy, unixSock, filepath.Join(f.dir, "haproxy.log"), "-db", "-f", cfg)
-		stderr := f.run(0, "--config", f.config("stapler", []string{unixSock, tcpSock}, ""))
-		if strings.Contains(stderr, "level=ERROR") || strings.Contains(stderr, "locked") {
-			t.Errorf("errors with two sockets to one HAProxy:\n%s", stderr)
-		}
-		for _, site := range sites {
-			f.wantServed(port, site, nil)
-		}
-	})
+		t.Run("two sockets to one HAProxy", func(t *testing.T) {
+			f := newHAPFixture(t, h)
+			var sites []string
+			for _, name := range []string{"a", "b", "c", "d"} {
+				site, _ := f.addCert(name + ".stapler.test")
+				sites = append(sites, site)
+			}
+			unixStats, unixSock := f.statsSocket("unix", "admin")
+			tcpStats, tcpSock := f.statsSocket("tcp", "")
+			port := hapFreePort(t)
+			cfg := f.haproxyConfig("haproxy", port, unixStats, tcpStats)
+			hapLaunch(t, f.haproxy, unixSock, filepath.Join(f.dir, "haproxy.log"), "-db", "-f", cfg)
+			stderr := f.run(0, "--config", f.config("stapler", []string{unixSock, tcpSock}, ""))
+			if strings.Contains(stderr, "level=ERROR") || strings.Contains(stderr, "locked") {
+				t.Errorf("errors with two sockets to one HAProxy:\n%s", stderr)
+			}
+			for _, site := range sites {
+				f.wantServed(port, site, nil)
+			}
+		})
 
-	t.Run("operator level", func(t *testing.T) {
-		f := newHAPFixture(t)
-		site, _ := f.addCert("site.stapler.test")
-		_, sock := f.statsSocket("unix", "operator")
-		port := hapFreePort(t)
-		cfg := filepath.Join(f.dir, "haproxy.cfg")
-		hapWriteFile(t, cfg, hapConfig(port, f.certs, sock+" level operator"))
-		hapLaunch(t, f.haproxy, sock, filepath.Join(f.dir, "haproxy.log"), "-db", "-f", cfg)
-		// HAProxy loaded the certificate without a .ocsp file, and the socket may not create
-		// the slot: only a reload helps, and the run says so and fails.
-		stderr := f.run(1, "--config", f.config("stapler", []string{sock}, ""))
-		if !strings.Contains(stderr, `level=ERROR msg="needs reload" cert=`+site) {
-			t.Errorf("no needs reload:\n%s", stderr)
-		}
-		if st := readState(t, f.state).Certificates[site]; len(st.PendingPush) != 1 {
-			t.Errorf("pending pushes %q, want the socket (for status and check)", st.PendingPush)
-		}
-		// With reload_command, the reload is run, and the run succeeds.
-		marker := filepath.Join(f.dir, "reloaded")
-		stderr = f.run(0, "--config", f.config("reload", []string{sock}, fmt.Sprintf("reload_command = %q\n", "touch "+marker)))
-		if _, err := os.Stat(marker); err != nil {
-			t.Errorf("reload_command did not run:\n%s", stderr)
-		}
-	})
+		t.Run("operator level", func(t *testing.T) {
+			f := newHAPFixture(t, h)
+			site, _ := f.addCert("site.stapler.test")
+			_, sock := f.statsSocket("unix", "operator")
+			port := hapFreePort(t)
+			cfg := filepath.Join(f.dir, "haproxy.cfg")
+			hapWriteFile(t, cfg, hapConfig(port, f.certs, sock+" level operator"))
+			hapLaunch(t, f.haproxy, sock, filepath.Join(f.dir, "haproxy.log"), "-db", "-f", cfg)
+			cfgFile := f.config("stapler", []string{sock}, "")
+			if h.Branch == "3.4" {
+				// HAProxy 3.4 refuses every OCSP command below level admin: one error that
+				// names the socket and the fix, and no reload can help.
+				stderr := f.run(1, "--config", cfgFile)
+				if n := strings.Count(stderr, "level=ERROR"); n != 1 || !strings.Contains(stderr, "stats socket ... level admin") || !strings.Contains(stderr, sock) {
+					t.Errorf("want one error naming the socket and the fix:\n%s", stderr)
+				}
+				return
+			}
+			// HAProxy loaded the certificate without a .ocsp file, and the socket may not create
+			// the slot: only a reload helps. On the run that finds the certificate that is
+			// expected (a deploy hook reloads next): a warning. Later it is an error.
+			stderr := f.run(0, "--config", cfgFile)
+			if !strings.Contains(stderr, `level=WARN msg="HAProxy will load this staple when it reloads" cert=`+site) {
+				t.Errorf("no warning about the reload:\n%s", stderr)
+			}
+			stderr = f.run(1, "--config", cfgFile)
+			if !strings.Contains(stderr, `level=ERROR msg="needs reload: HAProxy has no OCSP slot for these certificates, and creating one without a reload needs a socket with level admin`) ||
+				strings.Count(stderr, "level=ERROR") != 1 {
+				t.Errorf("want one needs reload error:\n%s", stderr)
+			}
+			if st := readState(t, f.state).Certificates[site]; len(st.PendingPush) != 1 {
+				t.Errorf("pending pushes %q, want the socket (for status and check)", st.PendingPush)
+			}
+			// With reload_command, the reload is run, and the run succeeds.
+			marker := filepath.Join(f.dir, "reloaded")
+			stderr = f.run(0, "--config", f.config("reload", []string{sock}, fmt.Sprintf("reload_command = %q\n", "touch "+marker)))
+			if _, err := os.Stat(marker); err != nil {
+				t.Errorf("reload_command did not run:\n%s", stderr)
+			}
+		})
 
-	t.Run("socket down with nothing to push", func(t *testing.T) {
-		f := newHAPFixture(t)
-		f.addCert("site.stapler.test")
-		f.run(0, "--config", f.config("first", nil, ""))
-		stderr := f.run(1, "--config", f.config("down", []string{filepath.Join(f.sockDir, "nobody.sock")}, ""))
-		if !strings.Contains(stderr, "HAProxy unreachable; cannot check what it serves") {
-			t.Errorf("no error about the socket:\n%s", stderr)
-		}
+		t.Run("socket down with nothing to push", func(t *testing.T) {
+			f := newHAPFixture(t, h)
+			f.addCert("site.stapler.test")
+			f.run(0, "--config", f.config("first", nil, ""))
+			stderr := f.run(1, "--config", f.config("down", []string{filepath.Join(f.sockDir, "nobody.sock")}, ""))
+			if !strings.Contains(stderr, "HAProxy unreachable; checked again at the next run") {
+				t.Errorf("no error about the socket:\n%s", stderr)
+			}
+		})
 	})
 }

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"stapler/internal/haproxy"
 )
 
 // haproxySetup is what stapler learns from HAProxy's own configuration: the certificates its
@@ -135,7 +137,7 @@ func (p *cfgParser) socket(file string, n int, addr string) {
 		p.hs.Sockets = append(p.hs.Sockets, filepath.Clean(path))
 	default:
 		// A TCP address: HAProxy listens on it, stapler connects to it, on this host.
-		a, err := parseSocketAddr(addr)
+		a, err := haproxy.ParseAddr(addr)
 		if err != nil || a.Network != "tcp" || a.Master {
 			p.note(file, n, "stats socket %s: not an address stapler can connect to; give it in sockets", addr)
 			return
@@ -148,7 +150,7 @@ func (p *cfgParser) socket(file string, n int, addr string) {
 			host = "::1"
 		}
 		out := net.JoinHostPort(host, port)
-		if b, err := parseSocketAddr(out); err != nil || b.Master {
+		if b, err := haproxy.ParseAddr(out); err != nil || b.Master {
 			out = "ipv4@" + out // a host named "master" would read as a master socket
 		}
 		p.hs.Sockets = append(p.hs.Sockets, out)

@@ -30,133 +30,135 @@ import (
 // forced refresh reaches a running HAProxy over the runtime API: HAProxy never re-reads
 // <cert>.ocsp, so a handshake that gets the new bytes proves the push.
 func TestHAProxyOpenSSL(t *testing.T) {
-	haproxy := hapLookTool(t, "haproxy", "/usr/sbin/haproxy", "/usr/local/sbin/haproxy")
-	openssl := hapLookTool(t, "openssl")
+	forEachHAProxy(t, func(t *testing.T, h hapBin) {
+		haproxy := h.Path
+		openssl := hapLookTool(t, "openssl")
 
-	now := time.Now()
-	pki, certs, issuers, stateDir := t.TempDir(), t.TempDir(), t.TempDir(), t.TempDir()
-	// A unix socket path must fit in sun_path (108 bytes); t.TempDir paths can be longer.
-	sockDir, err := os.MkdirTemp("", "stapler-hap")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(sockDir) })
-	sock := filepath.Join(sockDir, "admin.sock")
-
-	// The responder's address goes into the leaves, so it listens before they are issued.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	responderURL := "http://" + ln.Addr().String()
-
-	ca := newTestCA("Stapler HAProxy Test CA", now)
-	signer, signerKey := ca.delegate(true, now.Add(-time.Hour), now.Add(24*time.Hour))
-	siteLeaf, siteKey := ca.issue(leafSpec{Name: "site.stapler.test", OCSP: []string{responderURL}}, now)
-	leafLeaf, leafKey := ca.issue(leafSpec{Name: "leaf.stapler.test", OCSP: []string{responderURL}}, now)
-
-	caFile := filepath.Join(pki, "ca.pem")
-	hapWriteFile(t, caFile, certPEM(ca.Cert))
-	hapWriteFile(t, filepath.Join(issuers, "ca.pem"), certPEM(ca.Cert))
-	hapWriteFile(t, filepath.Join(pki, "signer.pem"), certPEM(signer))
-	hapWriteFile(t, filepath.Join(pki, "signer.key"), keyPEM(signerKey.(*ecdsa.PrivateKey)))
-	hapWriteFile(t, filepath.Join(pki, "index.txt"), []byte(hapIndexLine(siteLeaf)+hapIndexLine(leafLeaf)))
-	site, leaf := filepath.Join(certs, "site.pem"), filepath.Join(certs, "leaf.pem")
-	writeBundle(site, siteLeaf, siteKey, ca.Cert) // HAProxy finds the issuer in the bundle
-	writeBundle(leaf, leafLeaf, leafKey)          // stapler must write leaf.pem.issuer
-
-	r := &hapOpenSSLResponder{t: t, openssl: openssl, pki: pki, work: t.TempDir()}
-	srv := &http.Server{Handler: r}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-
-	// Two configurations with one state file: before HAProxy runs there is no socket to push
-	// to (a configured socket nobody listens on would fail the run, as it should).
-	config := fmt.Sprintf("dirs = [%q]\nissuer_dirs = [%q]\nstate = %q\n", certs, issuers, filepath.Join(stateDir, "state.json"))
-	cfgNoSocket, cfg := filepath.Join(stateDir, "nosocket.toml"), filepath.Join(stateDir, "stapler.toml")
-	hapWriteFile(t, cfgNoSocket, []byte(config))
-	hapWriteFile(t, cfg, fmt.Appendf([]byte(config), "sockets = [%q]\n", sock))
-
-	// 1. Before HAProxy starts: stapler writes both staples and the issuer HAProxy could not
-	// find on its own.
-	if code, stderr := runStapler(t, "run", "--config", cfgNoSocket); code != 0 {
-		t.Fatalf("first stapler run exited with status %d:\n%s", code, stderr)
-	}
-	if got := r.requests.Swap(0); got != 2 {
-		t.Errorf("first run: openssl answered %d OCSP requests, want 2", got)
-	}
-	first := map[string][]byte{site: hapReadFile(t, site+".ocsp"), leaf: hapReadFile(t, leaf+".ocsp")}
-	if got := hapReadFile(t, leaf+".issuer"); !bytes.Equal(got, certPEM(ca.Cert)) {
-		t.Errorf("leaf.pem.issuer is not the CA certificate:\n%s", got)
-	}
-	if _, err := os.Stat(site + ".issuer"); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("site.pem.issuer exists (stat: %v); its issuer is in the bundle", err)
-	}
-
-	// 2. Never break HAProxy: the directory as stapler left it is a valid configuration, and
-	// HAProxy parses every staple without complaint.
-	port := hapFreePort(t)
-	hapCfg := filepath.Join(stateDir, "haproxy.cfg")
-	hapWriteFile(t, hapCfg, hapConfig(port, certs, sock+" level admin"))
-	out, err := exec.Command(haproxy, "-c", "-f", hapCfg).CombinedOutput()
-	if err != nil {
-		t.Fatalf("haproxy -c rejects the directory stapler wrote: %v\n%s", err, out)
-	}
-	for _, line := range strings.Split(string(out), "\n") {
-		if strings.Contains(strings.ToLower(line), "ocsp") {
-			t.Errorf("haproxy -c warns about OCSP: %s", line)
+		now := time.Now()
+		pki, certs, issuers, stateDir := t.TempDir(), t.TempDir(), t.TempDir(), t.TempDir()
+		// A unix socket path must fit in sun_path (108 bytes); t.TempDir paths can be longer.
+		sockDir, err := os.MkdirTemp("", "stapler-hap")
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
+		t.Cleanup(func() { os.RemoveAll(sockDir) })
+		sock := filepath.Join(sockDir, "admin.sock")
 
-	// 3. Start HAProxy in the foreground and wait for its runtime API.
-	hapStart(t, haproxy, hapCfg, sock, stateDir)
-	for _, c := range []struct{ name, path string }{{"site.stapler.test", site}, {"leaf.stapler.test", leaf}} {
-		if got := hapStaple(t, port, c.name, ca.Cert); !bytes.Equal(got, first[c.path]) {
-			t.Errorf("%s: HAProxy staples %d bytes at start-up, not the %d bytes of %s.ocsp", c.name, len(got), len(first[c.path]), filepath.Base(c.path))
+		// The responder's address goes into the leaves, so it listens before they are issued.
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
+		responderURL := "http://" + ln.Addr().String()
 
-	// openssl's responses carry producedAt and thisUpdate to the second. Wait for the next
-	// second so that the forced refresh cannot repeat them: its bytes must differ.
-	hapWaitFor(t, "the clock to pass the first staples' producedAt", 3*time.Second, func() error {
-		for path, der := range first {
-			resp, err := ocsp.ParseResponse(der, ca.Cert)
-			if err != nil {
-				t.Fatalf("%s.ocsp: %v", filepath.Base(path), err)
-			}
-			if !time.Now().Truncate(time.Second).After(resp.ProducedAt) {
-				return fmt.Errorf("still %s", resp.ProducedAt.Format(time.RFC3339))
+		ca := newTestCA("Stapler HAProxy Test CA", now)
+		signer, signerKey := ca.delegate(true, now.Add(-time.Hour), now.Add(24*time.Hour))
+		siteLeaf, siteKey := ca.issue(leafSpec{Name: "site.stapler.test", OCSP: []string{responderURL}}, now)
+		leafLeaf, leafKey := ca.issue(leafSpec{Name: "leaf.stapler.test", OCSP: []string{responderURL}}, now)
+
+		caFile := filepath.Join(pki, "ca.pem")
+		hapWriteFile(t, caFile, certPEM(ca.Cert))
+		hapWriteFile(t, filepath.Join(issuers, "ca.pem"), certPEM(ca.Cert))
+		hapWriteFile(t, filepath.Join(pki, "signer.pem"), certPEM(signer))
+		hapWriteFile(t, filepath.Join(pki, "signer.key"), keyPEM(signerKey.(*ecdsa.PrivateKey)))
+		hapWriteFile(t, filepath.Join(pki, "index.txt"), []byte(hapIndexLine(siteLeaf)+hapIndexLine(leafLeaf)))
+		site, leaf := filepath.Join(certs, "site.pem"), filepath.Join(certs, "leaf.pem")
+		writeBundle(site, siteLeaf, siteKey, ca.Cert) // HAProxy finds the issuer in the bundle
+		writeBundle(leaf, leafLeaf, leafKey)          // stapler must write leaf.pem.issuer
+
+		r := &hapOpenSSLResponder{t: t, openssl: openssl, pki: pki, work: t.TempDir()}
+		srv := &http.Server{Handler: r}
+		go srv.Serve(ln)
+		t.Cleanup(func() { srv.Close() })
+
+		// Two configurations with one state file: before HAProxy runs there is no socket to push
+		// to (a configured socket nobody listens on would fail the run, as it should).
+		config := fmt.Sprintf("dirs = [%q]\nissuer_dirs = [%q]\nstate = %q\n", certs, issuers, filepath.Join(stateDir, "state.json"))
+		cfgNoSocket, cfg := filepath.Join(stateDir, "nosocket.toml"), filepath.Join(stateDir, "stapler.toml")
+		hapWriteFile(t, cfgNoSocket, []byte(config))
+		hapWriteFile(t, cfg, fmt.Appendf([]byte(config), "sockets = [%q]\n", sock))
+
+		// 1. Before HAProxy starts: stapler writes both staples and the issuer HAProxy could not
+		// find on its own.
+		if code, stderr := runStapler(t, "run", "--config", cfgNoSocket); code != 0 {
+			t.Fatalf("first stapler run exited with status %d:\n%s", code, stderr)
+		}
+		if got := r.requests.Swap(0); got != 2 {
+			t.Errorf("first run: openssl answered %d OCSP requests, want 2", got)
+		}
+		first := map[string][]byte{site: hapReadFile(t, site+".ocsp"), leaf: hapReadFile(t, leaf+".ocsp")}
+		if got := hapReadFile(t, leaf+".issuer"); !bytes.Equal(got, certPEM(ca.Cert)) {
+			t.Errorf("leaf.pem.issuer is not the CA certificate:\n%s", got)
+		}
+		if _, err := os.Stat(site + ".issuer"); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("site.pem.issuer exists (stat: %v); its issuer is in the bundle", err)
+		}
+
+		// 2. Never break HAProxy: the directory as stapler left it is a valid configuration, and
+		// HAProxy parses every staple without complaint.
+		port := hapFreePort(t)
+		hapCfg := filepath.Join(stateDir, "haproxy.cfg")
+		hapWriteFile(t, hapCfg, hapConfig(port, certs, sock+" level admin"))
+		out, err := exec.Command(haproxy, "-c", "-f", hapCfg).CombinedOutput()
+		if err != nil {
+			t.Fatalf("haproxy -c rejects the directory stapler wrote: %v\n%s", err, out)
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			if strings.Contains(strings.ToLower(line), "ocsp") {
+				t.Errorf("haproxy -c warns about OCSP: %s", line)
 			}
 		}
-		return nil
+
+		// 3. Start HAProxy in the foreground and wait for its runtime API.
+		hapStart(t, haproxy, hapCfg, sock, stateDir)
+		for _, c := range []struct{ name, path string }{{"site.stapler.test", site}, {"leaf.stapler.test", leaf}} {
+			if got := hapStaple(t, port, c.name, ca.Cert); !bytes.Equal(got, first[c.path]) {
+				t.Errorf("%s: HAProxy staples %d bytes at start-up, not the %d bytes of %s.ocsp", c.name, len(got), len(first[c.path]), filepath.Base(c.path))
+			}
+		}
+
+		// openssl's responses carry producedAt and thisUpdate to the second. Wait for the next
+		// second so that the forced refresh cannot repeat them: its bytes must differ.
+		hapWaitFor(t, "the clock to pass the first staples' producedAt", 3*time.Second, func() error {
+			for path, der := range first {
+				resp, err := ocsp.ParseResponse(der, ca.Cert)
+				if err != nil {
+					t.Fatalf("%s.ocsp: %v", filepath.Base(path), err)
+				}
+				if !time.Now().Truncate(time.Second).After(resp.ProducedAt) {
+					return fmt.Errorf("still %s", resp.ProducedAt.Format(time.RFC3339))
+				}
+			}
+			return nil
+		})
+
+		// 4. A forced refresh while HAProxy runs: new files, pushed over the runtime API.
+		if code, stderr := runStapler(t, "run", "--force", "--config", cfg); code != 0 {
+			t.Fatalf("forced stapler run exited with status %d:\n%s", code, stderr)
+		}
+		if got := r.requests.Swap(0); got != 2 {
+			t.Errorf("forced run: openssl answered %d OCSP requests, want 2", got)
+		}
+		for _, c := range []struct{ name, path string }{{"site.stapler.test", site}, {"leaf.stapler.test", leaf}} {
+			der := hapReadFile(t, c.path+".ocsp")
+			if bytes.Equal(der, first[c.path]) {
+				t.Errorf("%s.ocsp did not change in the forced run", filepath.Base(c.path))
+			}
+			if got := hapStaple(t, port, c.name, ca.Cert); !bytes.Equal(got, der) {
+				t.Errorf("%s: HAProxy staples %d bytes (start-up staple: %v), not the %d new bytes of %s.ocsp: the push did not take",
+					c.name, len(got), bytes.Equal(got, first[c.path]), len(der), filepath.Base(c.path))
+			}
+		}
+
+		// 5. openssl itself verifies the staples on disk, signature and chain included.
+		for _, c := range []struct{ path, issuer string }{{site, caFile}, {leaf, leaf + ".issuer"}} {
+			out, err := exec.Command(openssl, "ocsp", "-respin", c.path+".ocsp", "-issuer", c.issuer,
+				"-cert", c.path, "-CAfile", caFile, "-no_nonce").CombinedOutput()
+			if err != nil || !strings.Contains(string(out), "Response verify OK") || !strings.Contains(string(out), c.path+": good") {
+				t.Errorf("openssl does not verify %s.ocsp as good: %v\n%s", filepath.Base(c.path), err, out)
+			}
+		}
 	})
-
-	// 4. A forced refresh while HAProxy runs: new files, pushed over the runtime API.
-	if code, stderr := runStapler(t, "run", "--force", "--config", cfg); code != 0 {
-		t.Fatalf("forced stapler run exited with status %d:\n%s", code, stderr)
-	}
-	if got := r.requests.Swap(0); got != 2 {
-		t.Errorf("forced run: openssl answered %d OCSP requests, want 2", got)
-	}
-	for _, c := range []struct{ name, path string }{{"site.stapler.test", site}, {"leaf.stapler.test", leaf}} {
-		der := hapReadFile(t, c.path+".ocsp")
-		if bytes.Equal(der, first[c.path]) {
-			t.Errorf("%s.ocsp did not change in the forced run", filepath.Base(c.path))
-		}
-		if got := hapStaple(t, port, c.name, ca.Cert); !bytes.Equal(got, der) {
-			t.Errorf("%s: HAProxy staples %d bytes (start-up staple: %v), not the %d new bytes of %s.ocsp: the push did not take",
-				c.name, len(got), bytes.Equal(got, first[c.path]), len(der), filepath.Base(c.path))
-		}
-	}
-
-	// 5. openssl itself verifies the staples on disk, signature and chain included.
-	for _, c := range []struct{ path, issuer string }{{site, caFile}, {leaf, leaf + ".issuer"}} {
-		out, err := exec.Command(openssl, "ocsp", "-respin", c.path+".ocsp", "-issuer", c.issuer,
-			"-cert", c.path, "-CAfile", caFile, "-no_nonce").CombinedOutput()
-		if err != nil || !strings.Contains(string(out), "Response verify OK") || !strings.Contains(string(out), c.path+": good") {
-			t.Errorf("openssl does not verify %s.ocsp as good: %v\n%s", filepath.Base(c.path), err, out)
-		}
-	}
 }
 
 // hapLookTool finds a program the test needs: on PATH, else at one of the fallback paths
@@ -286,15 +288,7 @@ func hapStart(t *testing.T, haproxy, cfg, sock, dir string) {
 			t.Fatalf("haproxy exited at start-up (%v):\n%s", cmd.ProcessState, log)
 		default:
 		}
-		s, err := openCLI(context.Background(), socketAddr{Raw: sock, Network: "unix", Address: sock}, time.Second)
-		if err != nil {
-			return err
-		}
-		defer s.close()
-		reply, err := s.exec("show version")
-		if err == nil && !strings.HasPrefix(reply, "2.") {
-			err = fmt.Errorf("unexpected answer to show version: %q", reply)
-		}
+		_, err := hapTryCLI(sock, "show version")
 		return err
 	})
 }

@@ -33,7 +33,6 @@ type item struct {
 
 	err     error // of the refresh
 	changed bool  // the refresh wrote a new staple
-	pushAll bool  // push the staple on disk to every HAProxy, not only where it is missing
 }
 
 // check reads the certificate file, brings its state entry up to date and decides whether its
@@ -301,7 +300,8 @@ func (it *item) ref(now time.Time) (stapleRef, bool) {
 		}
 		it.staple = staple
 	}
-	return stapleRef{Path: it.path, DER: it.staple, CertID: st.CertID, Serial: st.Serial, ThisUpdate: st.ThisUpdate, NewCert: it.newCert}, true
+	return stapleRef{Path: it.path, DER: it.staple, CertID: st.CertID, Serial: st.Serial, ThisUpdate: st.ThisUpdate,
+		ProducedAt: st.ProducedAt, Status: st.Status, NextUpdate: st.NextUpdate, Fresh: it.changed, NewCert: it.newCert, IssuerFile: issuerName(it.path)}, true
 }
 
 // hasValidStaple reports whether the staple recorded as on disk is still worth stapling at now.
@@ -315,6 +315,7 @@ func (st *CertState) recordStaple(der []byte, resp *ocsp.Response, certID []byte
 	st.CertID = hex.EncodeToString(certID)
 	st.Status = statusName(resp.Status)
 	st.ThisUpdate = resp.ThisUpdate
+	st.ProducedAt = resp.ProducedAt
 	st.NextUpdate = resp.NextUpdate
 	st.RevokedAt = resp.RevokedAt
 	st.succeeded()

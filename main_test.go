@@ -17,7 +17,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	testscript.Main(m, map[string]func(){
+	testscript.Main(noteSkips{m}, map[string]func(){
 		"stapler": func() {
 			// STAPLER_TEST_CLOCK moves this process's clock, as a duration such as 13h.
 			if s := os.Getenv("STAPLER_TEST_CLOCK"); s != "" {
@@ -36,6 +36,23 @@ func TestMain(m *testing.M) {
 			os.Exit(stapler(os.Args, os.Stdout, os.Stderr))
 		},
 	})
+}
+
+// noteSkips runs the tests, then says which HAProxy branches the real-HAProxy tests skipped
+// for want of them: on stdout (shown by go test -v, or go test in a package directory) and on
+// the terminal, where `go test ./...` shows nothing of a package that passed.
+type noteSkips struct{ m *testing.M }
+
+func (n noteSkips) Run() int {
+	code := n.m.Run()
+	if note := hapSkippedNote(); note != "" {
+		fmt.Println(note)
+		if tty, err := os.OpenFile("/dev/tty", os.O_WRONLY, 0); err == nil {
+			fmt.Fprintln(tty, note)
+			tty.Close()
+		}
+	}
+	return code
 }
 
 // TestScripts runs the CLI scripts in testdata/script. Each starts with a fresh test PKI in

@@ -31,6 +31,7 @@ type fakeResponder struct {
 	cache   map[string][]byte // "cached" mode: the first answer per serial
 	latency time.Duration     // before each OCSP answer, as a distant responder has
 
+	seq      atomic.Int64 // makes each response's thisUpdate its own
 	requests atomic.Int64 // OCSP requests answered
 	conns    atomic.Int64 // TCP connections accepted
 	posts    atomic.Int64
@@ -128,7 +129,10 @@ func (r *fakeResponder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 // answer is the body the responder sends in mode about serial at now; nil means HTTP 500.
 func (r *fakeResponder) answer(mode string, serial *big.Int, now time.Time) []byte {
 	ca := r.ca
-	this, next := now.Add(-time.Hour).Truncate(time.Second), now.Add(24*time.Hour).Truncate(time.Second)
+	// Each response has a thisUpdate of its own, to the second, as HAProxy 2.6 shows it: two
+	// responses fetched in the same second are still told apart.
+	this := now.Add(-time.Hour).Truncate(time.Second).Add(time.Duration(r.seq.Add(1)) * time.Second)
+	next := now.Add(24 * time.Hour).Truncate(time.Second)
 	switch mode {
 	case "good":
 		return ca.respond(serial, ocsp.Good, this, next, nil, nil)

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"net/http"
 	"net/url"
 	"os"
@@ -170,8 +169,6 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 				slog.Debug("staple is up to date", "cert", path, "next_due", it.st.NextDue)
 			}
 			sum.UpToDate++
-			// A staple found on disk and adopted goes to every HAProxy.
-			it.pushAll = it.adopted
 		case opt.DryRun:
 			slog.Info("would refresh staple", "cert", path, "reason", it.reason, "responder", it.st.Responder)
 			sum.Due++
@@ -215,19 +212,18 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 				sum.Revoked++
 				slog.Error("certificate is revoked", "cert", it.path, "revoked_at", it.st.RevokedAt, "serial", it.st.Serial)
 			}
-			it.pushAll = true
 		}
 	}
 	if sum.Unfinished > 0 {
 		slog.Error("run ended before every due staple was fetched; they stay due", "unfinished", sum.Unfinished, "err", context.Cause(ctx))
 	}
-	marks := maps.Clone(state.Sockets)
 	if len(opt.Sockets) > 0 {
-		sum.PushFailed, sum.NeedsReload = syncHAProxies(ctx, opt, checked, state, now)
+		sum.PushFailed, sum.NeedsReload = syncHAProxies(ctx, opt, checked, now)
 	}
 
 	// A run that changed nothing (the common case) does not rewrite the state.
-	dirty := !maps.Equal(marks, state.Sockets)
+	dirty := state.Sockets != nil
+	state.Sockets = nil // process marks of earlier versions: every run now compares
 	for _, it := range checked {
 		dirty = dirty || it.old == nil || !reflect.DeepEqual(*it.old, *it.st)
 	}
@@ -331,52 +327,27 @@ func showProgress(w io.Writer, done *atomic.Int64, total int) (stop func()) {
 	return func() { close(quit); <-finished }
 }
 
-// syncHAProxies makes every HAProxy serve the staple on disk of each checked certificate:
-// new and adopted staples are pushed everywhere, earlier failed pushes are retried, and the
-// rest are checked for drift. It records what failed, to retry, and runs reload_command when
-// only a reload can help. It returns how many certificates some HAProxy did not take, and how
-// many still need a reload.
-func syncHAProxies(ctx context.Context, opt runOptions, items []*item, state *State, now time.Time) (failed, reload int) {
-	push, check := map[string][]stapleRef{}, map[string][]stapleRef{}
+// syncHAProxies makes every HAProxy serve the staple on disk of each checked certificate, and
+// records per certificate the sockets that do not (pending_push), for the next run, status and
+// check. It runs reload_command when only a reload can help. It returns how many certificates
+// some HAProxy does not serve, and how many still need a reload.
+func syncHAProxies(ctx context.Context, opt runOptions, items []*item, now time.Time) (failed, reload int) {
+	var refs []stapleRef
 	var synced []*item
 	for _, it := range items {
-		ref, ok := it.ref(now)
-		if !ok {
-			continue
-		}
-		synced = append(synced, it)
-		for _, sock := range opt.Sockets {
-			if it.pushAll || slices.Contains(it.st.PendingPush, sock) {
-				push[sock] = append(push[sock], ref)
-			} else {
-				check[sock] = append(check[sock], ref)
-			}
+		if ref, ok := it.ref(now); ok {
+			refs = append(refs, ref)
+			synced = append(synced, it)
 		}
 	}
-	reports := syncAll(ctx, opt.Sockets, push, check, state.Sockets, syncOptions{Timeout: opt.SocketTimeout, Now: now, Reloadable: opt.ReloadCommand != ""})
+	reports := syncSockets(ctx, opt.Sockets, refs, syncOptions{Timeout: opt.SocketTimeout, Reloadable: opt.ReloadCommand != ""})
 	var severe []*item
-	if state.Sockets == nil {
-		state.Sockets = map[string]string{}
-	}
-	for _, sock := range opt.Sockets {
-		rep := reports[sock]
-		switch {
-		case rep.Err != nil:
-			if len(push[sock]) == 0 {
-				failed++ // nothing to push, but what this HAProxy serves is unknown: not fine
-			}
-			delete(state.Sockets, sock)
-		case rep.Mark != "" && len(opt.Only) == 0:
-			// Only a run over every certificate has compared all that HAProxy serves.
-			state.Sockets[sock] = rep.Mark
-		}
-	}
 	for _, it := range synced {
 		it.st.PendingPush = nil
 		needs := false
 		for _, sock := range opt.Sockets {
 			switch res := reports[sock].Results[it.path]; {
-			case res.outcome == pushFailed:
+			case res.outcome == pushFailed, res.outcome == unknown:
 				it.st.PendingPush = append(it.st.PendingPush, sock)
 			case res.outcome == needsReload && res.severe:
 				needs = true

@@ -19,8 +19,7 @@ const stateVersion = 1
 type State struct {
 	Version      int                   `json:"version"`
 	Certificates map[string]*CertState `json:"certificates"`
-	// Sockets maps each HAProxy socket to the process (pid and start) whose staples were last
-	// checked: a different process read its staples from disk again, so they are compared anew.
+	// Sockets is what versions before 0.2 recorded of each HAProxy process; read to be dropped.
 	Sockets map[string]string `json:"sockets,omitempty"`
 }
 
@@ -40,6 +39,7 @@ type CertState struct {
 	CertID     string    `json:"cert_id,omitempty"`    // hex DER CertID: HAProxy's key for the staple
 	Status     string    `json:"status,omitempty"`     // of the staple on disk: good or revoked
 	ThisUpdate time.Time `json:"this_update,omitzero"`
+	ProducedAt time.Time `json:"produced_at,omitzero"`
 	NextUpdate time.Time `json:"next_update,omitzero"`
 	RevokedAt  time.Time `json:"revoked_at,omitzero"`
 	NextDue    time.Time `json:"next_due,omitzero"`

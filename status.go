@@ -49,7 +49,9 @@ type certStatus struct {
 type haproxyView struct {
 	Socket      string `json:"socket"`
 	Slot        bool   `json:"slot"`         // HAProxy has an OCSP slot for the certificate
-	MatchesDisk bool   `json:"matches_disk"` // and serves the staple on disk
+	MatchesDisk bool   `json:"matches_disk"` // and serves the staple on disk, or a newer one
+	Newer       bool   `json:"newer"`        // a newer response than the disk's
+	Version     string `json:"version"`      // HAProxy's version, when known
 	Error       string `json:"error"`        // why stapler could not tell
 }
 
@@ -86,11 +88,7 @@ func collectStatus(ctx context.Context, opt runOptions, now time.Time) (*statusR
 		}
 		rep.Certificates = append(rep.Certificates, cs)
 	}
-	views := map[string]map[string]haproxyView{} // socket: path: view
-	for _, raw := range opt.Sockets {
-		addr, _ := parseSocketAddr(raw) // checked by validate
-		views[raw] = servedBy(ctx, addr, refs, opt.SocketTimeout)
-	}
+	reports := syncSockets(ctx, opt.Sockets, refs, syncOptions{Timeout: opt.SocketTimeout, ReadOnly: true})
 	for i := range rep.Certificates {
 		cs := &rep.Certificates[i]
 		cs.HAProxy = []haproxyView{}
@@ -98,7 +96,12 @@ func collectStatus(ctx context.Context, opt runOptions, now time.Time) (*statusR
 			continue
 		}
 		for _, raw := range opt.Sockets {
-			v := views[raw][cs.Path]
+			v := viewOf(raw, reports[raw])
+			res := reports[raw].Results[cs.Path]
+			v.Slot, v.MatchesDisk, v.Newer = res.slot, res.outcome == inSync, res.newer
+			if res.outcome == unknown && v.Error == "" {
+				v.Error = res.why
+			}
 			cs.HAProxy = append(cs.HAProxy, v)
 			if !v.MatchesDisk {
 				cs.problem = true
@@ -164,53 +167,20 @@ func certStatusOf(path string, st *CertState, now time.Time) (cs certStatus, ok 
 		left := int64(st.NextUpdate.Sub(now) / time.Second)
 		cs.TimeLeft = &left
 		if st.CertID != "" {
-			cs.ref = &stapleRef{Path: path, CertID: st.CertID, ThisUpdate: st.ThisUpdate}
+			cs.ref = &stapleRef{Path: path, DER: staple, CertID: st.CertID, Serial: st.Serial, ThisUpdate: st.ThisUpdate, ProducedAt: st.ProducedAt, Status: st.Status, NextUpdate: st.NextUpdate}
 		}
 	}
 	cs.problem = cs.StapleStatus != "good" || cs.LastError != "" || now.After(st.NotAfter)
 	return cs, true
 }
 
-// servedBy tells, for each staple, what the HAProxy at addr does with it.
-func servedBy(ctx context.Context, addr socketAddr, refs []stapleRef, timeout time.Duration) map[string]haproxyView {
-	views := map[string]haproxyView{}
-	all := func(err error) map[string]haproxyView {
-		for _, r := range refs {
-			views[r.Path] = haproxyView{Socket: addr.Raw, Error: err.Error()}
-		}
-		return views
+// viewOf starts the view of one socket for one certificate.
+func viewOf(socket string, rep socketReport) haproxyView {
+	v := haproxyView{Socket: socket, Version: rep.Version}
+	if rep.Err != nil {
+		v.Error = rep.Err.Error()
 	}
-	if len(refs) == 0 {
-		return views
-	}
-	s, err := openCLI(ctx, addr, timeout)
-	if err != nil {
-		return all(err)
-	}
-	defer s.close()
-	keys, err := s.ocspKeys()
-	if err != nil {
-		return all(err)
-	}
-	var cmds []string
-	var present []stapleRef
-	for _, r := range refs {
-		views[r.Path] = haproxyView{Socket: addr.Raw, Slot: keys[r.CertID]}
-		if keys[r.CertID] {
-			cmds = append(cmds, "show ssl ocsp-response "+r.CertID)
-			present = append(present, r)
-		}
-	}
-	answers, err := s.execAll(cmds)
-	if err != nil {
-		return all(err)
-	}
-	for i, a := range answers {
-		r := present[i]
-		served := servedThisUpdate(a.text)
-		views[r.Path] = haproxyView{Socket: addr.Raw, Slot: true, MatchesDisk: !served.IsZero() && served.Sub(r.ThisUpdate).Abs() < time.Second}
-	}
-	return views
+	return v
 }
 
 func writeStatusJSON(w io.Writer, rep *statusReport) error {

@@ -1,0 +1,402 @@
+package haproxy
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Process is one HAProxy process reached through a connection: the process behind a stats
+// socket, or one worker behind the master CLI (its commands prefixed "@!<pid> ").
+type Process struct {
+	conn   *Conn
+	prefix string
+	Info   Info
+	Caps   Caps
+	Level  string // "admin", "operator" or "user"
+	// Old is a worker the master lists as old: stopping after a reload. It still serves the
+	// connections it had, so it gets staples too, but what it holds is not judged.
+	Old bool
+	// Certs lists the certificate files the process loaded.
+	Certs CertList
+	// Updates are the certificates HAProxy's own ocsp-update keeps fresh (2.8+), by cleaned
+	// path.
+	Updates map[string]OCSPUpdate
+	// Err says why stapler cannot read what this process serves (3.4 below level admin); the
+	// process is otherwise usable.
+	Err error
+}
+
+// ErrNeedsAdmin: the socket's level is too low for what stapler must do.
+var ErrNeedsAdmin = errors.New("needs a socket with level admin")
+
+// Session is one connection and the processes behind it.
+type Session struct {
+	conn  *Conn
+	Procs []*Process
+}
+
+// Open connects to addr and learns what stapler needs of each process behind it: its
+// identity (`show info`), level, version, loaded certificates and, where HAProxy has its own
+// updater, what it keeps fresh. A connection that reaches a stopping worker (one opened just
+// before a reload took over) is closed and opened again, until timeout. Behind the master CLI
+// the processes are the workers of `show proc`, old ones included.
+func Open(ctx context.Context, addr Addr, timeout time.Duration) (*Session, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		c, err := Dial(ctx, addr, timeout)
+		if err != nil {
+			return nil, err
+		}
+		s := &Session{conn: c}
+		if addr.Master {
+			err = s.workers()
+		} else {
+			s.Procs = []*Process{{conn: c}}
+		}
+		for _, p := range s.Procs {
+			if err != nil {
+				break
+			}
+			err = p.learn()
+		}
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+		if addr.Master || !s.Procs[0].Info.Stopping {
+			return s, nil
+		}
+		c.Close()
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("%w: %s keeps reaching a stopping HAProxy process (pid %d): a reload is not finishing", ErrUnreachable, addr.Raw, s.Procs[0].Info.Pid)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Close closes the connection.
+func (s *Session) Close() { s.conn.Close() }
+
+// Current is the processes whose state counts: all but old workers.
+func (s *Session) Current() []*Process {
+	var out []*Process
+	for _, p := range s.Procs {
+		if !p.Old {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// workers lists the workers behind a master CLI.
+func (s *Session) workers() error {
+	text, err := s.conn.Exec("", "show proc")
+	if err != nil {
+		return err
+	}
+	procs, err := ParseProcs(text)
+	if err != nil {
+		return fmt.Errorf("%w: %s: %w", ErrUnreachable, s.conn.addr.Raw, err)
+	}
+	for _, p := range procs {
+		if p.Type == "worker" {
+			s.Procs = append(s.Procs, &Process{conn: s.conn, prefix: "@!" + strconv.Itoa(p.Pid) + " ", Old: p.Old})
+		}
+	}
+	if len(s.Procs) == 0 {
+		return fmt.Errorf("%w: the master at %s lists no worker", ErrUnreachable, s.conn.addr.Raw)
+	}
+	return nil
+}
+
+// learn reads the process's identity, level, certificates and own updates: two round trips.
+func (p *Process) learn() error {
+	text, err := p.exec("show info")
+	if err != nil {
+		return err
+	}
+	if p.Info, err = ParseInfo(text); err != nil {
+		return fmt.Errorf("%w: %s: %w", ErrUnreachable, p.conn.addr.Raw, err)
+	}
+	p.Caps = p.Info.Version.Caps()
+	cmds := []string{"show cli level", "show ssl cert"}
+	if p.Caps.OCSPUpdate {
+		cmds = append(cmds, "show ssl ocsp-updates")
+	}
+	answers, err := p.execAll(cmds)
+	if err != nil {
+		return err
+	}
+	p.Level = answers[0].Text
+	if p.prefix != "" && p.Level == "" {
+		p.Level = "admin" // the master CLI forwards at level admin (2.6 answers nothing)
+	}
+	if answers[1].Err == nil {
+		p.Certs = ParseCertList(answers[1].Text)
+	}
+	p.Updates = map[string]OCSPUpdate{}
+	if len(answers) > 2 {
+		if IsDenied(answers[2].Text) {
+			p.Err = fmt.Errorf("%s: HAProxy %s refuses every OCSP command below level admin, and this socket has level %s: %w (stats socket ... level admin)", p.Where(), p.Info.Version, p.Level, ErrNeedsAdmin)
+		}
+		for _, u := range ParseOCSPUpdates(answers[2].Text) {
+			p.Updates[filepath.Clean(u.Path)] = u
+		}
+	}
+	return nil
+}
+
+// Where names the process for messages: the socket, and the worker behind a master CLI.
+func (p *Process) Where() string {
+	if p.prefix != "" {
+		return fmt.Sprintf("%s (worker %d)", p.conn.addr.Raw, p.Info.Pid)
+	}
+	return p.conn.addr.Raw
+}
+
+func (p *Process) exec(cmd string) (string, error) { return p.conn.Exec(p.prefix, cmd) }
+
+func (p *Process) execAll(cmds []string) ([]Answer, error) { return p.conn.ExecAll(p.prefix, cmds) }
+
+// Held is what a process holds for one certificate file.
+type Held struct {
+	// Name is HAProxy's name for the file; "" when the process has not loaded it.
+	Name string
+	// Slot: the certificate the file currently runs is attached to an OCSP slot.
+	Slot bool
+	// Key is the hex CertID of that slot when HAProxy says it (2.6: `show ssl cert`), "" when
+	// it does not.
+	Key string
+	// DER is the response the slot holds, exactly (2.8+). Nil for an empty slot, or on 2.6.
+	DER []byte
+	// Text is the response the slot holds, in the form 2.6 shows it; ok is false when empty.
+	Text   OCSPText
+	TextOK bool
+	// Serial is the serial of the certificate the file runs, when stapler had to ask.
+	Serial string
+	// Err says why stapler could not tell.
+	Err error
+}
+
+// Held reads, for each certificate file, what the process holds for the certificate that file
+// currently runs, never through the `show ssl ocsp-response` listing (see Caps.ByPath).
+// certIDs are the hex CertIDs stapler expects for the files (2.6 looks responses up by key).
+// Files the process has not loaded get a Held with an empty Name. One or two round trips; an
+// error means the connection failed.
+func (p *Process) Held(paths, certIDs []string) ([]Held, error) {
+	out := make([]Held, len(paths))
+	if p.Err != nil {
+		for i := range out {
+			out[i].Err = p.Err
+		}
+		return out, nil
+	}
+	var cmds []string
+	var idx []int // index in paths of each group of commands
+	for i, path := range paths {
+		out[i].Name = p.Certs.Name(path)
+		if out[i].Name == "" {
+			continue
+		}
+		if p.Caps.ByPath {
+			cmds = append(cmds, "show ssl ocsp-response base64 "+Arg(out[i].Name))
+		} else {
+			cmds = append(cmds, "show ssl cert "+Arg(out[i].Name), "show ssl ocsp-response "+certIDs[i])
+		}
+		idx = append(idx, i)
+	}
+	answers, err := p.execAll(cmds)
+	if err != nil {
+		return nil, err
+	}
+	var noSlot []int
+	for k, i := range idx {
+		h := &out[i]
+		if p.Caps.ByPath {
+			a := answers[k]
+			switch {
+			case IsDenied(a.Text):
+				h.Err = fmt.Errorf("%s: HAProxy refused `show ssl ocsp-response`: %w", p.Where(), ErrNeedsAdmin)
+			case a.Text == "":
+				h.Slot = true // a slot without a response
+			case strings.Contains(a.Text, "expects a valid certid or certificate path") || strings.Contains(a.Text, "does not match any certificate"):
+				noSlot = append(noSlot, i)
+			default:
+				der, derr := base64.StdEncoding.DecodeString(strings.Join(strings.Fields(a.Text), ""))
+				if derr != nil {
+					h.Err = fmt.Errorf("%s: unexpected answer to show ssl ocsp-response base64: %q", p.Where(), clip(a.Text, 60))
+					break
+				}
+				h.Slot, h.DER = true, der
+			}
+			continue
+		}
+		cert, resp := answers[2*k], answers[2*k+1]
+		ci, certOK := ParseCertInfo(cert.Text)
+		h.Serial, h.Key = ci.Serial, ci.OCSPKey
+		h.Text, h.TextOK = ParseOCSPText(resp.Text)
+		switch {
+		case certOK && ci.OCSPKey == certIDs[i]:
+			h.Slot = true
+		case certOK && ci.OCSPKey != "":
+			h.Slot = true // attached to another CertID: another certificate runs from the file
+			h.TextOK = false
+		case certOK:
+			// No slot attached to the certificate the file runs. A response may still be
+			// held under the expected CertID: an orphan of a hot `set ssl cert` that an old
+			// connection or another file keeps alive, which clients of this file never get.
+			// (2.6 also shows no key for a certificate whose start-up .ocsp was unparsable;
+			// creating the slot anew is right in both cases.)
+			h.TextOK = false
+		default:
+			// Below level operator 2.6 will not show the certificate: the response held
+			// under the expected CertID is all there is to go by.
+			h.Slot = h.TextOK || strings.TrimSpace(resp.Text) == ""
+		}
+	}
+	if len(noSlot) > 0 {
+		cmds = cmds[:0]
+		for _, i := range noSlot {
+			cmds = append(cmds, "show ssl cert "+Arg(out[i].Name))
+		}
+		answers, err := p.execAll(cmds)
+		if err != nil {
+			return nil, err
+		}
+		for k, i := range noSlot {
+			ci, _ := ParseCertInfo(answers[k].Text)
+			out[i].Serial = ci.Serial
+		}
+	}
+	return out, nil
+}
+
+// SetOCSP sends each response with `set ssl ocsp-response`, in one batch, and returns
+// HAProxy's answers: ReplyUpdated, ReplyNoSlot, ReplyTooShort, or another refusal. A response
+// too large to send is answered with an ErrBadCommand error of its own.
+func (p *Process) SetOCSP(ders [][]byte) ([]Answer, error) {
+	out := make([]Answer, len(ders))
+	var cmds []string
+	var idx []int
+	for i, der := range ders {
+		cmd := "set ssl ocsp-response " + base64.StdEncoding.EncodeToString(der)
+		if err := CheckCommand(p.prefix, cmd); err != nil {
+			out[i] = Answer{Err: fmt.Errorf("a staple of %d bytes is too large to send to HAProxy safely (%w); HAProxy reads it from disk at its next reload", len(der), err)}
+			continue
+		}
+		cmds = append(cmds, cmd)
+		idx = append(idx, i)
+	}
+	answers, err := p.execAll(cmds)
+	if err != nil {
+		return nil, err
+	}
+	for k, i := range idx {
+		out[i] = answers[k]
+	}
+	return out, nil
+}
+
+// CertInfo reads `show ssl cert <name>`; ok is false when HAProxy does not show it (not loaded,
+// or a level too low to see it).
+func (p *Process) CertInfo(name string) (ci CertInfo, ok bool, err error) {
+	text, err := p.exec("show ssl cert " + Arg(name))
+	if errors.Is(err, ErrUnreachable) {
+		return CertInfo{}, false, err
+	}
+	ci, ok = ParseCertInfo(text)
+	return ci, ok, nil
+}
+
+// ErrTransactionOpen: someone else left a certificate transaction open on this HAProxy;
+// stapler does not touch it (HAProxy 2.6 would add stapler's files to it).
+var ErrTransactionOpen = errors.New("another certificate transaction is open")
+
+// CreateSlot attaches an OCSP slot, holding der, to the certificate HAProxy runs from the
+// file it names name, without a reload: a `set ssl cert <name>.ocsp` transaction, with the
+// issuer (PEM) when HAProxy cannot find it in the bundle, committed. HAProxy 2.6 adds to
+// whatever transaction is open, so an open one (someone else's) is left alone and reported.
+// It returns nil once HAProxy committed, an error with HAProxy's words otherwise, and an
+// ErrUnreachable error when the connection failed.
+func (p *Process) CreateSlot(name string, der, issuerPEM []byte) error {
+	if p.Level != "admin" {
+		return fmt.Errorf("creating an OCSP slot without a reload %w, not %s", ErrNeedsAdmin, p.Level)
+	}
+	list, err := p.exec("show ssl cert")
+	if err != nil {
+		return err
+	}
+	if open := ParseCertList(list).Open; len(open) > 0 {
+		return fmt.Errorf("%w (for %s): stapler leaves it alone; commit or abort it, or reload HAProxy", ErrTransactionOpen, strings.Join(open, ", "))
+	}
+	b64 := base64.StdEncoding.EncodeToString(der)
+	var lines strings.Builder
+	for len(b64) > 0 {
+		n := min(64, len(b64))
+		lines.WriteString(b64[:n] + "\n")
+		b64 = b64[n:]
+	}
+	steps := []string{Payload("set ssl cert "+Arg(name+".ocsp"), lines.String())}
+	if issuerPEM != nil {
+		steps = append(steps, Payload("set ssl cert "+Arg(name+".issuer"), string(issuerPEM)))
+	}
+	for _, step := range steps {
+		if err := CheckCommand(p.prefix, step); err != nil {
+			return fmt.Errorf("the staple is too large to send to HAProxy safely in a transaction: %w", err)
+		}
+	}
+	for i, step := range steps {
+		text, err := p.exec(step)
+		if errors.Is(err, ErrUnreachable) {
+			return err
+		}
+		want := "Transaction updated for certificate " + name + "!"
+		if i == 0 {
+			want = "Transaction created for certificate " + name + "!"
+		}
+		if text != want {
+			if i > 0 {
+				p.exec("abort ssl cert " + Arg(name))
+			}
+			return fmt.Errorf("HAProxy answered %q to set ssl cert", text)
+		}
+	}
+	text, err := p.exec("commit ssl cert " + Arg(name))
+	if errors.Is(err, ErrUnreachable) {
+		return err
+	}
+	// 3.0+ put loading warnings before "Success!" ("Loading: Unable to parse OCSP response.
+	// Content will be ignored."): the slot then exists but holds nothing.
+	if !strings.HasSuffix(text, "Success!") || strings.Contains(text, "Content will be ignored") {
+		if !strings.HasSuffix(text, "Success!") {
+			p.exec("abort ssl cert " + Arg(name))
+		}
+		return fmt.Errorf("HAProxy answered %q to commit ssl cert", text)
+	}
+	return nil
+}
+
+// Recheck asks the process for its identity again, after an exchange: a process that changed
+// or started stopping meanwhile (a reload) did not keep what it was told.
+func (p *Process) Recheck() error {
+	text, err := p.exec("show info")
+	if err != nil {
+		return err
+	}
+	info, err := ParseInfo(text)
+	switch {
+	case err != nil:
+		return fmt.Errorf("%w: %s: %w", ErrUnreachable, p.Where(), err)
+	case info.Mark() != p.Info.Mark():
+		return fmt.Errorf("%w: %s: HAProxy was replaced during the exchange (pid %d, now %d): what it was told is lost", ErrUnreachable, p.Where(), p.Info.Pid, info.Pid)
+	case info.Stopping && !p.Old:
+		return fmt.Errorf("%w: %s: HAProxy reloaded during the exchange: what it was told went to the old process", ErrUnreachable, p.Where())
+	}
+	return nil
+}
