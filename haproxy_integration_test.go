@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -251,10 +252,17 @@ func TestHAProxyDriftRepair(t *testing.T) {
 		}
 		f.wantServed(port, site, old)
 
-		// (2) A hot certificate update with the very same PEM drops the staple.
+		// (2) A hot certificate update with the very same PEM drops the staple. A TLS
+		// connection opened before it keeps the old certificate's OCSP slot alive, so that
+		// HAProxy's `show ssl ocsp-response` listing still shows it and `set ssl
+		// ocsp-response` answers "updated" into it: only a check by file tells the truth.
+		held := hapHoldConnection(t, port, "site.stapler.test", f.ca.Cert)
 		hapHotUpdate(t, sock, site)
 		if _, got := hapHandshake(t, port, "site.stapler.test", f.ca.Cert); got != nil {
 			t.Fatalf("HAProxy still staples %d bytes after a hot set ssl cert; the facts say it drops them", len(got))
+		}
+		if view := f.status(cfg, site); view.MatchesDisk || view.Slot {
+			t.Errorf("after the hot update stapler status says HAProxy serves the staple: %+v", view)
 		}
 		stderr = f.run(0, "--config", cfg)
 		if n := f.resp.requests.Load(); n != 0 {
@@ -264,7 +272,46 @@ func TestHAProxyDriftRepair(t *testing.T) {
 			t.Errorf("the run after the hot update does not recreate the slot:\n%s", stderr)
 		}
 		f.wantServed(port, site, nil)
+		if view := f.status(cfg, site); !view.MatchesDisk {
+			t.Errorf("after the repair stapler status says HAProxy does not serve the staple: %+v", view)
+		}
+		held.Close()
 	})
+}
+
+// hapHoldConnection opens a TLS connection to HAProxy and keeps it open until the test ends
+// or the caller closes it: HAProxy keeps what the connection uses alive meanwhile.
+func hapHoldConnection(t *testing.T, port int, name string, ca *x509.Certificate) *tls.Conn {
+	t.Helper()
+	roots := x509.NewCertPool()
+	roots.AddCert(ca)
+	conn, err := tls.Dial("tcp", "127.0.0.1:"+strconv.Itoa(port), &tls.Config{ServerName: name, RootCAs: roots})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// status runs `stapler status --json` with the config and returns what the (first) socket
+// serves for the certificate in path.
+func (f *hapFixture) status(config, path string) haproxyView {
+	f.t.Helper()
+	out, err := exec.Command("stapler", "status", "--json", "--config", config).Output()
+	if err != nil {
+		f.t.Fatalf("stapler status: %v", err)
+	}
+	var rep statusReport
+	if err := json.Unmarshal(out, &rep); err != nil {
+		f.t.Fatalf("stapler status --json: %v\n%s", err, out)
+	}
+	for _, cs := range rep.Certificates {
+		if cs.Path == path && len(cs.HAProxy) > 0 {
+			return cs.HAProxy[0]
+		}
+	}
+	f.t.Fatalf("stapler status shows no HAProxy for %s:\n%s", path, out)
+	return haproxyView{}
 }
 
 // TestHAProxyPendingPush: HAProxy is down during a forced run, which writes the staple to disk,
