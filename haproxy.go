@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -58,6 +59,7 @@ type result struct {
 // socketReport is the outcome of one run's exchange with one HAProxy socket.
 type socketReport struct {
 	Results map[string]result // by certificate path
+	Auto    map[string]bool   // certificate paths HAProxy's own ocsp-update keeps fresh
 	Err     error             // the socket failed: what it serves is unknown
 	Version string            // HAProxy's version, when known
 }
@@ -121,6 +123,57 @@ func syncSockets(ctx context.Context, sockets []string, refs []stapleRef, opt sy
 	return reports
 }
 
+// autoCopy is what one HAProxy holds for a certificate its own ocsp-update keeps fresh.
+type autoCopy struct {
+	Socket string
+	Update haproxy.OCSPUpdate
+	DER    []byte // nil when it holds nothing
+}
+
+// observeAutoUpdates asks each HAProxy which of the certificate files at paths its own
+// ocsp-update keeps fresh (2.8+: `show ssl ocsp-updates`), and what it holds for them. A
+// socket that fails is left out: the sync that follows reports it.
+func observeAutoUpdates(ctx context.Context, sockets, paths []string, timeout time.Duration) map[string][]autoCopy {
+	out := map[string][]autoCopy{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, raw := range sockets {
+		wg.Go(func() {
+			addr, err := haproxy.ParseAddr(raw)
+			if err != nil {
+				return
+			}
+			s, err := haproxy.Open(ctx, addr, timeout)
+			if err != nil {
+				return
+			}
+			defer s.Close()
+			for _, p := range s.Current() {
+				var auto []string
+				for _, path := range paths {
+					if _, ok := p.Updates[filepath.Clean(path)]; ok {
+						auto = append(auto, path)
+					}
+				}
+				if len(auto) == 0 || p.Err != nil {
+					continue
+				}
+				held, err := p.Held(auto, make([]string, len(auto)))
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				for i, path := range auto {
+					out[path] = append(out[path], autoCopy{Socket: raw, Update: p.Updates[filepath.Clean(path)], DER: held[i].DER})
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return out
+}
+
 // failSocket reports a socket that failed as a whole, in one line.
 func failSocket(socket string, err error, refs []stapleRef, opt syncOptions) socketReport {
 	rep := socketReport{Err: err, Results: map[string]result{}}
@@ -137,9 +190,14 @@ func failSocket(socket string, err error, refs []stapleRef, opt syncOptions) soc
 // each worker behind a master CLI. Old workers (stopping after a reload) get the staples too,
 // but only the current ones decide the outcome.
 func syncSession(s *haproxy.Session, refs []stapleRef, opt syncOptions) socketReport {
-	rep := socketReport{Results: map[string]result{}}
+	rep := socketReport{Results: map[string]result{}, Auto: map[string]bool{}}
 	for _, p := range s.Procs {
 		rep.Version = p.Info.Version.Text
+		for _, r := range refs {
+			if _, ok := p.Updates[filepath.Clean(r.Path)]; ok && !p.Old {
+				rep.Auto[r.Path] = true
+			}
+		}
 		results, err := syncProcess(p, refs, opt)
 		switch {
 		case p.Old:

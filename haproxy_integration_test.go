@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -873,5 +874,99 @@ func TestHAProxyAwkwardSetups(t *testing.T) {
 				t.Errorf("no error about the socket:\n%s", stderr)
 			}
 		})
+	})
+}
+
+// TestHAProxyOwnUpdater: a certificate under HAProxy's own ocsp-update (2.8+: `[ocsp-update
+// on]` in a crt-list) is HAProxy's to keep fresh, but HAProxy keeps what it fetches in memory
+// only. With HAProxy's copy good, stapler asks no responder (here: the responder is down), keeps
+// HAProxy's copy in <cert>.ocsp so that a restart starts from it, exits 0, and status says
+// that HAProxy is the updater.
+func TestHAProxyOwnUpdater(t *testing.T) {
+	forEachHAProxyFrom(t, "3.0", func(t *testing.T, h hapBin) {
+		f := newHAPFixture(t, h)
+		site, _ := f.addCert("site.stapler.test")
+		stats, sock := f.statsSocket("unix", "admin")
+		port := hapFreePort(t)
+		list := filepath.Join(f.dir, "list.txt")
+		hapWriteFile(t, list, []byte(site+" [ocsp-update on]\n"))
+		cfg := filepath.Join(f.dir, "haproxy.cfg")
+		hapWriteFile(t, cfg, bytes.Replace(hapConfig(port, f.certs, stats+" level admin"),
+			[]byte("ssl crt "+f.certs+"/"), []byte("ssl crt-list "+list), 1))
+		hapLaunch(t, f.haproxy, sock, filepath.Join(f.dir, "haproxy.log"), "-db", "-f", cfg)
+		var held []byte
+		hapWaitFor(t, "HAProxy's own first OCSP update", 10*time.Second, func() error {
+			a := hapCLI(t, sock, "show ssl ocsp-response base64 "+site)
+			der, err := base64.StdEncoding.DecodeString(strings.Join(strings.Fields(a[0].Text), ""))
+			if err != nil || len(der) == 0 {
+				return fmt.Errorf("HAProxy holds %q", a[0].Text)
+			}
+			held = der
+			return nil
+		})
+		if _, err := os.Stat(site + ".ocsp"); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("%s.ocsp exists before stapler ran (stat: %v): HAProxy writes nothing to disk", site, err)
+		}
+
+		f.resp.setMode("down")
+		f.resp.requests.Store(0)
+		stapler := f.config("stapler", []string{sock}, "")
+		stderr := f.run(0, "--config", stapler)
+		if !strings.Contains(stderr, `msg="kept HAProxy's own staple on disk" cert=`+site) {
+			t.Errorf("no word of keeping HAProxy's staple:\n%s", stderr)
+		}
+		if got := hapReadFile(t, site+".ocsp"); !bytes.Equal(got, held) {
+			t.Errorf("%s.ocsp holds %d bytes, not the %d HAProxy fetched", site, len(got), len(held))
+		}
+		f.wantServed(port, site, nil)
+		if view := f.status(stapler, site); !view.MatchesDisk {
+			t.Errorf("status: HAProxy does not serve the staple on disk: %+v", view)
+		}
+		out, err := exec.Command("stapler", "status", "--json", "--config", stapler).Output()
+		if err != nil || !strings.Contains(string(out), `"updater": "haproxy"`) {
+			t.Errorf("status --json does not name HAProxy as the updater (%v):\n%s", err, out)
+		}
+
+		// The next run has nothing to do.
+		stderr = f.run(0, "--config", stapler)
+		if strings.Contains(stderr, "kept HAProxy's own staple") || strings.Contains(stderr, "level=ERROR") {
+			t.Errorf("the second run did more than look:\n%s", stderr)
+		}
+	})
+}
+
+// TestHAProxyOwnUpdaterFailing: HAProxy's own ocsp-update verifies a response with the bundle
+// alone, so a delegated responder certificate makes every update fail (OCSP_basic_verify).
+// stapler, which verifies delegated responders, then fetches and pushes the staple itself.
+func TestHAProxyOwnUpdaterFailing(t *testing.T) {
+	forEachHAProxyFrom(t, "3.0", func(t *testing.T, h hapBin) {
+		f := newHAPFixture(t, h)
+		// An issuing CA under a root that the bundle lacks, as public CAs have: HAProxy can
+		// then verify the delegated responder certificate against nothing it trusts.
+		f.ca = newTestCA("Stapler Test Root", time.Now()).subordinate("Stapler Issuing CA", time.Now())
+		f.resp = startResponder(f.ca)
+		t.Cleanup(f.resp.Close)
+		f.resp.setMode("delegated")
+		site, _ := f.addCert("site.stapler.test")
+		stats, sock := f.statsSocket("unix", "admin")
+		port := hapFreePort(t)
+		list := filepath.Join(f.dir, "list.txt")
+		hapWriteFile(t, list, []byte(site+" [ocsp-update on]\n"))
+		cfg := filepath.Join(f.dir, "haproxy.cfg")
+		hapWriteFile(t, cfg, bytes.Replace(hapConfig(port, f.certs, stats+" level admin"),
+			[]byte("ssl crt "+f.certs+"/"), []byte("ssl crt-list "+list), 1))
+		hapLaunch(t, f.haproxy, sock, filepath.Join(f.dir, "haproxy.log"), "-db", "-f", cfg)
+		hapWaitFor(t, "HAProxy's own first OCSP update to fail", 10*time.Second, func() error {
+			u := haproxy.ParseOCSPUpdates(hapCLI(t, sock, "show ssl ocsp-updates")[0].Text)
+			if len(u) != 1 || !u[0].Failing() {
+				return fmt.Errorf("HAProxy's updates: %+v", u)
+			}
+			return nil
+		})
+		stderr := f.run(0, "--config", f.config("stapler", []string{sock}, ""))
+		if !strings.Contains(stderr, `msg="HAProxy's ocsp-update is failing; stapler fetches the staple itself" cert=`+site) {
+			t.Errorf("no word of HAProxy's failing updater:\n%s", stderr)
+		}
+		f.wantServed(port, site, nil)
 	})
 }

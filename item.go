@@ -206,6 +206,11 @@ func (it *item) parse() error {
 		return nil
 	}
 	var err error
+	if it.data == nil { // let go after the check
+		if it.data, err = readBundle(it.path, maxBundleBytes); err != nil {
+			return err
+		}
+	}
 	it.bundle, err = parseBundle(it.data)
 	return err
 }
@@ -269,6 +274,12 @@ func (it *item) refresh(ctx context.Context, f *fetcher, finder *issuerFinder, n
 		it.st.succeeded()
 		return nil
 	}
+	return it.store(der, resp, certID, issuer, src, now)
+}
+
+// store writes a validated staple to disk and records it: <cert>.issuer first when HAProxy
+// could not otherwise find the issuer, then <cert>.ocsp.
+func (it *item) store(der []byte, resp *ocsp.Response, certID []byte, issuer *x509.Certificate, src issuerSource, now time.Time) error {
 	if src == issuerFromDir || src == issuerFromAIA {
 		if err := it.writeIssuer(issuer); err != nil {
 			return err
@@ -284,6 +295,64 @@ func (it *item) refresh(ctx context.Context, f *fetcher, finder *issuerFinder, n
 	it.st.LastUpdate = now
 	it.staple, it.stapleHash, it.changed = der, it.st.StapleHash, true
 	return nil
+}
+
+// keptByHAProxy decides for a certificate that HAProxy's own ocsp-update keeps fresh (copies
+// are what each HAProxy holds for it). While HAProxy's copy is good (it verifies, HAProxy's
+// updater is not failing, and it is not past its renewal point) stapler asks no responder, and
+// keeps that copy in <cert>.ocsp when it is newer than the disk's, so that every restart and
+// reload of HAProxy, which keeps what it fetches in memory only, starts from it. It returns
+// false when stapler must fetch as for any certificate.
+func (it *item) keptByHAProxy(ctx context.Context, finder *issuerFinder, pol policy, copies []autoCopy, now time.Time) (bool, error) {
+	it.st.Updater = "haproxy"
+	var best *ocsp.Response
+	var bestDER []byte
+	for _, c := range copies {
+		if c.Update.Failing() {
+			slog.Info("HAProxy's ocsp-update is failing; stapler fetches the staple itself", "cert", it.path, "socket", c.Socket, "haproxy_says", c.Update.StatusText)
+			return false, nil
+		}
+		if c.DER == nil {
+			continue
+		}
+		resp, _, err := it.verify(ctx, finder, c.DER, now)
+		if err != nil {
+			slog.Warn("HAProxy holds a staple that stapler cannot verify", "cert", it.path, "socket", c.Socket, "err", err)
+			continue
+		}
+		if best == nil || compareResponses(resp.ThisUpdate, resp.ProducedAt, best.ThisUpdate, best.ProducedAt) > 0 {
+			best, bestDER = resp, c.DER
+		}
+	}
+	if best == nil || !now.Before(pol.renewalPoint(it.path, best.ThisUpdate, best.NextUpdate)) {
+		return false, nil
+	}
+	onDisk := it.stapleHash != stapleMissing && it.stapleHash == it.st.StapleHash && it.st.hasValidStaple(now)
+	if !onDisk || compareResponses(best.ThisUpdate, best.ProducedAt, it.st.ThisUpdate, it.st.ProducedAt) > 0 {
+		if it.dryRun {
+			slog.Info("would keep HAProxy's own staple on disk", "cert", it.path, "this_update", best.ThisUpdate)
+		} else {
+			issuer, src, err := finder.find(ctx, it.path, it.bundle)
+			if err != nil {
+				return false, err
+			}
+			req, err := newRequest(it.bundle[0], issuer)
+			if err != nil {
+				return false, err
+			}
+			certID, err := requestCertID(req)
+			if err != nil {
+				return false, err
+			}
+			if err := it.store(bestDER, best, certID, issuer, src, now); err != nil {
+				return false, err
+			}
+			slog.Info("kept HAProxy's own staple on disk", "cert", it.path, "this_update", best.ThisUpdate, "next_update", best.NextUpdate)
+		}
+	}
+	it.st.NextDue = pol.afterSuccess(it.path, now, it.st.ThisUpdate, it.st.NextUpdate)
+	it.reason = dueNotDue
+	return true, nil
 }
 
 // ref is the staple HAProxy should serve for the item: the one on disk, if it is the valid

@@ -123,9 +123,27 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 		items[i] = &item{path: path, old: state.Certificates[path], dryRun: opt.DryRun, dirs: dirs}
 	}
 	checkAll(ctx, items, finder, pol, now, opt.Force)
+	// Certificates HAProxy's own ocsp-update keeps fresh (2.8+) are left to it while its copy
+	// is good: one look at each HAProxy before deciding what to fetch.
+	var auto map[string][]autoCopy
+	if len(opt.Sockets) > 0 && !opt.Force {
+		var paths []string
+		for _, it := range items {
+			if it.err == nil && it.st.Responder != "" {
+				paths = append(paths, it.path)
+			}
+		}
+		auto = observeAutoUpdates(ctx, opt.Sockets, paths, opt.SocketTimeout)
+	}
 	for _, it := range items {
 		path, err := it.path, it.err
 		it.err = nil
+		if err == nil && auto != nil {
+			it.st.Updater = ""
+			if copies := auto[path]; len(copies) > 0 && it.st.Responder != "" && now.Before(it.st.NotAfter) && !now.Before(it.st.NotBefore) {
+				_, err = it.keptByHAProxy(ctx, finder, pol, copies, now)
+			}
+		}
 		switch {
 		case errors.Is(err, errNotCertificate) && !explicit[path] && it.old != nil:
 			// Stapled before: HAProxy will refuse this file now, and its staple is stale.

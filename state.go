@@ -48,6 +48,9 @@ type CertState struct {
 	FailingSince time.Time `json:"failing_since,omitzero"`
 	LastError    string    `json:"last_error,omitempty"`
 	LastUpdate   time.Time `json:"last_update,omitzero"` // last successful refresh
+	// Updater is "haproxy" when HAProxy's own ocsp-update keeps the staple fresh (stapler then
+	// keeps HAProxy's copy on disk), "" when stapler does.
+	Updater string `json:"updater,omitempty"`
 	// PendingPush lists the HAProxy sockets that did not take the staple on disk.
 	PendingPush []string `json:"pending_push,omitempty"`
 }

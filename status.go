@@ -29,20 +29,23 @@ type certStatus struct {
 	// StapleStatus is good or revoked (a valid staple on disk), none (no valid staple),
 	// unknown (a staple stapler has not checked: not run yet, or changed on disk) or
 	// no_responder.
-	StapleStatus string         `json:"staple_status"`
-	ThisUpdate   *time.Time     `json:"this_update"`
-	NextUpdate   *time.Time     `json:"next_update"`
-	TimeLeft     *int64         `json:"time_left_seconds"` // until nextUpdate
-	NextRefresh  *time.Time     `json:"next_refresh"`
-	Failures     int            `json:"failures"`
-	FailingSince *time.Time     `json:"failing_since"`
-	LastError    string         `json:"last_error"`
-	PendingPush  []string       `json:"pending_push"` // sockets that have not taken the staple yet
-	HAProxy      []haproxyView  `json:"haproxy"`
-	problem      bool           // sorts first
-	detail       string         // why the status is unknown or none, for the table
-	ref          *stapleRef     // the staple HAProxy should serve, when there is one
-	views        map[string]int // index in HAProxy by socket
+	StapleStatus string     `json:"staple_status"`
+	ThisUpdate   *time.Time `json:"this_update"`
+	NextUpdate   *time.Time `json:"next_update"`
+	TimeLeft     *int64     `json:"time_left_seconds"` // until nextUpdate
+	NextRefresh  *time.Time `json:"next_refresh"`
+	Failures     int        `json:"failures"`
+	FailingSince *time.Time `json:"failing_since"`
+	LastError    string     `json:"last_error"`
+	PendingPush  []string   `json:"pending_push"` // sockets that have not taken the staple yet
+	// Updater is who keeps the staple fresh: "stapler", or "haproxy" for a certificate under
+	// HAProxy's own ocsp-update (stapler then keeps HAProxy's copy on disk).
+	Updater string         `json:"updater"`
+	HAProxy []haproxyView  `json:"haproxy"`
+	problem bool           // sorts first
+	detail  string         // why the status is unknown or none, for the table
+	ref     *stapleRef     // the staple HAProxy should serve, when there is one
+	views   map[string]int // index in HAProxy by socket
 }
 
 // haproxyView is what one HAProxy does with a certificate's staple.
@@ -96,6 +99,9 @@ func collectStatus(ctx context.Context, opt runOptions, now time.Time) (*statusR
 			continue
 		}
 		for _, raw := range opt.Sockets {
+			if reports[raw].Auto[cs.Path] {
+				cs.Updater = "haproxy"
+			}
 			v := viewOf(raw, reports[raw])
 			res := reports[raw].Results[cs.Path]
 			v.Slot, v.MatchesDisk, v.Newer = res.slot, res.outcome == inSync, res.newer
@@ -153,6 +159,10 @@ func certStatusOf(path string, st *CertState, now time.Time) (cs certStatus, ok 
 		cs.StapleStatus, cs.NextRefresh = "no_responder", nil
 		return cs, true
 	}
+	cs.Updater = "stapler"
+	if st.Updater != "" {
+		cs.Updater = st.Updater
+	}
 	staple, err := readRegular(stapleName(path), maxStapleBytes)
 	switch {
 	case err != nil:
@@ -199,7 +209,10 @@ func writeStatusTable(w io.Writer, rep *statusReport, now time.Time) error {
 		if cs.NextUpdate != nil {
 			left = shortDuration(cs.NextUpdate.Sub(now))
 		}
-		if cs.NextRefresh != nil {
+		switch {
+		case cs.Updater == "haproxy":
+			refresh = "haproxy" // HAProxy's own ocsp-update
+		case cs.NextRefresh != nil:
 			refresh = "now"
 			if d := cs.NextRefresh.Sub(now); d > 0 {
 				refresh = shortDuration(d)

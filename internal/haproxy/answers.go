@@ -130,14 +130,14 @@ type OCSPUpdate struct {
 	LastUpdate time.Time // zero before the first attempt
 	Successes  int
 	Failures   int
-	// Status is HAProxy's code for the last attempt (1 "Update successful"; others are
-	// failures) and StatusText its words.
+	// Status is HAProxy's code for the last attempt (0 none yet, 1 "Update successful", others
+	// failures) and StatusText its words. LastUpdate is that of the last success.
 	Status     int
 	StatusText string
 }
 
 // Failing reports whether HAProxy's last attempt failed.
-func (u OCSPUpdate) Failing() bool { return !u.LastUpdate.IsZero() && u.Status != 1 }
+func (u OCSPUpdate) Failing() bool { return u.Status != 0 && u.Status != 1 }
 
 // ParseOCSPUpdates reads the answer to `show ssl ocsp-updates`:
 // "303b… | /etc/haproxy/certs/a.pem | 02/Dec/2026:01:19:26 +0000 | 02/Dec/2026:01:19:06 +0000 | 1 | 0 | 1 | Update successful".
