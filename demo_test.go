@@ -45,44 +45,45 @@ func demoDir(t *testing.T, stdout string) string {
 // TestDemo runs `stapler demo` with a real HAProxy, as a first-time user would, and checks
 // that it ends in time, says that HAProxy staples exactly what stapler wrote, and cleans up.
 func TestDemo(t *testing.T) {
-	hapLookTool(t, "haproxy", "/usr/sbin/haproxy")
-	start := time.Now()
-	code, stdout, stderr := runDemo(t)
-	took := time.Since(start)
-	if code != 0 {
-		t.Fatalf("stapler demo exited with status %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
-	}
-	t.Logf("stapler demo took %v", took)
-	for _, want := range []string{
-		`(?m)^2\. Started HAProxy \S+, serving certs/`,
-		`(?m)^\s+shop\.demo\.test\s+stapled a good response, byte-identical to certs/shop\.pem\.ocsp$`,
-		`(?m)^\s+api\.demo\.test\s+stapled a good response, byte-identical to certs/api\.pem\.ocsp$`,
-		`(?m)^\s+legacy\.demo\.test\s+stapled nothing, as it should`,
-		`(?m)^\s+revoked\.demo\.test\s+stapled a revoked response, byte-identical to certs/revoked\.pem\.ocsp$`,
-		`(?m)^revoked\.pem\s.*\srevoked\s.*\sok\s`, // the status table
-		`(?m)^Everything behaved as it should`,
-	} {
-		if !regexp.MustCompile(want).MatchString(stdout) {
-			t.Errorf("stdout does not match %s:\n%s", want, stdout)
+	forEachHAProxy(t, func(t *testing.T, h hapBin) {
+		start := time.Now()
+		code, stdout, stderr := runDemo(t, "--haproxy", h.Path)
+		took := time.Since(start)
+		if code != 0 {
+			t.Fatalf("stapler demo exited with status %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
 		}
-	}
-	if strings.Contains(stdout, "UNEXPECTED") {
-		t.Errorf("stdout reports something unexpected:\n%s", stdout)
-	}
-
-	// stapler's own log: slots created without a reload, and the revocation as the one error.
-	if n := strings.Count(stderr, `msg="created OCSP slot without a reload"`); n != 3 {
-		t.Errorf("stderr reports %d OCSP slots created, want 3:\n%s", n, stderr)
-	}
-	for _, line := range strings.Split(strings.TrimSpace(stderr), "\n") {
-		if !strings.Contains(line, "level=INFO") && !strings.Contains(line, `level=ERROR msg="certificate is revoked" cert=`) {
-			t.Errorf("unexpected line on stderr: %s", line)
+		t.Logf("stapler demo took %v", took)
+		for _, want := range []string{
+			`(?m)^2\. Started HAProxy \S+, serving certs/`,
+			`(?m)^\s+shop\.demo\.test\s+stapled a good response, byte-identical to certs/shop\.pem\.ocsp$`,
+			`(?m)^\s+api\.demo\.test\s+stapled a good response, byte-identical to certs/api\.pem\.ocsp$`,
+			`(?m)^\s+legacy\.demo\.test\s+stapled nothing, as it should`,
+			`(?m)^\s+revoked\.demo\.test\s+stapled a revoked response, byte-identical to certs/revoked\.pem\.ocsp$`,
+			`(?m)^revoked\.pem\s.*\srevoked\s.*\sok\s`, // the status table
+			`(?m)^Everything behaved as it should`,
+		} {
+			if !regexp.MustCompile(want).MatchString(stdout) {
+				t.Errorf("stdout does not match %s:\n%s", want, stdout)
+			}
 		}
-	}
+		if strings.Contains(stdout, "UNEXPECTED") {
+			t.Errorf("stdout reports something unexpected:\n%s", stdout)
+		}
 
-	if _, err := os.Stat(demoDir(t, stdout)); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("the demo directory is still there (stat: %v)", err)
-	}
+		// stapler's own log: slots created without a reload, and the revocation as the one error.
+		if n := strings.Count(stderr, `msg="created OCSP slot without a reload"`); n != 3 {
+			t.Errorf("stderr reports %d OCSP slots created, want 3:\n%s", n, stderr)
+		}
+		for _, line := range strings.Split(strings.TrimSpace(stderr), "\n") {
+			if !strings.Contains(line, "level=INFO") && !strings.Contains(line, `level=ERROR msg="certificate is revoked" cert=`) {
+				t.Errorf("unexpected line on stderr: %s", line)
+			}
+		}
+
+		if _, err := os.Stat(demoDir(t, stdout)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("the demo directory is still there (stat: %v)", err)
+		}
+	})
 }
 
 // TestDemoNoHAProxy: with HAProxy left out, the demo says so, stops at the files on disk and

@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
@@ -264,6 +265,7 @@ EXAMPLES:
    stapler demo
    stapler demo --keep         # keep the directory, to look at the files
    stapler demo --no-haproxy   # stop at the files on disk
+   stapler demo --haproxy /opt/haproxy-3.2/sbin/haproxy
 
 EXIT STATUS:
    0  everything behaved as it should (the revoked certificate included)
@@ -271,6 +273,7 @@ EXIT STATUS:
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "keep", Usage: "keep the demo directory and print its path", DisableDefaultText: true},
 			&cli.BoolFlag{Name: "no-haproxy", Usage: "do not start HAProxy, even when it is installed", DisableDefaultText: true},
+			&cli.StringFlag{Name: "haproxy", Usage: "HAProxy `BINARY` to run", DefaultText: "haproxy on PATH, else /usr/sbin/haproxy"},
 		},
 		Action: demoAction,
 	}
@@ -285,9 +288,17 @@ func demoAction(c *cli.Context) error {
 		return usageError(err)
 	}
 	slog.SetDefault(logger)
-	opt := demoOptions{Keep: c.Bool("keep"), NoHAProxy: c.Bool("no-haproxy")}
-	if !opt.NoHAProxy {
+	opt := demoOptions{Keep: c.Bool("keep"), NoHAProxy: c.Bool("no-haproxy"), HAProxy: c.String("haproxy")}
+	switch {
+	case opt.NoHAProxy && opt.HAProxy != "":
+		return usageError(errors.New("--haproxy and --no-haproxy contradict each other"))
+	case opt.NoHAProxy:
+	case opt.HAProxy == "":
 		opt.HAProxy = lookHAProxy()
+	default:
+		if _, err := exec.LookPath(opt.HAProxy); err != nil {
+			return usageError(fmt.Errorf("--haproxy %s: %w", opt.HAProxy, err))
+		}
 	}
 	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 	defer stop()
