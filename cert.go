@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
@@ -96,8 +97,9 @@ type issuerFinder struct {
 	cached    map[string]*x509.Certificate // by hash of the DER: issuers in CacheDir
 }
 
-// find returns the issuer of leaf (the first certificate of the bundle at path) and its source.
-func (f *issuerFinder) find(ctx context.Context, path string, bundle []*x509.Certificate) (*x509.Certificate, issuerSource, error) {
+// find returns the issuer of leaf (the first certificate of the bundle) and its source;
+// issuerFile is where HAProxy looks for it ("" for nowhere).
+func (f *issuerFinder) find(ctx context.Context, issuerFile string, bundle []*x509.Certificate) (*x509.Certificate, issuerSource, error) {
 	leaf := bundle[0]
 	for _, c := range bundle[1:] {
 		if signed(leaf, c) {
@@ -105,16 +107,16 @@ func (f *issuerFinder) find(ctx context.Context, path string, bundle []*x509.Cer
 			return c, issuerInBundle, nil
 		}
 	}
-	if data, err := readRegular(issuerName(path), maxStapleBytes); err == nil {
+	if data, err := readRegular(issuerFile, maxStapleBytes); issuerFile != "" && err == nil {
 		certs, err := parseBundle(data)
 		switch {
 		case err != nil:
-			slog.Warn("ignoring unreadable issuer file", "file", issuerName(path), "err", err)
+			slog.Warn("ignoring unreadable issuer file", "file", issuerFile, "err", err)
 		case signed(leaf, certs[0]):
 			f.remember(certs[0])
 			return certs[0], issuerFromFile, nil
 		default:
-			slog.Warn("ignoring issuer file that did not sign the certificate", "file", issuerName(path), "cert", path)
+			slog.Warn("ignoring issuer file that did not sign the certificate", "file", issuerFile)
 		}
 	}
 	f.once.Do(f.loadDirs)
@@ -142,7 +144,7 @@ func (f *issuerFinder) find(ctx context.Context, path string, bundle []*x509.Cer
 		}
 		errs = append(errs, fmt.Errorf("%s: %w", u, err))
 	}
-	where := fmt.Errorf("%w in the bundle, %s or issuer_dirs", errIssuerNotFound, filepath.Base(issuerName(path)))
+	where := fmt.Errorf("%w in the bundle, %s or issuer_dirs", errIssuerNotFound, cmp.Or(filepath.Base(issuerFile), "an issuer file"))
 	if len(errs) == 0 {
 		return nil, 0, fmt.Errorf("%w, and the certificate names no AIA caIssuers URL", where)
 	}

@@ -35,6 +35,12 @@ type Config struct {
 	// exclude: glob patterns; a file whose base name or path relative to its directory
 	// matches one is ignored. Default none.
 	Exclude []string `toml:"exclude"`
+	// extra_del_ext: the HAProxy serving the certificates given in dirs and files has
+	// ssl-load-extra-del-ext in its global section, so that it reads the staple of site.crt
+	// from site.ocsp (and its issuer from site.issuer), not site.crt.ocsp. HAProxy drops a
+	// ".crt" extension only: site.pem keeps site.pem.ocsp. Discovered configurations
+	// (haproxy_configs) say this themselves. Default false.
+	ExtraDelExt bool `toml:"extra_del_ext"`
 	// issuer_dirs: directories of PEM issuer certificates, searched when an issuer is neither
 	// in the bundle nor in <cert>.issuer. Default none.
 	IssuerDirs []string `toml:"issuer_dirs"`

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -23,7 +24,8 @@ import (
 
 // stapleRef is what every HAProxy should serve for one certificate file, as plain values.
 type stapleRef struct {
-	Path       string // the certificate file, as HAProxy names it
+	Path       string // the certificate file
+	Name       string // HAProxy's name for it: Path, or a crt-store entry's "@store/alias"
 	DER        []byte
 	CertID     string // hex DER CertID: HAProxy's key for the staple
 	Serial     string // hex
@@ -81,6 +83,9 @@ func syncSockets(ctx context.Context, sockets []string, refs []stapleRef, opt sy
 	if len(refs) == 0 {
 		return reports
 	}
+	for i := range refs {
+		refs[i].Name = cmp.Or(refs[i].Name, refs[i].Path)
+	}
 	sessions := make([]*haproxy.Session, len(sockets))
 	errs := make([]error, len(sockets))
 	var wg sync.WaitGroup
@@ -130,10 +135,10 @@ type autoCopy struct {
 	DER    []byte // nil when it holds nothing
 }
 
-// observeAutoUpdates asks each HAProxy which of the certificate files at paths its own
-// ocsp-update keeps fresh (2.8+: `show ssl ocsp-updates`), and what it holds for them. A
-// socket that fails is left out: the sync that follows reports it.
-func observeAutoUpdates(ctx context.Context, sockets, paths []string, timeout time.Duration) map[string][]autoCopy {
+// observeAutoUpdates asks each HAProxy which of the certificate files its own ocsp-update
+// keeps fresh (2.8+: `show ssl ocsp-updates`), and what it holds for them, by path. A socket
+// that fails is left out: the sync that follows reports it.
+func observeAutoUpdates(ctx context.Context, sockets []string, files []certFile, timeout time.Duration) map[string][]autoCopy {
 	out := map[string][]autoCopy{}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -149,22 +154,23 @@ func observeAutoUpdates(ctx context.Context, sockets, paths []string, timeout ti
 			}
 			defer s.Close()
 			for _, p := range s.Current() {
-				var auto []string
-				for _, path := range paths {
-					if _, ok := p.Updates[filepath.Clean(path)]; ok {
-						auto = append(auto, path)
+				var auto []certFile
+				var names []string
+				for _, f := range files {
+					if _, ok := p.Updates[filepath.Clean(f.Name)]; ok {
+						auto, names = append(auto, f), append(names, f.Name)
 					}
 				}
 				if len(auto) == 0 || p.Err != nil {
 					continue
 				}
-				held, err := p.Held(auto, make([]string, len(auto)))
+				held, err := p.Held(names, make([]string, len(names)))
 				if err != nil {
 					return
 				}
 				mu.Lock()
-				for i, path := range auto {
-					out[path] = append(out[path], autoCopy{Socket: raw, Update: p.Updates[filepath.Clean(path)], DER: held[i].DER})
+				for i, f := range auto {
+					out[f.Path] = append(out[f.Path], autoCopy{Socket: raw, Update: p.Updates[filepath.Clean(f.Name)], DER: held[i].DER})
 				}
 				mu.Unlock()
 			}
@@ -194,7 +200,7 @@ func syncSession(s *haproxy.Session, refs []stapleRef, opt syncOptions) socketRe
 	for _, p := range s.Procs {
 		rep.Version = p.Info.Version.Text
 		for _, r := range refs {
-			if _, ok := p.Updates[filepath.Clean(r.Path)]; ok && !p.Old {
+			if _, ok := p.Updates[filepath.Clean(r.Name)]; ok && !p.Old {
 				rep.Auto[r.Path] = true
 			}
 		}
@@ -301,11 +307,11 @@ func syncProcess(p *haproxy.Process, refs []stapleRef, opt syncOptions) (map[str
 	if p.Caps.WarnsBelowAdmin && p.Level != "admin" && !opt.ReadOnly {
 		slog.Warn("HAProxy logs a deprecation warning for each OCSP command below level admin, and 3.4 refuses them: give stapler a socket with level admin", "socket", p.Where(), "version", p.Info.Version.Text, "level", p.Level)
 	}
-	paths, ids := make([]string, len(refs)), make([]string, len(refs))
+	names, ids := make([]string, len(refs)), make([]string, len(refs))
 	for i, r := range refs {
-		paths[i], ids[i] = r.Path, r.CertID
+		names[i], ids[i] = r.Name, r.CertID
 	}
-	held, err := p.Held(paths, ids)
+	held, err := p.Held(names, ids)
 	if err != nil {
 		return nil, err
 	}
@@ -460,11 +466,11 @@ func verifySent(p *haproxy.Process, refs []stapleRef, idx []int, results map[str
 	if len(idx) == 0 {
 		return nil
 	}
-	paths, ids := make([]string, len(idx)), make([]string, len(idx))
+	names, ids := make([]string, len(idx)), make([]string, len(idx))
 	for k, i := range idx {
-		paths[k], ids[k] = refs[i].Path, refs[i].CertID
+		names[k], ids[k] = refs[i].Name, refs[i].CertID
 	}
-	held, err := p.Held(paths, ids)
+	held, err := p.Held(names, ids)
 	if err != nil {
 		return err
 	}

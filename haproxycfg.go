@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"fmt"
 	"net"
 	"os"
@@ -13,11 +14,13 @@ import (
 )
 
 // haproxySetup is what stapler learns from HAProxy's own configuration: the certificates its
-// bind lines load and its stats sockets.
+// bind lines load, what HAProxy makes of each (its name, where it reads staple and issuer,
+// whether its own ocsp-update keeps it fresh), and its stats sockets.
 type haproxySetup struct {
 	Dirs    []string
 	Files   []string
 	Sockets []string
+	Naming  naming // Dirs and Files
 	// Notes are constructs stapler could not follow, each naming file and line.
 	Notes []string
 }
@@ -38,11 +41,27 @@ func readHAProxyConfig(path string) (haproxySetup, error) {
 		}
 		slices.Sort(files)
 	}
-	p := &cfgParser{hs: &hs}
+	p := &cfgParser{hs: &hs, stores: map[string]*crtStore{}, files: map[string]certFile{}}
 	for _, f := range files {
 		if err := p.file(f); err != nil {
 			return hs, err
 		}
+	}
+	// Global settings apply wherever they stand in the configuration.
+	hs.Naming = naming{Dirs: map[string]dirNaming{}, Files: map[string]certFile{}}
+	for _, d := range hs.Dirs {
+		hs.Naming.Dirs[d] = dirNaming{DelExt: p.delExt, Auto: p.autoAll}
+	}
+	for path, f := range p.files {
+		if f.Name == f.Path { // a file loaded by `crt` or a crt-list line, not a crt-store entry
+			d := defaultFile(path, p.delExt)
+			f.Staple = cmp.Or(f.Staple, d.Staple)
+			if f.Issuer == "" {
+				f.Issuer = d.Issuer
+			}
+		}
+		f.Auto = f.Auto || p.autoAll && !p.autoOff[path]
+		hs.Naming.Files[path] = f
 	}
 	hs.Dirs, hs.Files, hs.Sockets = dedupe(hs.Dirs), dedupe(hs.Files), dedupe(hs.Sockets)
 	return hs, nil
@@ -57,6 +76,18 @@ type cfgParser struct {
 	hs      *haproxySetup
 	section string
 	crtBase string
+	delExt  bool // ssl-load-extra-del-ext
+	autoAll bool // ocsp-update.mode on (3.0+)
+	autoOff map[string]bool
+	files   map[string]certFile // certificate files named by crt, crt-list and crt-store lines
+	stores  map[string]*crtStore
+	store   *crtStore // the crt-store section being read
+}
+
+// crtStore is a crt-store section (HAProxy 3.0+): its bases, and its entries by name.
+type crtStore struct {
+	name, crtBase, keyBase string
+	entries                map[string]certFile // by "@store/alias"
 }
 
 func (p *cfgParser) note(file string, line int, format string, args ...any) {
@@ -93,9 +124,14 @@ var cfgSections = []string{"global", "defaults", "frontend", "listen", "backend"
 
 func (p *cfgParser) line(file string, n int, w []string) {
 	if slices.Contains(cfgSections, w[0]) {
-		p.section = w[0]
+		p.section, p.store = w[0], nil
 		if w[0] == "crt-store" {
-			p.note(file, n, "crt-store sections (HAProxy 2.8+) are not followed")
+			name := ""
+			if len(w) > 1 {
+				name = w[1]
+			}
+			p.store = &crtStore{name: name, entries: map[string]certFile{}}
+			p.stores[name] = p.store
 		}
 		return
 	}
@@ -109,6 +145,16 @@ func (p *cfgParser) line(file string, n int, w []string) {
 	switch {
 	case p.section == "global" && w[0] == "crt-base" && len(w) > 1:
 		p.crtBase = w[1]
+	case p.section == "global" && w[0] == "ssl-load-extra-del-ext":
+		p.delExt = true
+	case p.section == "global" && w[0] == "ocsp-update.mode" && len(w) > 1:
+		p.autoAll = w[1] == "on"
+	case p.section == "crt-store" && w[0] == "crt-base" && len(w) > 1:
+		p.store.crtBase = w[1]
+	case p.section == "crt-store" && w[0] == "key-base" && len(w) > 1:
+		p.store.keyBase = w[1]
+	case p.section == "crt-store" && w[0] == "load":
+		p.load(file, n, w[1:])
 	case p.section == "global" && w[0] == "stats" && len(w) > 2 && w[1] == "socket":
 		p.socket(file, n, w[2])
 	case (p.section == "frontend" || p.section == "listen") && w[0] == "bind":
@@ -169,7 +215,17 @@ func (p *cfgParser) certPath(file string, n int, path string) (string, bool) {
 	return filepath.Join(p.crtBase, path), true
 }
 
+// crt follows a certificate named by a bind line's `crt` or a crt-list line, with the
+// crt-list line's options (nil for a bind line).
 func (p *cfgParser) crt(file string, n int, path string) {
+	p.crtWith(file, n, path, nil)
+}
+
+func (p *cfgParser) crtWith(file string, n int, path string, opts map[string]string) {
+	if strings.HasPrefix(path, "@") {
+		p.storeRef(file, n, path)
+		return
+	}
 	full, ok := p.certPath(file, n, path)
 	if !ok {
 		return
@@ -180,6 +236,26 @@ func (p *cfgParser) crt(file string, n int, path string) {
 		p.hs.Dirs = append(p.hs.Dirs, full)
 	case err == nil:
 		p.hs.Files = append(p.hs.Files, full)
+		f := certFile{Path: full, Name: full, Where: fmt.Sprintf("%s:%d", file, n)}
+		if o, ok := opts["ocsp"]; ok {
+			f.Staple, _ = p.certPath(file, n, o)
+		}
+		if o, ok := opts["issuer"]; ok {
+			f.Issuer, _ = p.certPath(file, n, o)
+			f.IssuerGiven = f.Issuer != ""
+		}
+		switch opts["ocsp-update"] {
+		case "on":
+			f.Auto = true
+		case "off":
+			if p.autoOff == nil {
+				p.autoOff = map[string]bool{}
+			}
+			p.autoOff[full] = true
+		}
+		if _, seen := p.files[full]; !seen || opts != nil {
+			p.files[full] = f
+		}
 	default:
 		// A multi-certificate bundle named without its .rsa/.ecdsa/.dsa members.
 		members, _ := filepath.Glob(full + ".*")
@@ -217,11 +293,100 @@ func (p *cfgParser) crtList(file string, n int, path string) {
 		case env:
 			p.note(full, ln, "uses environment variables, which stapler does not expand")
 		default:
-			p.crt(full, ln, words[0])
+			p.crtWith(full, ln, words[0], crtListOptions(words[1:]))
 		}
 	}
 	if err := sc.Err(); err != nil {
 		p.note(file, n, "crt-list %s: %v", full, err)
+	}
+}
+
+// crtListOptions are the options of a crt-list line that stapler follows, from its bracketed
+// part: `[ocsp FILE]`, `[issuer FILE]` and `[ocsp-update on|off]` (3.0+; 2.8 has
+// ocsp-update only).
+func crtListOptions(words []string) map[string]string {
+	opts := map[string]string{}
+	if len(words) == 0 || !strings.HasPrefix(words[0], "[") {
+		return opts
+	}
+	var inside []string
+	for _, w := range words {
+		last := strings.HasSuffix(w, "]")
+		w = strings.TrimSuffix(strings.TrimPrefix(w, "["), "]")
+		if w != "" {
+			inside = append(inside, w)
+		}
+		if last {
+			break
+		}
+	}
+	for i := 0; i+1 < len(inside); i++ {
+		switch inside[i] {
+		case "ocsp", "issuer", "ocsp-update":
+			opts[inside[i]] = inside[i+1]
+			i++
+		}
+	}
+	return opts
+}
+
+// load follows a crt-store `load` line (HAProxy 3.0+): `crt FILE [key FILE] [ocsp FILE]
+// [issuer FILE] [sctl FILE] [alias NAME] [ocsp-update on|off]`, files relative to the store's
+// crt-base. HAProxy reads the staple and the issuer only from the files the line names: a
+// <crt>.ocsp beside the certificate is not read.
+func (p *cfgParser) load(file string, n int, w []string) {
+	kv := map[string]string{}
+	for i := 0; i+1 < len(w); i += 2 {
+		kv[w[i]] = w[i+1]
+	}
+	crt := kv["crt"]
+	if crt == "" {
+		p.note(file, n, "crt-store load line without crt")
+		return
+	}
+	base := cmp.Or(p.store.crtBase, p.crtBase)
+	resolve := func(f string) string {
+		if f == "" || filepath.IsAbs(f) {
+			return filepath.Clean(f)
+		}
+		if !filepath.IsAbs(base) {
+			p.note(file, n, "%s is relative to HAProxy's working directory (no absolute crt-base); give it in files", f)
+			return ""
+		}
+		return filepath.Join(base, f)
+	}
+	f := certFile{Path: resolve(crt), Name: "@" + p.store.name + "/" + cmp.Or(kv["alias"], crt), Where: fmt.Sprintf("%s:%d", file, n)}
+	if f.Path == "" || f.Path == "." {
+		return
+	}
+	if o := kv["ocsp"]; o != "" {
+		f.Staple = resolve(o)
+	} else {
+		p.note(file, n, "crt-store entry %s names no ocsp file: HAProxy starts without a staple for it, and stapler's, kept in %s, reaches it at run time only (add ocsp \"FILE\" to the load line)", f.Name, stapleName(f.Path))
+		f.Staple = stapleName(f.Path)
+	}
+	if i := kv["issuer"]; i != "" {
+		f.Issuer, f.IssuerGiven = resolve(i), true
+	}
+	switch kv["ocsp-update"] {
+	case "on":
+		f.Auto = true
+	case "off":
+		if p.autoOff == nil {
+			p.autoOff = map[string]bool{}
+		}
+		p.autoOff[f.Path] = true
+	}
+	p.store.entries[f.Name] = f
+	p.files[f.Path] = f
+	p.hs.Files = append(p.hs.Files, f.Path)
+}
+
+// storeRef checks a `crt "@store/name"` reference to a crt-store entry.
+func (p *cfgParser) storeRef(file string, n int, ref string) {
+	name, _, _ := strings.Cut(strings.TrimPrefix(ref, "@"), "/")
+	if st, ok := p.stores[name]; !ok || st.entries[ref] == (certFile{}) {
+		p.note(file, n, "%s names no crt-store entry stapler found", ref)
 	}
 }
 

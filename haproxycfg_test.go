@@ -127,3 +127,65 @@ func TestSplitCfgLine(t *testing.T) {
 		}
 	}
 }
+
+// TestHAProxyConfigNaming: what discovery learns of each certificate file, as HAProxy would:
+// ssl-load-extra-del-ext drops ".crt" only, crt-list options and crt-store entries name their
+// staple and issuer files, and ocsp-update comes from the crt-list, the crt-store or the global
+// mode (where a crt-list or crt-store says off, off).
+func TestHAProxyConfigNaming(t *testing.T) {
+	dir := t.TempDir()
+	for _, f := range []string{"certs/site.crt", "certs/site.pem", "certs/a.b.crt", "listed/x.pem", "listed/y.pem", "store/s.pem", "store/t.pem"} {
+		os.MkdirAll(filepath.Join(dir, filepath.Dir(f)), 0o755)
+		os.WriteFile(filepath.Join(dir, f), []byte("x"), 0o644)
+	}
+	os.WriteFile(filepath.Join(dir, "list.txt"), []byte("listed/x.pem [ocsp listed/x.der issuer listed/ca.pem ocsp-update on] x.test\nlisted/y.pem [ocsp-update off]\n"), 0o644)
+	cfg := filepath.Join(dir, "haproxy.cfg")
+	os.WriteFile(cfg, []byte(`global
+	crt-base `+dir+`
+	ssl-load-extra-del-ext
+	ocsp-update.mode on
+
+crt-store web
+	crt-base `+dir+`/store
+	load crt "s.pem" ocsp "s.der" issuer "ca.pem" alias "site"
+	load crt "t.pem" ocsp-update off
+
+frontend https
+	bind :443 ssl crt certs/ crt-list `+dir+`/list.txt crt "@web/site"
+`), 0o644)
+	hs, err := readHAProxyConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := func(p string) string { return filepath.Join(dir, p) }
+	tests := []struct {
+		path string
+		want certFile
+	}{
+		{j("certs/site.crt"), certFile{Name: j("certs/site.crt"), Staple: j("certs/site.ocsp"), Issuer: j("certs/site.issuer"), Auto: true}},
+		{j("certs/site.pem"), certFile{Name: j("certs/site.pem"), Staple: j("certs/site.pem.ocsp"), Issuer: j("certs/site.pem.issuer"), Auto: true}},
+		{j("certs/a.b.crt"), certFile{Name: j("certs/a.b.crt"), Staple: j("certs/a.b.ocsp"), Issuer: j("certs/a.b.issuer"), Auto: true}},
+		{j("listed/x.pem"), certFile{Name: j("listed/x.pem"), Staple: j("listed/x.der"), Issuer: j("listed/ca.pem"), IssuerGiven: true, Auto: true}},
+		{j("listed/y.pem"), certFile{Name: j("listed/y.pem"), Staple: j("listed/y.pem.ocsp"), Issuer: j("listed/y.pem.issuer")}},
+		{j("store/s.pem"), certFile{Name: "@web/site", Staple: j("store/s.der"), Issuer: j("store/ca.pem"), IssuerGiven: true, Auto: true}},
+		{j("store/t.pem"), certFile{Name: "@web/t.pem", Staple: j("store/t.pem.ocsp")}},
+	}
+	for _, tt := range tests {
+		got := hs.Naming.file(tt.path)
+		tt.want.Path, got.Where = tt.path, ""
+		if got != tt.want {
+			t.Errorf("%s:\n got %+v\nwant %+v", tt.path, got, tt.want)
+		}
+	}
+	// The crt-store entry without an ocsp file is noted: HAProxy starts without its staple.
+	if !slices.ContainsFunc(hs.Notes, func(n string) bool { return strings.Contains(n, "@web/t.pem names no ocsp file") }) {
+		t.Errorf("no note about the crt-store entry without ocsp: %q", hs.Notes)
+	}
+	// Without discovery, extra_del_ext applies to the files given by hand.
+	if got := (naming{DelExt: true}).file("/c/site.crt"); got.Staple != "/c/site.ocsp" || got.Issuer != "/c/site.issuer" {
+		t.Errorf("extra_del_ext: %+v", got)
+	}
+	if got := (naming{}).file("/c/site.crt"); got.Staple != "/c/site.crt.ocsp" {
+		t.Errorf("default: %+v", got)
+	}
+}

@@ -18,6 +18,7 @@ import (
 // item is one certificate file on its way through a run.
 type item struct {
 	path   string
+	file   certFile // what HAProxy makes of it: its staple and issuer files, its name
 	dryRun bool
 	dirs   *dirSyncer // fsyncs the directories written to, once, before the state is saved
 	old    *CertState // what the state recorded before this run, nil if nothing
@@ -72,7 +73,7 @@ func (it *item) check(ctx context.Context, finder *issuerFinder, pol policy, now
 	}
 	// <cert>.issuer is checked when it or the certificate changed: HAProxy will not start with
 	// a wrong one, staple or not.
-	if fi, err := os.Stat(issuerName(it.path)); err == nil || !errors.Is(err, fs.ErrNotExist) {
+	if fi, err := os.Stat(it.file.Issuer); it.file.Issuer != "" && (err == nil || !errors.Is(err, fs.ErrNotExist)) {
 		key := ""
 		if err == nil {
 			key = fileKey(fi)
@@ -94,10 +95,10 @@ func (it *item) check(ctx context.Context, finder *issuerFinder, pol policy, now
 	// The staple's hash, without reading it when the file is the one the state recorded: same
 	// size, modification time and inode. A replaced or rewritten file is read and hashed.
 	it.stapleHash = stapleMissing
-	if fi, err := os.Stat(stapleName(it.path)); err == nil {
+	if fi, err := os.Stat(it.file.Staple); err == nil {
 		if key := fileKey(fi); it.old != nil && it.old.Hash == hash && key == it.old.StapleKey && key != "" {
 			it.stapleHash = it.old.StapleHash
-		} else if staple, err := readRegular(stapleName(it.path), maxStapleBytes); err == nil {
+		} else if staple, err := readRegular(it.file.Staple, maxStapleBytes); err == nil {
 			it.staple, it.stapleHash = staple, hashBytes(staple)
 			it.st.StapleKey = key
 		}
@@ -134,7 +135,7 @@ func (it *item) check(ctx context.Context, finder *issuerFinder, pol policy, now
 // wrote itself (for an earlier certificate) is replaced by the right issuer, or removed when
 // HAProxy finds the issuer in the bundle; one that someone else wrote is reported.
 func (it *item) checkIssuerFile(ctx context.Context, finder *issuerFinder) error {
-	name := issuerName(it.path)
+	name := it.file.Issuer
 	data, err := readRegular(name, maxStapleBytes)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -151,7 +152,7 @@ func (it *item) checkIssuerFile(ctx context.Context, finder *issuerFinder) error
 	if it.st.IssuerFile != hashBytes(data) {
 		return fmt.Errorf("%s did not sign the certificate, and HAProxy refuses to start with it: correct or remove it", name)
 	}
-	issuer, src, err := finder.find(ctx, it.path, it.bundle)
+	issuer, src, err := finder.find(ctx, it.file.Issuer, it.bundle)
 	switch {
 	case it.dryRun:
 		slog.Info("would repair issuer file", "file", name)
@@ -190,11 +191,11 @@ func leafFirst(bundle []*x509.Certificate) error {
 
 func (it *item) writeIssuer(issuer *x509.Certificate) error {
 	data := issuerPEM(issuer)
-	if _, err := writeFile(issuerName(it.path), data, 0o644, it.dirs); err != nil {
+	if _, err := writeFile(it.file.Issuer, data, 0o644, it.dirs); err != nil {
 		return fmt.Errorf("writing issuer: %w", err)
 	}
 	it.st.IssuerFile = hashBytes(data)
-	if fi, err := os.Stat(issuerName(it.path)); err == nil {
+	if fi, err := os.Stat(it.file.Issuer); err == nil {
 		it.st.IssuerKey = fileKey(fi)
 	}
 	return nil
@@ -221,7 +222,7 @@ func (it *item) verify(ctx context.Context, finder *issuerFinder, staple []byte,
 	if err := it.parse(); err != nil {
 		return nil, nil, err
 	}
-	issuer, _, err := finder.find(ctx, it.path, it.bundle)
+	issuer, _, err := finder.find(ctx, it.file.Issuer, it.bundle)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -247,7 +248,7 @@ func (it *item) refresh(ctx context.Context, f *fetcher, finder *issuerFinder, n
 		return err
 	}
 	leaf := it.bundle[0]
-	issuer, src, err := finder.find(ctx, it.path, it.bundle)
+	issuer, src, err := finder.find(ctx, it.file.Issuer, it.bundle)
 	if err != nil {
 		return err
 	}
@@ -281,14 +282,23 @@ func (it *item) refresh(ctx context.Context, f *fetcher, finder *issuerFinder, n
 // could not otherwise find the issuer, then <cert>.ocsp.
 func (it *item) store(der []byte, resp *ocsp.Response, certID []byte, issuer *x509.Certificate, src issuerSource, now time.Time) error {
 	if src == issuerFromDir || src == issuerFromAIA {
+		// HAProxy finds the issuer neither in the bundle nor in the issuer file: without one,
+		// a staple file would stop HAProxy from starting.
+		_, statErr := os.Stat(it.file.Issuer)
+		switch {
+		case it.file.Issuer == "":
+			return fmt.Errorf("the bundle lacks the issuer and the crt-store entry %s (%s) names no issuer file, so HAProxy could not use a staple: add issuer \"FILE\" to its load line", it.file.Name, it.file.Where)
+		case it.file.IssuerGiven && statErr == nil:
+			return fmt.Errorf("%s, named by %s, did not sign the certificate: correct it", it.file.Issuer, it.file.Where)
+		}
 		if err := it.writeIssuer(issuer); err != nil {
 			return err
 		}
 	}
-	if _, err := writeFile(stapleName(it.path), der, 0o644, it.dirs); err != nil {
+	if _, err := writeFile(it.file.Staple, der, 0o644, it.dirs); err != nil {
 		return fmt.Errorf("writing staple: %w", err)
 	}
-	if fi, err := os.Stat(stapleName(it.path)); err == nil {
+	if fi, err := os.Stat(it.file.Staple); err == nil {
 		it.st.StapleKey = fileKey(fi)
 	}
 	it.st.recordStaple(der, resp, certID)
@@ -332,7 +342,7 @@ func (it *item) keptByHAProxy(ctx context.Context, finder *issuerFinder, pol pol
 		if it.dryRun {
 			slog.Info("would keep HAProxy's own staple on disk", "cert", it.path, "this_update", best.ThisUpdate)
 		} else {
-			issuer, src, err := finder.find(ctx, it.path, it.bundle)
+			issuer, src, err := finder.find(ctx, it.file.Issuer, it.bundle)
 			if err != nil {
 				return false, err
 			}
@@ -363,14 +373,14 @@ func (it *item) ref(now time.Time) (stapleRef, bool) {
 		return stapleRef{}, false
 	}
 	if it.staple == nil {
-		staple, err := readRegular(stapleName(it.path), maxStapleBytes)
+		staple, err := readRegular(it.file.Staple, maxStapleBytes)
 		if err != nil || hashBytes(staple) != st.StapleHash {
 			return stapleRef{}, false
 		}
 		it.staple = staple
 	}
 	return stapleRef{Path: it.path, DER: it.staple, CertID: st.CertID, Serial: st.Serial, ThisUpdate: st.ThisUpdate,
-		ProducedAt: st.ProducedAt, Status: st.Status, NextUpdate: st.NextUpdate, Fresh: it.changed, NewCert: it.newCert, IssuerFile: issuerName(it.path)}, true
+		ProducedAt: st.ProducedAt, Status: st.Status, NextUpdate: st.NextUpdate, Fresh: it.changed, NewCert: it.newCert, IssuerFile: it.file.Issuer, Name: it.file.Name}, true
 }
 
 // hasValidStaple reports whether the staple recorded as on disk is still worth stapling at now.

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -461,6 +462,7 @@ func runOptionsFrom(c *cli.Context) (runOptions, error) {
 	}
 	slices.Sort(opt.Only)
 	opt.Only = slices.Compact(opt.Only)
+	opt.Naming = naming{DelExt: cfg.ExtraDelExt, Dirs: map[string]dirNaming{}, Files: map[string]certFile{}}
 	for _, hc := range opt.HAProxyConfigs {
 		hs, err := readHAProxyConfig(absPath(hc))
 		if err != nil {
@@ -470,6 +472,8 @@ func runOptionsFrom(c *cli.Context) (runOptions, error) {
 		opt.Files = append(opt.Files, hs.Files...)
 		opt.Sockets = append(opt.Sockets, hs.Sockets...)
 		opt.Notes = append(opt.Notes, hs.Notes...)
+		maps.Copy(opt.Naming.Dirs, hs.Naming.Dirs)
+		maps.Copy(opt.Naming.Files, hs.Naming.Files)
 	}
 	opt.Dirs, opt.Files, opt.Sockets = dedupe(opt.Dirs), dedupe(opt.Files), dedupe(opt.Sockets)
 	if len(opt.Only) == 0 && len(opt.Dirs) == 0 && len(opt.Files) == 0 {

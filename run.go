@@ -24,6 +24,7 @@ type runOptions struct {
 	Force  bool     // treat every staple as due
 	DryRun bool     // decide and report, contact nobody, write nothing
 	Notes  []string // what stapler could not follow in HAProxy's configuration
+	Naming naming   // what HAProxy makes of each certificate file
 	// Progress, when set, is a terminal that shows how far the fetching is.
 	Progress io.Writer
 }
@@ -120,20 +121,20 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 	dirs := &dirSyncer{}
 	items := make([]*item, len(paths))
 	for i, path := range paths {
-		items[i] = &item{path: path, old: state.Certificates[path], dryRun: opt.DryRun, dirs: dirs}
+		items[i] = &item{path: path, file: opt.Naming.file(path), old: state.Certificates[path], dryRun: opt.DryRun, dirs: dirs}
 	}
 	checkAll(ctx, items, finder, pol, now, opt.Force)
 	// Certificates HAProxy's own ocsp-update keeps fresh (2.8+) are left to it while its copy
 	// is good: one look at each HAProxy before deciding what to fetch.
 	var auto map[string][]autoCopy
 	if len(opt.Sockets) > 0 && !opt.Force {
-		var paths []string
+		var files []certFile
 		for _, it := range items {
 			if it.err == nil && it.st.Responder != "" {
-				paths = append(paths, it.path)
+				files = append(files, it.file)
 			}
 		}
-		auto = observeAutoUpdates(ctx, opt.Sockets, paths, opt.SocketTimeout)
+		auto = observeAutoUpdates(ctx, opt.Sockets, files, opt.SocketTimeout)
 	}
 	for _, it := range items {
 		path, err := it.path, it.err

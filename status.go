@@ -82,7 +82,7 @@ func collectStatus(ctx context.Context, opt runOptions, now time.Time) (*statusR
 	rep := &statusReport{GeneratedAt: now, Certificates: []certStatus{}}
 	var refs []stapleRef
 	for _, path := range paths {
-		cs, ok := certStatusOf(path, state.Certificates[path], now)
+		cs, ok := certStatusOf(opt.Naming.file(path), state.Certificates[path], now)
 		if !ok {
 			continue
 		}
@@ -126,9 +126,10 @@ func collectStatus(ctx context.Context, opt runOptions, now time.Time) (*statusR
 	return rep, nil
 }
 
-// certStatusOf describes the certificate at path from the state entry st and the disk; ok is
+// certStatusOf describes the certificate file f from the state entry st and the disk; ok is
 // false for a file that holds no certificate.
-func certStatusOf(path string, st *CertState, now time.Time) (cs certStatus, ok bool) {
+func certStatusOf(f certFile, st *CertState, now time.Time) (cs certStatus, ok bool) {
+	path := f.Path
 	cs = certStatus{Path: path, StapleStatus: "unknown", PendingPush: []string{}}
 	data, err := readBundle(path, maxBundleBytes)
 	if err != nil {
@@ -163,7 +164,7 @@ func certStatusOf(path string, st *CertState, now time.Time) (cs certStatus, ok 
 	if st.Updater != "" {
 		cs.Updater = st.Updater
 	}
-	staple, err := readRegular(stapleName(path), maxStapleBytes)
+	staple, err := readRegular(f.Staple, maxStapleBytes)
 	switch {
 	case err != nil:
 		cs.StapleStatus, cs.detail = "none", "no staple on disk"
@@ -177,7 +178,7 @@ func certStatusOf(path string, st *CertState, now time.Time) (cs certStatus, ok 
 		left := int64(st.NextUpdate.Sub(now) / time.Second)
 		cs.TimeLeft = &left
 		if st.CertID != "" {
-			cs.ref = &stapleRef{Path: path, DER: staple, CertID: st.CertID, Serial: st.Serial, ThisUpdate: st.ThisUpdate, ProducedAt: st.ProducedAt, Status: st.Status, NextUpdate: st.NextUpdate}
+			cs.ref = &stapleRef{Path: path, Name: f.Name, IssuerFile: f.Issuer, DER: staple, CertID: st.CertID, Serial: st.Serial, ThisUpdate: st.ThisUpdate, ProducedAt: st.ProducedAt, Status: st.Status, NextUpdate: st.NextUpdate}
 		}
 	}
 	cs.problem = cs.StapleStatus != "good" || cs.LastError != "" || now.After(st.NotAfter)
