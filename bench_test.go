@@ -197,7 +197,7 @@ func (f *benchFleet) push(b *testing.B) (took time.Duration, ok bool) {
 		refs = append(refs, stapleRef{Path: path, DER: hapReadFile(b, stapleName(path)), CertID: st.CertID, Serial: st.Serial, ThisUpdate: st.ThisUpdate, ProducedAt: st.ProducedAt})
 	}
 	start = time.Now()
-	rep := syncSockets(context.Background(), []string{sock}, refs, syncOptions{Timeout: 10 * time.Second})[sock]
+	rep := syncSockets(context.Background(), []string{sock}, refs, syncOptions{Timeout: 10 * time.Second, Now: time.Now()})[sock]
 	took = time.Since(start)
 	for _, r := range refs {
 		if o := rep.Results[r.Path].outcome; o != pushed && o != inSync {

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -69,8 +70,9 @@ type socketReport struct {
 // syncOptions are the settings of syncSockets.
 type syncOptions struct {
 	Timeout    time.Duration // for connecting and for each answer
-	Reloadable bool          // reload_command will reload HAProxy when it needs to
-	ReadOnly   bool          // look, never push (stapler status)
+	Now        time.Time
+	Reloadable bool // reload_command will reload HAProxy when it needs to
+	ReadOnly   bool // look, never push (stapler status)
 }
 
 // syncSockets makes the HAProxy behind each socket serve the staples in refs, and reports
@@ -346,6 +348,17 @@ func syncProcess(p *haproxy.Process, refs []stapleRef, opt syncOptions) (map[str
 	if opt.ReadOnly {
 		return results, nil
 	}
+	// HAProxy never staples a response with less than 300 s left (3.2+ refuse it, 2.6 and
+	// 3.0 take it silently): such a staple is not sent.
+	tooLate := func(i int) bool {
+		r := refs[i]
+		if !r.NextUpdate.Before(opt.Now.Add(haproxyMargin)) {
+			return false
+		}
+		results[r.Path] = result{outcome: pushFailed, why: fmt.Sprintf("the staple expires at %s, too soon for HAProxy to staple it (it stops %v before)", r.NextUpdate.Format(time.RFC3339), haproxyMargin)}
+		return true
+	}
+	push, create = slices.DeleteFunc(push, tooLate), slices.DeleteFunc(create, tooLate)
 	sent, err := pushBatch(p, refs, push, results, &create)
 	if err != nil {
 		return nil, err

@@ -23,6 +23,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/ocsp"
+
 	"stapler/internal/haproxy"
 )
 
@@ -968,5 +970,81 @@ func TestHAProxyOwnUpdaterFailing(t *testing.T) {
 			t.Errorf("no word of HAProxy's failing updater:\n%s", stderr)
 		}
 		f.wantServed(port, site, nil)
+	})
+}
+
+// TestHAProxyMasterReload: during a reload, the old worker lives on while it has connections.
+// Through the master CLI a run gives the staple to every worker `show proc` lists, the new one
+// (which serves new handshakes) and the old one (which keeps its connections), each on a
+// connection of its own so that the old worker's exit cannot cut the exchange.
+func TestHAProxyMasterReload(t *testing.T) {
+	forEachHAProxy(t, func(t *testing.T, h hapBin) {
+		f := newHAPFixture(t, h)
+		site, _ := f.addCert("site.stapler.test")
+		f.run(0, "--config", f.config("nosocket", nil, ""))
+		first := hapReadFile(t, site+".ocsp")
+
+		master := filepath.Join(f.sockDir, "master.sock")
+		sock := "master:" + master
+		port := hapFreePort(t)
+		cfg := f.haproxyConfig("haproxy", port, "")
+		proc := hapLaunch(t, f.haproxy, sock, filepath.Join(f.dir, "haproxy.log"), "-W", "-db", "-S", master, "-f", cfg)
+		f.wantServed(port, site, nil)
+
+		held := hapHoldConnection(t, port, "site.stapler.test", f.ca.Cert)
+		var old haproxy.Proc
+		syscall.Kill(proc.cmd.Process.Pid, syscall.SIGUSR2) // reload
+		hapWaitFor(t, "an old worker after a reload", 10*time.Second, func() error {
+			c, err := haproxy.Dial(context.Background(), mustAddr(sock), time.Second)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			text, err := c.Exec("", "show proc")
+			if err != nil {
+				return err
+			}
+			procs, err := haproxy.ParseProcs(text)
+			if err != nil {
+				return err
+			}
+			for _, p := range procs {
+				if p.Old {
+					old = p
+				}
+			}
+			if old.Pid == 0 || len(procs) < 3 {
+				return fmt.Errorf("show proc:\n%s", text)
+			}
+			return nil
+		})
+
+		f.run(0, "--force", "--config", f.config("stapler", []string{sock}, ""))
+		disk := hapReadFile(t, site+".ocsp")
+		if bytes.Equal(disk, first) {
+			t.Fatal("site.pem.ocsp did not change in the forced run")
+		}
+		f.wantServed(port, site, first) // the new worker
+		// The old worker, asked through the master CLI, holds the new staple too.
+		c, err := haproxy.Dial(context.Background(), mustAddr(sock), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		resp := must(ocsp.ParseResponse(disk, nil))
+		prefix := fmt.Sprintf("@!%d ", old.Pid)
+		if h.Branch == "2.6" {
+			text, err := c.Exec(prefix, "show ssl ocsp-response "+certIDHex(must(parseBundle(hapReadFile(t, site)))[0], f.ca.Cert))
+			got, ok := haproxy.ParseOCSPText(text)
+			if err != nil || !ok || !got.ThisUpdate.Equal(resp.ThisUpdate.Truncate(time.Second)) {
+				t.Errorf("the old worker holds %+v (%v), not the staple of thisUpdate %v", got, err, resp.ThisUpdate)
+			}
+		} else {
+			text, err := c.Exec(prefix, "show ssl ocsp-response base64 "+site)
+			if got, _ := base64.StdEncoding.DecodeString(strings.Join(strings.Fields(text), "")); err != nil || !bytes.Equal(got, disk) {
+				t.Errorf("the old worker holds %d bytes (%v), not the %d of the new staple", len(got), err, len(disk))
+			}
+		}
+		held.Close()
 	})
 }

@@ -120,6 +120,11 @@ func TestSyncSockets(t *testing.T) {
 		{name: "too large for HAProxy's buffer", setup: func(f *haproxytest.Fake, c syncCase) { f.Load(c.path, c.serial, c.certID, true) },
 			ref: func(c syncCase) stapleRef { r := c.ref; r.DER = make([]byte, 11600); return r }, want: needsReload, severe: true},
 		{name: "never answers", setup: func(f *haproxytest.Fake, c syncCase) { f.SetSilent(true) }, want: unknown},
+		{name: "expires within 300 s: never sent", setup: func(f *haproxytest.Fake, c syncCase) {
+			f.Load(c.path, c.serial, c.certID, true)
+			setHeld(f, c.older)
+		}, ref: func(c syncCase) stapleRef { r := c.ref; r.NextUpdate = now.Add(4 * time.Minute); return r },
+			want: pushFailed, held: func(c syncCase) []byte { return c.older }},
 	}
 	for _, version := range fakeVersions {
 		for _, tt := range tests {
@@ -136,7 +141,7 @@ func TestSyncSockets(t *testing.T) {
 					ref = tt.ref(c)
 				}
 				f.Log()
-				look := syncSockets(context.Background(), []string{f.Addr}, []stapleRef{ref}, syncOptions{Timeout: 300 * time.Millisecond, ReadOnly: true})
+				look := syncSockets(context.Background(), []string{f.Addr}, []stapleRef{ref}, syncOptions{Timeout: 300 * time.Millisecond, Now: now, ReadOnly: true})
 				if sent := slices.DeleteFunc(f.Log(), func(cmd string) bool { return strings.HasPrefix(cmd, "show ") }); len(sent) > 0 {
 					t.Errorf("a read-only look sent %q", sent)
 				}
@@ -144,7 +149,7 @@ func TestSyncSockets(t *testing.T) {
 					t.Errorf("read-only look: %+v, want in sync (newer %v)", res, tt.newer)
 				}
 				start := time.Now()
-				rep := syncSockets(context.Background(), []string{f.Addr}, []stapleRef{ref}, syncOptions{Timeout: 300 * time.Millisecond})
+				rep := syncSockets(context.Background(), []string{f.Addr}, []stapleRef{ref}, syncOptions{Timeout: 300 * time.Millisecond, Now: now})
 				if took := time.Since(start); took > 2*time.Second {
 					t.Errorf("took %v despite its deadlines", took)
 				}
@@ -231,7 +236,7 @@ func TestSyncAdminOnly(t *testing.T) {
 				refs = append(refs, c.ref)
 			}
 			logs := captureLogs(t)
-			rep := syncSockets(context.Background(), []string{f.Addr}, refs, syncOptions{Timeout: time.Second})[f.Addr]
+			rep := syncSockets(context.Background(), []string{f.Addr}, refs, syncOptions{Timeout: time.Second, Now: now})[f.Addr]
 			if (rep.Err != nil) != tt.fails {
 				t.Fatalf("socket error %v, want one: %v", rep.Err, tt.fails)
 			}
@@ -262,7 +267,7 @@ func TestSyncStoppingWorker(t *testing.T) {
 	c := newSyncCase(ca, "site", now)
 	f.Load(c.path, c.serial, c.certID, true)
 	f.SetStopping(true)
-	rep := syncSockets(context.Background(), []string{f.Addr}, []stapleRef{c.ref}, syncOptions{Timeout: 300 * time.Millisecond})[f.Addr]
+	rep := syncSockets(context.Background(), []string{f.Addr}, []stapleRef{c.ref}, syncOptions{Timeout: 300 * time.Millisecond, Now: now})[f.Addr]
 	if rep.Err == nil || !strings.Contains(rep.Err.Error(), "stopping") {
 		t.Errorf("socket error %v, want one about a stopping process", rep.Err)
 	}
@@ -287,7 +292,7 @@ func TestSyncConcurrent(t *testing.T) {
 		socks = append(socks, f.Addr)
 	}
 	start := time.Now()
-	reps := syncSockets(context.Background(), socks, []stapleRef{c.ref}, syncOptions{Timeout: 500 * time.Millisecond})
+	reps := syncSockets(context.Background(), socks, []stapleRef{c.ref}, syncOptions{Timeout: 500 * time.Millisecond, Now: now})
 	if took := time.Since(start); took > 1200*time.Millisecond {
 		t.Errorf("three silent sockets took %v, more than one timeout", took)
 	}

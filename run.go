@@ -359,7 +359,7 @@ func syncHAProxies(ctx context.Context, opt runOptions, items []*item, now time.
 			synced = append(synced, it)
 		}
 	}
-	reports := syncSockets(ctx, opt.Sockets, refs, syncOptions{Timeout: opt.SocketTimeout, Reloadable: opt.ReloadCommand != ""})
+	reports := syncSockets(ctx, opt.Sockets, refs, syncOptions{Timeout: opt.SocketTimeout, Now: now, Reloadable: opt.ReloadCommand != ""})
 	var severe []*item
 	for _, it := range synced {
 		it.st.PendingPush = nil

@@ -91,7 +91,7 @@ func collectStatus(ctx context.Context, opt runOptions, now time.Time) (*statusR
 		}
 		rep.Certificates = append(rep.Certificates, cs)
 	}
-	reports := syncSockets(ctx, opt.Sockets, refs, syncOptions{Timeout: opt.SocketTimeout, ReadOnly: true})
+	reports := syncSockets(ctx, opt.Sockets, refs, syncOptions{Timeout: opt.SocketTimeout, Now: now, ReadOnly: true})
 	for i := range rep.Certificates {
 		cs := &rep.Certificates[i]
 		cs.HAProxy = []haproxyView{}

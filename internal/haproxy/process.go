@@ -55,33 +55,53 @@ func Open(ctx context.Context, addr Addr, timeout time.Duration) (*Session, erro
 		}
 		s := &Session{conn: c}
 		if addr.Master {
-			err = s.workers()
+			err = s.workers(ctx, timeout)
 		} else {
 			s.Procs = []*Process{{conn: c}}
 		}
+		var procs []*Process
 		for _, p := range s.Procs {
 			if err != nil {
 				break
 			}
-			err = p.learn()
+			switch lerr := p.learn(); {
+			case lerr != nil && p.Old:
+				p.conn.Close() // an old worker that left meanwhile
+			case lerr != nil:
+				err = lerr
+			default:
+				procs = append(procs, p)
+			}
 		}
+		s.Procs = procs
 		if err != nil {
-			c.Close()
+			s.Close()
+		}
+		switch {
+		case errors.Is(err, errWorkerNotReady) && time.Now().Before(deadline):
+			// A worker the master lists that does not take commands yet: a reload in progress.
+		case err != nil:
 			return nil, err
-		}
-		if addr.Master || !s.Procs[0].Info.Stopping {
+		case addr.Master || !s.Procs[0].Info.Stopping:
 			return s, nil
-		}
-		c.Close()
-		if time.Now().After(deadline) {
+		case time.Now().After(deadline):
+			c.Close()
 			return nil, fmt.Errorf("%w: %s keeps reaching a stopping HAProxy process (pid %d): a reload is not finishing", ErrUnreachable, addr.Raw, s.Procs[0].Info.Pid)
 		}
+		c.Close()
 		time.Sleep(50 * time.Millisecond)
 	}
 }
 
-// Close closes the connection.
-func (s *Session) Close() { s.conn.Close() }
+// Close closes the connection, and those of old workers.
+func (s *Session) Close() {
+	for _, p := range s.Procs {
+		if p.conn != s.conn {
+			p.conn.Close()
+		}
+	}
+	s.conn.Close()
+}
 
 // Current is the processes whose state counts: all but old workers.
 func (s *Session) Current() []*Process {
@@ -94,8 +114,11 @@ func (s *Session) Current() []*Process {
 	return out
 }
 
-// workers lists the workers behind a master CLI.
-func (s *Session) workers() error {
+// workers lists the workers behind a master CLI. An old worker can exit at any moment, and
+// the master then drops every command queued after one for it (2.6 also closes the
+// connection): each old worker gets a connection of its own, so that it cannot take the
+// current worker's exchange down with it.
+func (s *Session) workers(ctx context.Context, timeout time.Duration) error {
 	text, err := s.conn.Exec("", "show proc")
 	if err != nil {
 		return err
@@ -105,9 +128,16 @@ func (s *Session) workers() error {
 		return fmt.Errorf("%w: %s: %w", ErrUnreachable, s.conn.addr.Raw, err)
 	}
 	for _, p := range procs {
-		if p.Type == "worker" {
-			s.Procs = append(s.Procs, &Process{conn: s.conn, prefix: "@!" + strconv.Itoa(p.Pid) + " ", Old: p.Old})
+		if p.Type != "worker" {
+			continue
 		}
+		c := s.conn
+		if p.Old {
+			if c, err = Dial(ctx, s.conn.addr, timeout); err != nil {
+				continue // gone, or going: not the current worker's problem
+			}
+		}
+		s.Procs = append(s.Procs, &Process{conn: c, prefix: "@!" + strconv.Itoa(p.Pid) + " ", Old: p.Old})
 	}
 	if len(s.Procs) == 0 {
 		return fmt.Errorf("%w: the master at %s lists no worker", ErrUnreachable, s.conn.addr.Raw)
@@ -115,11 +145,17 @@ func (s *Session) workers() error {
 	return nil
 }
 
+// errWorkerNotReady: the master lists a worker that does not take commands (yet).
+var errWorkerNotReady = errors.New("worker not ready")
+
 // learn reads the process's identity, level, certificates and own updates: two round trips.
 func (p *Process) learn() error {
 	text, err := p.exec("show info")
 	if err != nil {
 		return err
+	}
+	if strings.HasPrefix(text, "Can't find the target PID") {
+		return fmt.Errorf("%w: %w: %s: %s", ErrUnreachable, errWorkerNotReady, p.conn.addr.Raw, text)
 	}
 	if p.Info, err = ParseInfo(text); err != nil {
 		return fmt.Errorf("%w: %s: %w", ErrUnreachable, p.conn.addr.Raw, err)
