@@ -103,8 +103,9 @@ func runCommand() *cli.Command {
 		Description: `Scans the configured certificate directories and files (or only the CERT_FILEs given),
 fetches a new OCSP response for every staple that is due, validates it, writes <cert>.ocsp
 atomically (and <cert>.issuer when HAProxy needs it) and sends it to every HAProxy socket.
-Certificates without an OCSP responder are skipped quietly. A run with nothing due contacts
-nobody. Settings come from the config file; flags override it.
+Certificates without an OCSP responder are skipped quietly. A run with nothing due asks no
+responder, and each HAProxy once what it serves (and repairs what it lacks). Settings come
+from the config file; flags override it.
 
 EXAMPLES:
    stapler run --dir /etc/haproxy/certs --socket /run/haproxy/admin.sock
