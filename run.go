@@ -139,8 +139,13 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 	for _, it := range items {
 		path, err := it.path, it.err
 		it.err = nil
+		if err == nil && it.st != nil && it.file.Auto {
+			it.st.Updater = "haproxy" // so its configuration says, socket or not
+		}
 		if err == nil && auto != nil {
-			it.st.Updater = ""
+			if !it.file.Auto {
+				it.st.Updater = ""
+			}
 			if copies := auto[path]; len(copies) > 0 && it.st.Responder != "" && now.Before(it.st.NotAfter) && !now.Before(it.st.NotBefore) {
 				_, err = it.keptByHAProxy(ctx, finder, pol, copies, now)
 			}
