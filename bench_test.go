@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"stapler/internal/pki"
 	"strconv"
 	"strings"
 	"syscall"
@@ -89,8 +90,8 @@ type benchFleet struct {
 	bin        string // the stapler binary
 	n          int
 	dir, certs string
-	cas        []*testCA
-	responders []*fakeResponder
+	cas        []*pki.CA
+	responders []*pki.Responder
 }
 
 func newBenchFleet(b *testing.B, n int, latency time.Duration) *benchFleet {
@@ -100,15 +101,15 @@ func newBenchFleet(b *testing.B, n int, latency time.Duration) *benchFleet {
 	f.certs = filepath.Join(f.dir, "certs")
 	os.Mkdir(f.certs, 0o755)
 	for i := range 2 {
-		ca := newTestCA(fmt.Sprintf("Bench CA %d", i), now)
-		r := startResponder(ca)
-		r.latency = latency
+		ca := pki.NewCA(fmt.Sprintf("Bench CA %d", i), now)
+		r := pki.StartResponder(ca)
+		r.SetLatency(latency)
 		b.Cleanup(r.Close)
 		f.cas, f.responders = append(f.cas, ca), append(f.responders, r)
 	}
 	for i := range n {
 		ca, r := f.cas[i%2], f.responders[i%2]
-		leaf, key := ca.issue(leafSpec{Name: fmt.Sprintf("site%05d.bench.test", i), OCSP: []string{r.URL()}}, now)
+		leaf, key := ca.Issue(pki.Leaf{Name: fmt.Sprintf("site%05d.bench.test", i), OCSP: []string{r.URL()}}, now)
 		writeBundle(filepath.Join(f.certs, fmt.Sprintf("site%05d.pem", i)), leaf, key, []*x509.Certificate{ca.Cert}...)
 	}
 	return f
@@ -138,8 +139,8 @@ type benchMeasure struct {
 func (f *benchFleet) run(b *testing.B, phase string, args ...string) benchMeasure {
 	b.Helper()
 	for _, r := range f.responders {
-		r.requests.Store(0)
-		r.conns.Store(0)
+		r.Requests.Store(0)
+		r.Conns.Store(0)
 	}
 	cmd := exec.Command(f.bin, append([]string{"run", "-q", "--dir", f.certs, "--state", filepath.Join(f.dir, "state.json")}, args...)...)
 	cmd.Env = append(os.Environ(), "STAPLER_CONFIG=")
@@ -162,8 +163,8 @@ func (f *benchFleet) run(b *testing.B, phase string, args ...string) benchMeasur
 		m.rssMB = ru.Maxrss / 1024 // kilobytes on Linux
 	}
 	for _, r := range f.responders {
-		m.requests += r.requests.Load()
-		m.conns += r.conns.Load()
+		m.requests += r.Requests.Load()
+		m.conns += r.Conns.Load()
 	}
 	fmt.Printf("%8d  %-32s %10s %7d MB %9d %8d\n", f.n, phase, m.wall.Round(time.Millisecond), m.rssMB, m.requests, m.conns)
 	return m

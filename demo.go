@@ -3,31 +3,22 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/base64"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
-	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
 
 	"golang.org/x/crypto/ocsp"
 
 	"stapler/internal/haproxy"
+	"stapler/internal/pki"
 )
 
 // `stapler demo`: the whole job on a throw-away PKI, OCSP responder and HAProxy, all on
@@ -133,10 +124,7 @@ func demo(ctx context.Context, w io.Writer, opt demoOptions) (err error) {
 	}
 	defer ln.Close()
 	responder := "http://" + ln.Addr().String()
-	ca, err := newDemoCA(time.Now())
-	if err != nil {
-		return err
-	}
+	ca := pki.NewCA("stapler demo CA", time.Now())
 	certs := []demoCert{
 		{File: "shop.pem", Name: "shop.demo.test", About: "certificate, CA certificate and key", OCSP: true, Chain: true},
 		{File: "api.pem", Name: "api.demo.test", About: "certificate and key only; the CA is in issuers/", OCSP: true},
@@ -144,16 +132,20 @@ func demo(ctx context.Context, w io.Writer, opt demoOptions) (err error) {
 		{File: "revoked.pem", Name: "revoked.demo.test", About: "revoked: the responder says so", OCSP: true, Chain: true, Revoked: true},
 	}
 	for i := range certs {
-		if err := ca.issue(&certs[i], responder, certsDir); err != nil {
+		if err := issueDemo(ca, &certs[i], responder, certsDir, time.Now()); err != nil {
 			return err
 		}
 	}
-	if err := os.WriteFile(filepath.Join(issuersDir, "demo-ca.pem"), demoPEM("CERTIFICATE", ca.cert.Raw), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(issuersDir, "demo-ca.pem"), pki.CertPEM(ca.Cert), 0o644); err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: ca, ReadHeaderTimeout: 5 * time.Second}
-	go srv.Serve(ln)
-	defer srv.Close()
+	resp := pki.ServeResponder(ca, ln)
+	defer resp.Close()
+	for _, dc := range certs {
+		if dc.Revoked {
+			resp.Revoke(dc.leaf.SerialNumber)
+		}
+	}
 	r.say("1. Made a demo CA, an OCSP responder on %s and four certificates:", responder)
 	for _, dc := range certs {
 		r.say("     %-18s %-18s %s", "certs/"+dc.File, dc.Name, dc.About)
@@ -197,7 +189,7 @@ func demo(ctx context.Context, w io.Writer, opt demoOptions) (err error) {
 	if ctx.Err() != nil {
 		return errors.New("interrupted")
 	}
-	r.explainRun(sum, certs, ca.cert, certsDir, hap != nil)
+	r.explainRun(sum, certs, ca.Cert, certsDir, hap != nil)
 
 	// 4. What `stapler status` says.
 	r.say("4. 'stapler status' says:")
@@ -215,7 +207,7 @@ func demo(ctx context.Context, w io.Writer, opt demoOptions) (err error) {
 	if hap != nil {
 		r.say("5. TLS handshakes with HAProxy, as a browser makes them (SNI, verified against the demo CA):")
 		for _, dc := range certs {
-			r.checkHandshake(ctx, hap.addr, dc, ca.cert, certsDir)
+			r.checkHandshake(ctx, hap.addr, dc, ca.Cert, certsDir)
 		}
 		if len(r.problems) == 0 {
 			r.say("   HAProxy was never reloaded: those staples reached it over the runtime API alone.")
@@ -374,127 +366,20 @@ func (r *demoReport) checkHandshake(ctx context.Context, addr string, dc demoCer
 	}
 }
 
-// demoCA is the demo's certificate authority and its OCSP responder, which answers by serial:
-// good, or revoked for the certificates issued as revoked, signed by the CA itself.
-type demoCA struct {
-	cert    *x509.Certificate
-	key     *ecdsa.PrivateKey
-	minted  time.Time
-	revoked map[string]bool // by serial, for every certificate issued with a responder; set before serving
-}
-
-func newDemoCA(now time.Time) (*demoCA, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	tmpl := &x509.Certificate{
-		Subject:               pkix.Name{CommonName: "stapler demo CA"},
-		NotBefore:             now.Add(-2 * time.Hour),
-		NotAfter:              now.Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	cert, err := demoSign(tmpl, tmpl, key, key)
-	if err != nil {
-		return nil, err
-	}
-	return &demoCA{cert: cert, key: key, minted: now, revoked: map[string]bool{}}, nil
-}
-
-// issue makes dc's certificate and writes its HAProxy bundle (certificate, the CA when
-// dc.Chain, key) to certsDir.
-func (ca *demoCA) issue(dc *demoCert, responder, certsDir string) error {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return err
-	}
-	tmpl := &x509.Certificate{
-		Subject:     pkix.Name{CommonName: dc.Name},
-		DNSNames:    []string{dc.Name},
-		NotBefore:   ca.minted.Add(-2 * time.Hour),
-		NotAfter:    ca.minted.Add(24 * time.Hour),
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
+// issueDemo makes dc's certificate under ca and writes its HAProxy bundle (certificate, the
+// CA when dc.Chain, key) to certsDir.
+func issueDemo(ca *pki.CA, dc *demoCert, responder, certsDir string, now time.Time) error {
+	spec := pki.Leaf{Name: dc.Name}
 	if dc.OCSP {
-		tmpl.OCSPServer = []string{responder}
+		spec.OCSP = []string{responder}
 	}
-	if dc.leaf, err = demoSign(tmpl, ca.cert, key, ca.key); err != nil {
-		return err
-	}
-	if dc.OCSP {
-		ca.revoked[dc.leaf.SerialNumber.String()] = dc.Revoked
-	}
-	bundle := demoPEM("CERTIFICATE", dc.leaf.Raw)
+	leaf, key := ca.Issue(spec, now)
+	dc.leaf = leaf
+	var chain []*x509.Certificate
 	if dc.Chain {
-		bundle = append(bundle, demoPEM("CERTIFICATE", ca.cert.Raw)...)
+		chain = append(chain, ca.Cert)
 	}
-	pkcs8, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return err
-	}
-	bundle = append(bundle, demoPEM("PRIVATE KEY", pkcs8)...)
-	return os.WriteFile(filepath.Join(certsDir, dc.File), bundle, 0o600)
-}
-
-// demoSign signs tmpl with a random 128-bit serial.
-func demoSign(tmpl, parent *x509.Certificate, key, signer *ecdsa.PrivateKey) (*x509.Certificate, error) {
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		return nil, err
-	}
-	tmpl.SerialNumber = serial.Add(serial, big.NewInt(1))
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, key.Public(), signer)
-	if err != nil {
-		return nil, err
-	}
-	return x509.ParseCertificate(der)
-}
-
-func demoPEM(typ string, der []byte) []byte {
-	return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der})
-}
-
-// ServeHTTP answers OCSP requests by GET (RFC 6960 appendix A.1: the URL-encoded base64 request
-// as the path) and POST. thisUpdate is an hour ago, nextUpdate a day ahead.
-func (ca *demoCA) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Content-Type", "application/ocsp-response")
-	var der []byte
-	var err error
-	if r.Method == http.MethodPost {
-		der, err = io.ReadAll(io.LimitReader(r.Body, 1<<16))
-	} else {
-		var enc string
-		if enc, err = url.PathUnescape(strings.TrimPrefix(r.URL.EscapedPath(), "/")); err == nil {
-			der, err = base64.StdEncoding.DecodeString(enc)
-		}
-	}
-	var req *ocsp.Request
-	if err == nil {
-		req, err = ocsp.ParseRequest(der)
-	}
-	if err != nil {
-		w.Write(ocsp.MalformedRequestErrorResponse)
-		return
-	}
-	revoked, ours := ca.revoked[req.SerialNumber.String()]
-	if !ours {
-		w.Write(ocsp.UnauthorizedErrorResponse)
-		return
-	}
-	now := time.Now().Truncate(time.Second)
-	tmpl := ocsp.Response{Status: ocsp.Good, SerialNumber: req.SerialNumber, ThisUpdate: now.Add(-time.Hour), NextUpdate: now.Add(24 * time.Hour)}
-	if revoked {
-		tmpl.Status, tmpl.RevokedAt, tmpl.RevocationReason = ocsp.Revoked, ca.minted.Add(-90*time.Minute).Truncate(time.Second), ocsp.KeyCompromise
-	}
-	resp, err := ocsp.CreateResponse(ca.cert, ca.cert, tmpl, ca.key)
-	if err != nil {
-		w.Write(ocsp.InternalErrorErrorResponse)
-		return
-	}
-	w.Write(resp)
+	return pki.WriteBundle(filepath.Join(certsDir, dc.File), leaf, key, chain...)
 }
 
 // demoHAProxy is an HAProxy in the foreground (-db), serving the demo's certificates.

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"stapler/internal/haproxy/haproxytest"
+	"stapler/internal/pki"
 )
 
 // runStapler runs the built command (put on PATH by TestMain) and returns its exit status
@@ -80,14 +81,14 @@ func TestRunFailureKeepsStaple(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.mode, func(t *testing.T) {
 			now := time.Now()
-			ca := newTestCA("Failure Test CA", now)
-			r := startResponder(ca)
+			ca := pki.NewCA("Failure Test CA", now)
+			r := pki.StartResponder(ca)
 			defer r.Close()
 			dir := t.TempDir()
 			certs := filepath.Join(dir, "certs")
 			os.Mkdir(certs, 0o755)
 			site := filepath.Join(certs, "site.pem")
-			leaf, key := ca.issue(leafSpec{Name: "site.test", OCSP: []string{r.URL()}}, now)
+			leaf, key := ca.Issue(pki.Leaf{Name: "site.test", OCSP: []string{r.URL()}}, now)
 			writeBundle(site, leaf, key, ca.Cert)
 			state := filepath.Join(dir, "state.json")
 			args := []string{"run", "--dir", certs, "--state", state}
@@ -100,7 +101,7 @@ func TestRunFailureKeepsStaple(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			r.setMode(tt.mode)
+			r.SetMode(tt.mode)
 			code, stderr := runStapler(t, append(args, "--force")...)
 			if code != 1 {
 				t.Errorf("failed run: exit %d, want 1\n%s", code, stderr)
@@ -122,9 +123,9 @@ func TestRunFailureKeepsStaple(t *testing.T) {
 
 			// Backing off: the next run asks nobody and, with a valid staple still on disk,
 			// exits 0.
-			r.requests.Store(0)
-			if code, stderr := runStapler(t, args...); code != 0 || r.requests.Load() != 0 {
-				t.Errorf("run while backing off: exit %d, %d requests, want 0 and 0\n%s", code, r.requests.Load(), stderr)
+			r.Requests.Store(0)
+			if code, stderr := runStapler(t, args...); code != 0 || r.Requests.Load() != 0 {
+				t.Errorf("run while backing off: exit %d, %d requests, want 0 and 0\n%s", code, r.Requests.Load(), stderr)
 			}
 		})
 	}
@@ -134,13 +135,13 @@ func TestRunFailureKeepsStaple(t *testing.T) {
 // issuer issued for OCSP signing is stapled.
 func TestRunAcceptsDelegatedResponder(t *testing.T) {
 	now := time.Now()
-	ca := newTestCA("Delegated Test CA", now)
-	r := startResponder(ca)
+	ca := pki.NewCA("Delegated Test CA", now)
+	r := pki.StartResponder(ca)
 	defer r.Close()
-	r.setMode("delegated")
+	r.SetMode("delegated")
 	dir := t.TempDir()
 	site := filepath.Join(dir, "site.pem")
-	leaf, key := ca.issue(leafSpec{Name: "site.test", OCSP: []string{r.URL()}}, now)
+	leaf, key := ca.Issue(pki.Leaf{Name: "site.test", OCSP: []string{r.URL()}}, now)
 	writeBundle(site, leaf, key, ca.Cert)
 	if code, stderr := runStapler(t, "run", "--state", filepath.Join(dir, "state.json"), site); code != 0 {
 		t.Fatalf("exit %d\n%s", code, stderr)
@@ -154,25 +155,25 @@ func TestRunAcceptsDelegatedResponder(t *testing.T) {
 // connections of --jobs workers instead of opening one each.
 func TestRunReusesConnections(t *testing.T) {
 	now := time.Now()
-	ca := newTestCA("Fleet Test CA", now)
-	r := startResponder(ca)
+	ca := pki.NewCA("Fleet Test CA", now)
+	r := pki.StartResponder(ca)
 	defer r.Close()
 	dir := t.TempDir()
 	certs := filepath.Join(dir, "certs")
 	os.Mkdir(certs, 0o755)
 	const n, jobs = 60, 4
 	for i := range n {
-		leaf, key := ca.issue(leafSpec{Name: "site.test", OCSP: []string{r.URL()}}, now)
+		leaf, key := ca.Issue(pki.Leaf{Name: "site.test", OCSP: []string{r.URL()}}, now)
 		writeBundle(filepath.Join(certs, "site"+string(rune('a'+i/26))+string(rune('a'+i%26))+".pem"), leaf, key, ca.Cert)
 	}
 	code, stderr := runStapler(t, "run", "--dir", certs, "--state", filepath.Join(dir, "state.json"), "--jobs", "4")
 	if code != 0 {
 		t.Fatalf("exit %d\n%s", code, stderr)
 	}
-	if got := r.requests.Load(); got != n {
+	if got := r.Requests.Load(); got != n {
 		t.Errorf("%d requests, want %d", got, n)
 	}
-	if got := r.conns.Load(); got > jobs {
+	if got := r.Conns.Load(); got > jobs {
 		t.Errorf("%d connections for %d requests, want at most %d (--jobs)", got, n, jobs)
 	}
 	if strings.Contains(stderr, "fetching staples") {
@@ -186,17 +187,17 @@ func TestRunKeepsNewerStaple(t *testing.T) {
 	for _, mode := range []string{"cached", "older"} {
 		t.Run(mode, func(t *testing.T) {
 			now := time.Now()
-			ca := newTestCA("Cache Test CA", now)
-			r := startResponder(ca)
+			ca := pki.NewCA("Cache Test CA", now)
+			r := pki.StartResponder(ca)
 			defer r.Close()
 			h := haproxytest.Start(t, "3.2.26-1", "admin")
 			dir := t.TempDir()
 			site := filepath.Join(dir, "site.pem")
-			leaf, key := ca.issue(leafSpec{Name: "site.test", OCSP: []string{r.URL()}}, now)
+			leaf, key := ca.Issue(pki.Leaf{Name: "site.test", OCSP: []string{r.URL()}}, now)
 			writeBundle(site, leaf, key, ca.Cert)
 			h.Load(site, fmt.Sprintf("%x", leaf.SerialNumber), certIDHex(leaf, ca.Cert), true)
 			args := []string{"run", "--force", "--state", filepath.Join(dir, "state.json"), "--socket", h.Addr, site}
-			r.setMode(map[string]string{"cached": "cached", "older": "good"}[mode])
+			r.SetMode(map[string]string{"cached": "cached", "older": "good"}[mode])
 			if code, stderr := runStapler(t, args...); code != 0 {
 				t.Fatalf("exit %d\n%s", code, stderr)
 			}
@@ -204,7 +205,7 @@ func TestRunKeepsNewerStaple(t *testing.T) {
 			staple, _ := os.ReadFile(site + ".ocsp")
 			h.Log()
 
-			r.setMode(mode)
+			r.SetMode(mode)
 			code, stderr := runStapler(t, args...)
 			if code != 0 || !strings.Contains(stderr, "refreshed=0 up_to_date=1") {
 				t.Fatalf("exit %d, want 0 and nothing refreshed\n%s", code, stderr)
@@ -226,15 +227,15 @@ func TestRunKeepsNewerStaple(t *testing.T) {
 // with an .issuer that did not sign the certificate. One stapler did not write is reported.
 func TestRunRepairsIssuerFile(t *testing.T) {
 	now := time.Now()
-	ca1, ca2 := newTestCA("First CA", now), newTestCA("Second CA", now)
-	r1, r2 := startResponder(ca1), startResponder(ca2)
+	ca1, ca2 := pki.NewCA("First CA", now), pki.NewCA("Second CA", now)
+	r1, r2 := pki.StartResponder(ca1), pki.StartResponder(ca2)
 	defer r1.Close()
 	defer r2.Close()
 	dir := t.TempDir()
 	issuers := filepath.Join(dir, "issuers")
 	os.Mkdir(issuers, 0o755)
-	os.WriteFile(filepath.Join(issuers, "ca1.pem"), certPEM(ca1.Cert), 0o644)
-	os.WriteFile(filepath.Join(issuers, "ca2.pem"), certPEM(ca2.Cert), 0o644)
+	os.WriteFile(filepath.Join(issuers, "ca1.pem"), pki.CertPEM(ca1.Cert), 0o644)
+	os.WriteFile(filepath.Join(issuers, "ca2.pem"), pki.CertPEM(ca2.Cert), 0o644)
 	config := filepath.Join(dir, "stapler.toml")
 	os.WriteFile(config, []byte("issuer_dirs = [\"issuers\"]\nstate = \"state.json\"\nfetch_issuers = false\n"), 0o644)
 	site := filepath.Join(dir, "site.pem")
@@ -254,33 +255,33 @@ func TestRunRepairsIssuerFile(t *testing.T) {
 		}
 	}
 
-	leaf, key := ca1.issue(leafSpec{Name: "site.test", OCSP: []string{r1.URL()}}, now)
+	leaf, key := ca1.Issue(pki.Leaf{Name: "site.test", OCSP: []string{r1.URL()}}, now)
 	writeBundle(site, leaf, key)
 	run(0)
-	issuerIs(certPEM(ca1.Cert))
+	issuerIs(pki.CertPEM(ca1.Cert))
 
 	// Renewed by another CA, issuer not in the bundle, its responder down: the .issuer is
 	// right at once, although no staple could be fetched.
-	r2.setMode("down")
-	leaf, key = ca2.issue(leafSpec{Name: "site.test", OCSP: []string{r2.URL()}}, now)
+	r2.SetMode("down")
+	leaf, key = ca2.Issue(pki.Leaf{Name: "site.test", OCSP: []string{r2.URL()}}, now)
 	writeBundle(site, leaf, key)
 	run(1)
-	issuerIs(certPEM(ca2.Cert))
+	issuerIs(pki.CertPEM(ca2.Cert))
 
 	// Renewed again, now with the issuer in the bundle and no responder: the .issuer goes.
-	leaf, key = ca1.issue(leafSpec{Name: "site.test"}, now)
+	leaf, key = ca1.Issue(pki.Leaf{Name: "site.test"}, now)
 	writeBundle(site, leaf, key, ca1.Cert)
 	run(0)
 	issuerIs(nil)
 
 	// Someone else's wrong .issuer is not touched, but reported.
-	os.WriteFile(site+".issuer", certPEM(ca2.Cert), 0o644)
-	leaf, key = ca1.issue(leafSpec{Name: "site.test"}, now)
+	os.WriteFile(site+".issuer", pki.CertPEM(ca2.Cert), 0o644)
+	leaf, key = ca1.Issue(pki.Leaf{Name: "site.test"}, now)
 	writeBundle(site, leaf, key, ca1.Cert)
 	if stderr := run(1); !strings.Contains(stderr, site+".issuer did not sign the certificate, and HAProxy refuses to start with it") {
 		t.Errorf("no clear error about the wrong .issuer:\n%s", stderr)
 	}
-	issuerIs(certPEM(ca2.Cert))
+	issuerIs(pki.CertPEM(ca2.Cert))
 }
 
 func TestShowProgress(t *testing.T) {
@@ -309,14 +310,14 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 // file to read, and opening one never hangs the run.
 func TestRunFIFOsNeverBlock(t *testing.T) {
 	now := time.Now()
-	ca := newTestCA("FIFO Test CA", now)
-	r := startResponder(ca)
+	ca := pki.NewCA("FIFO Test CA", now)
+	r := pki.StartResponder(ca)
 	defer r.Close()
 	dir := t.TempDir()
 	certs := filepath.Join(dir, "certs")
 	os.Mkdir(certs, 0o755)
 	site := filepath.Join(certs, "site.pem")
-	leaf, key := ca.issue(leafSpec{Name: "site.test", OCSP: []string{r.URL()}}, now)
+	leaf, key := ca.Issue(pki.Leaf{Name: "site.test", OCSP: []string{r.URL()}}, now)
 	writeBundle(site, leaf, key, ca.Cert)
 	run := func() (int, string) {
 		done := make(chan struct{})

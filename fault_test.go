@@ -31,7 +31,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -42,7 +41,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -58,6 +56,7 @@ import (
 	"golang.org/x/crypto/ocsp"
 
 	"stapler/internal/haproxy/haproxytest"
+	"stapler/internal/pki"
 )
 
 // The settings every case's stapler.toml starts with.
@@ -107,8 +106,8 @@ type faultCase struct {
 type faultEnv struct {
 	t          *testing.T
 	now        time.Time
-	ca         *testCA
-	r          *fakeResponder
+	ca         *pki.CA
+	r          *pki.Responder
 	dir        string // the case's temporary directory
 	certs      string // the certificate directory, HAProxy's `crt <certs>/`
 	stateDir   string
@@ -168,7 +167,7 @@ func faultCases() []faultCase {
 	force := []string{"--force"}
 	mode := func(name, mode, cause string) faultCase {
 		return faultCase{name: "responder/" + name, want: 1, stderr: faultRefreshFailed(cause),
-			inject: func(e *faultEnv) []string { e.r.setMode(mode); return force }}
+			inject: func(e *faultEnv) []string { e.r.SetMode(mode); return force }}
 	}
 	handler := func(name, cause string, h func(e *faultEnv) http.Handler) faultCase {
 		return faultCase{name: "responder/" + name, want: 1, stderr: faultRefreshFailed(cause),
@@ -221,7 +220,7 @@ func faultCases() []faultCase {
 			inject: func(e *faultEnv) []string {
 				e.serve(e.answer("text/html; charset=utf-8", func(req *ocsp.Request) []byte {
 					now := time.Now()
-					return e.ca.respond(req.SerialNumber, ocsp.Good, now.Add(-time.Hour), now.Add(48*time.Hour), nil, nil)
+					return e.ca.Respond(req.SerialNumber, ocsp.Good, now.Add(-time.Hour), now.Add(48*time.Hour), nil, nil)
 				}))
 				return force
 			}},
@@ -247,8 +246,8 @@ func faultCases() []faultCase {
 		handler("delegated_not_yet_valid", `response signed by \\"[^"\\]*OCSP responder\\", valid only from`, func(e *faultEnv) http.Handler {
 			return e.answer("application/ocsp-response", func(req *ocsp.Request) []byte {
 				now := time.Now()
-				c, k := e.ca.delegate(true, now.Add(time.Hour), now.Add(30*24*time.Hour))
-				return e.ca.respond(req.SerialNumber, ocsp.Good, now.Add(-time.Hour), now.Add(24*time.Hour), c, k)
+				c, k := e.ca.Delegate(true, now.Add(time.Hour), now.Add(30*24*time.Hour))
+				return e.ca.Respond(req.SerialNumber, ocsp.Good, now.Add(-time.Hour), now.Add(24*time.Hour), c, k)
 			})
 		}),
 		mode("thisupdate_in_future", "future", `thisUpdate [^ ]+ lies in the future`),
@@ -260,7 +259,7 @@ func faultCases() []faultCase {
 		handler("nextupdate_7_minutes_ahead", `too soon to staple`, func(e *faultEnv) http.Handler {
 			return e.answer("application/ocsp-response", func(req *ocsp.Request) []byte {
 				now := time.Now()
-				return e.ca.respond(req.SerialNumber, ocsp.Good, now.Add(-time.Hour), now.Add(7*time.Minute), nil, nil)
+				return e.ca.Respond(req.SerialNumber, ocsp.Good, now.Add(-time.Hour), now.Add(7*time.Minute), nil, nil)
 			})
 		}),
 		mode("status_unknown", "unknown", `responder says the certificate's status is unknown`),
@@ -288,7 +287,7 @@ func faultCases() []faultCase {
 		rand.Read(junk)
 		faultWrite(e.t, e.site, junk)
 	})...)
-	cases = append(cases, notPEM("key_only", func(e *faultEnv) { faultWrite(e.t, e.site, keyPEM(e.key)) })...)
+	cases = append(cases, notPEM("key_only", func(e *faultEnv) { faultWrite(e.t, e.site, pki.KeyPEM(e.key)) })...)
 	cases = append(cases, notPEM("der_not_pem", func(e *faultEnv) { faultWrite(e.t, e.site, e.leaf.Raw) })...)
 	cases = append(cases,
 		// A valid bundle padded past the 1 MiB cap: HAProxy loads it, stapler refuses to read
@@ -307,7 +306,7 @@ func faultCases() []faultCase {
 			stderr:     `level=ERROR msg="[^"]*" cert={site} err="[^"\n]*(first certificate|order)`,
 			hapInvalid: "HAProxy: inconsistencies between private key and certificate loaded site.pem",
 			inject: func(e *faultEnv) []string {
-				faultWrite(e.t, e.site, append(certPEM(e.ca.Cert, e.leaf), keyPEM(e.key)...))
+				faultWrite(e.t, e.site, append(pki.CertPEM(e.ca.Cert, e.leaf), pki.KeyPEM(e.key)...))
 				return nil
 			}},
 		// A new certificate whose issuer is nowhere: no chain, no .issuer, no AIA.
@@ -317,7 +316,7 @@ func faultCases() []faultCase {
 				e.conf = append(e.conf, "fetch_issuers = false")
 				e.writeConfig()
 				// An issuer stapler has never seen: not even its cache of verified issuers helps.
-				leaf, key := newTestCA("Unseen CA", e.now).issue(leafSpec{Name: "leafonly.fault.test", OCSP: []string{e.r.URL()}}, e.now)
+				leaf, key := pki.NewCA("Unseen CA", e.now).Issue(pki.Leaf{Name: "leafonly.fault.test", OCSP: []string{e.r.URL()}}, e.now)
 				writeBundle(filepath.Join(e.certs, "leafonly.pem"), leaf, key)
 				return nil
 			},
@@ -336,7 +335,7 @@ func faultCases() []faultCase {
 				return nil
 			},
 			check: func(e *faultEnv, res faultResult) {
-				if got, err := os.ReadFile(issuerName(e.site)); err != nil || !bytes.Equal(got, certPEM(e.ca.Cert)) {
+				if got, err := os.ReadFile(issuerName(e.site)); err != nil || !bytes.Equal(got, pki.CertPEM(e.ca.Cert)) {
 					e.t.Errorf("site.pem.issuer: %v; want the CA", err)
 				}
 			}},
@@ -346,8 +345,8 @@ func faultCases() []faultCase {
 			stderr:     `level=ERROR msg="cannot check certificate" cert={site} err="{site}\.issuer did not sign the certificate, and HAProxy refuses to start with it: correct or remove it"`,
 			hapInvalid: "HAProxy 2.6 with a .ocsp present: site.pem.issuer is not an issuer",
 			inject: func(e *faultEnv) []string {
-				faultWrite(e.t, issuerName(e.site), certPEM(newTestCA("Stranger CA", e.now).Cert))
-				leaf, key := e.ca.issue(leafSpec{Name: "site.fault.test", OCSP: []string{e.r.URL()}}, e.now)
+				faultWrite(e.t, issuerName(e.site), pki.CertPEM(pki.NewCA("Stranger CA", e.now).Cert))
+				leaf, key := e.ca.Issue(pki.Leaf{Name: "site.fault.test", OCSP: []string{e.r.URL()}}, e.now)
 				writeBundle(e.site, leaf, key, e.ca.Cert)
 				return nil
 			}},
@@ -357,13 +356,13 @@ func faultCases() []faultCase {
 			stderr:     `level=ERROR msg="[^"]*" cert={site} err="{site}\.issuer did not sign the certificate`,
 			hapInvalid: "HAProxy 2.6 with a .ocsp present: site.pem.issuer is not an issuer",
 			inject: func(e *faultEnv) []string {
-				faultWrite(e.t, issuerName(e.site), certPEM(newTestCA("Stranger CA", e.now).Cert))
+				faultWrite(e.t, issuerName(e.site), pki.CertPEM(pki.NewCA("Stranger CA", e.now).Cert))
 				return force
 			}},
 		faultCase{name: "cert/expired_leaf", want: 0,
 			stderr: `level=WARN msg="skipping expired certificate" cert={certs}/expired\.pem`,
 			inject: func(e *faultEnv) []string {
-				leaf, key := e.ca.issue(leafSpec{Name: "expired.fault.test", OCSP: []string{e.r.URL()},
+				leaf, key := e.ca.Issue(pki.Leaf{Name: "expired.fault.test", OCSP: []string{e.r.URL()},
 					NotBefore: e.now.Add(-90 * 24 * time.Hour), NotAfter: e.now.Add(-time.Hour)}, e.now)
 				writeBundle(filepath.Join(e.certs, "expired.pem"), leaf, key, e.ca.Cert)
 				return nil
@@ -402,7 +401,7 @@ func faultCases() []faultCase {
 			hapInvalid: "HAProxy blocks at start-up opening a FIFO site.pem.issuer when site.pem.ocsp exists",
 			inject: func(e *faultEnv) []string {
 				faultMkfifo(e.t, issuerName(e.site))
-				leaf, key := e.ca.issue(leafSpec{Name: "site.fault.test", OCSP: []string{e.r.URL()}}, e.now)
+				leaf, key := e.ca.Issue(pki.Leaf{Name: "site.fault.test", OCSP: []string{e.r.URL()}}, e.now)
 				writeBundle(e.site, leaf, key, e.ca.Cert)
 				return nil
 			}},
@@ -412,12 +411,12 @@ func faultCases() []faultCase {
 			prep: func(e *faultEnv) {
 				issuers := filepath.Join(e.dir, "issuers")
 				faultMkdir(e.t, issuers)
-				faultWrite(e.t, filepath.Join(issuers, "ca.pem"), certPEM(e.ca.Cert))
+				faultWrite(e.t, filepath.Join(issuers, "ca.pem"), pki.CertPEM(e.ca.Cert))
 				e.conf = append(e.conf, fmt.Sprintf("issuer_dirs = [%q]", issuers), "fetch_issuers = false")
 			},
 			inject: func(e *faultEnv) []string {
 				faultMkfifo(e.t, filepath.Join(e.dir, "issuers", "pipe.pem"))
-				leaf, key := e.ca.issue(leafSpec{Name: "leafonly.fault.test", OCSP: []string{e.r.URL()}}, e.now)
+				leaf, key := e.ca.Issue(pki.Leaf{Name: "leafonly.fault.test", OCSP: []string{e.r.URL()}}, e.now)
 				writeBundle(filepath.Join(e.certs, "leafonly.pem"), leaf, key)
 				return nil
 			}},
@@ -491,7 +490,7 @@ func faultCases() []faultCase {
 				faultWrite(e.t, target, e.good)
 				os.Remove(stapleName(e.site))
 				faultSymlink(e.t, target, stapleName(e.site))
-				e.r.setMode("good")
+				e.r.SetMode("good")
 				return force
 			},
 			check: func(e *faultEnv, res faultResult) {
@@ -597,7 +596,7 @@ func faultCases() []faultCase {
 			stderr: faultRefreshFailed(`writing staple: [^"]*read-only file system`),
 			inject: func(e *faultEnv) []string {
 				faultReadOnlyMount(e)
-				e.r.setMode("good") // new bytes, so that there is something to write
+				e.r.SetMode("good") // new bytes, so that there is something to write
 				return force
 			}},
 		// RLIMIT_FSIZE 0 makes every write(2) fail (EFBIG), as a full disk does (ENOSPC).
@@ -605,7 +604,7 @@ func faultCases() []faultCase {
 			stderr: faultRefreshFailed(`writing staple: write [^"]*file too large`) + `[^\n]*\n(.*\n)*stapler: error: writing state {state}: write [^\n]*file too large`,
 			inject: func(e *faultEnv) []string {
 				e.wrap = []string{"sh", "-c", `ulimit -f 0 && exec "$@"`, "sh"}
-				e.r.setMode("good")
+				e.r.SetMode("good")
 				return force
 			}},
 		faultCase{name: "disk/stale_temp_files", want: 0,
@@ -633,7 +632,7 @@ func faultCases() []faultCase {
 			inject: func(e *faultEnv) []string {
 				a := addr(e)
 				e.vars["sock"] = a
-				e.r.setMode("good")
+				e.r.SetMode("good")
 				return []string{"--force", "--socket", a}
 			},
 			check: func(e *faultEnv, res faultResult) {
@@ -753,14 +752,14 @@ func faultReplacedDuringFetch() faultCase {
 	return faultCase{name: "cert/replaced_during_fetch", want: 0, staple: faultStapleOwn,
 		stderr: `level=INFO msg="updated staple" cert={site} reason=forced`,
 		inject: func(e *faultEnv) []string {
-			e.r.setMode("good")
-			e.r.latency = 800 * time.Millisecond // set while no request is in flight
-			before := e.r.requests.Load()
-			leaf, key := e.ca.issue(leafSpec{Name: "site.fault.test", OCSP: []string{e.r.URL()}}, e.now)
+			e.r.SetMode("good")
+			e.r.SetLatency(800 * time.Millisecond) // set while no request is in flight
+			before := e.r.Requests.Load()
+			leaf, key := e.ca.Issue(pki.Leaf{Name: "site.fault.test", OCSP: []string{e.r.URL()}}, e.now)
 			renewed = leaf
 			go func() {
 				defer close(replaced)
-				for deadline := time.Now().Add(5 * time.Second); e.r.requests.Load() == before && time.Now().Before(deadline); {
+				for deadline := time.Now().Add(5 * time.Second); e.r.Requests.Load() == before && time.Now().Before(deadline); {
 					time.Sleep(5 * time.Millisecond)
 				}
 				tmp := filepath.Join(e.dir, "site.pem.new") // outside the directory, then renamed in
@@ -771,7 +770,7 @@ func faultReplacedDuringFetch() faultCase {
 		},
 		check: func(e *faultEnv, res faultResult) {
 			<-replaced
-			e.r.latency = 0
+			e.r.SetLatency(0)
 			der := faultRead(e.t, stapleName(e.site))
 			if err := e.validFor(der, e.leaf); err != nil {
 				e.t.Errorf("the staple written during the replacement is not a valid one for the certificate read: %v", err)
@@ -793,15 +792,15 @@ func faultTwoRuns() faultCase {
 	return faultCase{name: "state/two_runs_at_once", want: 0, staple: faultStapleNew, deadline: 3 * time.Second,
 		stderr: `level=INFO msg="waiting for another stapler run to finish" lock={state}\.lock`,
 		run: func(e *faultEnv) faultResult {
-			e.r.setMode("good")
-			e.r.latency = 500 * time.Millisecond // both start well within the first one's fetch
+			e.r.SetMode("good")
+			e.r.SetLatency(500 * time.Millisecond) // both start well within the first one's fetch
 			var res [2]faultResult
 			var wg sync.WaitGroup
 			for i := range res {
 				wg.Go(func() { res[i] = e.stapler(3*time.Second, "run", "--config", e.config, "-v", "--force") })
 			}
 			wg.Wait()
-			e.r.latency = 0
+			e.r.SetLatency(0)
 			for i, r := range res {
 				if r.code != 0 {
 					e.t.Errorf("run %d: exit %d, want 0\n%s", i+1, r.code, r.stderr)
@@ -829,11 +828,11 @@ func faultSIGKILL() faultCase {
 		prep: func(e *faultEnv) {
 			issuers := filepath.Join(e.dir, "issuers")
 			faultMkdir(e.t, issuers)
-			faultWrite(e.t, filepath.Join(issuers, "ca.pem"), certPEM(e.ca.Cert))
+			faultWrite(e.t, filepath.Join(issuers, "ca.pem"), pki.CertPEM(e.ca.Cert))
 			e.conf = append(e.conf, fmt.Sprintf("issuer_dirs = [%q]", issuers), "fetch_issuers = false")
 			e.fleet = append(e.fleet, faultCert{path: e.site, leaf: e.leaf})
 			for i := range 50 {
-				leaf, key := e.ca.issue(leafSpec{Name: fmt.Sprintf("fleet%02d.fault.test", i), OCSP: []string{e.r.URL()}}, e.now)
+				leaf, key := e.ca.Issue(pki.Leaf{Name: fmt.Sprintf("fleet%02d.fault.test", i), OCSP: []string{e.r.URL()}}, e.now)
 				c := faultCert{path: filepath.Join(e.certs, fmt.Sprintf("fleet%02d.pem", i)), leaf: leaf, leafOnly: i%2 == 1}
 				if c.leafOnly {
 					writeBundle(c.path, leaf, key) // stapler writes fleetNN.pem.issuer for HAProxy
@@ -852,8 +851,8 @@ func faultSIGKILL() faultCase {
 			// Forced runs with fresh responses rewrite all 51 staples every time.
 			// With 25 ms per answer and 8 jobs, a run lasts about 200-300 ms: kills land before,
 			// during and after the fetching and writing.
-			e.r.setMode("good")
-			e.r.latency = 25 * time.Millisecond
+			e.r.SetMode("good")
+			e.r.SetLatency(25 * time.Millisecond)
 			const kills = 20
 			killed := 0
 			for i := range kills {
@@ -874,7 +873,7 @@ func faultSIGKILL() faultCase {
 				}
 			}
 			e.t.Logf("STAPLER_FAULT_SEED=%d: %d of %d runs were killed before they finished", seed, killed, kills)
-			e.r.latency = 0
+			e.r.SetLatency(0)
 			return e.stapler(faultDeadline, "run", "--config", e.config, "-v")
 		},
 		check: func(e *faultEnv, res faultResult) {
@@ -891,12 +890,12 @@ func newFaultEnv(t *testing.T, c faultCase) *faultEnv {
 	t.Helper()
 	now := time.Now()
 	e := &faultEnv{t: t, now: now, override: map[string]string{}, runTimeout: faultRunTimeout}
-	e.ca = newTestCA("Fault Test CA", now)
-	e.r = startResponder(e.ca)
+	e.ca = pki.NewCA("Fault Test CA", now)
+	e.r = pki.StartResponder(e.ca)
 	t.Cleanup(e.r.Close)
 	// Fetched again, a staple comes back with the same bytes, so that a run that must fetch
 	// again (a lost state) still leaves it byte-identical.
-	e.r.setMode("cached")
+	e.r.SetMode("cached")
 	e.dir = t.TempDir()
 	e.certs = filepath.Join(e.dir, "certs")
 	e.stateDir = filepath.Join(e.dir, "state")
@@ -904,7 +903,7 @@ func newFaultEnv(t *testing.T, c faultCase) *faultEnv {
 	e.config = filepath.Join(e.dir, "stapler.toml")
 	faultMkdir(t, e.certs)
 	e.site = filepath.Join(e.certs, "site.pem")
-	e.leaf, e.key = e.ca.issue(leafSpec{Name: "site.fault.test", OCSP: []string{e.r.URL()}}, now)
+	e.leaf, e.key = e.ca.Issue(pki.Leaf{Name: "site.fault.test", OCSP: []string{e.r.URL()}}, now)
 	writeBundle(e.site, e.leaf, e.key, e.ca.Cert)
 	sockDir, err := os.MkdirTemp("", "stapler-fault") // unix socket paths must stay short
 	if err != nil {
@@ -960,7 +959,7 @@ func (e *faultEnv) serve(h http.Handler) {
 // answer is an OCSP responder that answers each request with body(request) as ctype.
 func (e *faultEnv) answer(ctype string, body func(*ocsp.Request) []byte) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		oreq, err := faultParseRequest(req)
+		oreq, err := pki.ParseRequest(req)
 		if err != nil {
 			http.Error(w, "bad request", http.StatusBadRequest)
 			return
@@ -1154,7 +1153,7 @@ func (e *faultEnv) crashConsistent(when string) {
 			e.t.Errorf("%s: %s.ocsp is not whole and right: %v", when, filepath.Base(c.path), err)
 		}
 		if c.leafOnly {
-			if iss, err := os.ReadFile(issuerName(c.path)); err != nil || !bytes.Equal(iss, certPEM(e.ca.Cert)) {
+			if iss, err := os.ReadFile(issuerName(c.path)); err != nil || !bytes.Equal(iss, pki.CertPEM(e.ca.Cert)) {
 				e.t.Errorf("%s: %s.ocsp exists but HAProxy cannot find its issuer (%s.issuer: %v)", when, filepath.Base(c.path), filepath.Base(c.path), err)
 			}
 		}
@@ -1214,26 +1213,6 @@ func faultReadOnlyMount(e *faultEnv) {
 		e.t.Skipf("!!! cannot make a read-only bind mount in a private mount namespace (unshare --mount needs CAP_SYS_ADMIN): %v %s !!!", err, out)
 	}
 	e.wrap = []string{"unshare", "--mount", "sh", "-c", script, "sh", e.certs}
-}
-
-// faultParseRequest reads the OCSP request of a GET or POST.
-func faultParseRequest(req *http.Request) (*ocsp.Request, error) {
-	var der []byte
-	if req.Method == http.MethodPost {
-		var err error
-		if der, err = io.ReadAll(io.LimitReader(req.Body, 1<<16)); err != nil {
-			return nil, err
-		}
-	} else {
-		enc, err := url.PathUnescape(strings.TrimPrefix(req.URL.EscapedPath(), "/"))
-		if err != nil {
-			return nil, err
-		}
-		if der, err = base64.StdEncoding.DecodeString(enc); err != nil {
-			return nil, err
-		}
-	}
-	return ocsp.ParseRequest(der)
 }
 
 // faultSlowDrip sends a 200 answer whose body comes one byte every 200 ms.
@@ -1346,7 +1325,7 @@ type faultSingleResponse struct {
 
 // faultTwoSingles is a response signed by the CA with two good SingleResponses: first the one
 // asked for, then one for the next serial.
-func faultTwoSingles(ca *testCA, req *ocsp.Request, now time.Time) []byte {
+func faultTwoSingles(ca *pki.CA, req *ocsp.Request, now time.Time) []byte {
 	id := func(serial *big.Int) certID {
 		return certID{HashAlgorithm: pkix.AlgorithmIdentifier{Algorithm: oidSHA1, Parameters: asn1.NullRawValue},
 			IssuerNameHash: req.IssuerNameHash, IssuerKeyHash: req.IssuerKeyHash, SerialNumber: serial}
@@ -1377,8 +1356,8 @@ func faultTwoSingles(ca *testCA, req *ocsp.Request, now time.Time) []byte {
 // a well-formed, correctly signed response with two SingleResponses.
 func TestFaultTwoSingles(t *testing.T) {
 	now := time.Now()
-	ca := newTestCA("Two Singles CA", now)
-	leaf, _ := ca.issue(leafSpec{Name: "two.fault.test"}, now)
+	ca := pki.NewCA("Two Singles CA", now)
+	leaf, _ := ca.Issue(pki.Leaf{Name: "two.fault.test"}, now)
 	req, err := ocsp.ParseRequest(must(newRequest(leaf, ca.Cert)))
 	if err != nil {
 		t.Fatal(err)
@@ -1405,8 +1384,8 @@ func TestFaultTwoSingles(t *testing.T) {
 // (run_timeout) each bound a connect that hangs.
 func TestFaultFetcherDial(t *testing.T) {
 	now := time.Now()
-	ca := newTestCA("Dial Fault CA", now)
-	leaf, _ := ca.issue(leafSpec{Name: "dial.fault.test", OCSP: []string{"http://ocsp.fault.invalid"}}, now)
+	ca := pki.NewCA("Dial Fault CA", now)
+	leaf, _ := ca.Issue(pki.Leaf{Name: "dial.fault.test", OCSP: []string{"http://ocsp.fault.invalid"}}, now)
 	req := must(newRequest(leaf, ca.Cert))
 	hang := func(ctx context.Context, network, addr string) (net.Conn, error) {
 		<-ctx.Done()

@@ -38,6 +38,7 @@ import (
 	"golang.org/x/crypto/ocsp"
 
 	"stapler/internal/haproxy"
+	"stapler/internal/pki"
 )
 
 // quietLogs discards slog output while a fuzz target runs: damaged inputs are logged on
@@ -52,24 +53,24 @@ func quietLogs(f *testing.F) {
 // the PEM in file order, the first being the leaf, or an error, never a partial list.
 func FuzzParseBundle(f *testing.F) {
 	now := time.Now()
-	ca := newTestCA("Fuzz Bundle CA", now)
-	inter := ca.subordinate("Fuzz Bundle Intermediate", now)
-	leaf, key := inter.issue(leafSpec{Name: "fuzz.test", OCSP: []string{"http://ocsp.test"}, AIA: []string{"http://ca.test/i.der"}}, now)
-	bundle := append(certPEM(leaf, inter.Cert, ca.Cert), keyPEM(key)...)
-	f.Add(bundle)                                            // HAProxy's order: leaf, chain, key
-	f.Add(append(keyPEM(key), certPEM(leaf, inter.Cert)...)) // key first
-	f.Add(certPEM(ca.Cert, inter.Cert, leaf))                // chain in the wrong order
-	f.Add(keyPEM(key))                                       // key only
+	ca := pki.NewCA("Fuzz Bundle CA", now)
+	inter := ca.Subordinate("Fuzz Bundle Intermediate", now)
+	leaf, key := inter.Issue(pki.Leaf{Name: "fuzz.test", OCSP: []string{"http://ocsp.test"}, AIA: []string{"http://ca.test/i.der"}}, now)
+	bundle := append(pki.CertPEM(leaf, inter.Cert, ca.Cert), pki.KeyPEM(key)...)
+	f.Add(bundle)                                                    // HAProxy's order: leaf, chain, key
+	f.Add(append(pki.KeyPEM(key), pki.CertPEM(leaf, inter.Cert)...)) // key first
+	f.Add(pki.CertPEM(ca.Cert, inter.Cert, leaf))                    // chain in the wrong order
+	f.Add(pki.KeyPEM(key))                                           // key only
 	f.Add([]byte{})
 	f.Add(leaf.Raw) // DER instead of PEM
 	f.Add(bytes.ReplaceAll(bundle, []byte("\n"), []byte("\r\n")))
 	f.Add(bundle[:len(bundle)/2]) // truncated
 	f.Add(append([]byte("subject=CN = fuzz.test\nissuer=CN = Fuzz Bundle Intermediate\n"), bundle...))
 	f.Add(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte("not DER")}))
-	f.Add(append(certPEM(leaf), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leaf.Raw[:len(leaf.Raw)-1]})...))
+	f.Add(append(pki.CertPEM(leaf), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leaf.Raw[:len(leaf.Raw)-1]})...))
 	f.Add(pem.EncodeToMemory(&pem.Block{Type: "TRUSTED CERTIFICATE", Bytes: leaf.Raw}))
 	f.Add(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Headers: map[string]string{"Proc-Type": "4,ENCRYPTED"}, Bytes: leaf.Raw}))
-	f.Add(append(certPEM(leaf), pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: []byte{0x30, 0}})...))
+	f.Add(append(pki.CertPEM(leaf), pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: []byte{0x30, 0}})...))
 
 	f.Fuzz(func(t *testing.T, data []byte) {
 		certs, err := parseBundle(data)
@@ -124,13 +125,13 @@ func FuzzParseBundle(f *testing.F) {
 // in testdata) verifies in every other (the fuzzing workers).
 type fuzzPKI struct {
 	now        time.Time
-	ca         *testCA
+	ca         *pki.CA
 	leaf       *x509.Certificate
 	req        []byte
 	certID     []byte // the request's CertID, DER, built here independently of stapler
-	responder  *fakeResponder
-	delegates  map[uint8]*testCA // by signer: responder certificate and key
-	strangerCA *testCA
+	responder  *pki.Responder
+	delegates  map[uint8]*pki.CA // by signer: responder certificate and key
+	strangerCA *pki.CA
 }
 
 func newFuzzPKI() *fuzzPKI {
@@ -146,7 +147,7 @@ func newFuzzPKI() *fuzzPKI {
 		BasicConstraintsValid: true,
 		IsCA:                  true,
 	}
-	ca := &testCA{Cert: must(x509.ParseCertificate(must(x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)))), Key: key}
+	ca := &pki.CA{Cert: must(x509.ParseCertificate(must(x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)))), Key: key}
 	leafTmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(0x5eed5eed),
 		Subject:      pkix.Name{CommonName: "fuzz.test"},
@@ -155,7 +156,7 @@ func newFuzzPKI() *fuzzPKI {
 		NotAfter:     now.Add(90 * 24 * time.Hour),
 		OCSPServer:   []string{"http://ocsp.test"},
 	}
-	leaf := must(x509.ParseCertificate(must(x509.CreateCertificate(rand.Reader, leafTmpl, ca.Cert, newKey().Public(), key))))
+	leaf := must(x509.ParseCertificate(must(x509.CreateCertificate(rand.Reader, leafTmpl, ca.Cert, pki.NewKey().Public(), key))))
 
 	var spki struct {
 		Algorithm pkix.AlgorithmIdentifier
@@ -170,11 +171,11 @@ func newFuzzPKI() *fuzzPKI {
 		SerialNumber:   leaf.SerialNumber,
 	}))
 
-	stranger := newTestCA("Fuzz Stranger CA", now)
+	stranger := pki.NewCA("Fuzz Stranger CA", now)
 	p := &fuzzPKI{now: now, ca: ca, leaf: leaf, req: must(newRequest(leaf, ca.Cert)), certID: id,
-		responder: &fakeResponder{ca: ca, stranger: stranger}, strangerCA: stranger, delegates: map[uint8]*testCA{}}
+		responder: &pki.Responder{CA: ca, Stranger: stranger}, strangerCA: stranger, delegates: map[uint8]*pki.CA{}}
 	for signer, d := range map[uint8]struct {
-		ca            *testCA
+		ca            *pki.CA
 		eku           bool
 		from, through time.Time
 	}{
@@ -183,8 +184,8 @@ func newFuzzPKI() *fuzzPKI {
 		signerDelegateExpired: {ca, true, now.Add(-30 * 24 * time.Hour), now.Add(-time.Hour)},
 		signerStrangeDelegate: {stranger, true, now.Add(-time.Hour), now.Add(30 * 24 * time.Hour)},
 	} {
-		c, k := d.ca.delegate(d.eku, d.from, d.through)
-		p.delegates[signer] = &testCA{Cert: c, Key: k}
+		c, k := d.ca.Delegate(d.eku, d.from, d.through)
+		p.delegates[signer] = &pki.CA{Cert: c, Key: k}
 	}
 	return p
 }
@@ -302,7 +303,7 @@ func FuzzValidateResponse(f *testing.F) {
 	for _, mode := range []string{"good", "revoked", "unknown", "tryLater", "internalError", "unauthorized",
 		"garbage", "empty", "wrongSerial", "stranger", "expired", "noNextUpdate", "tooShort", "future",
 		"older", "sha256", "delegated", "delegatedNoEKU", "delegatedExpired"} {
-		der := p.responder.answer(mode, p.leaf.SerialNumber, p.now)
+		der := p.responder.Answer(mode, p.leaf.SerialNumber, p.now)
 		f.Add(der, signerNone)
 		if basic, err := parseBasicOCSP(der); err == nil {
 			// Its tbsResponseData, signed by each signer in turn.
@@ -318,12 +319,12 @@ func FuzzValidateResponse(f *testing.F) {
 		{p.now.Add(-time.Hour), p.now.Add(minValidity)},
 		{p.now.Add(-time.Hour), p.now.Add(minValidity - time.Second)},
 	} {
-		f.Add(p.ca.respond(p.leaf.SerialNumber, ocsp.Good, tt.this, tt.next, nil, nil), signerNone)
+		f.Add(p.ca.Respond(p.leaf.SerialNumber, ocsp.Good, tt.this, tt.next, nil, nil), signerNone)
 	}
-	f.Add(append(p.responder.answer("good", p.leaf.SerialNumber, p.now), 0), signerNone) // trailing data
+	f.Add(append(p.responder.Answer("good", p.leaf.SerialNumber, p.now), 0), signerNone) // trailing data
 
 	// The harness itself: a good tbsResponseData passes when signed by whoever may sign it.
-	good := must(parseBasicOCSP(p.responder.answer("good", p.leaf.SerialNumber, p.now))).TBS.Raw
+	good := must(parseBasicOCSP(p.responder.Answer("good", p.leaf.SerialNumber, p.now))).TBS.Raw
 	for s := signerCA; s < signers; s++ {
 		_, err := validateResponse(p.sign(good, s), p.req, p.leaf, p.ca.Cert, p.now)
 		if may := s == signerCA || s == signerCAWithCert || s == signerDelegate; may != (err == nil) {

@@ -26,6 +26,7 @@ import (
 	"golang.org/x/crypto/ocsp"
 
 	"stapler/internal/haproxy"
+	"stapler/internal/pki"
 )
 
 // Integration tests against real HAProxy 2.6 processes on 127.0.0.1 (issue 3). Each one runs
@@ -185,7 +186,7 @@ func TestHAProxyCreatesSlot(t *testing.T) {
 					if err := os.Mkdir(issuers, 0o755); err != nil {
 						t.Fatal(err)
 					}
-					hapWriteFile(t, filepath.Join(issuers, "ca.pem"), certPEM(f.ca.Cert))
+					hapWriteFile(t, filepath.Join(issuers, "ca.pem"), pki.CertPEM(f.ca.Cert))
 					extra = fmt.Sprintf("issuer_dirs = [%q]\n", issuers)
 				} else {
 					site, _ = f.addCert("site.stapler.test")
@@ -229,7 +230,7 @@ func TestHAProxyDriftRepair(t *testing.T) {
 		f := newHAPFixture(t, h)
 		site, _ := f.addCert("site.stapler.test")
 		nosocket := f.config("nosocket", nil, "")
-		f.resp.setMode("older") // thisUpdate two hours ago
+		f.resp.SetMode("older") // thisUpdate two hours ago
 		f.run(0, "--config", nosocket)
 		old := hapReadFile(t, site+".ocsp")
 
@@ -239,15 +240,15 @@ func TestHAProxyDriftRepair(t *testing.T) {
 		f.wantServed(port, site, nil)
 
 		// (1) A newer staple, written with no socket to push it to.
-		f.resp.setMode("good") // thisUpdate one hour ago
+		f.resp.SetMode("good") // thisUpdate one hour ago
 		f.run(0, "--force", "--config", nosocket)
 		if _, got := hapHandshake(t, port, "site.stapler.test", f.ca.Cert); !bytes.Equal(got, old) {
 			t.Fatal("HAProxy does not serve the staple it read at start-up")
 		}
 		cfg := f.config("stapler", []string{sock}, "")
-		f.resp.requests.Store(0)
+		f.resp.Requests.Store(0)
 		stderr := f.run(0, "--config", cfg)
-		if n := f.resp.requests.Load(); n != 0 {
+		if n := f.resp.Requests.Load(); n != 0 {
 			t.Errorf("the repair run asked the responder %d times; nothing was due", n)
 		}
 		if !strings.Contains(stderr, `msg="HAProxy did not serve the staple on disk; sent it" cert=`+site) {
@@ -268,7 +269,7 @@ func TestHAProxyDriftRepair(t *testing.T) {
 			t.Errorf("after the hot update stapler status says HAProxy serves the staple: %+v", view)
 		}
 		stderr = f.run(0, "--config", cfg)
-		if n := f.resp.requests.Load(); n != 0 {
+		if n := f.resp.Requests.Load(); n != 0 {
 			t.Errorf("the repair runs asked the responder %d times; nothing was due", n)
 		}
 		if !strings.Contains(stderr, `msg="created OCSP slot without a reload" cert=`+site) {
@@ -358,9 +359,9 @@ func TestHAProxyPendingPush(t *testing.T) {
 			t.Fatal("the restarted HAProxy does not serve the first staple")
 		}
 
-		f.resp.requests.Store(0)
+		f.resp.Requests.Store(0)
 		stderr = f.run(0, "--config", cfg)
-		if n := f.resp.requests.Load(); n != 0 {
+		if n := f.resp.Requests.Load(); n != 0 {
 			t.Errorf("the run after the failed push asked the responder %d times; nothing was due", n)
 		}
 		if strings.Contains(stderr, "older staple") {
@@ -408,14 +409,14 @@ func TestHAProxyBatch(t *testing.T) {
 		t.Logf("HAProxy loaded %d certificates and staples in %v", n, time.Since(start).Round(time.Millisecond))
 		proxy := hapCountingProxy(t, direct)
 
-		f.resp.requests.Store(0)
+		f.resp.Requests.Store(0)
 		start = time.Now()
 		stderr := f.run(0, "--force", "--jobs", "16", "--config", f.config("stapler", []string{proxy.addr}, ""))
 		took := time.Since(start)
 		if got := proxy.conns.Load(); got != 1 {
 			t.Errorf("%d connections to HAProxy's stats socket for %d staples, want 1", got, n)
 		}
-		if got := f.resp.requests.Load(); got != n {
+		if got := f.resp.Requests.Load(); got != n {
 			t.Errorf("%d OCSP requests, want %d", got, n)
 		}
 		if !strings.Contains(stderr, fmt.Sprintf("refreshed=%d", n)) {
@@ -448,8 +449,8 @@ type hapFixture struct {
 	t       *testing.T
 	haproxy string // the binary
 	branch  string // its branch, "2.6"
-	ca      *testCA
-	resp    *fakeResponder
+	ca      *pki.CA
+	resp    *pki.Responder
 	dir     string // configs, state, logs
 	certs   string
 	sockDir string
@@ -459,8 +460,8 @@ type hapFixture struct {
 func newHAPFixture(t *testing.T, h hapBin) *hapFixture {
 	t.Helper()
 	f := &hapFixture{t: t, haproxy: h.Path, branch: h.Branch, dir: t.TempDir()}
-	f.ca = newTestCA("Stapler HAProxy Test CA", time.Now())
-	f.resp = startResponder(f.ca)
+	f.ca = pki.NewCA("Stapler HAProxy Test CA", time.Now())
+	f.resp = pki.StartResponder(f.ca)
 	t.Cleanup(f.resp.Close)
 	f.certs = filepath.Join(f.dir, "certs")
 	if err := os.Mkdir(f.certs, 0o755); err != nil {
@@ -480,7 +481,7 @@ func newHAPFixture(t *testing.T, h hapBin) *hapFixture {
 // addCert issues a leaf for name and writes it, with its CA and key, to <certs>/<name>.pem.
 func (f *hapFixture) addCert(name string) (string, *x509.Certificate) {
 	path := filepath.Join(f.certs, name+".pem")
-	leaf, key := f.ca.issue(leafSpec{Name: name, OCSP: []string{f.resp.URL()}}, time.Now())
+	leaf, key := f.ca.Issue(pki.Leaf{Name: name, OCSP: []string{f.resp.URL()}}, time.Now())
 	writeBundle(path, leaf, key, f.ca.Cert)
 	return path, leaf
 }
@@ -488,7 +489,7 @@ func (f *hapFixture) addCert(name string) (string, *x509.Certificate) {
 // addLeafOnly writes a leaf for name and its key, without the CA, to <certs>/<name>.pem.
 func (f *hapFixture) addLeafOnly(name string) string {
 	path := filepath.Join(f.certs, name+".pem")
-	leaf, key := f.ca.issue(leafSpec{Name: name, OCSP: []string{f.resp.URL()}}, time.Now())
+	leaf, key := f.ca.Issue(pki.Leaf{Name: name, OCSP: []string{f.resp.URL()}}, time.Now())
 	writeBundle(path, leaf, key)
 	return path
 }
@@ -496,7 +497,7 @@ func (f *hapFixture) addLeafOnly(name string) string {
 // reissue replaces the certificate in path by a new one for the same name.
 func (f *hapFixture) reissue(path string) *x509.Certificate {
 	name := strings.TrimSuffix(filepath.Base(path), ".pem")
-	leaf, key := f.ca.issue(leafSpec{Name: name, OCSP: []string{f.resp.URL()}}, time.Now())
+	leaf, key := f.ca.Issue(pki.Leaf{Name: name, OCSP: []string{f.resp.URL()}}, time.Now())
 	writeBundle(path, leaf, key, f.ca.Cert)
 	return leaf
 }
@@ -790,7 +791,7 @@ func TestHAProxyAwkwardSetups(t *testing.T) {
 		t.Run("file name with a space and a semicolon", func(t *testing.T) {
 			f := newHAPFixture(t, h)
 			site := filepath.Join(f.certs, "my site;1.pem")
-			leaf, key := f.ca.issue(leafSpec{Name: "odd.stapler.test", OCSP: []string{f.resp.URL()}}, time.Now())
+			leaf, key := f.ca.Issue(pki.Leaf{Name: "odd.stapler.test", OCSP: []string{f.resp.URL()}}, time.Now())
 			writeBundle(site, leaf, key, f.ca.Cert)
 			stats, sock := f.statsSocket("unix", "admin")
 			port := hapFreePort(t)
@@ -910,8 +911,8 @@ func TestHAProxyOwnUpdater(t *testing.T) {
 			t.Fatalf("%s.ocsp exists before stapler ran (stat: %v): HAProxy writes nothing to disk", site, err)
 		}
 
-		f.resp.setMode("down")
-		f.resp.requests.Store(0)
+		f.resp.SetMode("down")
+		f.resp.Requests.Store(0)
 		stapler := f.config("stapler", []string{sock}, "")
 		stderr := f.run(0, "--config", stapler)
 		if !strings.Contains(stderr, `msg="kept HAProxy's own staple on disk" cert=`+site) {
@@ -945,10 +946,10 @@ func TestHAProxyOwnUpdaterFailing(t *testing.T) {
 		f := newHAPFixture(t, h)
 		// An issuing CA under a root that the bundle lacks, as public CAs have: HAProxy can
 		// then verify the delegated responder certificate against nothing it trusts.
-		f.ca = newTestCA("Stapler Test Root", time.Now()).subordinate("Stapler Issuing CA", time.Now())
-		f.resp = startResponder(f.ca)
+		f.ca = pki.NewCA("Stapler Test Root", time.Now()).Subordinate("Stapler Issuing CA", time.Now())
+		f.resp = pki.StartResponder(f.ca)
 		t.Cleanup(f.resp.Close)
-		f.resp.setMode("delegated")
+		f.resp.SetMode("delegated")
 		site, _ := f.addCert("site.stapler.test")
 		stats, sock := f.statsSocket("unix", "admin")
 		port := hapFreePort(t)

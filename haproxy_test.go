@@ -22,6 +22,7 @@ import (
 	"stapler/internal/haproxy"
 	"stapler/internal/haproxy/haproxytest"
 	"stapler/internal/ocspcheck"
+	"stapler/internal/pki"
 )
 
 // fakeVersions are the HAProxy versions the fake plays: every branch stapler supports.
@@ -43,15 +44,15 @@ type syncCase struct {
 	otherSerial, oc string // a previous certificate in the same file
 }
 
-func newSyncCase(ca *testCA, name string, now time.Time) syncCase {
-	leaf, _ := ca.issue(leafSpec{Name: name}, now)
-	prev, _ := ca.issue(leafSpec{Name: name}, now)
+func newSyncCase(ca *pki.CA, name string, now time.Time) syncCase {
+	leaf, _ := ca.Issue(pki.Leaf{Name: name}, now)
+	prev, _ := ca.Issue(pki.Leaf{Name: name}, now)
 	c := syncCase{leaf: leaf, path: "/c/" + name + ".pem", serial: fmt.Sprintf("%x", leaf.SerialNumber), certID: certIDHex(leaf, ca.Cert),
 		otherSerial: fmt.Sprintf("%x", prev.SerialNumber), oc: certIDHex(prev, ca.Cert)}
 	this := now.Add(-time.Hour).Truncate(time.Second)
-	der := ca.respond(leaf.SerialNumber, ocsp.Good, this, now.Add(24*time.Hour), nil, nil)
-	c.older = ca.respond(leaf.SerialNumber, ocsp.Good, this.Add(-time.Hour), now.Add(20*time.Hour), nil, nil)
-	c.newer = ca.respond(leaf.SerialNumber, ocsp.Good, this.Add(time.Minute), now.Add(25*time.Hour), nil, nil)
+	der := ca.Respond(leaf.SerialNumber, ocsp.Good, this, now.Add(24*time.Hour), nil, nil)
+	c.older = ca.Respond(leaf.SerialNumber, ocsp.Good, this.Add(-time.Hour), now.Add(20*time.Hour), nil, nil)
+	c.newer = ca.Respond(leaf.SerialNumber, ocsp.Good, this.Add(time.Minute), now.Add(25*time.Hour), nil, nil)
 	resp := must(ocsp.ParseResponse(der, nil))
 	c.ref = stapleRef{Path: c.path, DER: der, CertID: c.certID, Serial: c.serial, ThisUpdate: resp.ThisUpdate, ProducedAt: resp.ProducedAt, Status: "good", NextUpdate: resp.NextUpdate}
 	return c
@@ -62,7 +63,7 @@ func newSyncCase(ca *testCA, name string, now time.Time) syncCase {
 // read-only look (stapler status) sends nothing.
 func TestSyncSockets(t *testing.T) {
 	now := time.Now()
-	ca := newTestCA("Sync Test CA", now)
+	ca := pki.NewCA("Sync Test CA", now)
 	tests := []struct {
 		name  string
 		level string
@@ -222,7 +223,7 @@ func captureLogs(t *testing.T) *lockedBuffer {
 // error naming the socket and the fix, not one per certificate; 3.2 takes the commands.
 func TestSyncAdminOnly(t *testing.T) {
 	now := time.Now()
-	ca := newTestCA("Admin Test CA", now)
+	ca := pki.NewCA("Admin Test CA", now)
 	for _, tt := range []struct {
 		version string
 		fails   bool
@@ -262,7 +263,7 @@ func TestSyncAdminOnly(t *testing.T) {
 // after a reload) is not used: what it is told is lost.
 func TestSyncStoppingWorker(t *testing.T) {
 	now := time.Now()
-	ca := newTestCA("Stopping Test CA", now)
+	ca := pki.NewCA("Stopping Test CA", now)
 	f := haproxytest.Start(t, "3.2.26-1", "admin")
 	c := newSyncCase(ca, "site", now)
 	f.Load(c.path, c.serial, c.certID, true)
@@ -283,7 +284,7 @@ func TestSyncStoppingWorker(t *testing.T) {
 // never answer cost one socket_timeout, not three.
 func TestSyncConcurrent(t *testing.T) {
 	now := time.Now()
-	ca := newTestCA("Concurrent Test CA", now)
+	ca := pki.NewCA("Concurrent Test CA", now)
 	c := newSyncCase(ca, "site", now)
 	var socks []string
 	for range 3 {
@@ -313,13 +314,13 @@ func TestRunPushes(t *testing.T) {
 
 func testRunPushes(t *testing.T, version string) {
 	now := time.Now()
-	ca := newTestCA("Push Test CA", now)
-	r := startResponder(ca)
+	ca := pki.NewCA("Push Test CA", now)
+	r := pki.StartResponder(ca)
 	defer r.Close()
 	h1, h2 := haproxytest.Start(t, version, "admin"), haproxytest.Start(t, version, "admin")
 	dir := t.TempDir()
 	site := filepath.Join(dir, "site.pem")
-	leaf, key := ca.issue(leafSpec{Name: "site.test", OCSP: []string{r.URL()}}, now)
+	leaf, key := ca.Issue(pki.Leaf{Name: "site.test", OCSP: []string{r.URL()}}, now)
 	writeBundle(site, leaf, key, ca.Cert)
 	for _, h := range []*haproxytest.Fake{h1, h2} {
 		h.Load(site, fmt.Sprintf("%x", leaf.SerialNumber), certIDHex(leaf, ca.Cert), true)
@@ -359,7 +360,7 @@ func testRunPushes(t *testing.T, version string) {
 	}
 
 	h2.Override("set ssl ocsp-response", "")
-	r.requests.Store(0)
+	r.Requests.Store(0)
 	h1.Log()
 	if code, stderr := runStapler(t, append(args, site)...); code != 0 {
 		t.Fatalf("exit %d\n%s", code, stderr)
@@ -370,7 +371,7 @@ func testRunPushes(t *testing.T, version string) {
 	if got := slices.DeleteFunc(h1.Log(), func(cmd string) bool { return strings.HasPrefix(cmd, "show ") }); len(got) != 0 {
 		t.Errorf("sent to a socket that had the staple: %q", got)
 	}
-	if n := r.requests.Load(); n != 0 {
+	if n := r.Requests.Load(); n != 0 {
 		t.Errorf("%d OCSP requests, want 0", n)
 	}
 	if st := readState(t, state).Certificates[site]; len(st.PendingPush) != 0 {
@@ -380,7 +381,7 @@ func testRunPushes(t *testing.T, version string) {
 	// The deploy-hook case: a renewed certificate is stapled before HAProxy reloads, so the
 	// running HAProxy still holds the old one and its old staple. That is expected: a
 	// warning, exit 0, and the staple waits on disk for the reload.
-	leaf, key = ca.issue(leafSpec{Name: "site.test", OCSP: []string{r.URL()}}, now)
+	leaf, key = ca.Issue(pki.Leaf{Name: "site.test", OCSP: []string{r.URL()}}, now)
 	writeBundle(site, leaf, key, ca.Cert)
 	code, stderr = runStapler(t, append(args, site)...)
 	if code != 0 || !strings.Contains(stderr, `level=WARN msg="HAProxy will load this staple when it reloads" cert=`+site) {

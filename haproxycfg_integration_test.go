@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"stapler/internal/pki"
 	"testing"
 	"time"
 )
@@ -20,8 +21,8 @@ func TestHAProxyConfigDiscovery(t *testing.T) {
 	forEachHAProxy(t, func(t *testing.T, h hapBin) {
 		haproxy := h.Path
 		now := time.Now()
-		ca := newTestCA("Discovery Test CA", now)
-		r := startResponder(ca)
+		ca := pki.NewCA("Discovery Test CA", now)
+		r := pki.StartResponder(ca)
 		defer r.Close()
 
 		base := t.TempDir()
@@ -37,7 +38,7 @@ func TestHAProxyConfigDiscovery(t *testing.T) {
 		}
 		for name, file := range certs {
 			os.MkdirAll(filepath.Join(base, filepath.Dir(file)), 0o755)
-			leaf, key := ca.issue(leafSpec{Name: name, OCSP: []string{r.URL()}}, now)
+			leaf, key := ca.Issue(pki.Leaf{Name: name, OCSP: []string{r.URL()}}, now)
 			writeBundle(filepath.Join(base, file), leaf, key, ca.Cert)
 		}
 		hapWriteFile(t, filepath.Join(base, "list.txt"), []byte("listed/b.pem [alpn h2,http/1.1] listed.stapler.test\n"))
@@ -98,7 +99,7 @@ func TestHAProxyNaming(t *testing.T) {
 	forEachHAProxy(t, func(t *testing.T, h hapBin) {
 		f := newHAPFixture(t, h)
 		issue := func(path, name string, chain bool) {
-			leaf, key := f.ca.issue(leafSpec{Name: name, OCSP: []string{f.resp.URL()}}, time.Now())
+			leaf, key := f.ca.Issue(pki.Leaf{Name: name, OCSP: []string{f.resp.URL()}}, time.Now())
 			if chain {
 				writeBundle(path, leaf, key, f.ca.Cert)
 			} else {
@@ -109,7 +110,7 @@ func TestHAProxyNaming(t *testing.T) {
 		issue(filepath.Join(f.certs, "other.pem"), "pem.stapler.test", true)
 		issuers := filepath.Join(f.dir, "issuers")
 		os.Mkdir(issuers, 0o755)
-		hapWriteFile(t, filepath.Join(issuers, "ca.pem"), certPEM(f.ca.Cert))
+		hapWriteFile(t, filepath.Join(issuers, "ca.pem"), pki.CertPEM(f.ca.Cert))
 
 		binds := "crt " + f.certs + "/"
 		served := map[string]string{"crt.stapler.test": filepath.Join(f.certs, "site.ocsp"), "pem.stapler.test": filepath.Join(f.certs, "other.pem.ocsp")}
@@ -119,7 +120,7 @@ func TestHAProxyNaming(t *testing.T) {
 			os.Mkdir(store, 0o755)
 			issue(filepath.Join(store, "s.pem"), "store.stapler.test", false)
 			issue(filepath.Join(store, "x.pem"), "list.stapler.test", false)
-			hapWriteFile(t, filepath.Join(store, "ca.pem"), certPEM(f.ca.Cert)) // the operator's issuer file
+			hapWriteFile(t, filepath.Join(store, "ca.pem"), pki.CertPEM(f.ca.Cert)) // the operator's issuer file
 			hapWriteFile(t, filepath.Join(f.dir, "list.txt"), []byte(filepath.Join(store, "x.pem")+" [ocsp "+filepath.Join(store, "x.der")+" issuer "+filepath.Join(store, "ca.pem")+"] list.stapler.test\n"))
 			stores = "\ncrt-store web\n\tcrt-base " + store + "\n\tload crt \"s.pem\" ocsp \"s.der\" issuer \"ca.pem\" alias \"site\"\n"
 			binds += ` crt "@web/site" crt-list ` + filepath.Join(f.dir, "list.txt")
@@ -147,11 +148,11 @@ func TestHAProxyNaming(t *testing.T) {
 				t.Errorf("%s written, which HAProxy does not read (stat: %v)", p, err)
 			}
 		}
-		if got := hapReadFile(t, filepath.Join(f.certs, "site.issuer")); !bytes.Equal(got, certPEM(f.ca.Cert)) {
+		if got := hapReadFile(t, filepath.Join(f.certs, "site.issuer")); !bytes.Equal(got, pki.CertPEM(f.ca.Cert)) {
 			t.Errorf("site.issuer is not the issuer:\n%s", got)
 		}
 		if h.Branch != "2.6" {
-			if got := hapReadFile(t, filepath.Join(f.dir, "store", "ca.pem")); !bytes.Equal(got, certPEM(f.ca.Cert)) {
+			if got := hapReadFile(t, filepath.Join(f.dir, "store", "ca.pem")); !bytes.Equal(got, pki.CertPEM(f.ca.Cert)) {
 				t.Error("the operator's issuer file changed")
 			}
 		}

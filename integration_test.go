@@ -6,10 +6,8 @@ import (
 	"crypto/ecdsa"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/base64"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -22,6 +20,7 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ocsp"
+	"stapler/internal/pki"
 )
 
 // TestHAProxyOpenSSL runs stapler against the peers users have: Debian's `openssl ocsp` as the
@@ -35,7 +34,7 @@ func TestHAProxyOpenSSL(t *testing.T) {
 		openssl := hapLookTool(t, "openssl")
 
 		now := time.Now()
-		pki, certs, issuers, stateDir := t.TempDir(), t.TempDir(), t.TempDir(), t.TempDir()
+		pkiDir, certs, issuers, stateDir := t.TempDir(), t.TempDir(), t.TempDir(), t.TempDir()
 		// A unix socket path must fit in sun_path (108 bytes); t.TempDir paths can be longer.
 		sockDir, err := os.MkdirTemp("", "stapler-hap")
 		if err != nil {
@@ -51,22 +50,22 @@ func TestHAProxyOpenSSL(t *testing.T) {
 		}
 		responderURL := "http://" + ln.Addr().String()
 
-		ca := newTestCA("Stapler HAProxy Test CA", now)
-		signer, signerKey := ca.delegate(true, now.Add(-time.Hour), now.Add(24*time.Hour))
-		siteLeaf, siteKey := ca.issue(leafSpec{Name: "site.stapler.test", OCSP: []string{responderURL}}, now)
-		leafLeaf, leafKey := ca.issue(leafSpec{Name: "leaf.stapler.test", OCSP: []string{responderURL}}, now)
+		ca := pki.NewCA("Stapler HAProxy Test CA", now)
+		signer, signerKey := ca.Delegate(true, now.Add(-time.Hour), now.Add(24*time.Hour))
+		siteLeaf, siteKey := ca.Issue(pki.Leaf{Name: "site.stapler.test", OCSP: []string{responderURL}}, now)
+		leafLeaf, leafKey := ca.Issue(pki.Leaf{Name: "leaf.stapler.test", OCSP: []string{responderURL}}, now)
 
-		caFile := filepath.Join(pki, "ca.pem")
-		hapWriteFile(t, caFile, certPEM(ca.Cert))
-		hapWriteFile(t, filepath.Join(issuers, "ca.pem"), certPEM(ca.Cert))
-		hapWriteFile(t, filepath.Join(pki, "signer.pem"), certPEM(signer))
-		hapWriteFile(t, filepath.Join(pki, "signer.key"), keyPEM(signerKey.(*ecdsa.PrivateKey)))
-		hapWriteFile(t, filepath.Join(pki, "index.txt"), []byte(hapIndexLine(siteLeaf)+hapIndexLine(leafLeaf)))
+		caFile := filepath.Join(pkiDir, "ca.pem")
+		hapWriteFile(t, caFile, pki.CertPEM(ca.Cert))
+		hapWriteFile(t, filepath.Join(issuers, "ca.pem"), pki.CertPEM(ca.Cert))
+		hapWriteFile(t, filepath.Join(pkiDir, "signer.pem"), pki.CertPEM(signer))
+		hapWriteFile(t, filepath.Join(pkiDir, "signer.key"), pki.KeyPEM(signerKey.(*ecdsa.PrivateKey)))
+		hapWriteFile(t, filepath.Join(pkiDir, "index.txt"), []byte(hapIndexLine(siteLeaf)+hapIndexLine(leafLeaf)))
 		site, leaf := filepath.Join(certs, "site.pem"), filepath.Join(certs, "leaf.pem")
 		writeBundle(site, siteLeaf, siteKey, ca.Cert) // HAProxy finds the issuer in the bundle
 		writeBundle(leaf, leafLeaf, leafKey)          // stapler must write leaf.pem.issuer
 
-		r := &hapOpenSSLResponder{t: t, openssl: openssl, pki: pki, work: t.TempDir()}
+		r := &hapOpenSSLResponder{t: t, openssl: openssl, pki: pkiDir, work: t.TempDir()}
 		srv := &http.Server{Handler: r}
 		go srv.Serve(ln)
 		t.Cleanup(func() { srv.Close() })
@@ -83,11 +82,11 @@ func TestHAProxyOpenSSL(t *testing.T) {
 		if code, stderr := runStapler(t, "run", "--config", cfgNoSocket); code != 0 {
 			t.Fatalf("first stapler run exited with status %d:\n%s", code, stderr)
 		}
-		if got := r.requests.Swap(0); got != 2 {
+		if got := r.Requests.Swap(0); got != 2 {
 			t.Errorf("first run: openssl answered %d OCSP requests, want 2", got)
 		}
 		first := map[string][]byte{site: hapReadFile(t, site+".ocsp"), leaf: hapReadFile(t, leaf+".ocsp")}
-		if got := hapReadFile(t, leaf+".issuer"); !bytes.Equal(got, certPEM(ca.Cert)) {
+		if got := hapReadFile(t, leaf+".issuer"); !bytes.Equal(got, pki.CertPEM(ca.Cert)) {
 			t.Errorf("leaf.pem.issuer is not the CA certificate:\n%s", got)
 		}
 		if _, err := os.Stat(site + ".issuer"); !errors.Is(err, os.ErrNotExist) {
@@ -136,7 +135,7 @@ func TestHAProxyOpenSSL(t *testing.T) {
 		if code, stderr := runStapler(t, "run", "--force", "--config", cfg); code != 0 {
 			t.Fatalf("forced stapler run exited with status %d:\n%s", code, stderr)
 		}
-		if got := r.requests.Swap(0); got != 2 {
+		if got := r.Requests.Swap(0); got != 2 {
 			t.Errorf("forced run: openssl answered %d OCSP requests, want 2", got)
 		}
 		for _, c := range []struct{ name, path string }{{"site.stapler.test", site}, {"leaf.stapler.test", leaf}} {
@@ -197,23 +196,12 @@ type hapOpenSSLResponder struct {
 	openssl  string
 	pki      string // index.txt, ca.pem, signer.pem, signer.key
 	work     string // a directory per request
-	requests atomic.Int64
+	Requests atomic.Int64
 }
 
 func (r *hapOpenSSLResponder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
-	r.requests.Add(1)
-	var der []byte
-	var err error
-	switch req.Method {
-	case http.MethodPost:
-		der, err = io.ReadAll(io.LimitReader(req.Body, 1<<16))
-	case http.MethodGet:
-		// RFC 6960 appendix A.1: GET {url}/{url-encoding of base-64 encoding of the DER request}.
-		// The server's Handler is this type, not a ServeMux, so the path arrives uncleaned.
-		der, err = base64.StdEncoding.DecodeString(strings.TrimPrefix(req.URL.Path, "/"))
-	default:
-		err = fmt.Errorf("method %s", req.Method)
-	}
+	r.Requests.Add(1)
+	der, err := pki.RequestDER(req)
 	if err != nil {
 		r.t.Errorf("openssl responder: bad request: %v", err)
 		http.Error(w, "bad request", http.StatusBadRequest)

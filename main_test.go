@@ -14,6 +14,7 @@ import (
 
 	"github.com/rogpeppe/go-internal/testscript"
 	"golang.org/x/crypto/ocsp"
+	"stapler/internal/pki"
 )
 
 func TestMain(m *testing.M) {
@@ -65,7 +66,7 @@ func (n noteSkips) Run() int {
 //   - ca.pem: the CA
 //
 // Extra commands: `exit CODE COMMAND ARGS...` runs a command like exec and asserts its exit
-// status; `responder MODE` switches the responder's answers (see responderModes);
+// status; `responder MODE` switches the responder's answers (see pki.Modes);
 // `normalize FILE` writes the last command's stdout to FILE with what changes from run to run
 // (times, durations, serials, $WORK, $RESPONDER) replaced, for golden files
 // (STAPLER_UPDATE_GOLDEN=1 go test -run TestScripts rewrites them); `expandenv FILE` replaces $VARIABLES in FILE; `requests N` asserts how many OCSP requests it answered since the last check;
@@ -80,7 +81,7 @@ func TestScripts(t *testing.T) {
 				if neg || len(args) != 1 {
 					ts.Fatalf("usage: responder MODE")
 				}
-				ts.Value("responder").(*fakeResponder).setMode(args[0])
+				ts.Value("responder").(*pki.Responder).SetMode(args[0])
 			},
 			"exit": func(ts *testscript.TestScript, neg bool, args []string) {
 				if neg || len(args) < 2 {
@@ -121,7 +122,7 @@ func TestScripts(t *testing.T) {
 					ts.Fatalf("usage: requests N")
 				}
 				want := must(strconv.Atoi(args[0]))
-				if got := ts.Value("responder").(*fakeResponder).requests.Swap(0); got != int64(want) {
+				if got := ts.Value("responder").(*pki.Responder).Requests.Swap(0); got != int64(want) {
 					ts.Fatalf("responder answered %d OCSP requests, want %d", got, want)
 				}
 			},
@@ -131,7 +132,7 @@ func TestScripts(t *testing.T) {
 				}
 				der, err := os.ReadFile(ts.MkAbs(args[0]))
 				ts.Check(err)
-				resp, err := ocsp.ParseResponse(der, ts.Value("ca").(*testCA).Cert)
+				resp, err := ocsp.ParseResponse(der, ts.Value("ca").(*pki.CA).Cert)
 				ts.Check(err)
 				if got := statusName(resp.Status); got != args[1] {
 					ts.Fatalf("%s: status %s, want %s", args[0], got, args[1])
@@ -154,8 +155,8 @@ var normalizations = []struct {
 
 func setupPKI(env *testscript.Env) error {
 	now := time.Now()
-	ca := newTestCA("Stapler Test CA", now)
-	r := startResponder(ca)
+	ca := pki.NewCA("Stapler Test CA", now)
+	r := pki.StartResponder(ca)
 	env.Defer(r.Close)
 	env.Values["responder"] = r
 	env.Values["ca"] = ca
@@ -167,17 +168,17 @@ func setupPKI(env *testscript.Env) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	leaf, key := ca.issue(leafSpec{Name: "site.test", OCSP: []string{r.URL()}}, now)
+	leaf, key := ca.Issue(pki.Leaf{Name: "site.test", OCSP: []string{r.URL()}}, now)
 	writeBundle(filepath.Join(dir, "site.pem"), leaf, key, ca.Cert)
-	leaf, key = ca.issue(leafSpec{Name: "leaf.test", OCSP: []string{r.URL()}, AIA: []string{r.URL() + "/ca.der"}}, now)
+	leaf, key = ca.Issue(pki.Leaf{Name: "leaf.test", OCSP: []string{r.URL()}, AIA: []string{r.URL() + "/ca.der"}}, now)
 	writeBundle(filepath.Join(dir, "leaf.pem"), leaf, key)
-	leaf, key = ca.issue(leafSpec{Name: "noocsp.test"}, now)
+	leaf, key = ca.Issue(pki.Leaf{Name: "noocsp.test"}, now)
 	writeBundle(filepath.Join(dir, "noocsp.pem"), leaf, key, ca.Cert)
-	leaf, key = ca.issue(leafSpec{Name: "expired.test", OCSP: []string{r.URL()}, NotBefore: now.Add(-90 * 24 * time.Hour), NotAfter: now.Add(-time.Hour)}, now)
+	leaf, key = ca.Issue(pki.Leaf{Name: "expired.test", OCSP: []string{r.URL()}, NotBefore: now.Add(-90 * 24 * time.Hour), NotAfter: now.Add(-time.Hour)}, now)
 	writeBundle(filepath.Join(dir, "expired.pem"), leaf, key, ca.Cert)
-	leaf, key = ca.issue(leafSpec{Name: "elsewhere.test", OCSP: []string{"http://ocsp.stapler.invalid"}}, now)
+	leaf, key = ca.Issue(pki.Leaf{Name: "elsewhere.test", OCSP: []string{"http://ocsp.stapler.invalid"}}, now)
 	writeBundle(filepath.Join(dir, "elsewhere.pem"), leaf, key, ca.Cert)
-	if err := os.WriteFile(filepath.Join(dir, "ca.pem"), certPEM(ca.Cert), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "ca.pem"), pki.CertPEM(ca.Cert), 0o644); err != nil {
 		return fmt.Errorf("writing CA: %w", err)
 	}
 	return nil

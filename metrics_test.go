@@ -9,6 +9,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	"stapler/internal/pki"
 )
 
 // TestRunWritesMetrics: --metrics-file leaves a Prometheus text file that the Prometheus text
@@ -16,25 +17,25 @@ import (
 // counts.
 func TestRunWritesMetrics(t *testing.T) {
 	now := time.Now()
-	ca := newTestCA("Metrics Test CA", now)
-	r := startResponder(ca)
+	ca := pki.NewCA("Metrics Test CA", now)
+	r := pki.StartResponder(ca)
 	defer r.Close()
 	dir := t.TempDir()
 	certs := filepath.Join(dir, "certs")
 	os.Mkdir(certs, 0o755)
 	good, bad := filepath.Join(certs, "good.pem"), filepath.Join(certs, "bad.pem")
 	for _, p := range []string{good, bad} {
-		leaf, key := ca.issue(leafSpec{Name: filepath.Base(p) + ".test", OCSP: []string{r.URL()}}, now)
+		leaf, key := ca.Issue(pki.Leaf{Name: filepath.Base(p) + ".test", OCSP: []string{r.URL()}}, now)
 		writeBundle(p, leaf, key, ca.Cert)
 	}
-	leaf, key := ca.issue(leafSpec{Name: "plain.test"}, now)
+	leaf, key := ca.Issue(pki.Leaf{Name: "plain.test"}, now)
 	writeBundle(filepath.Join(certs, "plain.pem"), leaf, key, ca.Cert)
 	state, metrics := filepath.Join(dir, "state.json"), filepath.Join(dir, "stapler.prom")
 	args := []string{"run", "--dir", certs, "--state", state, "--metrics-file", metrics}
 	if code, stderr := runStapler(t, args...); code != 0 {
 		t.Fatalf("exit %d\n%s", code, stderr)
 	}
-	r.setMode("tryLater")
+	r.SetMode("tryLater")
 	if code, stderr := runStapler(t, append(args, "--force", bad)...); code != 1 {
 		t.Fatalf("exit %d, want 1\n%s", code, stderr)
 	}

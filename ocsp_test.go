@@ -14,15 +14,16 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ocsp"
+	"stapler/internal/pki"
 )
 
 func TestValidateResponse(t *testing.T) {
 	now := time.Now()
-	ca := newTestCA("Validation CA", now)
-	other := newTestCA("Other CA", now)
-	leaf, _ := ca.issue(leafSpec{Name: "site.test", OCSP: []string{"http://ocsp.test"}}, now)
+	ca := pki.NewCA("Validation CA", now)
+	other := pki.NewCA("Other CA", now)
+	leaf, _ := ca.Issue(pki.Leaf{Name: "site.test", OCSP: []string{"http://ocsp.test"}}, now)
 	req := must(newRequest(leaf, ca.Cert))
-	r := &fakeResponder{ca: ca, stranger: other}
+	r := &pki.Responder{CA: ca, Stranger: other}
 	this, next := now.Add(-time.Hour), now.Add(24*time.Hour)
 
 	tests := []struct {
@@ -32,26 +33,26 @@ func TestValidateResponse(t *testing.T) {
 		status int
 		err    string // empty: valid
 	}{
-		{"good", r.answer("good", leaf.SerialNumber, now), ca.Cert, ocsp.Good, ""},
-		{"revoked is valid", r.answer("revoked", leaf.SerialNumber, now), ca.Cert, ocsp.Revoked, ""},
-		{"delegated responder", r.answer("delegated", leaf.SerialNumber, now), ca.Cert, ocsp.Good, ""},
-		{"unknown", r.answer("unknown", leaf.SerialNumber, now), ca.Cert, 0, "status is unknown"},
-		{"tryLater", r.answer("tryLater", leaf.SerialNumber, now), ca.Cert, 0, `responder answered "tryLater"`},
+		{"good", r.Answer("good", leaf.SerialNumber, now), ca.Cert, ocsp.Good, ""},
+		{"revoked is valid", r.Answer("revoked", leaf.SerialNumber, now), ca.Cert, ocsp.Revoked, ""},
+		{"delegated responder", r.Answer("delegated", leaf.SerialNumber, now), ca.Cert, ocsp.Good, ""},
+		{"unknown", r.Answer("unknown", leaf.SerialNumber, now), ca.Cert, 0, "status is unknown"},
+		{"tryLater", r.Answer("tryLater", leaf.SerialNumber, now), ca.Cert, 0, `responder answered "tryLater"`},
 		{"malformedRequest", ocsp.MalformedRequestErrorResponse, ca.Cert, 0, `responder answered "malformedRequest"`},
 		{"garbage", []byte("garbage"), ca.Cert, 0, "invalid OCSP response"},
-		{"trailing data", append(r.answer("good", leaf.SerialNumber, now), 0), ca.Cert, 0, "invalid OCSP response"},
-		{"wrong serial", r.answer("wrongSerial", leaf.SerialNumber, now), ca.Cert, 0, "response is for serial"},
-		{"signed by a stranger", r.answer("stranger", leaf.SerialNumber, now), ca.Cert, 0, "bad OCSP signature"},
-		{"another issuer", other.respond(leaf.SerialNumber, ocsp.Good, this, next, nil, nil), other.Cert, 0, "names another issuer"},
-		{"SHA-256 CertID", r.answer("sha256", leaf.SerialNumber, now), ca.Cert, 0, "not SHA-1"},
-		{"delegate without OCSPSigning", r.answer("delegatedNoEKU", leaf.SerialNumber, now), ca.Cert, 0, "lacks id-kp-OCSPSigning"},
-		{"delegate expired", r.answer("delegatedExpired", leaf.SerialNumber, now), ca.Cert, 0, "valid only from"},
-		{"expired", r.answer("expired", leaf.SerialNumber, now), ca.Cert, 0, "too soon to staple"},
-		{"inside HAProxy's margin", ca.respond(leaf.SerialNumber, ocsp.Good, this, now.Add(haproxyMargin+time.Minute), nil, nil), ca.Cert, 0, "too soon to staple"},
-		{"just enough left", ca.respond(leaf.SerialNumber, ocsp.Good, this, now.Add(minValidity+time.Minute), nil, nil), ca.Cert, ocsp.Good, ""},
-		{"no nextUpdate", r.answer("noNextUpdate", leaf.SerialNumber, now), ca.Cert, 0, "no nextUpdate"},
-		{"thisUpdate in the future", r.answer("future", leaf.SerialNumber, now), ca.Cert, 0, "lies in the future"},
-		{"thisUpdate within skew", ca.respond(leaf.SerialNumber, ocsp.Good, now.Add(clockSkew-time.Minute), next, nil, nil), ca.Cert, ocsp.Good, ""},
+		{"trailing data", append(r.Answer("good", leaf.SerialNumber, now), 0), ca.Cert, 0, "invalid OCSP response"},
+		{"wrong serial", r.Answer("wrongSerial", leaf.SerialNumber, now), ca.Cert, 0, "response is for serial"},
+		{"signed by a stranger", r.Answer("stranger", leaf.SerialNumber, now), ca.Cert, 0, "bad OCSP signature"},
+		{"another issuer", other.Respond(leaf.SerialNumber, ocsp.Good, this, next, nil, nil), other.Cert, 0, "names another issuer"},
+		{"SHA-256 CertID", r.Answer("sha256", leaf.SerialNumber, now), ca.Cert, 0, "not SHA-1"},
+		{"delegate without OCSPSigning", r.Answer("delegatedNoEKU", leaf.SerialNumber, now), ca.Cert, 0, "lacks id-kp-OCSPSigning"},
+		{"delegate expired", r.Answer("delegatedExpired", leaf.SerialNumber, now), ca.Cert, 0, "valid only from"},
+		{"expired", r.Answer("expired", leaf.SerialNumber, now), ca.Cert, 0, "too soon to staple"},
+		{"inside HAProxy's margin", ca.Respond(leaf.SerialNumber, ocsp.Good, this, now.Add(haproxyMargin+time.Minute), nil, nil), ca.Cert, 0, "too soon to staple"},
+		{"just enough left", ca.Respond(leaf.SerialNumber, ocsp.Good, this, now.Add(minValidity+time.Minute), nil, nil), ca.Cert, ocsp.Good, ""},
+		{"no nextUpdate", r.Answer("noNextUpdate", leaf.SerialNumber, now), ca.Cert, 0, "no nextUpdate"},
+		{"thisUpdate in the future", r.Answer("future", leaf.SerialNumber, now), ca.Cert, 0, "lies in the future"},
+		{"thisUpdate within skew", ca.Respond(leaf.SerialNumber, ocsp.Good, now.Add(clockSkew-time.Minute), next, nil, nil), ca.Cert, ocsp.Good, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -73,9 +74,9 @@ func TestValidateResponse(t *testing.T) {
 // embedded certificate from elsewhere is not.
 func TestValidateResponseIntermediate(t *testing.T) {
 	now := time.Now()
-	root := newTestCA("Root CA", now)
-	inter := root.subordinate("Intermediate CA", now)
-	leaf, _ := inter.issue(leafSpec{Name: "site.test"}, now)
+	root := pki.NewCA("Root CA", now)
+	inter := root.Subordinate("Intermediate CA", now)
+	leaf, _ := inter.Issue(pki.Leaf{Name: "site.test"}, now)
 	req := must(newRequest(leaf, inter.Cert))
 	tmpl := ocsp.Response{Status: ocsp.Good, SerialNumber: leaf.SerialNumber, ThisUpdate: now.Add(-time.Hour), NextUpdate: now.Add(24 * time.Hour)}
 
@@ -88,7 +89,7 @@ func TestValidateResponseIntermediate(t *testing.T) {
 	// Signed with the issuer's key, carrying another certificate for that key (a renewed or
 	// cross-signed issuer): the issuer signed it.
 	other := *inter.Cert
-	other.Raw = must(x509.CreateCertificate(rand.Reader, &x509.Certificate{SerialNumber: nextSerial(), Subject: inter.Cert.Subject,
+	other.Raw = must(x509.CreateCertificate(rand.Reader, &x509.Certificate{SerialNumber: pki.NextSerial(), Subject: inter.Cert.Subject,
 		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), IsCA: true, BasicConstraintsValid: true}, root.Cert, inter.Key.Public(), root.Key))
 	tmpl.Certificate = must(x509.ParseCertificate(other.Raw))
 	der = must(ocsp.CreateResponse(inter.Cert, tmpl.Certificate, tmpl, inter.Key))
@@ -106,8 +107,8 @@ func TestValidateResponseIntermediate(t *testing.T) {
 
 func TestCertIDMismatchNullParameters(t *testing.T) {
 	now := time.Now()
-	ca := newTestCA("CertID CA", now)
-	leaf, _ := ca.issue(leafSpec{Name: "site.test"}, now)
+	ca := pki.NewCA("CertID CA", now)
+	leaf, _ := ca.Issue(pki.Leaf{Name: "site.test"}, now)
 	want := must(requestCertID(must(newRequest(leaf, ca.Cert))))
 	// The same CertID without the NULL parameters of the SHA-1 AlgorithmIdentifier.
 	stripped := bytes.Replace(want, []byte{0x30, 0x09, 0x06, 0x05, 0x2b, 0x0e, 0x03, 0x02, 0x1a, 0x05, 0x00}, []byte{0x30, 0x07, 0x06, 0x05, 0x2b, 0x0e, 0x03, 0x02, 0x1a}, 1)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"stapler/internal/pki"
 	"strings"
 	"testing"
 	"time"
@@ -80,17 +81,17 @@ func TestScan(t *testing.T) {
 
 func TestParseBundle(t *testing.T) {
 	now := time.Now()
-	ca := newTestCA("Bundle CA", now)
-	leaf, key := ca.issue(leafSpec{Name: "a.test"}, now)
+	ca := pki.NewCA("Bundle CA", now)
+	leaf, key := ca.Issue(pki.Leaf{Name: "a.test"}, now)
 	tests := []struct {
 		name  string
 		data  []byte
 		first string
 		err   error
 	}{
-		{"leaf, chain, key", append(certPEM(leaf, ca.Cert), keyPEM(key)...), "a.test", nil},
-		{"key first", append(keyPEM(key), certPEM(leaf, ca.Cert)...), "a.test", nil},
-		{"key only", keyPEM(key), "", errNotCertificate},
+		{"leaf, chain, key", append(pki.CertPEM(leaf, ca.Cert), pki.KeyPEM(key)...), "a.test", nil},
+		{"key first", append(pki.KeyPEM(key), pki.CertPEM(leaf, ca.Cert)...), "a.test", nil},
+		{"key only", pki.KeyPEM(key), "", errNotCertificate},
 		{"empty", nil, "", errNotCertificate},
 		{"DER, not PEM", leaf.Raw, "", errNotCertificate},
 	}
@@ -114,20 +115,20 @@ func TestParseBundle(t *testing.T) {
 // bundle, then <cert>.issuer, then issuer_dirs, then AIA, and never chosen by position.
 func TestFindIssuer(t *testing.T) {
 	now := time.Now()
-	ca := newTestCA("Real CA", now)
-	decoy := newTestCA("Real CA", now) // same name, other key
+	ca := pki.NewCA("Real CA", now)
+	decoy := pki.NewCA("Real CA", now) // same name, other key
 	aiaHits := 0
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		aiaHits++
 		w.Write(ca.Cert.Raw)
 	}))
 	defer srv.Close()
-	leaf, _ := ca.issue(leafSpec{Name: "a.test", AIA: []string{srv.URL + "/ca.der"}}, now)
-	noAIA, _ := ca.issue(leafSpec{Name: "b.test"}, now)
+	leaf, _ := ca.Issue(pki.Leaf{Name: "a.test", AIA: []string{srv.URL + "/ca.der"}}, now)
+	noAIA, _ := ca.Issue(pki.Leaf{Name: "b.test"}, now)
 
 	issuerDir := t.TempDir()
-	os.WriteFile(filepath.Join(issuerDir, "decoy.pem"), certPEM(decoy.Cert), 0o644)
-	os.WriteFile(filepath.Join(issuerDir, "ca.pem"), certPEM(ca.Cert), 0o644)
+	os.WriteFile(filepath.Join(issuerDir, "decoy.pem"), pki.CertPEM(decoy.Cert), 0o644)
+	os.WriteFile(filepath.Join(issuerDir, "ca.pem"), pki.CertPEM(ca.Cert), 0o644)
 
 	tests := []struct {
 		name       string
@@ -139,10 +140,10 @@ func TestFindIssuer(t *testing.T) {
 		err        error
 	}{
 		{"in the bundle, after a decoy", []*x509.Certificate{leaf, decoy.Cert, ca.Cert}, nil, nil, false, issuerInBundle, nil},
-		{".issuer file", []*x509.Certificate{leaf}, certPEM(ca.Cert), nil, false, issuerFromFile, nil},
-		{"wrong .issuer, found in issuer_dirs", []*x509.Certificate{leaf}, certPEM(decoy.Cert), []string{issuerDir}, false, issuerFromDir, nil},
+		{".issuer file", []*x509.Certificate{leaf}, pki.CertPEM(ca.Cert), nil, false, issuerFromFile, nil},
+		{"wrong .issuer, found in issuer_dirs", []*x509.Certificate{leaf}, pki.CertPEM(decoy.Cert), []string{issuerDir}, false, issuerFromDir, nil},
 		{"AIA", []*x509.Certificate{leaf}, nil, nil, true, issuerFromAIA, nil},
-		{"nowhere", []*x509.Certificate{noAIA}, certPEM(decoy.Cert), nil, true, 0, errIssuerNotFound},
+		{"nowhere", []*x509.Certificate{noAIA}, pki.CertPEM(decoy.Cert), nil, true, 0, errIssuerNotFound},
 		{"AIA not allowed", []*x509.Certificate{leaf}, nil, nil, false, 0, errIssuerNotFound},
 	}
 	for _, tt := range tests {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"stapler/internal/pki"
 	"testing"
 	"time"
 )
@@ -18,23 +19,23 @@ import (
 // in both forms, check, the state file, staples, .issuer files, the AIA cache and the metrics.
 func TestKeyMaterialNeverLeaks(t *testing.T) {
 	now := time.Now()
-	ca := newTestCA("Key Test CA", now)
-	r := startResponder(ca)
+	ca := pki.NewCA("Key Test CA", now)
+	r := pki.StartResponder(ca)
 	defer r.Close()
 	dir := t.TempDir()
 	certs := filepath.Join(dir, "certs")
 	os.Mkdir(certs, 0o755)
 	var secrets [][]byte
 	for _, name := range []string{"inbundle", "aia"} {
-		spec := leafSpec{Name: name + ".test", OCSP: []string{r.URL()}}
+		spec := pki.Leaf{Name: name + ".test", OCSP: []string{r.URL()}}
 		chain := []*x509.Certificate{ca.Cert}
 		if name == "aia" {
 			spec.AIA, chain = []string{r.URL() + "/ca.der"}, nil
 		}
-		leaf, key := ca.issue(spec, now)
+		leaf, key := ca.Issue(spec, now)
 		writeBundle(filepath.Join(certs, name+".pem"), leaf, key, chain...)
 		der := must(x509.MarshalPKCS8PrivateKey(key))
-		block, _ := pem.Decode(keyPEM(key))
+		block, _ := pem.Decode(pki.KeyPEM(key))
 		secrets = append(secrets, der, key.D.Bytes(), []byte(base64.StdEncoding.EncodeToString(block.Bytes)[:40]))
 	}
 	state, metrics := filepath.Join(dir, "state", "state.json"), filepath.Join(dir, "stapler.prom")

@@ -1,0 +1,150 @@
+package durable
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+func TestWriteFile(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "a.ocsp")
+	if w, err := WriteFile(p, []byte("one"), 0o644); err != nil || !w {
+		t.Fatalf("new file: %v, %v", w, err)
+	}
+	fi1 := stat(t, p)
+	if fi1.Mode().Perm() != 0o644 {
+		t.Errorf("mode %v", fi1.Mode())
+	}
+	if w, err := WriteFile(p, []byte("one"), 0o644); err != nil || w {
+		t.Fatalf("same bytes: written %v, %v", w, err)
+	}
+	if !os.SameFile(fi1, stat(t, p)) {
+		t.Error("the same bytes were written again")
+	}
+	// An existing file keeps its mode (and owner), whatever perm says.
+	os.Chmod(p, 0o640)
+	if w, err := WriteFile(p, []byte("two"), 0o644); err != nil || !w {
+		t.Fatalf("replace: %v, %v", w, err)
+	}
+	if got := read(t, p); got != "two" || stat(t, p).Mode().Perm() != 0o640 {
+		t.Errorf("got %q, mode %v; want two, 0640", got, stat(t, p).Mode())
+	}
+	// A symlink is replaced, never written through.
+	target := filepath.Join(dir, "target")
+	os.WriteFile(target, []byte("target"), 0o644)
+	link := filepath.Join(dir, "link.ocsp")
+	os.Symlink(target, link)
+	if _, err := WriteFile(link, []byte("new"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if read(t, target) != "target" || read(t, link) != "new" {
+		t.Error("wrote through the symlink")
+	}
+	if left := temps(t, dir); len(left) > 0 {
+		t.Errorf("temporary files left: %q", left)
+	}
+}
+
+// TestWriteFileKeepsOwner: a file stapler rewrites keeps its owner and group (a run as root
+// must not take the state or a staple away from the user the timer runs as).
+func TestWriteFileKeepsOwner(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("changing a file's owner needs root")
+	}
+	p := filepath.Join(t.TempDir(), "state.json")
+	os.WriteFile(p, []byte("{}"), 0o600)
+	os.Chown(p, 65534, 65534)
+	if _, err := WriteFile(p, []byte(`{"a":1}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st := stat(t, p).Sys().(*syscall.Stat_t)
+	if st.Uid != 65534 || st.Gid != 65534 || stat(t, p).Mode().Perm() != 0o600 {
+		t.Errorf("owner %d:%d mode %v, want 65534:65534 0600", st.Uid, st.Gid, stat(t, p).Mode())
+	}
+}
+
+// TestBatchStages: a file of a later stage is not renamed into a directory where a file of an
+// earlier stage failed (no .ocsp without its .issuer), and other directories go on.
+func TestBatchStages(t *testing.T) {
+	ok, bad := t.TempDir(), t.TempDir()
+	os.Mkdir(filepath.Join(bad, "site.pem.issuer"), 0o755) // a directory where the issuer goes: its rename fails
+	os.WriteFile(filepath.Join(bad, "site.pem.ocsp"), []byte("old"), 0o644)
+	var b Batch
+	b.Add(0, filepath.Join(ok, "site.pem.issuer"), []byte("issuer"), 0o644)
+	b.Add(1, filepath.Join(ok, "site.pem.ocsp"), []byte("staple"), 0o644)
+	b.Add(0, filepath.Join(bad, "site.pem.issuer"), []byte("issuer"), 0o644)
+	b.Add(1, filepath.Join(bad, "site.pem.ocsp"), []byte("staple"), 0o644)
+	err := b.Commit()
+	if err == nil || !strings.Contains(err.Error(), filepath.Join(bad, "site.pem.issuer")) || !strings.Contains(err.Error(), filepath.Join(bad, "site.pem.ocsp")) {
+		t.Errorf("error %v does not name both files of the failed directory", err)
+	}
+	if read(t, filepath.Join(bad, "site.pem.ocsp")) != "old" {
+		t.Error("the staple was renamed although its issuer failed")
+	}
+	if read(t, filepath.Join(ok, "site.pem.ocsp")) != "staple" || read(t, filepath.Join(ok, "site.pem.issuer")) != "issuer" || b.Written() != 2 {
+		t.Errorf("the good directory was not written (written %d)", b.Written())
+	}
+	for _, d := range []string{ok, bad} {
+		if left := temps(t, d); len(left) > 0 {
+			t.Errorf("temporary files left in %s: %q", d, left)
+		}
+	}
+}
+
+func TestRemoveTemps(t *testing.T) {
+	dir := t.TempDir()
+	for _, n := range []string{".site.pem.ocsp.tmp-123", ".site.pem.issuer.tmp-9", ".other.json.tmp-4", ".site.pem.ocsp.tmp-x", "site.pem.ocsp"} {
+		os.WriteFile(filepath.Join(dir, n), nil, 0o644)
+	}
+	got := RemoveTemps(dir, map[string]bool{"site.pem.ocsp": true, "site.pem.issuer": true})
+	slices.Sort(got)
+	want := []string{filepath.Join(dir, ".site.pem.issuer.tmp-9"), filepath.Join(dir, ".site.pem.ocsp.tmp-123")}
+	if !slices.Equal(got, want) {
+		t.Errorf("removed %q, want %q", got, want)
+	}
+	for _, n := range []string{".other.json.tmp-4", ".site.pem.ocsp.tmp-x", "site.pem.ocsp"} {
+		if _, err := os.Stat(filepath.Join(dir, n)); err != nil {
+			t.Errorf("%s: %v (another program's file)", n, err)
+		}
+	}
+}
+
+func TestWriteFileErrors(t *testing.T) {
+	if _, err := WriteFile(filepath.Join(t.TempDir(), "missing", "a"), []byte("x"), 0o644); err == nil || errors.Is(err, ErrOwner) {
+		t.Errorf("a missing directory: %v", err)
+	}
+}
+
+func stat(t *testing.T, p string) os.FileInfo {
+	t.Helper()
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi
+}
+
+func read(t *testing.T, p string) string {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func temps(t *testing.T, dir string) []string {
+	entries, _ := os.ReadDir(dir)
+	var out []string
+	for _, e := range entries {
+		if strings.Contains(e.Name(), ".tmp-") {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
