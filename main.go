@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -23,6 +22,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
+
+	"stapler/internal/haproxycfg"
 )
 
 // Exit statuses, documented in --help and the README.
@@ -463,18 +464,22 @@ func runOptionsFrom(c *cli.Context) (runOptions, error) {
 	}
 	slices.Sort(opt.Only)
 	opt.Only = slices.Compact(opt.Only)
-	opt.Naming = naming{DelExt: cfg.ExtraDelExt, Dirs: map[string]dirNaming{}, Files: map[string]certFile{}}
+	opt.Naming = naming{DelExt: cfg.ExtraDelExt, Dirs: map[string]haproxycfg.Dir{}, Files: map[string]certFile{}}
 	for _, hc := range opt.HAProxyConfigs {
-		hs, err := readHAProxyConfig(absPath(hc))
+		hs, err := haproxycfg.Read(absPath(hc))
 		if err != nil {
 			return runOptions{}, usageError(err)
 		}
-		opt.Dirs = append(opt.Dirs, hs.Dirs...)
-		opt.Files = append(opt.Files, hs.Files...)
+		for _, d := range hs.Dirs {
+			opt.Dirs = append(opt.Dirs, d.Path)
+			opt.Naming.Dirs[d.Path] = d
+		}
+		for _, f := range hs.Files {
+			opt.Files = append(opt.Files, f.Path)
+			opt.Naming.Files[f.Path] = f
+		}
 		opt.Sockets = append(opt.Sockets, hs.Sockets...)
 		opt.Notes = append(opt.Notes, hs.Notes...)
-		maps.Copy(opt.Naming.Dirs, hs.Naming.Dirs)
-		maps.Copy(opt.Naming.Files, hs.Naming.Files)
 	}
 	opt.Dirs, opt.Files, opt.Sockets = dedupe(opt.Dirs), dedupe(opt.Files), dedupe(opt.Sockets)
 	if len(opt.Only) == 0 && len(opt.Dirs) == 0 && len(opt.Files) == 0 {

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"stapler/internal/haproxycfg"
 )
 
 // extraSuffixes are the files HAProxy reads beside a certificate in a `crt /dir/` directory
@@ -111,51 +113,14 @@ func stapleName(path string) string { return path + ".ocsp" }
 func issuerName(path string) string { return path + ".issuer" }
 
 // certFile is a certificate file and what HAProxy's configuration makes of it.
-type certFile struct {
-	Path string // the certificate file, as HAProxy's configuration names it
-	// Name is HAProxy's name for it at run time (`show ssl cert`): Path, or "@store/alias"
-	// for a crt-store entry.
-	Name string
-	// Staple is the file HAProxy reads the staple from at start-up: <Path>.ocsp, <Path less
-	// .crt>.ocsp under ssl-load-extra-del-ext, or the `ocsp` file of a crt-store entry or
-	// crt-list line. "" when HAProxy reads none (a crt-store entry without `ocsp`).
-	Staple string
-	// Issuer is the file HAProxy reads the issuer from when the bundle lacks it; "" when it
-	// reads none (a crt-store entry without `issuer`).
-	Issuer string
-	// IssuerGiven: the configuration names the issuer file (crt-store, crt-list): it is the
-	// operator's, and stapler checks it but never writes or removes it.
-	IssuerGiven bool
-	// Auto: HAProxy's configuration puts the certificate under its own ocsp-update.
-	Auto bool
-	// Where is the configuration line that says so, for messages ("haproxy.cfg:12").
-	Where string
-}
-
-// defaultFile is what HAProxy makes of a certificate file loaded with `crt`, by directory or
-// by name. With ssl-load-extra-del-ext (delExt) HAProxy drops a ".crt" extension, and only
-// that one, before adding ".ocsp" and ".issuer" (verified on 2.6, 3.0, 3.2 and 3.4: site.crt
-// has site.ocsp, site.pem keeps site.pem.ocsp).
-func defaultFile(path string, delExt bool) certFile {
-	base := path
-	if delExt && strings.HasSuffix(path, ".crt") {
-		base = strings.TrimSuffix(path, ".crt")
-	}
-	return certFile{Path: path, Name: path, Staple: base + ".ocsp", Issuer: base + ".issuer"}
-}
+type certFile = haproxycfg.File
 
 // naming answers, for every command, what HAProxy's configuration makes of a certificate
 // file (certFile): what discovery found in haproxy.cfg, else HAProxy's defaults.
 type naming struct {
-	DelExt bool                 // extra_del_ext: for files neither listed nor in a discovered directory
-	Dirs   map[string]dirNaming // directories of `crt /dir/` lines in discovered configurations
-	Files  map[string]certFile  // files named by discovered configurations (crt, crt-list, crt-store)
-}
-
-// dirNaming is what a discovered configuration says of the files in a directory.
-type dirNaming struct {
-	DelExt bool // ssl-load-extra-del-ext
-	Auto   bool // global ocsp-update.mode on
+	DelExt bool                      // extra_del_ext: for files neither listed nor in a discovered directory
+	Dirs   map[string]haproxycfg.Dir // directories of `crt /dir/` lines in discovered configurations
+	Files  map[string]certFile       // files named by discovered configurations (crt, crt-list, crt-store)
 }
 
 // file is what HAProxy makes of the certificate file at path.
@@ -165,7 +130,7 @@ func (n naming) file(path string) certFile {
 	}
 	for dir := filepath.Dir(path); ; dir = filepath.Dir(dir) {
 		if d, ok := n.Dirs[dir]; ok {
-			f := defaultFile(path, d.DelExt)
+			f := haproxycfg.DefaultFile(path, d.DelExt)
 			f.Auto = d.Auto
 			return f
 		}
@@ -173,7 +138,12 @@ func (n naming) file(path string) certFile {
 			break
 		}
 	}
-	return defaultFile(path, n.DelExt)
+	return haproxycfg.DefaultFile(path, n.DelExt)
+}
+
+func dedupe(s []string) []string {
+	slices.Sort(s)
+	return slices.Compact(s)
 }
 
 // errNotCertificate marks a file that holds no PEM certificate: not ours to handle.

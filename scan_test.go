@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"stapler/internal/haproxycfg"
 )
 
 func TestScan(t *testing.T) {
@@ -191,5 +193,35 @@ func TestFindIssuer(t *testing.T) {
 	f = &issuerFinder{CacheDir: f.CacheDir, MaxBytes: 1 << 16}
 	if c, src, err := f.find(context.Background(), issuerName(filepath.Join(t.TempDir(), "y.pem")), []*x509.Certificate{noAIA}); err != nil || src != issuerFromDir || !c.Equal(ca.Cert) {
 		t.Fatalf("bundle without its issuer: %v from %v", err, src)
+	}
+}
+
+// TestNaming: a file named by a discovered configuration is what it says; a file in a
+// discovered directory follows that directory's settings; any other file follows
+// extra_del_ext.
+func TestNaming(t *testing.T) {
+	n := naming{
+		DelExt: false,
+		Dirs:   map[string]haproxycfg.Dir{"/d": {Path: "/d", DelExt: true, Auto: true}},
+		Files:  map[string]certFile{"/x/s.pem": {Path: "/x/s.pem", Name: "@web/s", Staple: "/x/s.der"}},
+	}
+	tests := []struct {
+		path, name, staple, issuer string
+		auto                       bool
+	}{
+		{"/x/s.pem", "@web/s", "/x/s.der", "", false},
+		{"/d/site.crt", "/d/site.crt", "/d/site.ocsp", "/d/site.issuer", true},
+		{"/d/sub/site.crt", "/d/sub/site.crt", "/d/sub/site.ocsp", "/d/sub/site.issuer", true}, // recursive
+		{"/e/site.crt", "/e/site.crt", "/e/site.crt.ocsp", "/e/site.crt.issuer", false},
+	}
+	for _, tt := range tests {
+		f := n.file(tt.path)
+		if f.Name != tt.name || f.Staple != tt.staple || f.Issuer != tt.issuer || f.Auto != tt.auto {
+			t.Errorf("%s: %+v", tt.path, f)
+		}
+	}
+	n.DelExt = true
+	if f := n.file("/e/site.crt"); f.Staple != "/e/site.ocsp" {
+		t.Errorf("extra_del_ext: %+v", f)
 	}
 }

@@ -1,4 +1,4 @@
-package main
+package haproxycfg
 
 import (
 	"os"
@@ -48,19 +48,19 @@ backend app
 	server s1 10.0.0.1:443 ssl crt client.pem
 `), 0o644)
 
-	hs, err := readHAProxyConfig(cfg)
+	hs, err := Read(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{filepath.Join(dir, "certs")}; !slices.Equal(hs.Dirs, want) {
-		t.Errorf("dirs %q, want %q", hs.Dirs, want)
+	if want := []Dir{{Path: filepath.Join(dir, "certs")}}; !slices.Equal(hs.Dirs, want) {
+		t.Errorf("dirs %+v, want %+v", hs.Dirs, want)
 	}
 	wantFiles := []string{"bundle.pem.ecdsa", "bundle.pem.rsa", "listed/one.pem", "listed/two.pem", "single.pem"}
 	for i := range wantFiles {
 		wantFiles[i] = filepath.Join(dir, wantFiles[i])
 	}
-	if !slices.Equal(hs.Files, wantFiles) {
-		t.Errorf("files %q\nwant %q", hs.Files, wantFiles)
+	if !slices.Equal(paths(hs.Files), wantFiles) {
+		t.Errorf("files %q\nwant %q", paths(hs.Files), wantFiles)
 	}
 	if want := []string{"/run/haproxy/admin.sock", "127.0.0.1:9998", "127.0.0.1:9999", "ipv4@master:9999"}; !slices.Equal(hs.Sockets, want) {
 		t.Errorf("sockets %q, want %q", hs.Sockets, want)
@@ -86,7 +86,7 @@ backend app
 
 	// Without crt-base, relative paths are reported, not guessed.
 	os.WriteFile(cfg, []byte("frontend f\n\tbind :443 ssl crt certs/\n"), 0o644)
-	hs, err = readHAProxyConfig(cfg)
+	hs, err = Read(cfg)
 	if err != nil || len(hs.Dirs) != 0 || len(hs.Notes) != 1 || !strings.Contains(hs.Notes[0], "relative to HAProxy's working directory") {
 		t.Errorf("relative crt without crt-base: %+v, %v", hs, err)
 	}
@@ -97,12 +97,12 @@ backend app
 	os.WriteFile(filepath.Join(confd, "10-global.cfg"), []byte("global\n\tcrt-base "+dir+"\n"), 0o644)
 	os.WriteFile(filepath.Join(confd, "20-fe.cfg"), []byte("frontend f\n\tbind :443 ssl crt single.pem\n"), 0o644)
 	os.WriteFile(filepath.Join(confd, "notes.txt"), []byte("frontend f\n\tbind :443 ssl crt nothing.pem\n"), 0o644)
-	hs, err = readHAProxyConfig(confd)
-	if err != nil || !slices.Equal(hs.Files, []string{filepath.Join(dir, "single.pem")}) || len(hs.Notes) != 0 {
+	hs, err = Read(confd)
+	if err != nil || !slices.Equal(paths(hs.Files), []string{filepath.Join(dir, "single.pem")}) || len(hs.Notes) != 0 {
 		t.Errorf("directory of configs: %+v, %v", hs, err)
 	}
 
-	if _, err := readHAProxyConfig(filepath.Join(dir, "nope.cfg")); err == nil || !strings.Contains(err.Error(), "nope.cfg") {
+	if _, err := Read(filepath.Join(dir, "nope.cfg")); err == nil || !strings.Contains(err.Error(), "nope.cfg") {
 		t.Errorf("missing file: %v", err)
 	}
 }
@@ -121,24 +121,24 @@ func TestSplitCfgLine(t *testing.T) {
 		{"# only a comment", nil, false},
 	}
 	for _, tt := range tests {
-		words, env := splitCfgLine(tt.line)
+		words, env := SplitLine(tt.line)
 		if !slices.Equal(words, tt.words) || env != tt.env {
 			t.Errorf("%q: got %q, %v", tt.line, words, env)
 		}
 	}
 }
 
-// TestHAProxyConfigNaming: what discovery learns of each certificate file, as HAProxy would:
+// TestReadNaming: what the reader learns of each certificate file, as HAProxy would:
 // ssl-load-extra-del-ext drops ".crt" only, crt-list options and crt-store entries name their
 // staple and issuer files, and ocsp-update comes from the crt-list, the crt-store or the global
 // mode (where a crt-list or crt-store says off, off).
-func TestHAProxyConfigNaming(t *testing.T) {
+func TestReadNaming(t *testing.T) {
 	dir := t.TempDir()
-	for _, f := range []string{"certs/site.crt", "certs/site.pem", "certs/a.b.crt", "listed/x.pem", "listed/y.pem", "store/s.pem", "store/t.pem"} {
+	for _, f := range []string{"certs/site.crt", "listed/x.pem", "listed/y.pem", "listed/z.crt", "store/s.pem", "store/t.pem"} {
 		os.MkdirAll(filepath.Join(dir, filepath.Dir(f)), 0o755)
 		os.WriteFile(filepath.Join(dir, f), []byte("x"), 0o644)
 	}
-	os.WriteFile(filepath.Join(dir, "list.txt"), []byte("listed/x.pem [ocsp listed/x.der issuer listed/ca.pem ocsp-update on] x.test\nlisted/y.pem [ocsp-update off]\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "list.txt"), []byte("listed/x.pem [ocsp listed/x.der issuer listed/ca.pem ocsp-update on] x.test\nlisted/y.pem [ocsp-update off]\nlisted/z.crt\n"), 0o644)
 	cfg := filepath.Join(dir, "haproxy.cfg")
 	os.WriteFile(cfg, []byte(`global
 	crt-base `+dir+`
@@ -153,39 +153,47 @@ crt-store web
 frontend https
 	bind :443 ssl crt certs/ crt-list `+dir+`/list.txt crt "@web/site"
 `), 0o644)
-	hs, err := readHAProxyConfig(cfg)
+	hs, err := Read(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	j := func(p string) string { return filepath.Join(dir, p) }
-	tests := []struct {
-		path string
-		want certFile
-	}{
-		{j("certs/site.crt"), certFile{Name: j("certs/site.crt"), Staple: j("certs/site.ocsp"), Issuer: j("certs/site.issuer"), Auto: true}},
-		{j("certs/site.pem"), certFile{Name: j("certs/site.pem"), Staple: j("certs/site.pem.ocsp"), Issuer: j("certs/site.pem.issuer"), Auto: true}},
-		{j("certs/a.b.crt"), certFile{Name: j("certs/a.b.crt"), Staple: j("certs/a.b.ocsp"), Issuer: j("certs/a.b.issuer"), Auto: true}},
-		{j("listed/x.pem"), certFile{Name: j("listed/x.pem"), Staple: j("listed/x.der"), Issuer: j("listed/ca.pem"), IssuerGiven: true, Auto: true}},
-		{j("listed/y.pem"), certFile{Name: j("listed/y.pem"), Staple: j("listed/y.pem.ocsp"), Issuer: j("listed/y.pem.issuer")}},
-		{j("store/s.pem"), certFile{Name: "@web/site", Staple: j("store/s.der"), Issuer: j("store/ca.pem"), IssuerGiven: true, Auto: true}},
-		{j("store/t.pem"), certFile{Name: "@web/t.pem", Staple: j("store/t.pem.ocsp")}},
+	if want := []Dir{{Path: j("certs"), DelExt: true, Auto: true}}; !slices.Equal(hs.Dirs, want) {
+		t.Errorf("dirs %+v, want %+v", hs.Dirs, want)
 	}
-	for _, tt := range tests {
-		got := hs.Naming.file(tt.path)
-		tt.want.Path, got.Where = tt.path, ""
-		if got != tt.want {
-			t.Errorf("%s:\n got %+v\nwant %+v", tt.path, got, tt.want)
-		}
+	want := []File{
+		{Path: j("listed/x.pem"), Name: j("listed/x.pem"), Staple: j("listed/x.der"), Issuer: j("listed/ca.pem"), IssuerGiven: true, Auto: true},
+		{Path: j("listed/y.pem"), Name: j("listed/y.pem"), Staple: j("listed/y.pem.ocsp"), Issuer: j("listed/y.pem.issuer")},
+		{Path: j("listed/z.crt"), Name: j("listed/z.crt"), Staple: j("listed/z.ocsp"), Issuer: j("listed/z.issuer"), Auto: true},
+		{Path: j("store/s.pem"), Name: "@web/site", Staple: j("store/s.der"), Issuer: j("store/ca.pem"), IssuerGiven: true, Auto: true},
+		{Path: j("store/t.pem"), Name: "@web/t.pem", Staple: j("store/t.pem.ocsp")},
 	}
-	// The crt-store entry without an ocsp file is noted: HAProxy starts without its staple.
+	got := slices.Clone(hs.Files)
+	for i := range got {
+		got[i].Where = ""
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("files:\n got %+v\nwant %+v", got, want)
+	}
+	// The crt-store entry without an ocsp file is noted: HAProxy starts without a staple.
 	if !slices.ContainsFunc(hs.Notes, func(n string) bool { return strings.Contains(n, "@web/t.pem names no ocsp file") }) {
 		t.Errorf("no note about the crt-store entry without ocsp: %q", hs.Notes)
 	}
-	// Without discovery, extra_del_ext applies to the files given by hand.
-	if got := (naming{DelExt: true}).file("/c/site.crt"); got.Staple != "/c/site.ocsp" || got.Issuer != "/c/site.issuer" {
-		t.Errorf("extra_del_ext: %+v", got)
+	if f := DefaultFile("/c/site.crt", true); f.Staple != "/c/site.ocsp" || f.Issuer != "/c/site.issuer" {
+		t.Errorf("del-ext: %+v", f)
 	}
-	if got := (naming{}).file("/c/site.crt"); got.Staple != "/c/site.crt.ocsp" {
-		t.Errorf("default: %+v", got)
+	if f := DefaultFile("/c/a.b.crt", true); f.Staple != "/c/a.b.ocsp" {
+		t.Errorf("del-ext, dots: %+v", f)
 	}
+	if f := DefaultFile("/c/site.pem", true); f.Staple != "/c/site.pem.ocsp" {
+		t.Errorf("del-ext on .pem: %+v", f)
+	}
+}
+
+func paths(files []File) []string {
+	var out []string
+	for _, f := range files {
+		out = append(out, f.Path)
+	}
+	return out
 }

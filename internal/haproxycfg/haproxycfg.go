@@ -1,4 +1,8 @@
-package main
+// Package haproxycfg reads HAProxy's configuration as stapler needs it: the certificate files
+// its bind lines load (crt, crt-list, crt-store), what HAProxy makes of each (its name at run
+// time, where it reads the staple and the issuer, whether its own ocsp-update keeps it fresh)
+// and its stats sockets. What it cannot follow it reports, naming file and line.
+package haproxycfg
 
 import (
 	"bufio"
@@ -13,26 +17,66 @@ import (
 	"stapler/internal/haproxy"
 )
 
-// haproxySetup is what stapler learns from HAProxy's own configuration: the certificates its
-// bind lines load, what HAProxy makes of each (its name, where it reads staple and issuer,
-// whether its own ocsp-update keeps it fresh), and its stats sockets.
-type haproxySetup struct {
-	Dirs    []string
-	Files   []string
+// Setup is what stapler learns from HAProxy's own configuration.
+type Setup struct {
+	Dirs    []Dir  // directories of `crt /dir/` lines, sorted
+	Files   []File // files of crt, crt-list and crt-store lines, sorted by path
 	Sockets []string
-	Naming  naming // Dirs and Files
 	// Notes are constructs stapler could not follow, each naming file and line.
 	Notes []string
+
+	dirs, files []string
 }
 
-// readHAProxyConfig reads an HAProxy 2.6 configuration file, or a directory of *.cfg files
-// read in name order as HAProxy does with `-f dir`. It follows `crt-base`, `bind ... crt`
+// Dir is a certificate directory HAProxy loads, and what it makes of the files in it.
+type Dir struct {
+	Path   string
+	DelExt bool // ssl-load-extra-del-ext
+	Auto   bool // global ocsp-update.mode on
+}
+
+// File is a certificate file and what HAProxy's configuration makes of it.
+type File struct {
+	Path string // the certificate file, as HAProxy's configuration names it
+	// Name is HAProxy's name for it at run time (`show ssl cert`): Path, or "@store/alias"
+	// for a crt-store entry.
+	Name string
+	// Staple is the file HAProxy reads the staple from at start-up: <Path>.ocsp, <Path less
+	// .crt>.ocsp under ssl-load-extra-del-ext, or the `ocsp` file of a crt-store entry or
+	// crt-list line.
+	Staple string
+	// Issuer is the file HAProxy reads the issuer from when the bundle lacks it; "" when it
+	// reads none (a crt-store entry without `issuer`).
+	Issuer string
+	// IssuerGiven: the configuration names the issuer file (crt-store, crt-list): it is the
+	// operator's, to check but never to rewrite.
+	IssuerGiven bool
+	// Auto: HAProxy's configuration puts the certificate under its own ocsp-update.
+	Auto bool
+	// Where is the configuration line that names it ("/etc/haproxy/haproxy.cfg:12").
+	Where string
+}
+
+// DefaultFile is what HAProxy makes of a certificate file loaded with `crt`, by directory or by
+// name. With ssl-load-extra-del-ext (delExt) HAProxy drops a ".crt" extension, and only that
+// one, before adding ".ocsp" and ".issuer" (verified on 2.6, 3.0, 3.2 and 3.4: site.crt has
+// site.ocsp, site.pem keeps site.pem.ocsp).
+func DefaultFile(path string, delExt bool) File {
+	base := path
+	if delExt && strings.HasSuffix(path, ".crt") {
+		base = strings.TrimSuffix(path, ".crt")
+	}
+	return File{Path: path, Name: path, Staple: base + ".ocsp", Issuer: base + ".issuer"}
+}
+
+// Read reads an HAProxy configuration file, or a directory of *.cfg files read in name order
+// as HAProxy does with `-f dir`. It follows `crt-base`, `bind ... crt`
 // (files and directories), `bind ... crt-list` (each line's certificate; crt-base applies to
 // the certificates, not to the list) and `stats socket`.
 // What it cannot follow (environment variables, `.if` blocks, relative paths without
 // crt-base, abstract or inherited sockets) it reports in Notes rather than guessing.
-func readHAProxyConfig(path string) (haproxySetup, error) {
-	var hs haproxySetup
+func Read(path string) (Setup, error) {
+	var hs Setup
 	files := []string{path}
 	if fi, err := os.Stat(path); err == nil && fi.IsDir() {
 		files, err = filepath.Glob(filepath.Join(path, "*.cfg"))
@@ -41,29 +85,32 @@ func readHAProxyConfig(path string) (haproxySetup, error) {
 		}
 		slices.Sort(files)
 	}
-	p := &cfgParser{hs: &hs, stores: map[string]*crtStore{}, files: map[string]certFile{}}
+	p := &cfgParser{hs: &hs, stores: map[string]*crtStore{}, files: map[string]File{}}
 	for _, f := range files {
 		if err := p.file(f); err != nil {
 			return hs, err
 		}
 	}
 	// Global settings apply wherever they stand in the configuration.
-	hs.Naming = naming{Dirs: map[string]dirNaming{}, Files: map[string]certFile{}}
-	for _, d := range hs.Dirs {
-		hs.Naming.Dirs[d] = dirNaming{DelExt: p.delExt, Auto: p.autoAll}
+	for _, d := range dedupe(hs.dirs) {
+		hs.Dirs = append(hs.Dirs, Dir{Path: d, DelExt: p.delExt, Auto: p.autoAll})
 	}
-	for path, f := range p.files {
-		if f.Name == f.Path { // a file loaded by `crt` or a crt-list line, not a crt-store entry
-			d := defaultFile(path, p.delExt)
+	for _, path := range dedupe(hs.files) {
+		f, ok := p.files[path]
+		if !ok { // a member of a multi-certificate bundle
+			f = File{Path: path, Name: path}
+		}
+		if f.Name == f.Path { // loaded by crt or a crt-list line, not a crt-store entry
+			d := DefaultFile(path, p.delExt)
 			f.Staple = cmp.Or(f.Staple, d.Staple)
 			if f.Issuer == "" {
 				f.Issuer = d.Issuer
 			}
 		}
 		f.Auto = f.Auto || p.autoAll && !p.autoOff[path]
-		hs.Naming.Files[path] = f
+		hs.Files = append(hs.Files, f)
 	}
-	hs.Dirs, hs.Files, hs.Sockets = dedupe(hs.Dirs), dedupe(hs.Files), dedupe(hs.Sockets)
+	hs.Sockets = dedupe(hs.Sockets)
 	return hs, nil
 }
 
@@ -73,13 +120,13 @@ func dedupe(s []string) []string {
 }
 
 type cfgParser struct {
-	hs      *haproxySetup
+	hs      *Setup
 	section string
 	crtBase string
 	delExt  bool // ssl-load-extra-del-ext
 	autoAll bool // ocsp-update.mode on (3.0+)
 	autoOff map[string]bool
-	files   map[string]certFile // certificate files named by crt, crt-list and crt-store lines
+	files   map[string]File // certificate files named by crt, crt-list and crt-store lines
 	stores  map[string]*crtStore
 	store   *crtStore // the crt-store section being read
 }
@@ -87,7 +134,7 @@ type cfgParser struct {
 // crtStore is a crt-store section (HAProxy 3.0+): its bases, and its entries by name.
 type crtStore struct {
 	name, crtBase, keyBase string
-	entries                map[string]certFile // by "@store/alias"
+	entries                map[string]File // by "@store/alias"
 }
 
 func (p *cfgParser) note(file string, line int, format string, args ...any) {
@@ -103,7 +150,7 @@ func (p *cfgParser) file(name string) error {
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for n := 1; sc.Scan(); n++ {
-		words, env := splitCfgLine(sc.Text())
+		words, env := SplitLine(sc.Text())
 		if len(words) == 0 {
 			continue
 		}
@@ -130,7 +177,7 @@ func (p *cfgParser) line(file string, n int, w []string) {
 			if len(w) > 1 {
 				name = w[1]
 			}
-			p.store = &crtStore{name: name, entries: map[string]certFile{}}
+			p.store = &crtStore{name: name, entries: map[string]File{}}
 			p.stores[name] = p.store
 		}
 		return
@@ -233,10 +280,10 @@ func (p *cfgParser) crtWith(file string, n int, path string, opts map[string]str
 	fi, err := os.Stat(full)
 	switch {
 	case err == nil && fi.IsDir():
-		p.hs.Dirs = append(p.hs.Dirs, full)
+		p.hs.dirs = append(p.hs.dirs, full)
 	case err == nil:
-		p.hs.Files = append(p.hs.Files, full)
-		f := certFile{Path: full, Name: full, Where: fmt.Sprintf("%s:%d", file, n)}
+		p.hs.files = append(p.hs.files, full)
+		f := File{Path: full, Name: full, Where: fmt.Sprintf("%s:%d", file, n)}
 		if o, ok := opts["ocsp"]; ok {
 			f.Staple, _ = p.certPath(file, n, o)
 		}
@@ -262,7 +309,7 @@ func (p *cfgParser) crtWith(file string, n int, path string, opts map[string]str
 		found := false
 		for _, m := range members {
 			if ext := filepath.Ext(m); ext == ".rsa" || ext == ".ecdsa" || ext == ".dsa" {
-				p.hs.Files = append(p.hs.Files, m)
+				p.hs.files = append(p.hs.files, m)
 				found = true
 			}
 		}
@@ -287,7 +334,7 @@ func (p *cfgParser) crtList(file string, n int, path string) {
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for ln := 1; sc.Scan(); ln++ {
-		words, env := splitCfgLine(sc.Text())
+		words, env := SplitLine(sc.Text())
 		switch {
 		case len(words) == 0:
 		case env:
@@ -355,15 +402,15 @@ func (p *cfgParser) load(file string, n int, w []string) {
 		}
 		return filepath.Join(base, f)
 	}
-	f := certFile{Path: resolve(crt), Name: "@" + p.store.name + "/" + cmp.Or(kv["alias"], crt), Where: fmt.Sprintf("%s:%d", file, n)}
+	f := File{Path: resolve(crt), Name: "@" + p.store.name + "/" + cmp.Or(kv["alias"], crt), Where: fmt.Sprintf("%s:%d", file, n)}
 	if f.Path == "" || f.Path == "." {
 		return
 	}
 	if o := kv["ocsp"]; o != "" {
 		f.Staple = resolve(o)
 	} else {
-		p.note(file, n, "crt-store entry %s names no ocsp file: HAProxy starts without a staple for it, and stapler's, kept in %s, reaches it at run time only (add ocsp \"FILE\" to the load line)", f.Name, stapleName(f.Path))
-		f.Staple = stapleName(f.Path)
+		p.note(file, n, "crt-store entry %s names no ocsp file: HAProxy starts without a staple for it, and stapler's, kept in %s, reaches it at run time only (add ocsp \"FILE\" to the load line)", f.Name, f.Path+".ocsp")
+		f.Staple = f.Path + ".ocsp"
 	}
 	if i := kv["issuer"]; i != "" {
 		f.Issuer, f.IssuerGiven = resolve(i), true
@@ -379,21 +426,21 @@ func (p *cfgParser) load(file string, n int, w []string) {
 	}
 	p.store.entries[f.Name] = f
 	p.files[f.Path] = f
-	p.hs.Files = append(p.hs.Files, f.Path)
+	p.hs.files = append(p.hs.files, f.Path)
 }
 
 // storeRef checks a `crt "@store/name"` reference to a crt-store entry.
 func (p *cfgParser) storeRef(file string, n int, ref string) {
 	name, _, _ := strings.Cut(strings.TrimPrefix(ref, "@"), "/")
-	if st, ok := p.stores[name]; !ok || st.entries[ref] == (certFile{}) {
+	if st, ok := p.stores[name]; !ok || st.entries[ref] == (File{}) {
 		p.note(file, n, "%s names no crt-store entry stapler found", ref)
 	}
 }
 
-// splitCfgLine splits an HAProxy configuration line into words: comments from an unquoted #,
+// SplitLine splits an HAProxy configuration line into words: comments from an unquoted #,
 // single and double quotes, and backslash escapes. env reports "$" in double quotes, where
 // HAProxy expands environment variables.
-func splitCfgLine(line string) (words []string, env bool) {
+func SplitLine(line string) (words []string, env bool) {
 	var w strings.Builder
 	inWord := false
 	var quote byte
