@@ -195,10 +195,11 @@ func (f *benchFleet) push(b *testing.B) (took time.Duration, ok bool) {
 	}
 	var refs []stapleRef
 	for path, st := range state.Certificates {
-		refs = append(refs, stapleRef{Path: path, DER: hapReadFile(b, stapleName(path)), CertID: st.CertID, Serial: st.Serial, ThisUpdate: st.ThisUpdate, ProducedAt: st.ProducedAt})
+		s := st.Staple
+		refs = append(refs, stapleRef{Path: path, DER: hapReadFile(b, stapleName(path)), CertID: s.CertID, Serial: st.Serial, ThisUpdate: s.ThisUpdate, ProducedAt: s.ProducedAt, Status: s.Status, NextUpdate: s.NextUpdate})
 	}
 	start = time.Now()
-	rep := syncSockets(context.Background(), []string{sock}, refs, syncOptions{Timeout: 10 * time.Second, Now: time.Now()})[sock]
+	rep := reconcileSockets(context.Background(), []string{sock}, refs, reconcileOptions{Timeout: 10 * time.Second, Now: time.Now()})[sock]
 	took = time.Since(start)
 	for _, r := range refs {
 		if o := rep.Results[r.Path].outcome; o != pushed && o != inSync {

@@ -1,19 +1,15 @@
 package main
 
 import (
-	"cmp"
-	"context"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/asn1"
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"log/slog"
-	"net/http"
-	"os"
-	"path/filepath"
-	"sync"
+	"slices"
+	"time"
 )
 
 // parseBundle returns the certificates of a PEM bundle in file order. The first is the leaf.
@@ -41,14 +37,106 @@ func parseBundle(data []byte) ([]*x509.Certificate, error) {
 	return certs, nil
 }
 
-// responderURL is the first OCSP responder of the certificate, "" when it has none.
-func responderURL(c *x509.Certificate) string {
+// responderURLs are the OCSP responders of the certificate, in its order; none when it names
+// none.
+func responderURLs(c *x509.Certificate) []string {
+	var out []string
 	for _, u := range c.OCSPServer {
-		if u != "" {
-			return u
+		if u != "" && !slices.Contains(out, u) {
+			out = append(out, u)
 		}
 	}
-	return ""
+	return out
+}
+
+// oidTLSFeature is the TLS feature extension (RFC 7633); status_request is feature 5.
+var oidTLSFeature = asn1.ObjectIdentifier{1, 3, 6, 1, 5, 5, 7, 1, 24}
+
+// mustStaple reports whether the certificate demands a staple (RFC 7633 TLS feature
+// status_request): clients that enforce it refuse the certificate without one.
+func mustStaple(c *x509.Certificate) bool {
+	for _, e := range c.Extensions {
+		if !e.Id.Equal(oidTLSFeature) {
+			continue
+		}
+		var features []int
+		if _, err := asn1.Unmarshal(e.Value, &features); err == nil && slices.Contains(features, 5) {
+			return true
+		}
+	}
+	return false
+}
+
+// certInfo is what stapler reads of a certificate file.
+type certInfo struct {
+	Hash       string              // of the CERTIFICATE blocks
+	Bundle     []*x509.Certificate // in file order; the first is the leaf
+	Subject    string
+	Serial     string // hex
+	IssuerName string
+	NotBefore  time.Time
+	NotAfter   time.Time
+	Responders []string
+	MustStaple bool
+}
+
+// certBlocks returns the DER of the CERTIFICATE blocks of a PEM file, and the hash of them all:
+// what identifies the certificates, whatever else (a key) the file holds.
+func certBlocks(data []byte) (blocks [][]byte, hash string) {
+	h := sha256.New()
+	for {
+		var block *pem.Block
+		block, data = pem.Decode(data)
+		if block == nil {
+			break
+		}
+		if block.Type == "CERTIFICATE" {
+			blocks = append(blocks, block.Bytes)
+			h.Write(block.Bytes)
+		}
+	}
+	return blocks, hex.EncodeToString(h.Sum(nil))
+}
+
+// readCert parses the certificate blocks of a file. Every block must parse: HAProxy refuses a
+// bundle with one that does not, so stapler must not take the next one for the leaf. The leaf
+// must come first.
+func readCert(blocks [][]byte, hash string) (*certInfo, error) {
+	if len(blocks) == 0 {
+		return nil, errNotCertificate
+	}
+	var bundle []*x509.Certificate
+	for i, b := range blocks {
+		c, err := x509.ParseCertificate(b)
+		if err != nil {
+			return nil, fmt.Errorf("certificate %d of the file does not parse, and HAProxy refuses such a file: %w", i+1, err)
+		}
+		bundle = append(bundle, c)
+	}
+	if err := leafFirst(bundle); err != nil {
+		return nil, err
+	}
+	leaf := bundle[0]
+	return &certInfo{
+		Hash: hash, Bundle: bundle, Subject: subjectName(leaf), Serial: fmt.Sprintf("%x", leaf.SerialNumber),
+		IssuerName: leaf.Issuer.String(), NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter,
+		Responders: responderURLs(leaf), MustStaple: mustStaple(leaf),
+	}, nil
+}
+
+// leafFirst rejects a bundle whose first certificate is a CA that issued a later one: HAProxy
+// serves the first certificate of a bundle (and refuses one whose key does not match it), so
+// stapler must not take a misordered chain's CA for the leaf.
+func leafFirst(bundle []*x509.Certificate) error {
+	if !bundle[0].IsCA {
+		return nil
+	}
+	for _, c := range bundle[1:] {
+		if !c.IsCA && signed(c, bundle[0]) {
+			return errors.New("the first certificate is a CA certificate, and a later one is the certificate it issued: HAProxy serves the first certificate of a bundle, so put the leaf first")
+		}
+	}
+	return nil
 }
 
 // subjectName names a certificate for people: its first DNS name, else its common name.
@@ -57,208 +145,4 @@ func subjectName(c *x509.Certificate) string {
 		return c.DNSNames[0]
 	}
 	return c.Subject.CommonName
-}
-
-// issuerSource says where an issuer was found. HAProxy finds it itself in the bundle and in
-// <cert>.issuer; from any other source stapler must write <cert>.issuer.
-type issuerSource int
-
-const (
-	issuerInBundle issuerSource = iota
-	issuerFromFile
-	issuerFromDir
-	issuerFromAIA
-)
-
-func (s issuerSource) String() string {
-	return [...]string{"bundle", ".issuer file", "issuer directory", "AIA caIssuers"}[s]
-}
-
-// errIssuerNotFound means no source holds the certificate that signed the leaf.
-var errIssuerNotFound = errors.New("issuer certificate not found")
-
-// issuerFinder finds the certificate that signed a leaf, by signature and never by position:
-// in the bundle, in <cert>.issuer, in the configured issuer directories, among the issuers it
-// verified before, then at the leaf's AIA caIssuers URL (fetched once, then cached). No system
-// trust store is involved, so private CAs work.
-type issuerFinder struct {
-	Dirs     []string
-	CacheDir string       // where fetched and verified issuers are kept
-	Client   *http.Client // nil: never fetch
-	ReadOnly bool         // never write to CacheDir (a dry run)
-	MaxBytes int64
-
-	once    sync.Once
-	fromDir []*x509.Certificate
-	mu      sync.Mutex // serialises fetches so a URL is fetched once per run
-
-	cacheOnce sync.Once
-	cacheMu   sync.Mutex
-	cached    map[string]*x509.Certificate // by hash of the DER: issuers in CacheDir
-}
-
-// find returns the issuer of leaf (the first certificate of the bundle) and its source;
-// issuerFile is where HAProxy looks for it ("" for nowhere).
-func (f *issuerFinder) find(ctx context.Context, issuerFile string, bundle []*x509.Certificate) (*x509.Certificate, issuerSource, error) {
-	leaf := bundle[0]
-	for _, c := range bundle[1:] {
-		if signed(leaf, c) {
-			f.remember(c)
-			return c, issuerInBundle, nil
-		}
-	}
-	if data, err := readRegular(issuerFile, maxStapleBytes); issuerFile != "" && err == nil {
-		certs, err := parseBundle(data)
-		switch {
-		case err != nil:
-			slog.Warn("ignoring unreadable issuer file", "file", issuerFile, "err", err)
-		case signed(leaf, certs[0]):
-			f.remember(certs[0])
-			return certs[0], issuerFromFile, nil
-		default:
-			slog.Warn("ignoring issuer file that did not sign the certificate", "file", issuerFile)
-		}
-	}
-	f.once.Do(f.loadDirs)
-	for _, c := range f.fromDir {
-		if signed(leaf, c) {
-			return c, issuerFromDir, nil
-		}
-	}
-	// An issuer stapler verified before: a bundle that lost its chain keeps its staple, and
-	// HAProxy its start, because stapler writes <cert>.issuer from here.
-	f.cacheOnce.Do(f.loadCache)
-	f.cacheMu.Lock()
-	for _, c := range f.cached {
-		if signed(leaf, c) {
-			f.cacheMu.Unlock()
-			return c, issuerFromDir, nil
-		}
-	}
-	f.cacheMu.Unlock()
-	var errs []error
-	for _, u := range leaf.IssuingCertificateURL {
-		c, err := f.aia(ctx, u, leaf)
-		if err == nil {
-			return c, issuerFromAIA, nil
-		}
-		errs = append(errs, fmt.Errorf("%s: %w", u, err))
-	}
-	where := fmt.Errorf("%w in the bundle, %s or issuer_dirs", errIssuerNotFound, cmp.Or(filepath.Base(issuerFile), "an issuer file"))
-	if len(errs) == 0 {
-		return nil, 0, fmt.Errorf("%w, and the certificate names no AIA caIssuers URL", where)
-	}
-	return nil, 0, fmt.Errorf("%w; from AIA: %w", where, errors.Join(errs...))
-}
-
-func signed(leaf, issuer *x509.Certificate) bool {
-	return leaf.CheckSignatureFrom(issuer) == nil
-}
-
-func (f *issuerFinder) loadDirs() {
-	for _, dir := range f.Dirs {
-		entries, err := os.ReadDir(dir)
-		if err != nil {
-			slog.Warn("cannot read issuer directory", "dir", dir, "err", err)
-			continue
-		}
-		for _, e := range entries {
-			p := filepath.Join(dir, e.Name())
-			data, err := readBundle(p, maxBundleBytes)
-			if err != nil {
-				continue
-			}
-			certs, err := parseBundle(data)
-			if err != nil {
-				slog.Debug("skipping file in issuer directory", "file", p, "err", err)
-				continue
-			}
-			f.fromDir = append(f.fromDir, certs...)
-		}
-	}
-}
-
-// loadCache reads the issuers kept in CacheDir.
-func (f *issuerFinder) loadCache() {
-	f.cached = map[string]*x509.Certificate{}
-	entries, _ := os.ReadDir(f.CacheDir)
-	for _, e := range entries {
-		if filepath.Ext(e.Name()) != ".der" {
-			continue
-		}
-		der, err := readRegular(filepath.Join(f.CacheDir, e.Name()), maxBundleBytes)
-		if err != nil {
-			continue
-		}
-		if c, err := x509.ParseCertificate(der); err == nil {
-			f.cached[hashBytes(c.Raw)] = c
-		}
-	}
-}
-
-// remember keeps an issuer that verifiably signed a certificate, for the day its bundle
-// loses it.
-func (f *issuerFinder) remember(c *x509.Certificate) {
-	f.cacheOnce.Do(f.loadCache)
-	f.cacheMu.Lock()
-	defer f.cacheMu.Unlock()
-	h := hashBytes(c.Raw)
-	if f.cached[h] != nil || f.ReadOnly || f.CacheDir == "" {
-		return
-	}
-	f.cached[h] = c
-	if err := os.MkdirAll(f.CacheDir, 0o755); err == nil {
-		if _, err := writeFileAtomic(filepath.Join(f.CacheDir, "seen-"+h[:32]+".der"), c.Raw, 0o644); err != nil {
-			slog.Warn("cannot keep issuer", "dir", f.CacheDir, "err", err)
-		}
-	}
-}
-
-// errNotCached is returned instead of fetching when the finder may not use the network.
-var errNotCached = errors.New("not cached and fetching is off")
-
-// aia returns the certificate at a caIssuers URL if it signed leaf, from the cache or fetched
-// and then cached. It understands DER and PEM, not PKCS#7 bundles.
-func (f *issuerFinder) aia(ctx context.Context, u string, leaf *x509.Certificate) (*x509.Certificate, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	sum := sha256.Sum256([]byte(u))
-	cached := filepath.Join(f.CacheDir, hex.EncodeToString(sum[:16])+".der")
-	if der, err := os.ReadFile(cached); err == nil {
-		if c, err := x509.ParseCertificate(der); err == nil && signed(leaf, c) {
-			return c, nil
-		}
-	}
-	if f.Client == nil {
-		return nil, errNotCached
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return nil, err
-	}
-	body, err := httpBody(f.Client, req, f.MaxBytes)
-	if err != nil {
-		return nil, err
-	}
-	var c *x509.Certificate
-	if certs, err := parseBundle(body); err == nil {
-		c = certs[0]
-	} else if c, err = x509.ParseCertificate(body); err != nil {
-		return nil, fmt.Errorf("not a DER or PEM certificate: %w", err)
-	}
-	if !signed(leaf, c) {
-		return nil, fmt.Errorf("%q did not sign the certificate", c.Subject)
-	}
-	if err := os.MkdirAll(f.CacheDir, 0o755); err != nil {
-		return nil, err
-	}
-	if _, err := writeFileAtomic(cached, c.Raw, 0o644); err != nil {
-		return nil, fmt.Errorf("caching issuer: %w", err)
-	}
-	return c, nil
-}
-
-// issuerPEM is what stapler writes to <cert>.issuer.
-func issuerPEM(c *x509.Certificate) []byte {
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
 }

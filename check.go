@@ -53,8 +53,8 @@ func evaluateCheck(certs []certStatus, th checkThresholds, now time.Time) checkR
 		case "unknown":
 			findings = append(findings, finding{checkWarning, name + " has a staple stapler has not checked"})
 		}
-		if cs.NextUpdate != nil {
-			left := cs.NextUpdate.Sub(now)
+		if cs.StapleStatus == "good" || cs.StapleStatus == "revoked" {
+			left := cs.verdict.Left // until its expiry: nextUpdate, or its signer's end
 			if minLeft < 0 || left < minLeft {
 				minLeft = left
 			}

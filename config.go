@@ -80,6 +80,10 @@ type Config struct {
 	// renew_at, by a fixed per-certificate amount, so that many certificates do not fall due
 	// together. Default 0.1.
 	RenewSpread float64 `toml:"renew_spread"`
+	// max_staple_age: a staple is refreshed at least this long after its thisUpdate, whatever
+	// its nextUpdate says: CAs under the Baseline Requirements publish a new response within 4
+	// days, and a revocation must not wait for a far-away nextUpdate. Default 96h.
+	MaxStapleAge time.Duration `toml:"max_staple_age"`
 	// retry_base: wait after the first failure; doubled after each further one. Default 5m.
 	RetryBase time.Duration `toml:"retry_base"`
 	// retry_max: longest wait between retries. Default 6h. A staple close to expiry is
@@ -109,6 +113,7 @@ func defaultConfig() Config {
 		MaxResponseBytes: 64 << 10,
 		RenewAt:          0.5,
 		RenewSpread:      0.1,
+		MaxStapleAge:     96 * time.Hour,
 		RetryBase:        5 * time.Minute,
 		RetryMax:         6 * time.Hour,
 		RunTimeout:       5 * time.Minute,
@@ -171,6 +176,7 @@ func (cfg *Config) validate() error {
 	for name, d := range map[string]time.Duration{
 		"timeout": cfg.Timeout, "socket_timeout": cfg.SocketTimeout,
 		"retry_base": cfg.RetryBase, "retry_max": cfg.RetryMax, "run_timeout": cfg.RunTimeout, "reload_timeout": cfg.ReloadTimeout,
+		"max_staple_age": cfg.MaxStapleAge,
 	} {
 		if d <= 0 {
 			bad("%s must be a positive duration such as \"10s\", not %v", name, d)

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/crypto/ocsp"
 
 	"stapler/internal/haproxy"
+	"stapler/internal/ocspcheck"
 	"stapler/internal/pki"
 )
 
@@ -264,7 +265,7 @@ func (r *demoReport) explainRun(sum summary, certs []demoCert, ca *x509.Certific
 			r.unexpected("%s.ocsp: %v", dc.File, err)
 			continue
 		}
-		if got := statusName(resp.Status); got != dc.want() {
+		if got := ocspcheck.StatusName(resp.Status); got != dc.want() {
 			r.unexpected("%s.ocsp says %s, want %s", dc.File, got, dc.want())
 			continue
 		}
@@ -356,7 +357,7 @@ func (r *demoReport) checkHandshake(ctx context.Context, addr string, dc demoCer
 	if !bytes.Equal(staple, onDisk) {
 		same = "NOT the same as"
 	}
-	got := statusName(resp.Status)
+	got := ocspcheck.StatusName(resp.Status)
 	r.say("     %-18s stapled a %s response, %s certs/%s.ocsp", dc.Name, got, same, dc.File)
 	switch {
 	case got != dc.want():

@@ -73,7 +73,7 @@ func TestRunFailureKeepsStaple(t *testing.T) {
 		{"tooShort", `too soon to staple`},
 		{"noNextUpdate", `no nextUpdate`},
 		{"future", `thisUpdate .* lies in the future`},
-		{"sha256", `not SHA-1: HAProxy 2.6 matches SHA-1 CertIDs only`},
+		{"sha256", `the response.s CertID uses SHA-256; HAProxy matches only SHA-1`},
 		{"delegatedNoEKU", `lacks id-kp-OCSPSigning`},
 		{"delegatedExpired", `(?:bad OCSP signature|valid only from)`},
 		{"down", `connect: connection refused`},
@@ -114,7 +114,7 @@ func TestRunFailureKeepsStaple(t *testing.T) {
 				t.Errorf("staple changed after a failed refresh")
 			}
 			st := readState(t, state).Certificates[site]
-			if st == nil || st.Failures != 1 || st.LastError == "" || st.StapleHash != hashBytes(good) {
+			if st == nil || st.Failures != 1 || st.LastError == "" || st.Staple == nil || st.Staple.Hash != hashBytes(good) {
 				t.Errorf("state after failure = %+v, want 1 failure, an error and the old staple", st)
 			}
 			if leftovers, _ := filepath.Glob(filepath.Join(certs, ".*")); len(leftovers) > 0 {

@@ -56,6 +56,7 @@ import (
 	"golang.org/x/crypto/ocsp"
 
 	"stapler/internal/haproxy/haproxytest"
+	"stapler/internal/ocspcheck"
 	"stapler/internal/pki"
 )
 
@@ -219,8 +220,8 @@ func faultCases() []faultCase {
 			stderr: `level=INFO msg="updated staple" cert={site} reason=forced status=good`,
 			inject: func(e *faultEnv) []string {
 				e.serve(e.answer("text/html; charset=utf-8", func(req *ocsp.Request) []byte {
-					now := time.Now()
-					return e.ca.Respond(req.SerialNumber, ocsp.Good, now.Add(-time.Hour), now.Add(48*time.Hour), nil, nil)
+					now := time.Now() // newer than the staple on disk, from an hour ago
+					return e.ca.Respond(req.SerialNumber, ocsp.Good, now.Add(-time.Minute), now.Add(48*time.Hour), nil, nil)
 				}))
 				return force
 			}},
@@ -239,7 +240,7 @@ func faultCases() []faultCase {
 				return faultTwoSingles(e.ca, req, time.Now())
 			})
 		}),
-		mode("sha256_certid", "sha256", `hashed with 2\.16\.840\.1\.101\.3\.4\.2\.1, not SHA-1: HAProxy 2\.6 matches SHA-1 CertIDs only`),
+		mode("sha256_certid", "sha256", `the response's CertID uses SHA-256; HAProxy matches only SHA-1`),
 		mode("unrelated_key", "stranger", `bad OCSP signature: not signed by the issuer`),
 		mode("delegated_without_ocspsigning", "delegatedNoEKU", `lacks id-kp-OCSPSigning`),
 		mode("delegated_expired", "delegatedExpired", `response signed by \\"[^"\\]*OCSP responder\\", valid only from`),
@@ -326,8 +327,10 @@ func faultCases() []faultCase {
 		// The stapled bundle is rewritten without its chain. With the .ocsp left alone HAProxy
 		// 2.6 would refuse to start ("impossible to compute the OCSP certificate ID"); stapler
 		// remembers the issuer it verified and writes site.pem.issuer from it.
+		// The same certificate, without its chain: nothing to fetch, but HAProxy now needs the
+		// issuer file, from the issuers stapler verified before.
 		faultCase{name: "cert/issuer_dropped_from_stapled_bundle", want: 0,
-			stderr: `level=INFO msg="updated staple" cert={site} reason="certificate changed"`,
+			stderr: `level=INFO msg="wrote issuer file; the bundle no longer holds the issuer" file={site}\.issuer`,
 			inject: func(e *faultEnv) []string {
 				e.conf = append(e.conf, "fetch_issuers = false")
 				e.writeConfig()
@@ -389,7 +392,7 @@ func faultCases() []faultCase {
 		// A FIFO where the staple should be: it must not block the run (HAProxy itself blocks
 		// at start-up opening it). It is no staple: a new one replaces it.
 		faultCase{name: "cert/fifo_as_staple", want: 0,
-			stderr: `level=INFO msg="updated staple" cert={site} reason="no staple on disk"`,
+			stderr: `level=INFO msg="updated staple" cert={site} reason="staple file cannot be read: {site}\.ocsp is not a regular file"`,
 			inject: func(e *faultEnv) []string {
 				faultRemove(e.t, stapleName(e.site))
 				faultMkfifo(e.t, stapleName(e.site))
@@ -506,15 +509,16 @@ func faultCases() []faultCase {
 	corrupt := func(name, cause string, data func(e *faultEnv) []byte) faultCase {
 		var injected []byte
 		return faultCase{name: "state/" + name, want: 0,
-			stderr: `level=ERROR msg="state file is unreadable; starting afresh" file={state} err="` + cause + `[^"]*" kept_as={state}\.corrupt`,
+			stderr: `level=ERROR msg="state file is unreadable; starting afresh" file={state} err="` + cause + `[^"]*" kept_as={state}\.corrupt-`,
 			inject: func(e *faultEnv) []string {
 				injected = data(e)
 				faultWrite(e.t, e.state, injected)
 				return nil
 			},
 			check: func(e *faultEnv, res faultResult) {
-				if got := faultRead(e.t, e.state+".corrupt"); !bytes.Equal(got, injected) {
-					e.t.Errorf("state.json.corrupt does not hold the unreadable state")
+				aside, _ := filepath.Glob(e.state + ".corrupt-*")
+				if len(aside) != 1 || !bytes.Equal(faultRead(e.t, aside[0]), injected) {
+					e.t.Errorf("state.json.corrupt-* (%q) does not hold the unreadable state", aside)
 				}
 				if st := readState(e.t, e.state); st.Certificates[e.site] == nil {
 					e.t.Errorf("the new state has no entry for site.pem")
@@ -522,8 +526,10 @@ func faultCases() []faultCase {
 			}}
 	}
 	cases = append(cases,
+		// The staple on disk, valid and good, is adopted; the new certificate is fetched all the
+		// same, and the cached responder has nothing newer.
 		faultCase{name: "state/missing", want: 0,
-			stderr: `level=INFO msg="updated staple" cert={site} reason="new certificate"`,
+			stderr: `level=INFO msg="adopted staple found on disk" cert={site} `,
 			inject: func(e *faultEnv) []string { faultRemove(e.t, e.state); return nil }},
 		corrupt("empty", `unexpected end of JSON input`, func(e *faultEnv) []byte { return nil }),
 		corrupt("truncated", `unexpected end of JSON input`, func(e *faultEnv) []byte {
@@ -534,7 +540,7 @@ func faultCases() []faultCase {
 			return []byte(`{"version": 1, "certificates": {"` + e.site + `": [}`)
 		}),
 		faultCase{name: "state/future_version", want: 1,
-			stderr: `stapler: error: {state}: written by a newer stapler \(state version 99, this one reads 1\)`,
+			stderr: `stapler: error: {state}: written by a newer stapler \(state version 99, this one reads 2\)`,
 			inject: func(e *faultEnv) []string {
 				faultWrite(e.t, e.state, []byte(`{"version": 99, "certificates": {}, "written_by": "stapler 9"}`+"\n"))
 				return force
@@ -543,7 +549,9 @@ func faultCases() []faultCase {
 				if got := faultRead(e.t, e.state); !bytes.Contains(got, []byte(`"version": 99`)) {
 					e.t.Errorf("a newer stapler's state was not left alone:\n%s", got)
 				}
-				faultAbsent(e.t, e.state+".corrupt")
+				if aside, _ := filepath.Glob(e.state + ".corrupt-*"); len(aside) > 0 {
+					e.t.Errorf("a newer stapler's state was moved aside: %q", aside)
+				}
 			}},
 		// The state directory cannot be created: its parent is a regular file.
 		faultCase{name: "state/directory_under_a_regular_file", want: 1,
@@ -601,7 +609,7 @@ func faultCases() []faultCase {
 			}},
 		// RLIMIT_FSIZE 0 makes every write(2) fail (EFBIG), as a full disk does (ENOSPC).
 		faultCase{name: "disk/write_fails", want: 1,
-			stderr: faultRefreshFailed(`writing staple: write [^"]*file too large`) + `[^\n]*\n(.*\n)*stapler: error: writing state {state}: write [^\n]*file too large`,
+			stderr: faultRefreshFailed(`writing staple: {site}\.ocsp: write [^"]*file too large`) + `[^\n]*\n(.*\n)*stapler: error: writing state: {state}: write [^\n]*file too large`,
 			inject: func(e *faultEnv) []string {
 				e.wrap = []string{"sh", "-c", `ulimit -f 0 && exec "$@"`, "sh"}
 				e.r.SetMode("good")
@@ -636,7 +644,7 @@ func faultCases() []faultCase {
 				return []string{"--force", "--socket", a}
 			},
 			check: func(e *faultEnv, res faultResult) {
-				if st := readState(e.t, e.state).Certificates[e.site]; st == nil || len(st.PendingPush) != 1 || st.PendingPush[0] != e.vars["sock"] {
+				if st := readState(e.t, e.state).Certificates[e.site]; st == nil || len(st.Pending) != 1 || st.Pending[0] != e.vars["sock"] {
 					e.t.Errorf("state does not record the push as pending: %+v", st)
 				}
 			}}
@@ -811,7 +819,7 @@ func faultTwoRuns() faultCase {
 		},
 		check: func(e *faultEnv, res faultResult) {
 			st := readState(e.t, e.state).Certificates[e.site]
-			if st == nil || st.StapleHash != hashBytes(faultRead(e.t, stapleName(e.site))) {
+			if st == nil || st.Staple == nil || st.Staple.Hash != hashBytes(faultRead(e.t, stapleName(e.site))) {
 				e.t.Errorf("the state does not describe the staple on disk: %+v", st)
 			}
 		}}
@@ -1113,7 +1121,7 @@ func (e *faultEnv) validFor(der []byte, leaf *x509.Certificate) error {
 	case resp.SerialNumber.Cmp(leaf.SerialNumber) != 0:
 		return fmt.Errorf("a response for serial %x, not %x", resp.SerialNumber, leaf.SerialNumber)
 	case resp.Status != ocsp.Good:
-		return fmt.Errorf("status %s, not good", statusName(resp.Status))
+		return fmt.Errorf("status %s, not good", ocspcheck.StatusName(resp.Status))
 	case !resp.NextUpdate.After(time.Now().Add(minValidity)):
 		return fmt.Errorf("nextUpdate %v is too close", resp.NextUpdate)
 	}
@@ -1316,8 +1324,16 @@ type faultResponseData struct {
 	Responses      []faultSingleResponse
 }
 
+// faultCertID is RFC 6960's CertID.
+type faultCertID struct {
+	HashAlgorithm  pkix.AlgorithmIdentifier
+	IssuerNameHash []byte
+	IssuerKeyHash  []byte
+	SerialNumber   *big.Int
+}
+
 type faultSingleResponse struct {
-	CertID     certID
+	CertID     faultCertID
 	Good       asn1.Flag `asn1:"tag:0,optional"`
 	ThisUpdate time.Time `asn1:"generalized"`
 	NextUpdate time.Time `asn1:"generalized,explicit,tag:0,optional"`
@@ -1326,8 +1342,8 @@ type faultSingleResponse struct {
 // faultTwoSingles is a response signed by the CA with two good SingleResponses: first the one
 // asked for, then one for the next serial.
 func faultTwoSingles(ca *pki.CA, req *ocsp.Request, now time.Time) []byte {
-	id := func(serial *big.Int) certID {
-		return certID{HashAlgorithm: pkix.AlgorithmIdentifier{Algorithm: oidSHA1, Parameters: asn1.NullRawValue},
+	id := func(serial *big.Int) faultCertID {
+		return faultCertID{HashAlgorithm: pkix.AlgorithmIdentifier{Algorithm: asn1.ObjectIdentifier{1, 3, 14, 3, 2, 26}, Parameters: asn1.NullRawValue},
 			IssuerNameHash: req.IssuerNameHash, IssuerKeyHash: req.IssuerKeyHash, SerialNumber: serial}
 	}
 	this, next := now.Add(-time.Hour).UTC().Truncate(time.Second), now.Add(24*time.Hour).UTC().Truncate(time.Second)
@@ -1358,7 +1374,11 @@ func TestFaultTwoSingles(t *testing.T) {
 	now := time.Now()
 	ca := pki.NewCA("Two Singles CA", now)
 	leaf, _ := ca.Issue(pki.Leaf{Name: "two.fault.test"}, now)
-	req, err := ocsp.ParseRequest(must(newRequest(leaf, ca.Cert)))
+	reqDER, certID, err := ocspcheck.Request(leaf, ca.Cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := ocsp.ParseRequest(reqDER)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1373,7 +1393,7 @@ func TestFaultTwoSingles(t *testing.T) {
 	if _, err := ocsp.ParseResponse(der, ca.Cert); err == nil || !strings.Contains(err.Error(), "bad number of responses") {
 		t.Errorf("ParseResponse without a certificate: %v, want bad number of responses", err)
 	}
-	if got, want := must(responseCertID(der)), must(requestCertID(must(newRequest(leaf, ca.Cert)))); !bytes.Equal(got, want) {
+	if got, want := must(ocspcheck.ResponseCertID(der)), certID; !bytes.Equal(got, want) {
 		t.Errorf("the first SingleResponse's CertID %x is not the request's %x", got, want)
 	}
 }
@@ -1386,7 +1406,10 @@ func TestFaultFetcherDial(t *testing.T) {
 	now := time.Now()
 	ca := pki.NewCA("Dial Fault CA", now)
 	leaf, _ := ca.Issue(pki.Leaf{Name: "dial.fault.test", OCSP: []string{"http://ocsp.fault.invalid"}}, now)
-	req := must(newRequest(leaf, ca.Cert))
+	req, _, err := ocspcheck.Request(leaf, ca.Cert)
+	if err != nil {
+		t.Fatal(err)
+	}
 	hang := func(ctx context.Context, network, addr string) (net.Conn, error) {
 		<-ctx.Done()
 		return nil, ctx.Err()
@@ -1411,7 +1434,7 @@ func TestFaultFetcherDial(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), tt.ctx)
 			defer cancel()
 			start := time.Now()
-			_, err := f.fetch(ctx, responderURL(leaf), req)
+			_, err := f.fetch(ctx, leaf.OCSPServer[0], req)
 			took := time.Since(start)
 			if err == nil || !regexp.MustCompile(tt.want).MatchString(err.Error()) {
 				t.Errorf("error %v, want one matching %s", err, tt.want)

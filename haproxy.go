@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"encoding/hex"
@@ -27,7 +26,9 @@ import (
 type stapleRef struct {
 	Path       string // the certificate file
 	Name       string // HAProxy's name for it: Path, or a crt-store entry's "@store/alias"
-	DER        []byte
+	File       string // the staple file
+	Hash       string // of the staple's DER
+	DER        []byte // the staple, read from File when it must be sent
 	CertID     string // hex DER CertID: HAProxy's key for the staple
 	Serial     string // hex
 	ThisUpdate time.Time
@@ -67,26 +68,29 @@ type socketReport struct {
 	Version string            // HAProxy's version, when known
 }
 
-// syncOptions are the settings of syncSockets.
-type syncOptions struct {
+// reconcileOptions are the settings of syncSockets.
+type reconcileOptions struct {
 	Timeout    time.Duration // for connecting and for each answer
 	Now        time.Time
 	Reloadable bool // reload_command will reload HAProxy when it needs to
 	ReadOnly   bool // look, never push (stapler status)
 }
 
-// syncSockets makes the HAProxy behind each socket serve the staples in refs, and reports
+// reconcileSockets makes the HAProxy behind each socket serve the staples in refs, and reports
 // what each serves. Sockets of different HAProxy processes are handled at once, so that a
 // run's HAProxy phase costs one socket_timeout at most; sockets that lead to the same process
 // (a unix and a TCP socket of one HAProxy) one after another, because certificate
 // transactions on one HAProxy collide.
-func syncSockets(ctx context.Context, sockets []string, refs []stapleRef, opt syncOptions) map[string]socketReport {
+func reconcileSockets(ctx context.Context, sockets []string, refs []stapleRef, opt reconcileOptions) map[string]socketReport {
 	reports := make(map[string]socketReport, len(sockets))
 	if len(refs) == 0 {
 		return reports
 	}
 	for i := range refs {
 		refs[i].Name = cmp.Or(refs[i].Name, refs[i].Path)
+		if refs[i].Hash == "" && refs[i].DER != nil {
+			refs[i].Hash = hashBytes(refs[i].DER)
+		}
 	}
 	sessions := make([]*haproxy.Session, len(sockets))
 	errs := make([]error, len(sockets))
@@ -118,7 +122,7 @@ func syncSockets(ctx context.Context, sockets []string, refs []stapleRef, opt sy
 	for _, group := range groups {
 		wg.Go(func() {
 			for _, i := range group {
-				rep := syncSession(sessions[i], refs, opt)
+				rep := reconcileSession(sessions[i], refs, opt)
 				sessions[i].Close()
 				mu.Lock()
 				reports[sockets[i]] = rep
@@ -134,7 +138,9 @@ func syncSockets(ctx context.Context, sockets []string, refs []stapleRef, opt sy
 type autoCopy struct {
 	Socket string
 	Update haproxy.OCSPUpdate
-	DER    []byte // nil when it holds nothing
+	DER    []byte              // nil when it holds nothing
+	Resp   *ocspcheck.Response // DER, verified
+	Err    error               // why DER is not a valid staple
 }
 
 // observeAutoUpdates asks each HAProxy which of the certificate files its own ocsp-update
@@ -183,7 +189,7 @@ func observeAutoUpdates(ctx context.Context, sockets []string, files []certFile,
 }
 
 // failSocket reports a socket that failed as a whole, in one line.
-func failSocket(socket string, err error, refs []stapleRef, opt syncOptions) socketReport {
+func failSocket(socket string, err error, refs []stapleRef, opt reconcileOptions) socketReport {
 	rep := socketReport{Err: err, Results: map[string]result{}}
 	for _, r := range refs {
 		rep.Results[r.Path] = result{outcome: unknown, why: err.Error()}
@@ -194,10 +200,10 @@ func failSocket(socket string, err error, refs []stapleRef, opt syncOptions) soc
 	return rep
 }
 
-// syncSession deals with every process behind one socket: the one behind a stats socket, or
+// reconcileSession deals with every process behind one socket: the one behind a stats socket, or
 // each worker behind a master CLI. Old workers (stopping after a reload) get the staples too,
 // but only the current ones decide the outcome.
-func syncSession(s *haproxy.Session, refs []stapleRef, opt syncOptions) socketReport {
+func reconcileSession(s *haproxy.Session, refs []stapleRef, opt reconcileOptions) socketReport {
 	rep := socketReport{Results: map[string]result{}, Auto: map[string]bool{}}
 	for _, p := range s.Procs {
 		rep.Version = p.Info.Version.Text
@@ -206,7 +212,7 @@ func syncSession(s *haproxy.Session, refs []stapleRef, opt syncOptions) socketRe
 				rep.Auto[r.Path] = true
 			}
 		}
-		results, err := syncProcess(p, refs, opt)
+		results, err := reconcileProcess(p, refs, opt)
 		switch {
 		case p.Old:
 			if err != nil {
@@ -231,22 +237,22 @@ func worse(a, b result) bool {
 	return rank[a.outcome] > rank[b.outcome]
 }
 
-// verdict is what one process's copy of a staple calls for.
-type verdict int
+// heldVerdict is what one process's copy of a staple calls for.
+type heldVerdict int
 
 const (
-	vInSync    verdict = iota // it holds the staple on disk
-	vNewer                    // it holds a newer response: never overwritten with an older one
-	vPush                     // its slot holds nothing, or an older response
-	vCreate                   // the certificate the file runs has no slot: create one
-	vOtherCert                // the file runs another certificate: a reload is needed
-	vNotLoaded                // it has not loaded the file
-	vUnknown                  // stapler could not tell
+	vInSync    heldVerdict = iota // it holds the staple on disk
+	vNewer                        // it holds a newer response: never overwritten with an older one
+	vPush                         // its slot holds nothing, or an older response
+	vCreate                       // the certificate the file runs has no slot: create one
+	vOtherCert                    // the file runs another certificate: a reload is needed
+	vNotLoaded                    // it has not loaded the file
+	vUnknown                      // stapler could not tell
 )
 
 // judge decides what the response a process holds for a certificate file calls for, given
 // the staple on disk. HAProxy versions differ only in what they show (Caps.ByPath).
-func judge(h haproxy.Held, r stapleRef, caps haproxy.Caps) verdict {
+func judge(h haproxy.Held, r stapleRef, caps haproxy.Caps) heldVerdict {
 	switch {
 	case h.Err != nil:
 		return vUnknown
@@ -260,7 +266,7 @@ func judge(h haproxy.Held, r stapleRef, caps haproxy.Caps) verdict {
 		return vCreate
 	case caps.ByPath && h.DER == nil, !caps.ByPath && !h.TextOK:
 		return vPush // an empty slot
-	case caps.ByPath && bytes.Equal(h.DER, r.DER):
+	case caps.ByPath && hashBytes(h.DER) == r.Hash:
 		return vInSync
 	}
 	this, produced, next := h.Text.ThisUpdate, h.Text.ProducedAt, h.Text.NextUpdate
@@ -286,23 +292,11 @@ func judge(h haproxy.Held, r stapleRef, caps haproxy.Caps) verdict {
 	return vPush
 }
 
-// compareResponses orders two responses for one certificate by thisUpdate, then producedAt,
-// to the second (HAProxy 2.6 shows them so): newer is never a later nextUpdate.
-func compareResponses(thisA, producedA, thisB, producedB time.Time) int {
-	if c := thisA.Truncate(time.Second).Compare(thisB.Truncate(time.Second)); c != 0 {
-		return c
-	}
-	if producedA.IsZero() || producedB.IsZero() {
-		return 0
-	}
-	return producedA.Truncate(time.Second).Compare(producedB.Truncate(time.Second))
-}
-
-// syncProcess reads what one process holds for each staple, and (unless read-only) sends
+// reconcileProcess reads what one process holds for each staple, and (unless read-only) sends
 // what it lacks: one batch of `set ssl ocsp-response`, a slot transaction for a certificate
 // without a slot, then a second read of every staple sent, which must now be the disk's. An
 // error means the exchange failed: what the process holds is unknown.
-func syncProcess(p *haproxy.Process, refs []stapleRef, opt syncOptions) (map[string]result, error) {
+func reconcileProcess(p *haproxy.Process, refs []stapleRef, opt reconcileOptions) (map[string]result, error) {
 	if p.Err != nil {
 		return nil, p.Err
 	}
@@ -382,6 +376,7 @@ func syncProcess(p *haproxy.Process, refs []stapleRef, opt syncOptions) (map[str
 // pushBatch sends the staples of refs at idx in one batch. Those HAProxy has no slot for go
 // to create; it returns those it took.
 func pushBatch(p *haproxy.Process, refs []stapleRef, idx []int, results map[string]result, create *[]int) ([]int, error) {
+	idx = slices.DeleteFunc(idx, func(i int) bool { return !loadStaple(&refs[i], results) })
 	ders := make([][]byte, len(idx))
 	for k, i := range idx {
 		ders[k] = refs[i].DER
@@ -432,6 +427,10 @@ func createSlots(p *haproxy.Process, refs []stapleRef, idx []int, held []haproxy
 				why: fmt.Sprintf("HAProxy runs an older certificate from this file (serial %s); it serves this one, with its staple, after a reload", h.Serial)}
 			continue
 		}
+		if !loadStaple(&refs[i], results) {
+			continue
+		}
+		r = refs[i]
 		issuer, err := issuerPayload(r.IssuerFile)
 		if err == nil {
 			err = p.CreateSlot(h.Name, r.DER, issuer)
@@ -449,6 +448,24 @@ func createSlots(p *haproxy.Process, refs []stapleRef, idx []int, held []haproxy
 		}
 	}
 	return created, nil
+}
+
+// loadStaple reads the staple to send, if it was not read yet, from its file: it must still
+// be the staple the state vouches for.
+func loadStaple(r *stapleRef, results map[string]result) bool {
+	if r.DER != nil {
+		return true
+	}
+	der, err := readRegular(r.File, maxStapleBytes)
+	if err == nil && hashBytes(der) != r.Hash {
+		err = fmt.Errorf("%s changed during the run", r.File)
+	}
+	if err != nil {
+		results[r.Path] = result{outcome: pushFailed, why: "reading the staple: " + err.Error()}
+		return false
+	}
+	r.DER = der
+	return true
 }
 
 // issuerPayload is the issuer file's certificates, re-encoded one PEM block each with no blank
@@ -503,7 +520,7 @@ func verifySent(p *haproxy.Process, refs []stapleRef, idx []int, results map[str
 
 // logResults says what became of the staples at one process: a line per change or problem,
 // and one line for what many certificates share (a socket below level admin).
-func logResults(p *haproxy.Process, refs []stapleRef, results map[string]result, opt syncOptions) {
+func logResults(p *haproxy.Process, refs []stapleRef, results map[string]result, opt reconcileOptions) {
 	var admin []string
 	for _, r := range refs {
 		res := results[r.Path]

@@ -59,7 +59,7 @@ func TestHAProxySockets(t *testing.T) {
 				}
 				f.wantServed(port, site, first)
 				st := readState(t, f.state)
-				if p := st.Certificates[site].PendingPush; len(p) > 0 {
+				if p := st.Certificates[site].Pending; len(p) > 0 {
 					t.Errorf("pending_push = %q after a successful push", p)
 				}
 			})
@@ -346,7 +346,7 @@ func TestHAProxyPendingPush(t *testing.T) {
 		if bytes.Equal(second, first) {
 			t.Fatal("site.pem.ocsp did not change in the forced run")
 		}
-		if p := readState(t, f.state).Certificates[site].PendingPush; !slices.Equal(p, []string{sock}) {
+		if p := readState(t, f.state).Certificates[site].Pending; !slices.Equal(p, []string{sock}) {
 			t.Fatalf("pending_push = %q, want [%q]", p, sock)
 		}
 
@@ -368,7 +368,7 @@ func TestHAProxyPendingPush(t *testing.T) {
 			t.Errorf("the staple went as drift repair, not as the pending push:\n%s", stderr)
 		}
 		f.wantServed(port, site, first)
-		if p := readState(t, f.state).Certificates[site].PendingPush; len(p) > 0 {
+		if p := readState(t, f.state).Certificates[site].Pending; len(p) > 0 {
 			t.Errorf("pending_push = %q after the push was delivered", p)
 		}
 	})
@@ -435,7 +435,7 @@ func TestHAProxyBatch(t *testing.T) {
 		}
 		st := readState(t, f.state)
 		for _, p := range paths {
-			if pp := st.Certificates[p].PendingPush; len(pp) > 0 {
+			if pp := st.Certificates[p].Pending; len(pp) > 0 {
 				t.Fatalf("%s: pending_push = %q", p, pp)
 			}
 		}
@@ -857,8 +857,8 @@ func TestHAProxyAwkwardSetups(t *testing.T) {
 				strings.Count(stderr, "level=ERROR") != 1 {
 				t.Errorf("want one needs reload error:\n%s", stderr)
 			}
-			if st := readState(t, f.state).Certificates[site]; len(st.PendingPush) != 1 {
-				t.Errorf("pending pushes %q, want the socket (for status and check)", st.PendingPush)
+			if st := readState(t, f.state).Certificates[site]; len(st.Pending) != 1 {
+				t.Errorf("pending pushes %q, want the socket (for status and check)", st.Pending)
 			}
 			// With reload_command, the reload is run, and the run succeeds.
 			marker := filepath.Join(f.dir, "reloaded")

@@ -142,7 +142,7 @@ func TestSyncSockets(t *testing.T) {
 					ref = tt.ref(c)
 				}
 				f.Log()
-				look := syncSockets(context.Background(), []string{f.Addr}, []stapleRef{ref}, syncOptions{Timeout: 300 * time.Millisecond, Now: now, ReadOnly: true})
+				look := reconcileSockets(context.Background(), []string{f.Addr}, []stapleRef{ref}, reconcileOptions{Timeout: 300 * time.Millisecond, Now: now, ReadOnly: true})
 				if sent := slices.DeleteFunc(f.Log(), func(cmd string) bool { return strings.HasPrefix(cmd, "show ") }); len(sent) > 0 {
 					t.Errorf("a read-only look sent %q", sent)
 				}
@@ -150,7 +150,7 @@ func TestSyncSockets(t *testing.T) {
 					t.Errorf("read-only look: %+v, want in sync (newer %v)", res, tt.newer)
 				}
 				start := time.Now()
-				rep := syncSockets(context.Background(), []string{f.Addr}, []stapleRef{ref}, syncOptions{Timeout: 300 * time.Millisecond, Now: now})
+				rep := reconcileSockets(context.Background(), []string{f.Addr}, []stapleRef{ref}, reconcileOptions{Timeout: 300 * time.Millisecond, Now: now})
 				if took := time.Since(start); took > 2*time.Second {
 					t.Errorf("took %v despite its deadlines", took)
 				}
@@ -237,7 +237,7 @@ func TestSyncAdminOnly(t *testing.T) {
 				refs = append(refs, c.ref)
 			}
 			logs := captureLogs(t)
-			rep := syncSockets(context.Background(), []string{f.Addr}, refs, syncOptions{Timeout: time.Second, Now: now})[f.Addr]
+			rep := reconcileSockets(context.Background(), []string{f.Addr}, refs, reconcileOptions{Timeout: time.Second, Now: now})[f.Addr]
 			if (rep.Err != nil) != tt.fails {
 				t.Fatalf("socket error %v, want one: %v", rep.Err, tt.fails)
 			}
@@ -268,7 +268,7 @@ func TestSyncStoppingWorker(t *testing.T) {
 	c := newSyncCase(ca, "site", now)
 	f.Load(c.path, c.serial, c.certID, true)
 	f.SetStopping(true)
-	rep := syncSockets(context.Background(), []string{f.Addr}, []stapleRef{c.ref}, syncOptions{Timeout: 300 * time.Millisecond, Now: now})[f.Addr]
+	rep := reconcileSockets(context.Background(), []string{f.Addr}, []stapleRef{c.ref}, reconcileOptions{Timeout: 300 * time.Millisecond, Now: now})[f.Addr]
 	if rep.Err == nil || !strings.Contains(rep.Err.Error(), "stopping") {
 		t.Errorf("socket error %v, want one about a stopping process", rep.Err)
 	}
@@ -293,7 +293,7 @@ func TestSyncConcurrent(t *testing.T) {
 		socks = append(socks, f.Addr)
 	}
 	start := time.Now()
-	reps := syncSockets(context.Background(), socks, []stapleRef{c.ref}, syncOptions{Timeout: 500 * time.Millisecond, Now: now})
+	reps := reconcileSockets(context.Background(), socks, []stapleRef{c.ref}, reconcileOptions{Timeout: 500 * time.Millisecond, Now: now})
 	if took := time.Since(start); took > 1200*time.Millisecond {
 		t.Errorf("three silent sockets took %v, more than one timeout", took)
 	}
@@ -355,8 +355,8 @@ func testRunPushes(t *testing.T, version string) {
 	if !serves(h1) || serves(h2) {
 		t.Fatal("the forced staple should be in h1 only")
 	}
-	if st := readState(t, state).Certificates[site]; len(st.PendingPush) != 1 || st.PendingPush[0] != h2.Addr {
-		t.Fatalf("pending pushes %q, want %q", st.PendingPush, h2.Addr)
+	if st := readState(t, state).Certificates[site]; len(st.Pending) != 1 || st.Pending[0] != h2.Addr {
+		t.Fatalf("pending pushes %q, want %q", st.Pending, h2.Addr)
 	}
 
 	h2.Override("set ssl ocsp-response", "")
@@ -374,8 +374,8 @@ func testRunPushes(t *testing.T, version string) {
 	if n := r.Requests.Load(); n != 0 {
 		t.Errorf("%d OCSP requests, want 0", n)
 	}
-	if st := readState(t, state).Certificates[site]; len(st.PendingPush) != 0 {
-		t.Errorf("pending pushes %q after a successful push", st.PendingPush)
+	if st := readState(t, state).Certificates[site]; len(st.Pending) != 0 {
+		t.Errorf("pending pushes %q after a successful push", st.Pending)
 	}
 
 	// The deploy-hook case: a renewed certificate is stapled before HAProxy reloads, so the
@@ -390,8 +390,8 @@ func testRunPushes(t *testing.T, version string) {
 	if strings.Contains(stderr, "no OCSP slot") {
 		t.Errorf("speaks of a missing slot while HAProxy has one for the previous certificate:\n%s", stderr)
 	}
-	if st := readState(t, state).Certificates[site]; len(st.PendingPush) != 0 {
-		t.Errorf("pending pushes %q for a staple HAProxy reads at its reload", st.PendingPush)
+	if st := readState(t, state).Certificates[site]; len(st.Pending) != 0 {
+		t.Errorf("pending pushes %q for a staple HAProxy reads at its reload", st.Pending)
 	}
 
 	// A later run, and HAProxy still runs the old certificate: now that is a problem.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/rogpeppe/go-internal/testscript"
 	"golang.org/x/crypto/ocsp"
+	"stapler/internal/ocspcheck"
 	"stapler/internal/pki"
 )
 
@@ -134,7 +135,7 @@ func TestScripts(t *testing.T) {
 				ts.Check(err)
 				resp, err := ocsp.ParseResponse(der, ts.Value("ca").(*pki.CA).Cert)
 				ts.Check(err)
-				if got := statusName(resp.Status); got != args[1] {
+				if got := ocspcheck.StatusName(resp.Status); got != args[1] {
 					ts.Fatalf("%s: status %s, want %s", args[0], got, args[1])
 				}
 			},

@@ -22,7 +22,7 @@ import (
 // stapler_run_certificates{result} and stapler_run_success.
 // A run limited to some certificates (the deploy hook's) still writes every certificate the
 // state knows, so that no series disappears between runs.
-func writeMetrics(path string, state *State, items []*item, sum summary, now time.Time, took time.Duration) error {
+func writeMetrics(path string, state *State, sum summary, now time.Time, took time.Duration) error {
 	reg := prometheus.NewRegistry()
 	certLabels := []string{"cert", "subject"}
 	expiry := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "stapler_staple_expiry_timestamp_seconds",
@@ -41,20 +41,18 @@ func writeMetrics(path string, state *State, items []*item, sum summary, now tim
 		Help: "1 when the last run left every staple fresh, valid and in every HAProxy (exit status 0)."})
 	reg.MustRegister(expiry, status, refreshed, failures, runAt, runTook, runCerts, runOK)
 
-	onDisk := map[string]string{} // staple hashes seen on disk by this run
-	for _, it := range items {
-		onDisk[it.path] = it.stapleHash
-	}
 	for certPath, st := range state.Certificates {
-		if st.Responder == "" {
+		v := st.verdict(now)
+		if v.Staple == "no_responder" {
 			continue
 		}
 		l := prometheus.Labels{"cert": certPath, "subject": st.Subject}
-		hash, seen := onDisk[certPath]
-		s := "none"
-		if (!seen || hash == st.StapleHash) && st.StapleHash != "" && st.NextUpdate.After(now) {
-			s = st.Status
-			expiry.With(l).Set(float64(st.NextUpdate.Unix()))
+		s := v.Staple
+		switch s {
+		case "good", "revoked":
+			expiry.With(l).Set(float64(st.Staple.Expiry().Unix()))
+		default:
+			s = "none"
 		}
 		status.MustCurryWith(l).WithLabelValues(s).Set(1)
 		if !st.LastUpdate.IsZero() {

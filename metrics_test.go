@@ -65,8 +65,8 @@ func TestRunWritesMetrics(t *testing.T) {
 		labels map[string]string
 		want   float64
 	}{
-		{"stapler_staple_expiry_timestamp_seconds", map[string]string{"cert": bad, "subject": "bad.pem.test"}, float64(st[bad].NextUpdate.Unix())},
-		{"stapler_staple_expiry_timestamp_seconds", map[string]string{"cert": good, "subject": "good.pem.test"}, float64(st[good].NextUpdate.Unix())},
+		{"stapler_staple_expiry_timestamp_seconds", map[string]string{"cert": bad, "subject": "bad.pem.test"}, float64(st[bad].Staple.NextUpdate.Unix())},
+		{"stapler_staple_expiry_timestamp_seconds", map[string]string{"cert": good, "subject": "good.pem.test"}, float64(st[good].Staple.NextUpdate.Unix())},
 		{"stapler_staple_status", map[string]string{"cert": good, "status": "good"}, 1},
 		{"stapler_staple_refresh_failures", map[string]string{"cert": good}, 0},
 		{"stapler_staple_status", map[string]string{"cert": bad, "status": "good"}, 1},

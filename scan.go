@@ -24,19 +24,19 @@ type scanSpec struct {
 	Exclude   []string
 }
 
-// scan lists the certificate files to consider, sorted and without duplicates, the way
-// HAProxy 2.6 reads `crt /dir/`: every regular file or symlink to one, except dotfiles and the
+// scan lists the certificate files to consider, sorted and without duplicates, and the
+// directories it read whole, the way HAProxy reads `crt /dir/`: every regular file or symlink to one, except dotfiles and the
 // extras in extraSuffixes. A directory that cannot be read is an error naming it; the other
 // directories are still listed. Paths keep the name HAProxy uses (a symlink is not resolved),
 // because HAProxy looks for the staple beside that name.
-func scan(spec scanSpec) ([]string, error) {
-	var paths []string
+func scan(spec scanSpec) (paths, scanned []string, err error) {
 	var errs []error
 	for _, f := range spec.Files {
 		paths = append(paths, filepath.Clean(f))
 	}
 	for _, dir := range spec.Dirs {
 		dir = filepath.Clean(dir)
+		before := len(errs)
 		root := dir
 		if fi, err := os.Lstat(dir); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
 			root += string(filepath.Separator) // WalkDir descends into a symlinked root only so
@@ -73,9 +73,12 @@ func scan(spec scanSpec) ([]string, error) {
 		if err != nil {
 			errs = append(errs, err)
 		}
+		if len(errs) == before {
+			scanned = append(scanned, dir)
+		}
 	}
 	slices.Sort(paths)
-	return slices.Compact(paths), errors.Join(errs...)
+	return slices.Compact(paths), scanned, errors.Join(errs...)
 }
 
 func isExtra(name string) bool {
@@ -148,12 +151,3 @@ func dedupe(s []string) []string {
 
 // errNotCertificate marks a file that holds no PEM certificate: not ours to handle.
 var errNotCertificate = errors.New("no PEM certificate in file")
-
-// readBundle reads the certificate file at path; maxBytes caps what is read.
-func readBundle(path string, maxBytes int64) ([]byte, error) {
-	return readRegular(path, maxBytes)
-}
-
-// maxBundleBytes caps how much of a file is read as a certificate bundle: a long chain with a
-// key is a few tens of kilobytes.
-const maxBundleBytes = 1 << 20

@@ -51,7 +51,7 @@ func TestScan(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := scan(tt.spec)
+			got, _, err := scan(tt.spec)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -72,11 +72,11 @@ func TestScan(t *testing.T) {
 	// the link, as HAProxy's do.
 	link := filepath.Join(t.TempDir(), "certs")
 	os.Symlink(dir, link)
-	got, err := scan(scanSpec{Dirs: []string{link}, Exclude: []string{"*.bak", "notes.*", "bundle*"}})
+	got, _, err := scan(scanSpec{Dirs: []string{link}, Exclude: []string{"*.bak", "notes.*", "bundle*"}})
 	if want := []string{filepath.Join(link, "link.pem"), filepath.Join(link, "site.pem")}; err != nil || !slices.Equal(got, want) {
 		t.Errorf("symlinked directory: got %q, %v; want %q", got, err, want)
 	}
-	if _, err := scan(scanSpec{Dirs: []string{filepath.Join(dir, "missing")}}); err == nil || !strings.Contains(err.Error(), "missing") {
+	if _, _, err := scan(scanSpec{Dirs: []string{filepath.Join(dir, "missing")}}); err == nil || !strings.Contains(err.Error(), "missing") {
 		t.Errorf("missing directory: got %v, want an error naming it", err)
 	}
 }

@@ -10,49 +10,18 @@ import (
 	"path/filepath"
 	"syscall"
 	"time"
+
+	"stapler/internal/durable"
 )
 
-// stateVersion is the version of the state file format this build writes and reads.
-const stateVersion = 1
+// stateVersion is the version of the state file format this build writes. It reads version 1
+// too, and converts it.
+const stateVersion = 2
 
 // State is the JSON state file: what stapler knows of each certificate between runs.
 type State struct {
 	Version      int                   `json:"version"`
 	Certificates map[string]*CertState `json:"certificates"`
-	// Sockets is what versions before 0.2 recorded of each HAProxy process; read to be dropped.
-	Sockets map[string]string `json:"sockets,omitempty"`
-}
-
-// CertState is the state of one certificate file, keyed by its path.
-type CertState struct {
-	Hash       string    `json:"hash"`    // SHA-256 of the certificate file
-	Subject    string    `json:"subject"` // first DNS name, else common name
-	Serial     string    `json:"serial"`
-	Issuer     string    `json:"issuer"`
-	NotBefore  time.Time `json:"not_before"`
-	NotAfter   time.Time `json:"not_after"`
-	Responder  string    `json:"responder,omitempty"`   // empty: the certificate names no OCSP responder
-	IssuerFile string    `json:"issuer_file,omitempty"` // hash of the <cert>.issuer stapler wrote
-	IssuerKey  string    `json:"issuer_key,omitempty"`  // size, mtime and inode of the checked <cert>.issuer
-	StapleHash string    `json:"staple_hash,omitempty"`
-	StapleKey  string    `json:"staple_key,omitempty"` // size, mtime and inode of that file
-	CertID     string    `json:"cert_id,omitempty"`    // hex DER CertID: HAProxy's key for the staple
-	Status     string    `json:"status,omitempty"`     // of the staple on disk: good or revoked
-	ThisUpdate time.Time `json:"this_update,omitzero"`
-	ProducedAt time.Time `json:"produced_at,omitzero"`
-	NextUpdate time.Time `json:"next_update,omitzero"`
-	RevokedAt  time.Time `json:"revoked_at,omitzero"`
-	NextDue    time.Time `json:"next_due,omitzero"`
-	Failures   int       `json:"failures,omitempty"` // consecutive failed refreshes
-	// FailingSince is when the first of those failures happened.
-	FailingSince time.Time `json:"failing_since,omitzero"`
-	LastError    string    `json:"last_error,omitempty"`
-	LastUpdate   time.Time `json:"last_update,omitzero"` // last successful refresh
-	// Updater is "haproxy" when HAProxy's own ocsp-update keeps the staple fresh (stapler then
-	// keeps HAProxy's copy on disk), "" when stapler does.
-	Updater string `json:"updater,omitempty"`
-	// PendingPush lists the HAProxy sockets that did not take the staple on disk.
-	PendingPush []string `json:"pending_push,omitempty"`
 }
 
 func newState() *State {
@@ -60,9 +29,9 @@ func newState() *State {
 }
 
 // loadState reads the state file. A missing file is an empty state. A file that does not parse
-// is moved aside to <path>.corrupt, logged, and replaced by an empty state: every staple is then
-// checked again, which is safe (a dry run, with moveAside false, only pretends). A file from a
-// newer stapler is an error and is left alone.
+// is moved aside to <path>.corrupt-<time>, logged, and replaced by an empty state: every
+// staple is then checked again, which is safe (a dry run, with moveAside false, only
+// pretends). A file from a newer stapler is an error and is left alone.
 func loadState(path string, moveAside bool) (*State, error) {
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -71,27 +40,62 @@ func loadState(path string, moveAside bool) (*State, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading state: %w", err)
 	}
+	st, err := parseState(data)
+	var newer *newerStateError
+	switch {
+	case errors.As(err, &newer):
+		return nil, fmt.Errorf("%s: %w", path, err)
+	case err == nil:
+		return st, nil
+	case !moveAside:
+		slog.Error("state file is unreadable; a real run would start afresh", "file", path, "err", err)
+		return newState(), nil
+	}
+	aside := asideName(path)
+	slog.Error("state file is unreadable; starting afresh", "file", path, "err", err, "kept_as", aside)
+	if rerr := os.Rename(path, aside); rerr != nil {
+		return nil, fmt.Errorf("%s: unreadable (%v) and cannot be moved aside: %w", path, err, rerr)
+	}
+	return newState(), nil
+}
+
+// asideName is a name for a corrupt state file that no earlier one has taken.
+func asideName(path string) string {
+	base := path + ".corrupt-" + time.Now().UTC().Format("20060102T150405Z")
+	name := base
+	for i := 2; ; i++ {
+		if _, err := os.Lstat(name); errors.Is(err, os.ErrNotExist) {
+			return name
+		}
+		name = fmt.Sprintf("%s.%d", base, i)
+	}
+}
+
+type newerStateError struct{ version int }
+
+func (e *newerStateError) Error() string {
+	return fmt.Sprintf("written by a newer stapler (state version %d, this one reads %d)", e.version, stateVersion)
+}
+
+// parseState decodes a state file of version 1 or 2.
+func parseState(data []byte) (*State, error) {
 	var probe struct {
 		Version int `json:"version"`
 	}
-	if err := json.Unmarshal(data, &probe); err == nil && probe.Version > stateVersion {
-		return nil, fmt.Errorf("%s: written by a newer stapler (state version %d, this one reads %d)", path, probe.Version, stateVersion)
+	if err := json.Unmarshal(data, &probe); err != nil {
+		return nil, err
+	}
+	switch {
+	case probe.Version > stateVersion:
+		return nil, &newerStateError{probe.Version}
+	case probe.Version == 1:
+		return parseStateV1(data)
+	case probe.Version != stateVersion:
+		return nil, fmt.Errorf("no version %d", stateVersion)
 	}
 	st := &State{}
-	if err := json.Unmarshal(data, st); err != nil || st.Version != stateVersion {
-		if err == nil {
-			err = fmt.Errorf("no version %d", stateVersion)
-		}
-		if !moveAside {
-			slog.Error("state file is unreadable; a real run would start afresh", "file", path, "err", err)
-			return newState(), nil
-		}
-		aside := path + ".corrupt"
-		slog.Error("state file is unreadable; starting afresh", "file", path, "err", err, "kept_as", aside)
-		if rerr := os.Rename(path, aside); rerr != nil {
-			return nil, fmt.Errorf("%s: unreadable (%v) and cannot be moved aside: %w", path, err, rerr)
-		}
-		return newState(), nil
+	if err := json.Unmarshal(data, st); err != nil {
+		return nil, err
 	}
 	if st.Certificates == nil {
 		st.Certificates = map[string]*CertState{}
@@ -100,6 +104,63 @@ func loadState(path string, moveAside bool) (*State, error) {
 		if cs == nil {
 			delete(st.Certificates, path)
 		}
+	}
+	return st, nil
+}
+
+// parseStateV1 converts a version 1 state. Its certificate hash covered the whole file (keys
+// included), so the first run reads each certificate again; the same certificate keeps its
+// staple, schedule and failures.
+func parseStateV1(data []byte) (*State, error) {
+	var v1 struct {
+		Certificates map[string]*struct {
+			Subject      string    `json:"subject"`
+			Serial       string    `json:"serial"`
+			Issuer       string    `json:"issuer"`
+			NotBefore    time.Time `json:"not_before"`
+			NotAfter     time.Time `json:"not_after"`
+			Responder    string    `json:"responder"`
+			IssuerFile   string    `json:"issuer_file"`
+			IssuerKey    string    `json:"issuer_key"`
+			StapleHash   string    `json:"staple_hash"`
+			StapleKey    string    `json:"staple_key"`
+			CertID       string    `json:"cert_id"`
+			Status       string    `json:"status"`
+			ThisUpdate   time.Time `json:"this_update"`
+			ProducedAt   time.Time `json:"produced_at"`
+			NextUpdate   time.Time `json:"next_update"`
+			RevokedAt    time.Time `json:"revoked_at"`
+			NextDue      time.Time `json:"next_due"`
+			Failures     int       `json:"failures"`
+			FailingSince time.Time `json:"failing_since"`
+			LastError    string    `json:"last_error"`
+			LastUpdate   time.Time `json:"last_update"`
+			Updater      string    `json:"updater"`
+			PendingPush  []string  `json:"pending_push"`
+		} `json:"certificates"`
+	}
+	if err := json.Unmarshal(data, &v1); err != nil {
+		return nil, err
+	}
+	st := newState()
+	for path, c := range v1.Certificates {
+		if c == nil {
+			continue
+		}
+		cs := &CertState{
+			Subject: c.Subject, Serial: c.Serial, Issuer: c.Issuer, NotBefore: c.NotBefore, NotAfter: c.NotAfter,
+			IssuerWritten: c.IssuerFile, IssuerStat: c.IssuerKey, DiskStat: c.StapleKey, DiskHash: c.StapleHash,
+			NextDue: c.NextDue, Failures: c.Failures, FailingSince: c.FailingSince, LastError: c.LastError,
+			LastUpdate: c.LastUpdate, Updater: c.Updater, Pending: c.PendingPush,
+		}
+		if c.Responder != "" {
+			cs.Responders = []string{c.Responder}
+		}
+		if c.StapleHash != "" && c.CertID != "" {
+			cs.Staple = &Staple{Hash: c.StapleHash, CertID: c.CertID, Status: c.Status, ThisUpdate: c.ThisUpdate,
+				NextUpdate: c.NextUpdate, ProducedAt: c.ProducedAt, RevokedAt: c.RevokedAt}
+		}
+		st.Certificates[path] = cs
 	}
 	return st, nil
 }
@@ -114,18 +175,16 @@ func stateReadable(path string) error {
 	if err != nil {
 		return err
 	}
-	var st State
-	if err := json.Unmarshal(data, &st); err != nil {
+	if _, err := parseState(data); err != nil {
 		return fmt.Errorf("%s: unreadable state file: %w", path, err)
-	}
-	if st.Version != stateVersion {
-		return fmt.Errorf("%s: state file of version %d, not %d", path, st.Version, stateVersion)
 	}
 	return nil
 }
 
-// save writes the state atomically, readable by its owner only.
+// save writes the state durably, readable by its owner only; a file that exists keeps its
+// owner and mode.
 func (st *State) save(path string) error {
+	st.Version = stateVersion
 	data, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return err
@@ -133,8 +192,12 @@ func (st *State) save(path string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("creating state directory: %w", err)
 	}
-	if _, err := writeFileAtomic(path, append(data, '\n'), 0o600); err != nil {
-		return fmt.Errorf("writing state %s: %w", path, err)
+	if _, err := durable.WriteFile(path, append(data, '\n'), 0o600); err != nil {
+		if errors.Is(err, durable.ErrOwner) {
+			slog.Warn("state file written with another owner than it had; a run as another user may not read it", "err", err)
+			return nil
+		}
+		return fmt.Errorf("writing state: %w", err)
 	}
 	return nil
 }

@@ -17,8 +17,9 @@ func TestStateRoundTrip(t *testing.T) {
 		t.Fatalf("missing state: %v, %v", st, err)
 	}
 	now := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
-	st.Certificates["/c/site.pem"] = &CertState{Hash: "h", Serial: "1f", Responder: "http://ocsp.test", Status: "good",
-		ThisUpdate: now, NextUpdate: now.Add(time.Hour), NextDue: now, Failures: 2, LastError: "boom", PendingPush: []string{"/run/haproxy.sock"}}
+	st.Certificates["/c/site.pem"] = &CertState{CertHash: "h", Serial: "1f", Responders: []string{"http://ocsp.test"},
+		Staple:   &Staple{Hash: "s", Status: "good", ThisUpdate: now, NextUpdate: now.Add(time.Hour), SignerNotAfter: now.Add(time.Minute)},
+		DiskHash: "s", NextDue: now, Failures: 2, LastError: "boom", Pending: []string{"/run/haproxy.sock"}}
 	if err := st.save(path); err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +42,8 @@ func TestStateDamaged(t *testing.T) {
 		name, content string
 		err           string // empty: starts afresh, old file kept aside
 	}{
-		{"truncated", `{"version": 1, "certificates": {"/a": {"ha`, ""},
+		{"truncated", `{"version": 2, "certificates": {"/a": {"ha`, ""},
+		{"truncated version 1", `{"version": 1, "certificates": {"/a": {"ha`, ""},
 		{"not JSON", "\x00\x01garbage", ""},
 		{"empty", "", ""},
 		{"old version", `{"version": 0}`, ""},
@@ -74,8 +76,20 @@ func TestStateDamaged(t *testing.T) {
 			if err != nil || len(st.Certificates) != 0 {
 				t.Fatalf("got %v, %v; want a fresh state", st, err)
 			}
-			if data, _ := os.ReadFile(path + ".corrupt"); string(data) != tt.content {
+			aside, _ := filepath.Glob(path + ".corrupt-*")
+			if len(aside) != 1 {
+				t.Fatalf("damaged state kept aside as %q, want one file", aside)
+			}
+			if data, _ := os.ReadFile(aside[0]); string(data) != tt.content {
 				t.Fatalf("damaged state not kept aside")
+			}
+			// A second damaged state does not overwrite the first one kept aside.
+			os.WriteFile(path, []byte("again"), 0o600)
+			if _, err := loadState(path, true); err != nil {
+				t.Fatal(err)
+			}
+			if again, _ := filepath.Glob(path + ".corrupt-*"); len(again) != 2 {
+				t.Errorf("after a second damaged state: %q, want two files kept aside", again)
 			}
 		})
 	}
@@ -98,4 +112,38 @@ func TestLockState(t *testing.T) {
 		t.Fatalf("lock after unlock: %v", err)
 	}
 	unlock2()
+}
+
+// TestStateVersion1: a state written before the redesign is read and converted: the same
+// certificate keeps its staple, schedule, failures and pending pushes (no refetch after an
+// upgrade), and the next save writes version 2.
+func TestStateVersion1(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.json")
+	v1 := `{"version": 1, "certificates": {"/c/site.pem": {"hash": "whole-file", "subject": "site.test", "serial": "1f",
+		"issuer": "CN=CA", "not_before": "2026-01-01T00:00:00Z", "not_after": "2027-01-01T00:00:00Z",
+		"responder": "http://ocsp.test", "issuer_file": "ih", "issuer_key": "1:2:3", "staple_hash": "sh", "staple_key": "4:5:6",
+		"cert_id": "3049", "status": "good", "this_update": "2026-11-01T00:00:00Z", "next_update": "2026-11-05T00:00:00Z",
+		"next_due": "2026-11-03T00:00:00Z", "failures": 1, "last_error": "boom", "pending_push": ["/s"]}},
+		"sockets": {"/s": "1@2"}}`
+	os.WriteFile(path, []byte(v1), 0o600)
+	st, err := loadState(path, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := st.Certificates["/c/site.pem"]
+	want := &CertState{Subject: "site.test", Serial: "1f", Issuer: "CN=CA",
+		NotBefore: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), NotAfter: time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC),
+		Responders: []string{"http://ocsp.test"}, IssuerWritten: "ih", IssuerStat: "1:2:3", DiskStat: "4:5:6", DiskHash: "sh",
+		Staple: &Staple{Hash: "sh", CertID: "3049", Status: "good", ThisUpdate: time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC),
+			NextUpdate: time.Date(2026, 11, 5, 0, 0, 0, 0, time.UTC)},
+		NextDue: time.Date(2026, 11, 3, 0, 0, 0, 0, time.UTC), Failures: 1, LastError: "boom", Pending: []string{"/s"}}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("converted:\n got %+v\nwant %+v", got, want)
+	}
+	if err := st.save(path); err != nil {
+		t.Fatal(err)
+	}
+	if data, _ := os.ReadFile(path); !strings.Contains(string(data), `"version": 2`) {
+		t.Errorf("saved state is not version 2:\n%s", data)
+	}
 }

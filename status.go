@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"os"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -37,15 +39,20 @@ type certStatus struct {
 	Failures     int        `json:"failures"`
 	FailingSince *time.Time `json:"failing_since"`
 	LastError    string     `json:"last_error"`
-	PendingPush  []string   `json:"pending_push"` // sockets that have not taken the staple yet
+	PendingPush  []string   `json:"pending_push"` // sockets that do not serve the staple yet
+	// SignerNotAfter is when the delegated responder certificate that signed the staple
+	// expires, or null when the issuer signed it: the staple is good until the earlier of it
+	// and next_update.
+	SignerNotAfter *time.Time `json:"signer_not_after"`
+	MustStaple     bool       `json:"must_staple"` // the certificate demands a staple (RFC 7633)
 	// Updater is who keeps the staple fresh: "stapler", or "haproxy" for a certificate under
 	// HAProxy's own ocsp-update (stapler then keeps HAProxy's copy on disk).
-	Updater string         `json:"updater"`
-	HAProxy []haproxyView  `json:"haproxy"`
-	problem bool           // sorts first
-	detail  string         // why the status is unknown or none, for the table
-	ref     *stapleRef     // the staple HAProxy should serve, when there is one
-	views   map[string]int // index in HAProxy by socket
+	Updater string        `json:"updater"`
+	HAProxy []haproxyView `json:"haproxy"`
+	problem bool          // sorts first
+	detail  string        // why the status is unknown or none, for the table
+	ref     *stapleRef    // the staple HAProxy should serve, when there is one
+	verdict verdict       // what every command says of it
 }
 
 // haproxyView is what one HAProxy does with a certificate's staple.
@@ -65,13 +72,15 @@ func timePtr(t time.Time) *time.Time {
 	return &t
 }
 
-// collectStatus reads the state, the certificates and staples on disk, and asks each HAProxy
-// what it serves. It contacts no responder and writes nothing.
+// collectStatus reads the state and looks at the certificates and staples on disk (cheaply:
+// stat marks, and only what changed is read), and asks each HAProxy what it serves. It contacts
+// no responder, verifies nothing and writes nothing: what changed since stapler verified it is
+// reported as unknown.
 func collectStatus(ctx context.Context, opt runOptions, now time.Time) (*statusReport, error) {
 	paths := opt.Only
 	if len(paths) == 0 {
 		var err error
-		if paths, err = scan(scanSpec{Dirs: opt.Dirs, Files: opt.Files, Recursive: opt.Recursive, Exclude: opt.Exclude}); err != nil {
+		if paths, _, err = scan(scanSpec{Dirs: opt.Dirs, Files: opt.Files, Recursive: opt.Recursive, Exclude: opt.Exclude}); err != nil {
 			return nil, err
 		}
 	}
@@ -82,16 +91,26 @@ func collectStatus(ctx context.Context, opt runOptions, now time.Time) (*statusR
 	rep := &statusReport{GeneratedAt: now, Certificates: []certStatus{}}
 	var refs []stapleRef
 	for _, path := range paths {
-		cs, ok := certStatusOf(opt.Naming.file(path), state.Certificates[path], now)
-		if !ok {
+		f := opt.Naming.file(path)
+		old := state.Certificates[path]
+		st, changed, err := look(f, old)
+		if errors.Is(err, errNotCertificate) {
 			continue
 		}
+		why := ""
+		switch {
+		case changed && old == nil:
+			why = "not checked yet"
+		case changed:
+			why = "certificate changed since stapler checked it"
+		}
+		cs := certStatusOf(f, st, why, err, now)
 		if cs.ref != nil {
 			refs = append(refs, *cs.ref)
 		}
 		rep.Certificates = append(rep.Certificates, cs)
 	}
-	reports := syncSockets(ctx, opt.Sockets, refs, syncOptions{Timeout: opt.SocketTimeout, Now: now, ReadOnly: true})
+	reports := reconcileSockets(ctx, opt.Sockets, refs, reconcileOptions{Timeout: opt.SocketTimeout, Now: now, ReadOnly: true})
 	for i := range rep.Certificates {
 		cs := &rep.Certificates[i]
 		cs.HAProxy = []haproxyView{}
@@ -126,63 +145,96 @@ func collectStatus(ctx context.Context, opt runOptions, now time.Time) (*statusR
 	return rep, nil
 }
 
-// certStatusOf describes the certificate file f from the state entry st and the disk; ok is
-// false for a file that holds no certificate.
-func certStatusOf(f certFile, st *CertState, now time.Time) (cs certStatus, ok bool) {
-	path := f.Path
-	cs = certStatus{Path: path, StapleStatus: "unknown", PendingPush: []string{}}
-	data, err := readBundle(path, maxBundleBytes)
+// look brings a copy of a certificate's state entry up to date with the disk, as status and
+// check see it: by stat marks, reading only what changed, verifying nothing. changed reports a
+// certificate file whose certificates are not those stapler checked (or new to it).
+func look(f certFile, old *CertState) (st *CertState, changed bool, err error) {
+	st = old.clone()
+	fi, err := os.Stat(f.Path)
+	if err != nil {
+		return st, false, err
+	}
+	if mark := statMark(fi); old == nil || mark != old.CertStat || mark == "" {
+		data, mark, err := readRegularStat(f.Path, maxBundleBytes)
+		if err != nil {
+			return st, false, err
+		}
+		blocks, hash := certBlocks(data)
+		if old == nil || hash != old.CertHash {
+			c, err := readCert(blocks, hash)
+			if err != nil {
+				if !errors.Is(err, errNotCertificate) {
+					err = fmt.Errorf("%s: %w", f.Path, err)
+				}
+				return st, false, err
+			}
+			st.certificate(c)
+			changed = true
+		}
+		st.certSeen(mark)
+	}
+	if !st.hasResponder() || changed {
+		return st, changed, nil
+	}
+	sfi, err := os.Stat(f.Staple)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		st.seen("", "", "")
+	case err != nil:
+		st.seen("", "", err.Error())
+	case statMark(sfi) != st.DiskStat || st.DiskStat == "":
+		data, mark, err := readRegularStat(f.Staple, maxStapleBytes)
+		switch {
+		case err != nil:
+			st.seen("", "", err.Error())
+		case hashBytes(data) == st.DiskHash:
+			st.seen(mark, st.DiskHash, st.DiskProblem) // the same bytes, written again
+		default:
+			st.seen(mark, hashBytes(data), "") // unknown unless they are the vouched staple's
+		}
+	}
+	return st, false, nil
+}
+
+// certStatusOf describes one certificate from its state entry as seen now, through the one
+// verdict every command uses.
+// unchecked, when not "", says why the certificate was not checked by stapler yet.
+func certStatusOf(f certFile, st *CertState, unchecked string, err error, now time.Time) certStatus {
+	cs := certStatus{Path: f.Path, StapleStatus: "unknown", PendingPush: []string{}}
 	if err != nil {
 		cs.LastError, cs.problem = err.Error(), true
-		return cs, true
+		return cs
 	}
-	if st == nil || st.Hash != hashBytes(data) {
-		certs, err := parseBundle(data)
-		switch {
-		case errors.Is(err, errNotCertificate):
-			return cs, false
-		case err != nil:
-			cs.LastError, cs.problem = err.Error(), true
-			return cs, true
-		}
-		leaf := certs[0]
-		cs.Subject, cs.Serial, cs.NotAfter, cs.Responder = subjectName(leaf), fmt.Sprintf("%x", leaf.SerialNumber), timePtr(leaf.NotAfter), responderURL(leaf)
-		cs.detail, cs.problem = "not checked yet", true
-		if cs.Responder == "" {
-			cs.StapleStatus, cs.detail, cs.problem = "no_responder", "", false
-		}
-		return cs, true
+	v := st.verdict(now)
+	cs.Subject, cs.Serial, cs.NotAfter = st.Subject, st.Serial, timePtr(st.NotAfter)
+	if st.hasResponder() {
+		cs.Responder = st.Responders[0]
 	}
-	cs.Subject, cs.Serial, cs.NotAfter, cs.Responder = st.Subject, st.Serial, timePtr(st.NotAfter), st.Responder
+	cs.MustStaple, cs.Updater = st.MustStaple, v.Updater
+	cs.StapleStatus, cs.detail = v.Staple, v.Why
+	if unchecked != "" && v.Staple != "no_responder" {
+		cs.StapleStatus, cs.detail = "unknown", unchecked
+	}
 	cs.NextRefresh, cs.Failures, cs.FailingSince, cs.LastError = timePtr(st.NextDue), st.Failures, timePtr(st.FailingSince), st.LastError
-	cs.PendingPush = append(cs.PendingPush, st.PendingPush...)
-	if cs.Responder == "" {
-		cs.StapleStatus, cs.NextRefresh = "no_responder", nil
-		return cs, true
+	cs.PendingPush = append(cs.PendingPush, v.Pending...)
+	cs.verdict = v
+	if v.Staple == "no_responder" {
+		cs.NextRefresh = nil
+		return cs
 	}
-	cs.Updater = "stapler"
-	if st.Updater != "" {
-		cs.Updater = st.Updater
-	}
-	staple, err := readRegular(f.Staple, maxStapleBytes)
-	switch {
-	case err != nil:
-		cs.StapleStatus, cs.detail = "none", "no staple on disk"
-	case hashBytes(staple) != st.StapleHash:
-		cs.detail = "changed on disk"
-	case !st.NextUpdate.After(now):
-		cs.StapleStatus, cs.detail = "none", "staple expired"
-	default:
-		cs.StapleStatus = st.Status
-		cs.ThisUpdate, cs.NextUpdate = timePtr(st.ThisUpdate), timePtr(st.NextUpdate)
-		left := int64(st.NextUpdate.Sub(now) / time.Second)
+	if v.Staple == "good" || v.Staple == "revoked" {
+		s := st.Staple
+		cs.ThisUpdate, cs.NextUpdate = timePtr(s.ThisUpdate), timePtr(s.NextUpdate)
+		cs.SignerNotAfter = timePtr(s.SignerNotAfter)
+		left := int64(v.Left / time.Second)
 		cs.TimeLeft = &left
-		if st.CertID != "" {
-			cs.ref = &stapleRef{Path: path, Name: f.Name, IssuerFile: f.Issuer, DER: staple, CertID: st.CertID, Serial: st.Serial, ThisUpdate: st.ThisUpdate, ProducedAt: st.ProducedAt, Status: st.Status, NextUpdate: st.NextUpdate}
+		if unchecked == "" {
+			cs.ref = &stapleRef{Path: f.Path, Name: f.Name, File: f.Staple, IssuerFile: f.Issuer, Hash: s.Hash, CertID: s.CertID, Serial: st.Serial,
+				ThisUpdate: s.ThisUpdate, ProducedAt: s.ProducedAt, Status: s.Status, NextUpdate: s.NextUpdate}
 		}
 	}
-	cs.problem = cs.StapleStatus != "good" || cs.LastError != "" || now.After(st.NotAfter)
-	return cs, true
+	cs.problem = v.problem() || cs.StapleStatus == "unknown" || cs.LastError != ""
+	return cs
 }
 
 // viewOf starts the view of one socket for one certificate.

@@ -64,13 +64,26 @@ type file struct {
 // fsyncs at once about as fast as one.
 const Jobs = 16
 
-// Add adds a file to write at Commit. Files of a lower stage are renamed, and made durable,
-// before those of a higher one (stapler renames <cert>.issuer before <cert>.ocsp: HAProxy
-// refuses to start with a staple whose issuer it cannot find).
-func (b *Batch) Add(stage int, path string, data []byte, perm fs.FileMode) {
+// Add adds a file to write at Commit and returns its index for Result. Files of a lower stage
+// are renamed, and made durable, before those of a higher one (stapler renames <cert>.issuer
+// before <cert>.ocsp: HAProxy refuses to start with a staple whose issuer it cannot find).
+func (b *Batch) Add(stage int, path string, data []byte, perm fs.FileMode) int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.files = append(b.files, &file{stage: stage, path: path, data: data, perm: perm})
+	return len(b.files) - 1
+}
+
+// Result says what Commit did with the file Add numbered i: whether it wrote it, and why not
+// (an error naming the file), or an ErrOwner warning for a file written with another owner.
+func (b *Batch) Result(i int) (written bool, err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	f := b.files[i]
+	if f.err != nil {
+		return false, f.err
+	}
+	return !f.same, f.owner
 }
 
 // Len is how many files the batch holds.

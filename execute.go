@@ -1,0 +1,255 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"stapler/internal/durable"
+	"stapler/internal/ocspcheck"
+)
+
+// fetched is what became of one certificate's due staple, or of HAProxy's copy of it.
+type fetched struct {
+	DER        []byte
+	Resp       *ocspcheck.Response
+	Responder  string // the URL that answered
+	Err        error  // the refresh failed: the certificate's own failure
+	Unfinished bool   // the run ended (deadline, signal) before it was fetched: no fault of its
+	Newer      bool   // newer than the valid staple on disk: written
+	Stat       string // the staple file's stat mark after writing
+	// IssuerWritten is the hash of the issuer file written beside it ("" when none).
+	IssuerWritten string
+}
+
+// executor carries out a plan: it fetches, checks and writes staples.
+type executor struct {
+	*observer
+	fetcher  *fetcher
+	jobs     int
+	progress io.Writer // a terminal that shows how far the fetching is, or nil
+}
+
+// fetchAll refreshes the due staples, jobs at a time. Those not started before ctx ends are
+// unfinished; a fetch that finished with an error is its certificate's failure, whatever
+// happens to the run after.
+func (ex *executor) fetchAll(ctx context.Context, due []*certPlan) map[*certPlan]*fetched {
+	out := make(map[*certPlan]*fetched, len(due))
+	for _, p := range due {
+		out[p] = &fetched{}
+	}
+	var wg sync.WaitGroup
+	var done atomic.Int64
+	work := make(chan *certPlan)
+	for range min(ex.jobs, len(due)) {
+		wg.Go(func() {
+			for p := range work {
+				f := out[p]
+				if ctx.Err() != nil {
+					f.Unfinished = true
+				} else {
+					ex.fetch(ctx, p, f)
+				}
+				done.Add(1)
+			}
+		})
+	}
+	if ex.progress != nil && len(due) >= minProgress {
+		stop := showProgress(ex.progress, &done, len(due))
+		defer stop()
+	}
+	for _, p := range due {
+		work <- p
+	}
+	close(work)
+	wg.Wait()
+	return out
+}
+
+// fetch asks each of the certificate's responders in turn until one gives a valid answer.
+func (ex *executor) fetch(ctx context.Context, p *certPlan, f *fetched) {
+	iss := ex.issuer(ctx, p.Obs)
+	if iss.Err != nil {
+		f.Err = iss.Err
+		return
+	}
+	var errs []error
+	for _, url := range p.Next.Responders {
+		der, err := ex.fetcher.fetch(ctx, url, iss.Req)
+		if err == nil {
+			f.Resp, err = ex.checker.Check(der, iss.CertID, iss.Issuer, ex.now)
+			if err == nil && f.Resp.NextUpdate.Before(ex.now.Add(minValidity)) {
+				err = fmt.Errorf("response expires at %s, too soon to staple (HAProxy stops %v before nextUpdate)", f.Resp.NextUpdate.Format(time.RFC3339), haproxyMargin)
+			}
+			if err != nil {
+				err = fmt.Errorf("responder %s: %w", url, err)
+			}
+		}
+		if err == nil {
+			f.DER, f.Responder = der, url
+			found := newStaple(der, f.Resp, iss.CertID, url)
+			f.Newer = !p.Next.validAt(ex.now) || found.newerThan(p.Next.Staple)
+			return
+		}
+		if ctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+			f.Unfinished = true
+			return
+		}
+		f.Resp = nil
+		errs = append(errs, err)
+	}
+	f.Err = errors.Join(errs...)
+}
+
+// write writes, in one durable batch, every new staple and the issuer file HAProxy needs
+// beside it, the copies of HAProxy's own staples to keep, and the repairs of wrong issuer files
+// stapler wrote. An issuer file is durable before its staple is renamed into place.
+func (ex *executor) write(plans []*certPlan, results map[*certPlan]*fetched) {
+	var b durable.Batch
+	type pending struct {
+		p              *certPlan
+		f              *fetched
+		issuer, staple int
+	}
+	var queue []pending
+	for _, p := range plans {
+		f := results[p]
+		if p.Step == stepHAProxyCopy && p.Copy != nil {
+			f = &fetched{DER: p.Copy.DER, Resp: p.Copy.Resp, Newer: true}
+			results[p] = f
+		}
+		o := p.Obs
+		q := pending{p: p, f: f, issuer: -1, staple: -1}
+		switch {
+		case o.Issuer.Remove:
+			if err := os.Remove(o.File.Issuer); err != nil && !errors.Is(err, os.ErrNotExist) {
+				slog.Error("cannot remove outdated issuer file", "file", o.File.Issuer, "err", err)
+			} else {
+				slog.Info("removed outdated issuer file; the issuer is in the bundle", "file", o.File.Issuer)
+				p.Next.issuerChecked("", "-")
+			}
+		case o.Issuer.Write != nil:
+			q.issuer = b.Add(0, o.File.Issuer, issuerPEM(o.Issuer.Write), 0o644)
+		}
+		if f != nil && f.Err == nil && f.DER != nil && f.Newer {
+			if err := ex.needsIssuerFile(p); err != nil {
+				f.Err = err
+			} else {
+				if iss := p.Obs.issued; q.issuer < 0 && (iss.Src == issuerFromDir || iss.Src == issuerFromAIA) {
+					q.issuer = b.Add(0, o.File.Issuer, issuerPEM(iss.Issuer), 0o644)
+				}
+				q.staple = b.Add(1, o.File.Staple, f.DER, 0o644)
+			}
+		}
+		if q.issuer >= 0 || q.staple >= 0 {
+			queue = append(queue, q)
+		}
+	}
+	if b.Len() == 0 {
+		return
+	}
+	b.Commit()
+	for _, q := range queue {
+		if q.issuer >= 0 {
+			written, err := b.Result(q.issuer)
+			ex.logOwner(err)
+			if err != nil && !errors.Is(err, durable.ErrOwner) {
+				if q.f != nil && q.staple >= 0 {
+					q.f.Err = fmt.Errorf("writing issuer: %w", err)
+				}
+				slog.Error("cannot write issuer file", "file", q.p.Obs.File.Issuer, "err", err)
+			} else {
+				if q.p.Obs.Issuer.Write != nil && written {
+					if q.p.Obs.Issuer.Stat != "" {
+						slog.Info("replaced outdated issuer file", "file", q.p.Obs.File.Issuer)
+					} else {
+						slog.Info("wrote issuer file; the bundle no longer holds the issuer", "file", q.p.Obs.File.Issuer)
+					}
+				}
+				ex.recordIssuerFile(q.p)
+			}
+		}
+		if q.staple >= 0 && q.f.Err == nil {
+			_, err := b.Result(q.staple)
+			ex.logOwner(err)
+			if err != nil && !errors.Is(err, durable.ErrOwner) {
+				q.f.Err = fmt.Errorf("writing staple: %w", err)
+				continue
+			}
+			if fi, err := os.Stat(q.p.Obs.File.Staple); err == nil {
+				q.f.Stat = statMark(fi)
+			}
+		}
+	}
+}
+
+// needsIssuerFile says why a staple cannot be written when HAProxy could not find its issuer:
+// a staple file whose issuer HAProxy cannot find stops HAProxy from starting.
+func (ex *executor) needsIssuerFile(p *certPlan) error {
+	iss, f := p.Obs.issued, p.Obs.File
+	if iss == nil || (iss.Src != issuerFromDir && iss.Src != issuerFromAIA) {
+		return nil
+	}
+	_, statErr := os.Stat(f.Issuer)
+	switch {
+	case f.Issuer == "":
+		return fmt.Errorf("the bundle lacks the issuer and the crt-store entry %s (%s) names no issuer file, so HAProxy could not use a staple: add issuer \"FILE\" to its load line", f.Name, f.Where)
+	case f.IssuerGiven && statErr == nil:
+		return fmt.Errorf("%s, named by %s, did not sign the certificate: correct it", f.Issuer, f.Where)
+	}
+	return nil
+}
+
+// recordIssuerFile notes the issuer file stapler just wrote in the planned state.
+func (ex *executor) recordIssuerFile(p *certPlan) {
+	data, err := readRegular(p.Obs.File.Issuer, maxStapleBytes)
+	if err != nil {
+		return
+	}
+	stat := ""
+	if fi, err := os.Stat(p.Obs.File.Issuer); err == nil {
+		stat = statMark(fi)
+	}
+	written := hashBytes(data)
+	if p.Obs.File.IssuerGiven {
+		written = "" // the operator's file: never stapler's to replace
+	}
+	p.Next.issuerChecked(stat, written)
+}
+
+// logOwner says so when a file could not keep its owner.
+func (ex *executor) logOwner(err error) {
+	if errors.Is(err, durable.ErrOwner) {
+		slog.Warn("wrote a file with another owner than it had; give stapler the user that owns the files (or run it as root)", "err", err)
+	}
+}
+
+// minProgress is how many staples must be due for a run to show its progress.
+const minProgress = 20
+
+// showProgress rewrites one line on a terminal with how many of total staples are fetched,
+// until stop, which clears it.
+func showProgress(w io.Writer, done *atomic.Int64, total int) (stop func()) {
+	quit, finished := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(finished)
+		tick := time.NewTicker(200 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			fmt.Fprintf(w, "\rstapler: fetching staples %d/%d", done.Load(), total)
+			select {
+			case <-quit:
+				fmt.Fprint(w, "\r\033[K")
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return func() { close(quit); <-finished }
+}

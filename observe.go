@@ -1,0 +1,319 @@
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"stapler/internal/ocspcheck"
+)
+
+// observation is what a run sees of the world, by I/O only: each certificate file and its
+// staple and issuer files as they are, against what the state recorded, and what HAProxy's own
+// updaters hold. Nothing is decided here.
+type observation struct {
+	Files   []*fileObs
+	Scanned []string // directories read whole: what is gone from them is gone
+	ScanErr error
+}
+
+// fileObs is one certificate file as observed.
+type fileObs struct {
+	File     certFile
+	Old      *CertState // what the state recorded; nil for a file new to stapler
+	Named    bool       // named on the command line or in `files`: it must hold a certificate
+	Err      error      // it cannot be read or parsed (names the file)
+	NotCert  bool       // it holds no PEM certificate
+	Hash     string     // of its CERTIFICATE blocks
+	CertStat string     // its stat mark
+	// Changed: the certificates in it are not those the state recorded (or it is new).
+	Changed bool
+	// Cert is what stapler read of it: always when Changed, else only when something needed
+	// it (then Old describes it too).
+	Cert   *certInfo
+	Staple diskStaple
+	Issuer issuerCheck
+	Auto   []autoCopy // what HAProxy's own updaters hold for it
+
+	blocks [][]byte   // its certificate blocks, parsed only when needed
+	issued *issuedFor // its issuer and OCSP request, found when needed
+}
+
+// diskStaple is the staple file as observed.
+type diskStaple struct {
+	Missing bool
+	Err     error  // it exists but cannot be read (names the file)
+	Stat    string // stat mark
+	Hash    string
+	DER     []byte // read when it is not known to be the staple the state vouches for
+	// Resp is its verified response, or Problem why it is not valid, when its bytes are not
+	// those of the staple the state vouches for.
+	Resp    *ocspcheck.Response
+	Problem string
+}
+
+// issuerCheck is the issuer file as observed: checked whenever it or the certificate changed,
+// responder or not, because HAProxy refuses to start with a wrong one.
+type issuerCheck struct {
+	Checked bool   // checked in this run
+	Stat    string // stat mark, "" when there is none
+	Err     error  // wrong and not stapler's, or unreadable: HAProxy will not start
+	// Write is the issuer to write to the issuer file: in place of a wrong one that stapler
+	// wrote for an earlier certificate, or where there is none and the bundle, changed, no
+	// longer holds the issuer of the staple on disk. Remove says to remove a wrong one that
+	// stapler wrote, the bundle holding the issuer.
+	Write  *x509.Certificate
+	Remove bool
+}
+
+// issuedFor is a certificate's issuer and the OCSP request about it.
+type issuedFor struct {
+	Issuer *x509.Certificate
+	Src    issuerSource
+	Req    []byte // DER OCSP request
+	CertID []byte // DER CertID: HAProxy's key for the staple
+	Err    error
+}
+
+// observer holds what observing and executing share: the issuer finder and the response
+// checker.
+type observer struct {
+	finder  *issuerFinder
+	checker *ocspcheck.Checker
+	now     time.Time
+}
+
+// observeFiles observes the certificate files, several at a time: the disk answers faster when
+// several wait on it.
+func (ob *observer) observeFiles(ctx context.Context, files []*fileObs) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(observeJobs, len(files)) {
+		wg.Go(func() {
+			for i := next.Add(1) - 1; i < int64(len(files)); i = next.Add(1) - 1 {
+				ob.observe(ctx, files[i])
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// observeJobs is how many certificate files are observed at once.
+const observeJobs = 8
+
+// observe reads one certificate file, and its issuer and staple files. It parses and verifies
+// only what changed since the state recorded it.
+func (ob *observer) observe(ctx context.Context, o *fileObs) {
+	// An unchanged file (its stat mark as recorded) is not even read.
+	if fi, err := os.Stat(o.File.Path); err == nil && o.Old != nil && o.Old.CertStat != "" && statMark(fi) == o.Old.CertStat && o.Old.CertHash != "" {
+		o.Hash, o.CertStat = o.Old.CertHash, o.Old.CertStat
+	} else if err := o.read(); err != nil {
+		o.Err = err
+		return
+	}
+	if o.NotCert {
+		return
+	}
+	if o.Changed = o.Old == nil || o.Old.CertHash != o.Hash; o.Changed {
+		var err error
+		if o.Cert, err = readCert(o.blocks, o.Hash); err != nil {
+			o.Err = fmt.Errorf("%s: %w", o.File.Path, err)
+			return
+		}
+	}
+	ob.checkIssuerFile(ctx, o)
+	ob.issuerFileNeeded(ctx, o)
+	responders, notBefore, notAfter := o.identity()
+	if len(responders) == 0 || ob.now.After(notAfter) || ob.now.Before(notBefore) {
+		return // not stapled: its staple is not looked at
+	}
+	ob.observeStaple(ctx, o)
+}
+
+// identity is what is known of the certificate: read in this run, or recorded.
+func (o *fileObs) identity() (responders []string, notBefore, notAfter time.Time) {
+	if o.Cert != nil {
+		return o.Cert.Responders, o.Cert.NotBefore, o.Cert.NotAfter
+	}
+	return o.Old.Responders, o.Old.NotBefore, o.Old.NotAfter
+}
+
+// read reads the certificate file, and keeps its certificate blocks and their hash.
+func (o *fileObs) read() error {
+	data, mark, err := readRegularStat(o.File.Path, maxBundleBytes)
+	if err != nil {
+		return err
+	}
+	o.CertStat = mark
+	o.blocks, o.Hash = certBlocks(data)
+	o.NotCert = len(o.blocks) == 0
+	return nil
+}
+
+// bundle parses the certificate blocks, if that was not needed before.
+func (o *fileObs) bundle() ([]*x509.Certificate, error) {
+	if o.blocks == nil && o.Cert == nil {
+		if err := o.read(); err != nil {
+			return nil, err
+		}
+		if o.Hash != o.Old.CertHash {
+			return nil, fmt.Errorf("%s changed during the run", o.File.Path)
+		}
+	}
+	if o.Cert == nil {
+		c, err := readCert(o.blocks, o.Hash)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", o.File.Path, err)
+		}
+		o.Cert = c
+	}
+	return o.Cert.Bundle, nil
+}
+
+// issuer finds the certificate's issuer and makes the OCSP request about it, once.
+func (ob *observer) issuer(ctx context.Context, o *fileObs) *issuedFor {
+	if o.issued != nil {
+		return o.issued
+	}
+	o.issued = &issuedFor{}
+	bundle, err := o.bundle()
+	if err != nil {
+		o.issued.Err = err
+		return o.issued
+	}
+	o.issued.Issuer, o.issued.Src, o.issued.Err = ob.finder.find(ctx, o.File.Issuer, bundle)
+	if o.issued.Err == nil {
+		o.issued.Req, o.issued.CertID, o.issued.Err = ocspcheck.Request(bundle[0], o.issued.Issuer)
+	}
+	return o.issued
+}
+
+// verify checks a response about the certificate as a fetched one is checked.
+func (ob *observer) verify(ctx context.Context, o *fileObs, der []byte) (*ocspcheck.Response, error) {
+	iss := ob.issuer(ctx, o)
+	if iss.Err != nil {
+		return nil, iss.Err
+	}
+	resp, err := ob.checker.Check(der, iss.CertID, iss.Issuer, ob.now)
+	if err == nil && resp.NextUpdate.Before(ob.now.Add(minValidity)) {
+		err = fmt.Errorf("response expires at %s, too soon to staple", resp.NextUpdate.Format(time.RFC3339))
+	}
+	return resp, err
+}
+
+// observeStaple looks at the staple file: without reading it when its stat mark is the one
+// recorded for the staple the state vouches for; else reading, hashing and, when its bytes are
+// not that staple's, verifying it.
+func (ob *observer) observeStaple(ctx context.Context, o *fileObs) {
+	s := &o.Staple
+	fi, err := os.Stat(o.File.Staple)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		s.Missing = true
+		return
+	case err != nil:
+		s.Err = err
+		return
+	}
+	old := o.Old
+	if mark := statMark(fi); !o.Changed && old.onDisk() && mark == old.DiskStat && mark != "" {
+		s.Stat, s.Hash = mark, old.DiskHash
+		return
+	}
+	if s.DER, s.Stat, s.Err = readRegularStat(o.File.Staple, maxStapleBytes); s.Err != nil {
+		return
+	}
+	s.Hash = hashBytes(s.DER)
+	if !o.Changed && old.Staple != nil && s.Hash == old.Staple.Hash {
+		return // the staple stapler vouches for, touched
+	}
+	if s.Resp, err = ob.verify(ctx, o, s.DER); err != nil {
+		s.Resp, s.Problem = nil, err.Error()
+	}
+}
+
+// checkIssuerFile checks the issuer file when it or the certificate changed: HAProxy refuses
+// to start with one that did not sign the certificate, staple or not. A wrong one that stapler
+// wrote itself (for an earlier certificate) is to be replaced by the right issuer, or removed
+// when the bundle holds the issuer; one the configuration names, or someone else wrote, is an
+// error.
+func (ob *observer) checkIssuerFile(ctx context.Context, o *fileObs) {
+	name := o.File.Issuer
+	if name == "" {
+		return
+	}
+	c := &o.Issuer
+	fi, err := os.Stat(name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return
+	}
+	if err == nil {
+		c.Stat = statMark(fi)
+	}
+	if !o.Changed && err == nil && c.Stat == o.Old.IssuerStat && c.Stat != "" {
+		return
+	}
+	c.Checked = true
+	data, err := readRegular(name, maxStapleBytes)
+	if err != nil {
+		c.Err = fmt.Errorf("%s cannot be read as HAProxy will try to (%w): correct or remove it", name, err)
+		return
+	}
+	bundle, err := o.bundle()
+	if err != nil {
+		c.Err = err
+		return
+	}
+	if certs, err := parseBundle(data); err == nil && signed(bundle[0], certs[0]) {
+		return
+	}
+	switch {
+	case o.File.IssuerGiven:
+		c.Err = fmt.Errorf("%s, named by %s, did not sign the certificate, and HAProxy refuses to start with it: correct it", name, o.File.Where)
+		return
+	case o.Old == nil || o.Old.IssuerWritten != hashBytes(data):
+		c.Err = fmt.Errorf("%s did not sign the certificate, and HAProxy refuses to start with it: correct or remove it", name)
+		return
+	}
+	iss := ob.issuer(ctx, o)
+	switch {
+	case iss.Err != nil:
+		c.Err = fmt.Errorf("%s, written for an earlier certificate, did not sign this one, and HAProxy refuses to start with it: %w", name, iss.Err)
+	case iss.Src == issuerInBundle:
+		c.Remove = true
+	default:
+		c.Write = iss.Issuer
+	}
+}
+
+// issuerFileNeeded plans the issuer file of a certificate whose file changed and whose bundle
+// no longer holds the issuer, while a staple file exists: HAProxy would refuse to start.
+func (ob *observer) issuerFileNeeded(ctx context.Context, o *fileObs) {
+	if !o.Changed || o.File.Issuer == "" || o.Issuer.Stat != "" || o.Issuer.Err != nil {
+		return
+	}
+	if _, err := os.Stat(o.File.Staple); err != nil {
+		return
+	}
+	if iss := ob.issuer(ctx, o); iss.Err == nil && (iss.Src == issuerFromDir || iss.Src == issuerFromAIA) {
+		o.Issuer.Write = iss.Issuer
+	}
+}
+
+// observeHAProxyCopies verifies what HAProxy's own updaters hold for the files they keep fresh.
+func (ob *observer) observeHAProxyCopies(ctx context.Context, files []*fileObs, copies map[string][]autoCopy) {
+	for _, o := range files {
+		for _, c := range copies[o.File.Path] {
+			if c.DER != nil {
+				c.Resp, c.Err = ob.verify(ctx, o, c.DER)
+			}
+			o.Auto = append(o.Auto, c)
+		}
+	}
+}
