@@ -97,7 +97,9 @@ func (ex *executor) fetch(ctx context.Context, p *certPlan, f *fetched) {
 			f.Newer = !p.Next.validAt(ex.now) || found.newerThan(p.Next.Staple)
 			return
 		}
-		if ctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+		if ctx.Err() != nil {
+			// The run's deadline, or a signal, cut this fetch short: no fault of the
+			// responder's. (A responder that answered with an error before then has not.)
 			f.Unfinished = true
 			return
 		}

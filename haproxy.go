@@ -251,8 +251,8 @@ const (
 )
 
 // judge decides what the response a process holds for a certificate file calls for, given
-// the staple on disk. HAProxy versions differ only in what they show (Caps.ByPath).
-func judge(h haproxy.Held, r stapleRef, caps haproxy.Caps) heldVerdict {
+// the staple on disk: by its exact bytes where HAProxy shows them, else by its times and status.
+func judge(h haproxy.Held, r stapleRef) heldVerdict {
 	switch {
 	case h.Err != nil:
 		return vUnknown
@@ -264,13 +264,13 @@ func judge(h haproxy.Held, r stapleRef, caps haproxy.Caps) heldVerdict {
 		return vOtherCert
 	case !h.Slot:
 		return vCreate
-	case caps.ByPath && h.DER == nil, !caps.ByPath && !h.TextOK:
+	case h.DER == nil && !h.TextOK:
 		return vPush // an empty slot
-	case caps.ByPath && hashBytes(h.DER) == r.Hash:
+	case h.DER != nil && hashBytes(h.DER) == r.Hash:
 		return vInSync
 	}
 	this, produced, next := h.Text.ThisUpdate, h.Text.ProducedAt, h.Text.NextUpdate
-	if caps.ByPath {
+	if h.DER != nil {
 		id, err := ocspcheck.ResponseCertID(h.DER)
 		if err != nil || hex.EncodeToString(id) != r.CertID {
 			return vOtherCert // the slot of the certificate the file runs is another's
@@ -284,9 +284,10 @@ func judge(h haproxy.Held, r stapleRef, caps haproxy.Caps) heldVerdict {
 	switch c := compareResponses(this, produced, r.ThisUpdate, r.ProducedAt); {
 	case c > 0:
 		return vNewer
-	case c == 0 && !caps.ByPath && next.Truncate(time.Second).Equal(r.NextUpdate.Truncate(time.Second)) && h.Text.Status == r.Status:
-		// 2.6 shows a response as text, its times to the second: one with the same times and
-		// status is the same answer, if not the same bytes (signed again in the same second).
+	case c == 0 && h.DER == nil && next.Truncate(time.Second).Equal(r.NextUpdate.Truncate(time.Second)) && h.Text.Status == r.Status:
+		// Shown as text (2.6; 3.x for a large response), times to the second: one with the same
+		// times and status is the same answer, if not the same bytes (signed again in the same
+		// second).
 		return vInSync
 	}
 	return vPush
@@ -314,7 +315,7 @@ func reconcileProcess(p *haproxy.Process, refs []stapleRef, opt reconcileOptions
 	results := make(map[string]result, len(refs))
 	var push, create []int
 	for i, r := range refs {
-		v := judge(held[i], r, p.Caps)
+		v := judge(held[i], r)
 		res := result{outcome: inSync, slot: held[i].Slot}
 		switch v {
 		case vNewer:
@@ -506,7 +507,7 @@ func verifySent(p *haproxy.Process, refs []stapleRef, idx []int, results map[str
 	}
 	for k, i := range idx {
 		r := refs[i]
-		switch v := judge(held[k], r, p.Caps); v {
+		switch v := judge(held[k], r); v {
 		case vInSync, vNewer:
 			res := results[r.Path]
 			res.outcome, res.slot = pushed, true

@@ -1049,3 +1049,62 @@ func TestHAProxyMasterReload(t *testing.T) {
 		held.Close()
 	})
 }
+
+// TestHAProxyLargeStaple (issue 10, bug 5): a staple too large for HAProxy's runtime API
+// reaches HAProxy when it starts from disk, and from then on HAProxy serves it: runs exit 0 and
+// speak of no reload (they did, for ever, when only pushes counted).
+func TestHAProxyLargeStaple(t *testing.T) {
+	forEachHAProxy(t, func(t *testing.T, h hapBin) {
+		f := newHAPFixture(t, h)
+		f.resp.SetMode("huge")
+		site, _ := f.addCert("site.stapler.test")
+		f.run(0, "--config", f.config("nosocket", nil, ""))
+		if n := len(hapReadFile(t, site+".ocsp")); n < 12<<10 {
+			t.Fatalf("the staple has %d bytes, want more than 12 KB", n)
+		}
+		stats, sock := f.statsSocket("unix", "admin")
+		port := hapFreePort(t)
+		f.startHAProxy("haproxy", port, stats, sock)
+		f.wantServed(port, site, nil)
+		cfg := f.config("stapler", []string{sock}, "")
+		for i := range 2 {
+			code, l, _ := runLogged(t, "run", "--config", cfg)
+			if code != 0 || l.find("needs reload") != nil {
+				t.Errorf("run %d with HAProxy serving the large staple: exit %d\n%s", i+1, code, l)
+			}
+		}
+		if view := f.status(cfg, site); !view.MatchesDisk {
+			t.Errorf("status: %+v", view)
+		}
+	})
+}
+
+// TestHAProxyIssuerBlankLine (issue 10, bug 7): an operator's <cert>.issuer holding the issuer,
+// an empty line and another certificate goes to HAProxy re-encoded, without the empty line
+// that would end the payload early and run the rest as commands: both certificates get their
+// OCSP slot, and every answer on the connection stays with its command.
+func TestHAProxyIssuerBlankLine(t *testing.T) {
+	forEachHAProxy(t, func(t *testing.T, h hapBin) {
+		f := newHAPFixture(t, h)
+		var sites []string
+		for _, name := range []string{"a.stapler.test", "b.stapler.test"} {
+			site := f.addLeafOnly(name)
+			other := pki.NewCA("Another CA", time.Now())
+			hapWriteFile(t, site+".issuer", append(append(pki.CertPEM(f.ca.Cert), '\n', '\n'), pki.CertPEM(other.Cert)...))
+			sites = append(sites, site)
+		}
+		stats, sock := f.statsSocket("unix", "admin")
+		port := hapFreePort(t)
+		f.startHAProxy("haproxy", port, stats, sock) // no .ocsp yet: no slots
+		code, l, _ := runLogged(t, "run", "--config", f.config("stapler", []string{sock}, ""))
+		if code != 0 {
+			t.Errorf("exit %d\n%s", code, l)
+		}
+		for _, site := range sites {
+			if l.find("created OCSP slot without a reload", "cert", site) == nil {
+				t.Errorf("%s: no slot created\n%s", site, l)
+			}
+			f.wantServed(port, site, nil)
+		}
+	})
+}

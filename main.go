@@ -52,7 +52,14 @@ type exitError struct {
 	hints []string
 }
 
-func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Error() string {
+	if e.err == nil {
+		return fmt.Sprintf("exit status %d", e.code)
+	}
+	return e.err.Error()
+}
+
+func (e *exitError) Unwrap() error { return e.err }
 
 func usageError(err error, hints ...string) error {
 	return &exitError{code: exitUsage, err: err, hints: hints}
@@ -356,8 +363,6 @@ func runAction(c *cli.Context) error {
 
 	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	ctx, cancel := context.WithTimeoutCause(ctx, opt.RunTimeout, fmt.Errorf("run_timeout (%v) reached", opt.RunTimeout))
-	defer cancel()
 	now := time.Now()
 	if testOnlyNow != nil {
 		now = testOnlyNow()

@@ -47,12 +47,14 @@ type certStatus struct {
 	MustStaple     bool       `json:"must_staple"` // the certificate demands a staple (RFC 7633)
 	// Updater is who keeps the staple fresh: "stapler", or "haproxy" for a certificate under
 	// HAProxy's own ocsp-update (stapler then keeps HAProxy's copy on disk).
-	Updater string        `json:"updater"`
+	Updater string `json:"updater"`
+	// Problem says, for people, why there is no valid staple, or what failed last.
+	Problem string        `json:"problem"`
 	HAProxy []haproxyView `json:"haproxy"`
 	problem bool          // sorts first
-	detail  string        // why the status is unknown or none, for the table
-	ref     *stapleRef    // the staple HAProxy should serve, when there is one
-	verdict verdict       // what every command says of it
+
+	ref     *stapleRef // the staple HAProxy should serve, when there is one
+	verdict verdict    // what every command says of it
 }
 
 // haproxyView is what one HAProxy does with a certificate's staple.
@@ -211,9 +213,9 @@ func certStatusOf(f certFile, st *CertState, unchecked string, err error, now ti
 		cs.Responder = st.Responders[0]
 	}
 	cs.MustStaple, cs.Updater = st.MustStaple, v.Updater
-	cs.StapleStatus, cs.detail = v.Staple, v.Why
+	cs.StapleStatus, cs.Problem = v.Staple, v.Why
 	if unchecked != "" && v.Staple != "no_responder" {
-		cs.StapleStatus, cs.detail = "unknown", unchecked
+		cs.StapleStatus, cs.Problem = "unknown", unchecked
 	}
 	cs.NextRefresh, cs.Failures, cs.FailingSince, cs.LastError = timePtr(st.NextDue), st.Failures, timePtr(st.FailingSince), st.LastError
 	cs.PendingPush = append(cs.PendingPush, v.Pending...)
@@ -273,7 +275,7 @@ func writeStatusTable(w io.Writer, rep *statusReport, now time.Time) error {
 		}
 		problem := cs.LastError
 		if problem == "" {
-			problem = cs.detail
+			problem = cs.Problem
 		}
 		if cs.NotAfter != nil && now.After(*cs.NotAfter) {
 			problem = "certificate expired"

@@ -209,9 +209,11 @@ type Held struct {
 	// Key is the hex CertID of that slot when HAProxy says it (2.6: `show ssl cert`), "" when
 	// it does not.
 	Key string
-	// DER is the response the slot holds, exactly (2.8+). Nil for an empty slot, or on 2.6.
+	// DER is the response the slot holds, exactly (2.8+). Nil for an empty slot, on 2.6, and
+	// for a response too large for HAProxy to show in base64.
 	DER []byte
-	// Text is the response the slot holds, in the form 2.6 shows it; ok is false when empty.
+	// Text is the response the slot holds, in the text form 2.6 (and 3.x for a large one)
+	// shows; TextOK is false when there is none.
 	Text   OCSPText
 	TextOK bool
 	// Serial is the serial of the certificate the file runs, when stapler had to ask.
@@ -251,7 +253,7 @@ func (p *Process) Held(paths, certIDs []string) ([]Held, error) {
 	if err != nil {
 		return nil, err
 	}
-	var noSlot []int
+	var noSlot, empty []int
 	for k, i := range idx {
 		h := &out[i]
 		if p.Caps.ByPath {
@@ -260,7 +262,10 @@ func (p *Process) Held(paths, certIDs []string) ([]Held, error) {
 			case IsDenied(a.Text):
 				h.Err = fmt.Errorf("%s: HAProxy refused `show ssl ocsp-response`: %w", p.Where(), ErrNeedsAdmin)
 			case a.Text == "":
-				h.Slot = true // a slot without a response
+				// A slot without a response, or one whose base64 does not fit HAProxy's output
+				// buffer (a response over about 12 KB: 3.x then answers nothing at all).
+				h.Slot = true
+				empty = append(empty, i)
 			case strings.Contains(a.Text, "expects a valid certid or certificate path") || strings.Contains(a.Text, "does not match any certificate"):
 				noSlot = append(noSlot, i)
 			default:
@@ -296,19 +301,30 @@ func (p *Process) Held(paths, certIDs []string) ([]Held, error) {
 			h.Slot = h.TextOK || strings.TrimSpace(resp.Text) == ""
 		}
 	}
-	if len(noSlot) > 0 {
-		cmds = cmds[:0]
-		for _, i := range noSlot {
-			cmds = append(cmds, "show ssl cert "+Arg(out[i].Name))
-		}
-		answers, err := p.execAll(cmds)
-		if err != nil {
-			return nil, err
-		}
-		for k, i := range noSlot {
-			ci, _ := ParseCertInfo(answers[k].Text)
-			out[i].Serial = ci.Serial
-		}
+	if len(noSlot)+len(empty) == 0 {
+		return out, nil
+	}
+	// The serial of the certificate a file runs without a slot; and, for an empty answer, the
+	// response in text form, which HAProxy writes out whatever its size, and the slot's key.
+	cmds = cmds[:0]
+	for _, i := range noSlot {
+		cmds = append(cmds, "show ssl cert "+Arg(out[i].Name))
+	}
+	for _, i := range empty {
+		cmds = append(cmds, "show ssl cert "+Arg(out[i].Name), "show ssl ocsp-response "+Arg(out[i].Name))
+	}
+	answers, err = p.execAll(cmds)
+	if err != nil {
+		return nil, err
+	}
+	for k, i := range noSlot {
+		ci, _ := ParseCertInfo(answers[k].Text)
+		out[i].Serial = ci.Serial
+	}
+	for k, i := range empty {
+		ci, _ := ParseCertInfo(answers[len(noSlot)+2*k].Text)
+		out[i].Serial, out[i].Key = ci.Serial, ci.OCSPKey
+		out[i].Text, out[i].TextOK = ParseOCSPText(answers[len(noSlot)+2*k+1].Text)
 	}
 	return out, nil
 }

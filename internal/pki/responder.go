@@ -2,6 +2,8 @@ package pki
 
 import (
 	"crypto"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/base64"
 	"fmt"
 	"io"
@@ -41,7 +43,8 @@ type Responder struct {
 // Modes are the answers a Responder can give.
 var Modes = []string{"good", "revoked", "unknown", "tryLater", "internalError", "unauthorized",
 	"http500", "garbage", "html", "empty", "wrongSerial", "stranger", "expired", "noNextUpdate", "tooShort",
-	"future", "sha256", "delegated", "delegatedNoEKU", "delegatedExpired", "down", "cached", "older"}
+	"future", "sha256", "delegated", "delegatedNoEKU", "delegatedExpired", "down", "cached", "older",
+	"farFuture", "huge"}
 
 // StartResponder starts a responder for ca on 127.0.0.1, answering "good".
 func StartResponder(ca *CA) *Responder {
@@ -206,6 +209,14 @@ func (r *Responder) Answer(mode string, serial *big.Int, now time.Time) []byte {
 		return must(ocsp.CreateResponse(ca.Cert, ca.Cert, ocsp.Response{Status: ocsp.Good, SerialNumber: serial, ThisUpdate: this, NextUpdate: next}, r.Stranger.Key))
 	case "older":
 		return ca.Respond(serial, ocsp.Good, now.Add(-2*time.Hour), now.Add(time.Hour), nil, nil)
+	case "farFuture":
+		// Valid for ten years: only max_staple_age makes stapler ask again.
+		return ca.Respond(serial, ocsp.Good, this, now.AddDate(10, 0, 0), nil, nil)
+	case "huge":
+		// Over 12 KB (a non-critical single extension of padding): too large for a command
+		// on HAProxy's runtime API, not for its start-up.
+		return must(ocsp.CreateResponse(ca.Cert, ca.Cert, ocsp.Response{Status: ocsp.Good, SerialNumber: serial, ThisUpdate: this, NextUpdate: next,
+			ExtraExtensions: []pkix.Extension{{Id: asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 55555, 1}, Value: must(asn1.Marshal(make([]byte, 12<<10)))}}}, ca.Key))
 	case "expired":
 		return ca.Respond(serial, ocsp.Good, now.Add(-48*time.Hour), now.Add(-time.Hour), nil, nil)
 	case "noNextUpdate":
