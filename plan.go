@@ -220,6 +220,9 @@ func (pol policy) observeStaple(now time.Time, p *certPlan, force bool) string {
 		st.schedule(pol.afterSuccess(o.File.Path, now, found))
 		p.note(slog.LevelInfo, "adopted staple found on disk", "next_update", found.NextUpdate)
 	}
+	// A staple file that changed since stapler last saw it is dealt with at once, back-off or
+	// not; one that was already wrong waits for the back-off like any failure.
+	news := o.Old == nil || s.Stat != o.Old.DiskStat || s.Missing != (o.Old.DiskHash == "")
 	switch {
 	case force:
 		return dueForced
@@ -227,11 +230,13 @@ func (pol policy) observeStaple(now time.Time, p *certPlan, force bool) string {
 		return dueNew
 	case o.Changed && (o.Old.Serial != st.Serial || o.Old.Issuer != st.Issuer):
 		return dueChanged
-	case reason != "":
+	case reason != "" && news:
 		return reason
 	case st.Failures > 0 && now.Before(st.NextDue):
 		return "" // backing off; NextDue is never later than the staple's urgent point
-	case !st.Staple.Expiry().After(now.Add(minValidity)):
+	case reason != "":
+		return reason
+	case st.Staple == nil || !st.Staple.Expiry().After(now.Add(minValidity)):
 		return dueExpiring
 	case st.Failures > 0:
 		return dueRetry

@@ -1,0 +1,107 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+// TestAgreement feeds the same state entries to the four readers of a certificate's state and
+// asserts what each says: the status row (staple status, and whether it is a problem), the
+// check verdict (default thresholds: 12 h, 3 h, failing 6 h), the status metric, and what a
+// run that finds the entry and has nothing to do exits with. They read one verdict, so they
+// cannot disagree about a staple: only the check's thresholds add their own judgement.
+func TestAgreement(t *testing.T) {
+	now := planNow
+	tests := []struct {
+		name   string
+		state  func(*CertState)
+		status string // staple_status
+		check  int
+		metric string // the status label of stapler_staple_status, "" for no series
+		exit   int
+	}{
+		{"good", nil, "good", checkOK, "good", exitOK},
+		{"revoked", func(st *CertState) { st.Staple.Status = "revoked" }, "revoked", checkCritical, "revoked", exitFailed},
+		{"no staple on disk", func(st *CertState) { st.DiskStat, st.DiskHash = "", "" }, "none", checkCritical, "none", exitFailed},
+		{"garbage on disk, verified", func(st *CertState) { st.DiskHash, st.DiskProblem = "g", "invalid OCSP response" }, "none", checkCritical, "none", exitFailed},
+		{"changed on disk, not verified yet", func(st *CertState) { st.DiskHash = "g" }, "unknown", checkWarning, "none", exitFailed},
+		{"expired staple", func(st *CertState) { st.Staple.NextUpdate = now.Add(-time.Minute) }, "none", checkCritical, "none", exitFailed},
+		{"within HAProxy's last 300 s", func(st *CertState) { st.Staple.NextUpdate = now.Add(4 * time.Minute) }, "none", checkCritical, "none", exitFailed},
+		{"two hours left", func(st *CertState) { st.Staple.NextUpdate = now.Add(2 * time.Hour) }, "good", checkCritical, "good", exitOK},
+		{"signer ends in two hours", func(st *CertState) { st.Staple.SignerNotAfter = now.Add(2 * time.Hour) }, "good", checkCritical, "good", exitOK},
+		{"pending at a socket", func(st *CertState) { st.Pending = []string{"/run/a.sock"} }, "good", checkWarning, "good", exitFailed},
+		{"needs a reload", func(st *CertState) { st.Pending, st.Reload = []string{"/run/a.sock"}, []string{"/run/a.sock"} }, "good", checkWarning, "good", exitFailed},
+		{"failing for an hour, staple valid", func(st *CertState) { st.Failures, st.FailingSince, st.LastError = 3, now.Add(-time.Hour), "tryLater" }, "good", checkOK, "good", exitOK},
+		{"failing for seven hours, staple valid", func(st *CertState) { st.Failures, st.FailingSince, st.LastError = 9, now.Add(-7*time.Hour), "tryLater" }, "good", checkWarning, "good", exitOK},
+		{"no responder", func(st *CertState) { st.Responders, st.Staple, st.DiskHash = nil, nil, "" }, "no_responder", checkOK, "", exitOK},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st := vouched()
+			if tt.state != nil {
+				tt.state(st)
+			}
+			f := certFile{Path: "/c/site.pem", Name: "/c/site.pem", Staple: "/c/site.pem.ocsp"}
+			cs := certStatusOf(f, st, "", nil, now)
+			if cs.StapleStatus != tt.status {
+				t.Errorf("status: %s, want %s", cs.StapleStatus, tt.status)
+			}
+			if cs.problem != (tt.exit != exitOK || tt.status != "good" && tt.status != "no_responder" || st.Failures > 0) {
+				t.Errorf("status row sorted as a problem: %v", cs.problem)
+			}
+			res := evaluateCheck([]certStatus{cs}, checkThresholds{Warning: 12 * time.Hour, Critical: 3 * time.Hour, Failing: 6 * time.Hour}, now)
+			if res.State != tt.check {
+				t.Errorf("check: %s, want %s", res.Line, checkStateNames[tt.check])
+			}
+			if got := metricStatus(t, st, now); got != tt.metric {
+				t.Errorf("metric status %q, want %q", got, tt.metric)
+			}
+			exit := exitOK
+			if st.verdict(now).problem() {
+				exit = exitFailed
+			}
+			if exit != tt.exit {
+				t.Errorf("a run's exit %d, want %d", exit, tt.exit)
+			}
+		})
+	}
+}
+
+// metricStatus writes the metrics of a state holding st and returns the status label whose
+// stapler_staple_status is 1, "" when there is no such series.
+func metricStatus(t *testing.T, st *CertState, now time.Time) string {
+	t.Helper()
+	state := newState()
+	state.Certificates["/c/site.pem"] = st
+	path := filepath.Join(t.TempDir(), "stapler.prom")
+	if err := writeMetrics(path, state, summary{}, now, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(f)
+	if err != nil {
+		t.Fatalf("the metrics do not parse: %v", err)
+	}
+	fam := families["stapler_staple_status"]
+	if fam == nil {
+		return ""
+	}
+	for _, m := range fam.GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "status" && m.GetGauge().GetValue() == 1 {
+				return l.GetValue()
+			}
+		}
+	}
+	return ""
+}

@@ -1,0 +1,170 @@
+package main
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ocsp"
+
+	"stapler/internal/ocspcheck"
+)
+
+// planNow is the clock of the plan tests.
+var planNow = time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+
+// vouched is a state entry for a certificate with a responder and a good staple valid for
+// 48 h more, on disk as recorded, due in an hour.
+func vouched() *CertState {
+	s := &Staple{Hash: "s1", CertID: "30", Status: "good", ThisUpdate: planNow.Add(-time.Hour), NextUpdate: planNow.Add(48 * time.Hour)}
+	return &CertState{CertHash: "c1", CertStat: "cs", Serial: "1f", Issuer: "CN=CA", NotBefore: planNow.Add(-24 * time.Hour),
+		NotAfter: planNow.Add(90 * 24 * time.Hour), Responders: []string{"http://ocsp.test"}, Staple: s,
+		DiskStat: "d1", DiskHash: "s1", NextDue: planNow.Add(time.Hour)}
+}
+
+// seenAsRecorded is the observation of a file whose certificate and staple are as the state
+// recorded them.
+func seenAsRecorded(old *CertState) *fileObs {
+	return &fileObs{File: certFile{Path: "/c/site.pem", Name: "/c/site.pem", Staple: "/c/site.pem.ocsp"}, Old: old, Hash: "c1", CertStat: "cs",
+		Staple: diskStaple{Stat: "d1", Hash: "s1"}}
+}
+
+// TestPlan: what the plan decides for one certificate, in-process, from an observation and a
+// state entry, at planNow. Each row changes the recorded state or what was observed.
+func TestPlan(t *testing.T) {
+	good := &ocspcheck.Response{Response: &ocsp.Response{Status: ocsp.Good, ThisUpdate: planNow.Add(-30 * time.Minute), NextUpdate: planNow.Add(47 * time.Hour)}}
+	older := &ocspcheck.Response{Response: &ocsp.Response{Status: ocsp.Good, ThisUpdate: planNow.Add(-3 * time.Hour), NextUpdate: planNow.Add(47 * time.Hour)}}
+	revoked := &ocspcheck.Response{Response: &ocsp.Response{Status: ocsp.Revoked, ThisUpdate: planNow.Add(-30 * time.Minute), NextUpdate: planNow.Add(47 * time.Hour)}}
+	tests := []struct {
+		name    string
+		state   func(*CertState)
+		obs     func(*fileObs)
+		force   bool
+		step    step
+		reason  string // for stepFetch
+		checkSt func(*CertState) string
+	}{
+		{name: "up to date", step: stepKeep},
+		{name: "forced", force: true, step: stepFetch, reason: dueForced},
+		{name: "new certificate", obs: func(o *fileObs) {
+			o.Old, o.Changed = nil, true
+			o.Cert = &certInfo{Hash: "c1", Serial: "1f", IssuerName: "CN=CA", NotBefore: planNow.Add(-time.Hour), NotAfter: planNow.Add(time.Hour * 24), Responders: []string{"http://ocsp.test"}}
+			o.Staple = diskStaple{Missing: true}
+		}, step: stepFetch, reason: dueNew},
+		{name: "certificate renewed", obs: func(o *fileObs) {
+			o.Changed, o.Hash = true, "c2"
+			o.Cert = &certInfo{Hash: "c2", Serial: "20", IssuerName: "CN=CA", NotBefore: planNow.Add(-time.Hour), NotAfter: planNow.Add(time.Hour * 24), Responders: []string{"http://ocsp.test"}}
+			o.Staple = diskStaple{Stat: "d1", Hash: "s1", Problem: "response is for serial 1f"}
+		}, step: stepFetch, reason: dueChanged, checkSt: func(st *CertState) string {
+			if st.Staple != nil || st.Serial != "20" {
+				return "the old certificate's staple is still vouched for"
+			}
+			return ""
+		}},
+		{name: "same certificate, chain changed", obs: func(o *fileObs) {
+			o.Changed, o.Hash = true, "c2"
+			o.Cert = &certInfo{Hash: "c2", Serial: "1f", IssuerName: "CN=CA", NotBefore: planNow.Add(-24 * time.Hour), NotAfter: planNow.Add(90 * 24 * time.Hour), Responders: []string{"http://ocsp.test"}}
+		}, step: stepKeep},
+		{name: "renewal point passed", state: func(st *CertState) { st.NextDue = planNow }, step: stepFetch, reason: dueRenew},
+		{name: "staple expiring", state: func(st *CertState) { st.Staple.NextUpdate = planNow.Add(minValidity) }, step: stepFetch, reason: dueExpiring},
+		{name: "delegated signer expiring", state: func(st *CertState) { st.Staple.SignerNotAfter = planNow.Add(time.Minute) }, step: stepFetch, reason: dueExpiring},
+		{name: "staple file removed", obs: func(o *fileObs) { o.Staple = diskStaple{Missing: true} }, step: stepFetch, reason: dueMissing},
+		{name: "garbage over the staple", obs: func(o *fileObs) { o.Staple = diskStaple{Stat: "d2", Hash: "g", Problem: "invalid OCSP response"} },
+			step: stepFetch, reason: "staple on disk is not valid: invalid OCSP response", checkSt: func(st *CertState) string {
+				if st.validAt(planNow) || st.DiskProblem == "" {
+					return "garbage taken for the staple"
+				}
+				return ""
+			}},
+		{name: "garbage, seen before, backing off", state: func(st *CertState) {
+			st.DiskStat, st.DiskHash, st.DiskProblem, st.Failures, st.NextDue = "d2", "g", "invalid OCSP response", 1, planNow.Add(time.Minute)
+		}, obs: func(o *fileObs) { o.Staple = diskStaple{Stat: "d2", Hash: "g", Problem: "invalid OCSP response"} }, step: stepBackoff},
+		{name: "valid staple from someone else", obs: func(o *fileObs) {
+			o.Staple = diskStaple{Stat: "d2", Hash: "s2", DER: []byte("x"), Resp: good}
+			o.issued = &issuedFor{CertID: []byte{0x30}}
+		}, step: stepKeep, checkSt: func(st *CertState) string {
+			if st.Staple.Hash != hashBytes([]byte("x")) || !st.onDisk() {
+				return "not adopted"
+			}
+			return ""
+		}},
+		{name: "older staple restored", obs: func(o *fileObs) {
+			o.Staple = diskStaple{Stat: "d2", Hash: "s0", DER: []byte("y"), Resp: older}
+			o.issued = &issuedFor{CertID: []byte{0x30}}
+		}, step: stepFetch, reason: "staple on disk is older than the last one written"},
+		{name: "revoked staple from someone else", obs: func(o *fileObs) {
+			o.Staple = diskStaple{Stat: "d2", Hash: "s3", DER: []byte("z"), Resp: revoked}
+			o.issued = &issuedFor{CertID: []byte{0x30}}
+		}, step: stepFetch, reason: "staple on disk says revoked"},
+		{name: "backing off, staple valid", state: func(st *CertState) { st.Failures, st.NextDue = 2, planNow.Add(time.Hour) }, step: stepKeep},
+		{name: "back-off over", state: func(st *CertState) { st.Failures, st.NextDue = 2, planNow.Add(-time.Second) }, step: stepFetch, reason: dueRetry},
+		{name: "no responder", state: func(st *CertState) { st.Responders = nil }, step: stepNoResponder},
+		{name: "expired certificate", state: func(st *CertState) { st.NotAfter = planNow.Add(-time.Second) }, step: stepNotCurrent},
+		{name: "unreadable", obs: func(o *fileObs) { o.Err = errors.New("permission denied") }, step: stepError},
+		{name: "no longer a certificate", obs: func(o *fileObs) { o.NotCert = true }, step: stepGone},
+		{name: "pending at a socket no longer configured", state: func(st *CertState) { st.Pending = []string{"/old.sock", "/run/a.sock"} },
+			step: stepKeep, checkSt: func(st *CertState) string {
+				if !slices.Equal(st.Pending, []string{"/run/a.sock"}) {
+					return "pending pushes: " + strings.Join(st.Pending, ",")
+				}
+				return ""
+			}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			old := vouched()
+			if tt.state != nil {
+				tt.state(old)
+			}
+			o := seenAsRecorded(old)
+			if tt.obs != nil {
+				tt.obs(o)
+			}
+			before := old.clone()
+			opt := planOptions{Policy: testPolicy, Force: tt.force, Sockets: []string{"/run/a.sock"}}
+			p := planFile(planNow, opt, o)
+			if p.Step != tt.step || (tt.step == stepFetch && p.Reason != tt.reason) {
+				t.Errorf("step %d %q, want %d %q", p.Step, p.Reason, tt.step, tt.reason)
+			}
+			if o.Old != nil && !equalStates(o.Old, before) {
+				t.Error("plan changed the recorded state")
+			}
+			if tt.checkSt != nil && p.Next != nil {
+				if msg := tt.checkSt(p.Next); msg != "" {
+					t.Error(msg)
+				}
+			}
+		})
+	}
+}
+
+func equalStates(a, b *CertState) bool {
+	ca, cb := *a, *b
+	sa, sb := ca.Staple, cb.Staple
+	ca.Staple, cb.Staple = nil, nil
+	return (sa == nil) == (sb == nil) && (sa == nil || *sa == *sb) &&
+		slices.Equal(ca.Responders, cb.Responders) && slices.Equal(ca.Pending, cb.Pending) && ca.NextDue.Equal(cb.NextDue) &&
+		ca.DiskHash == cb.DiskHash && ca.DiskStat == cb.DiskStat && ca.Failures == cb.Failures
+}
+
+// TestPlanPrune: only a run that read a directory whole forgets what is gone from it.
+func TestPlanPrune(t *testing.T) {
+	state := newState()
+	for _, p := range []string{"/one/a.pem", "/one/gone.pem", "/two/b.pem"} {
+		state.Certificates[p] = vouched()
+	}
+	obs := &observation{Files: []*fileObs{seenAsRecorded(state.Certificates["/one/a.pem"])}, Scanned: []string{"/one"}}
+	obs.Files[0].File.Path = "/one/a.pem"
+	if got := plan(planNow, planOptions{Policy: testPolicy}, obs, state).Prune; !slices.Equal(got, []string{"/one/gone.pem"}) {
+		t.Errorf("pruned %q, want only /one/gone.pem", got)
+	}
+	if got := plan(planNow, planOptions{Policy: testPolicy, Only: true}, obs, state).Prune; len(got) != 0 {
+		t.Errorf("a run limited to files pruned %q", got)
+	}
+	obs.ScanErr = errors.New("cannot read /one/x")
+	if got := plan(planNow, planOptions{Policy: testPolicy}, obs, state).Prune; len(got) != 0 {
+		t.Errorf("a run that could not read a directory pruned %q", got)
+	}
+}
