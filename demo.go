@@ -90,137 +90,42 @@ func demo(ctx context.Context, w io.Writer, opt demoOptions) (err error) {
 	if err != nil {
 		return err
 	}
-	certsDir, issuersDir := filepath.Join(dir, "certs"), filepath.Join(dir, "issuers")
+	d := &demoWorld{dir: dir, certsDir: filepath.Join(dir, "certs"), issuersDir: filepath.Join(dir, "issuers")}
 	if opt.Keep {
 		r.say("stapler demo: everything happens in %s, kept at the end (--keep).\n", dir)
 	} else {
 		r.say("stapler demo: everything happens in %s, removed at the end.\n", dir)
 	}
-	var hap *demoHAProxy
-	defer func() {
-		if !opt.Keep {
-			if rmErr := os.RemoveAll(dir); rmErr != nil {
-				err = errors.Join(err, fmt.Errorf("removing the demo directory: %w", rmErr))
-			}
-			return
-		}
-		r.say("\nKept %s; the responder and HAProxy have stopped. To look:", dir)
-		r.say("   ls -l %s %s", dir, certsDir)
-		r.say("   openssl ocsp -respin %s -resp_text -noverify", stapleName(filepath.Join(certsDir, "shop.pem")))
-		r.say("   stapler status --dir %s --state %s", certsDir, filepath.Join(dir, "state.json"))
-		if hap != nil {
-			r.say("   cat %s %s", filepath.Join(dir, "haproxy.cfg"), hap.log)
-		}
-	}()
-	for _, d := range []string{certsDir, issuersDir} {
-		if err := os.Mkdir(d, 0o755); err != nil {
-			return err
-		}
-	}
-
-	// 1. The PKI. The responder's address goes into the certificates, so it listens first.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	defer func() { err = errors.Join(err, d.finish(r, opt.Keep)) }()
+	stop, err := d.makePKI(r)
 	if err != nil {
-		return fmt.Errorf("starting the OCSP responder: %w", err)
-	}
-	defer ln.Close()
-	responder := "http://" + ln.Addr().String()
-	ca := pki.NewCA("stapler demo CA", time.Now())
-	certs := []demoCert{
-		{File: "shop.pem", Name: "shop.demo.test", About: "certificate, CA certificate and key", OCSP: true, Chain: true},
-		{File: "api.pem", Name: "api.demo.test", About: "certificate and key only; the CA is in issuers/", OCSP: true},
-		{File: "legacy.pem", Name: "legacy.demo.test", About: "names no OCSP responder", Chain: true},
-		{File: "revoked.pem", Name: "revoked.demo.test", About: "revoked: the responder says so", OCSP: true, Chain: true, Revoked: true},
-	}
-	for i := range certs {
-		if err := issueDemo(ca, &certs[i], responder, certsDir, time.Now()); err != nil {
-			return err
-		}
-	}
-	if err := os.WriteFile(filepath.Join(issuersDir, "demo-ca.pem"), pki.CertPEM(ca.Cert), 0o644); err != nil {
 		return err
 	}
-	resp := pki.ServeResponder(ca, ln)
-	defer resp.Close()
-	for _, dc := range certs {
-		if dc.Revoked {
-			resp.Revoke(dc.leaf.SerialNumber)
-		}
-	}
-	r.say("1. Made a demo CA, an OCSP responder on %s and four certificates:", responder)
-	for _, dc := range certs {
-		r.say("     %-18s %-18s %s", "certs/"+dc.File, dc.Name, dc.About)
-	}
-
-	// 2. HAProxy, started before any staple exists: it has no OCSP slots.
-	switch {
-	case opt.HAProxy != "":
-		if hap, err = startDemoHAProxy(ctx, opt.HAProxy, dir, certsDir); err != nil {
-			return err
-		}
-		defer hap.stop()
-		r.say("2. Started HAProxy %s, serving certs/ on %s with a stats socket at", hap.version, hap.addr)
-		r.say("   level admin. No .ocsp file exists yet, so it has no OCSP slot and staples nothing.")
-	case opt.NoHAProxy:
-		r.say("2. HAProxy is left out (--no-haproxy), so this demo stops at the files on disk.")
-	default:
-		r.say("2. haproxy is not installed, so this demo stops at the files on disk; apt-get install haproxy to see the rest.")
-	}
-
-	// 3. The real run.
-	cfg := defaultConfig()
-	cfg.Dirs, cfg.IssuerDirs, cfg.State = []string{certsDir}, []string{issuersDir}, filepath.Join(dir, "state.json")
-	if hap != nil {
-		cfg.Sockets = []string{hap.sock}
-	}
-	if err := cfg.validate(); err != nil {
-		return fmt.Errorf("demo settings: %w", err)
-	}
-	opts := runOptions{Config: cfg}
-	r.say("3. Ran 'stapler run' with these settings (its log is on stderr):")
-	r.say("     dirs = [%s]\n     issuer_dirs = [%s]", strconv.Quote(certsDir), strconv.Quote(issuersDir))
-	if hap != nil {
-		r.say("     sockets = [%s]", strconv.Quote(hap.sock))
-	}
-	r.say("     state = %s", strconv.Quote(cfg.State))
-	sum, err := run(ctx, opts, time.Now())
-	if err != nil {
-		return fmt.Errorf("stapler run: %w", err)
-	}
-	if ctx.Err() != nil {
-		return errors.New("interrupted")
-	}
-	r.explainRun(sum, certs, ca.Cert, certsDir, hap != nil)
-
-	// 4. What `stapler status` says.
-	r.say("4. 'stapler status' says:")
-	now := time.Now()
-	rep, err := collectStatus(ctx, opts, now)
-	if err != nil {
-		return fmt.Errorf("stapler status: %w", err)
-	}
-	if err := writeStatusTable(w, rep, now); err != nil {
+	defer stop()
+	if err := d.startHAProxy(ctx, r, opt); err != nil {
 		return err
 	}
-	r.checkStatus(rep, certs, certsDir, hap != nil)
-
-	// 5. What a client gets.
-	if hap != nil {
+	if d.hap != nil {
+		defer d.hap.stop()
+	}
+	if err := d.run(ctx, r, w); err != nil {
+		return err
+	}
+	if d.hap != nil {
 		r.say("5. TLS handshakes with HAProxy, as a browser makes them (SNI, verified against the demo CA):")
-		for _, dc := range certs {
-			r.checkHandshake(ctx, hap.addr, dc, ca.Cert, certsDir)
+		for _, dc := range d.certs {
+			r.checkHandshake(ctx, d.hap.addr, dc, d.ca.Cert, d.certsDir)
 		}
 		if len(r.problems) == 0 {
 			r.say("   HAProxy was never reloaded: those staples reached it over the runtime API alone.")
 		}
 	}
-
 	if ctx.Err() != nil {
 		return errors.New("interrupted")
 	}
 	if len(r.problems) > 0 {
-		if hap != nil {
-			if log, err := os.ReadFile(hap.log); err == nil && len(log) > 0 {
+		if d.hap != nil {
+			if log, err := os.ReadFile(d.hap.log); err == nil && len(log) > 0 {
 				r.say("\nHAProxy's output:\n%s", bytes.TrimSpace(log))
 			}
 		}
@@ -230,6 +135,132 @@ func demo(ctx context.Context, w io.Writer, opt demoOptions) (err error) {
 		return fmt.Errorf("the demo did not go as it should: %s; and %d more problems, marked UNEXPECTED above", r.problems[0], len(r.problems)-1)
 	}
 	r.say("\nEverything behaved as it should, in %v. Next: 'stapler run --help'.", time.Since(start).Round(10*time.Millisecond))
+	return nil
+}
+
+// demoWorld is what the demo makes: a directory with certificates, a CA with its responder,
+// and perhaps an HAProxy.
+type demoWorld struct {
+	dir, certsDir, issuersDir string
+	ca                        *pki.CA
+	certs                     []demoCert
+	hap                       *demoHAProxy
+}
+
+// makePKI makes the CA, the certificates and the OCSP responder (whose address goes into the
+// certificates, so it listens first). stop stops the responder.
+func (d *demoWorld) makePKI(r *demoReport) (stop func(), err error) {
+	for _, dir := range []string{d.certsDir, d.issuersDir} {
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			return nil, err
+		}
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("starting the OCSP responder: %w", err)
+	}
+	responder := "http://" + ln.Addr().String()
+	d.ca = pki.NewCA("stapler demo CA", time.Now())
+	d.certs = []demoCert{
+		{File: "shop.pem", Name: "shop.demo.test", About: "certificate, CA certificate and key", OCSP: true, Chain: true},
+		{File: "api.pem", Name: "api.demo.test", About: "certificate and key only; the CA is in issuers/", OCSP: true},
+		{File: "legacy.pem", Name: "legacy.demo.test", About: "names no OCSP responder", Chain: true},
+		{File: "revoked.pem", Name: "revoked.demo.test", About: "revoked: the responder says so", OCSP: true, Chain: true, Revoked: true},
+	}
+	for i := range d.certs {
+		if err := issueDemo(d.ca, &d.certs[i], responder, d.certsDir, time.Now()); err != nil {
+			ln.Close()
+			return nil, err
+		}
+	}
+	if err := os.WriteFile(filepath.Join(d.issuersDir, "demo-ca.pem"), pki.CertPEM(d.ca.Cert), 0o644); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	resp := pki.ServeResponder(d.ca, ln)
+	for _, dc := range d.certs {
+		if dc.Revoked {
+			resp.Revoke(dc.leaf.SerialNumber)
+		}
+	}
+	r.say("1. Made a demo CA, an OCSP responder on %s and four certificates:", responder)
+	for _, dc := range d.certs {
+		r.say("     %-18s %-18s %s", "certs/"+dc.File, dc.Name, dc.About)
+	}
+	return resp.Close, nil
+}
+
+// startHAProxy starts HAProxy before any staple exists: it has no OCSP slots.
+func (d *demoWorld) startHAProxy(ctx context.Context, r *demoReport, opt demoOptions) (err error) {
+	switch {
+	case opt.HAProxy != "":
+		if d.hap, err = startDemoHAProxy(ctx, opt.HAProxy, d.dir, d.certsDir); err != nil {
+			return err
+		}
+		r.say("2. Started HAProxy %s, serving certs/ on %s with a stats socket at", d.hap.version, d.hap.addr)
+		r.say("   level admin. No .ocsp file exists yet, so it has no OCSP slot and staples nothing.")
+	case opt.NoHAProxy:
+		r.say("2. HAProxy is left out (--no-haproxy), so this demo stops at the files on disk.")
+	default:
+		r.say("2. haproxy is not installed, so this demo stops at the files on disk; apt-get install haproxy to see the rest.")
+	}
+	return nil
+}
+
+// run runs the real `stapler run`, then shows what `stapler status` says.
+func (d *demoWorld) run(ctx context.Context, r *demoReport, w io.Writer) error {
+	cfg := defaultConfig()
+	cfg.Dirs, cfg.IssuerDirs, cfg.State = []string{d.certsDir}, []string{d.issuersDir}, filepath.Join(d.dir, "state.json")
+	if d.hap != nil {
+		cfg.Sockets = []string{d.hap.sock}
+	}
+	if err := cfg.validate(); err != nil {
+		return fmt.Errorf("demo settings: %w", err)
+	}
+	opts := runOptions{Config: cfg}
+	r.say("3. Ran 'stapler run' with these settings (its log is on stderr):")
+	r.say("     dirs = [%s]\n     issuer_dirs = [%s]", strconv.Quote(d.certsDir), strconv.Quote(d.issuersDir))
+	if d.hap != nil {
+		r.say("     sockets = [%s]", strconv.Quote(d.hap.sock))
+	}
+	r.say("     state = %s", strconv.Quote(cfg.State))
+	sum, err := run(ctx, opts, time.Now())
+	if err != nil {
+		return fmt.Errorf("stapler run: %w", err)
+	}
+	if ctx.Err() != nil {
+		return errors.New("interrupted")
+	}
+	r.explainRun(sum, d.certs, d.ca.Cert, d.certsDir, d.hap != nil)
+
+	r.say("4. 'stapler status' says:")
+	now := time.Now()
+	rep, err := collectStatus(ctx, opts, now)
+	if err != nil {
+		return fmt.Errorf("stapler status: %w", err)
+	}
+	if err := writeStatusTable(w, rep, now); err != nil {
+		return err
+	}
+	r.checkStatus(rep, d.certs, d.certsDir, d.hap != nil)
+	return nil
+}
+
+// finish removes the demo directory, or says how to look at it.
+func (d *demoWorld) finish(r *demoReport, keep bool) error {
+	if !keep {
+		if err := os.RemoveAll(d.dir); err != nil {
+			return fmt.Errorf("removing the demo directory: %w", err)
+		}
+		return nil
+	}
+	r.say("\nKept %s; the responder and HAProxy have stopped. To look:", d.dir)
+	r.say("   ls -l %s %s", d.dir, d.certsDir)
+	r.say("   openssl ocsp -respin %s -resp_text -noverify", stapleName(filepath.Join(d.certsDir, "shop.pem")))
+	r.say("   stapler status --dir %s --state %s", d.certsDir, filepath.Join(d.dir, "state.json"))
+	if d.hap != nil {
+		r.say("   cat %s %s", filepath.Join(d.dir, "haproxy.cfg"), d.hap.log)
+	}
 	return nil
 }
 

@@ -396,18 +396,55 @@ func setLogger(c *cli.Context, opt runOptions) error {
 
 // runOptionsFrom turns the config file and the flags into plain values.
 func runOptionsFrom(c *cli.Context) (runOptions, error) {
-	cfg := defaultConfig()
-	path := c.String("config")
+	cfg, path, errs, err := configFrom(c)
+	if err != nil {
+		return runOptions{}, err
+	}
+	opt := runOptions{Config: cfg, Force: c.Bool("force"), DryRun: c.Bool("dry-run")}
+	var argErrs []error
+	opt.Only, argErrs = certArgs(c.Args().Slice())
+	if err := cfg.validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs)+len(argErrs) > 0 {
+		var hints []string
+		if len(errs) > 0 {
+			where := "in the flags"
+			if path != "" {
+				where = "in " + path + " or the flags"
+			}
+			hints = append(hints, "fix the settings "+where+"; every key is described in stapler.example.toml")
+		}
+		if len(argErrs) > 0 {
+			hints = append(hints, "give existing certificate files after the flags: stapler run [flags] FILE...")
+		}
+		return runOptions{}, usageError(errors.Join(append(errs, argErrs...)...), hints...)
+	}
+	if err := opt.discover(); err != nil {
+		return runOptions{}, err
+	}
+	if len(opt.Only) == 0 && len(opt.Dirs) == 0 && len(opt.Files) == 0 {
+		return runOptions{}, usageError(errors.New("no certificates to check"),
+			"give --dir DIR, --haproxy-config FILE or certificate files, or set dirs in "+defaultConfigPath+" (or --config FILE)")
+	}
+	return opt, nil
+}
+
+// configFrom is the config file (the default one when it exists) with the flags over it: path
+// is the file read ("" for none), errs the problems to report with the others, err one that
+// stops everything (a file that cannot be read or decoded).
+func configFrom(c *cli.Context) (cfg Config, path string, errs []error, err error) {
+	cfg = defaultConfig()
+	path = c.String("config")
 	if !c.IsSet("config") {
 		if _, err := os.Stat(defaultConfigPath); err == nil {
 			path = defaultConfigPath
 		}
 	}
-	var errs []error
 	if path != "" {
 		unknown, err := loadConfigFile(path, &cfg)
 		if err != nil {
-			return runOptions{}, usageError(err, "every key is described in stapler.example.toml")
+			return cfg, path, nil, usageError(err, "every key is described in stapler.example.toml")
 		}
 		cfg.resolvePaths(path)
 		if unknown != nil {
@@ -437,14 +474,18 @@ func runOptionsFrom(c *cli.Context) (runOptions, error) {
 	}
 	switch {
 	case c.Bool("quiet") && c.Bool("verbose"):
-		return runOptions{}, usageError(errors.New("--quiet and --verbose contradict each other"))
+		return cfg, path, nil, usageError(errors.New("--quiet and --verbose contradict each other"))
 	case c.Bool("quiet"):
 		cfg.LogLevel = "error"
 	case c.Bool("verbose"):
 		cfg.LogLevel = "debug"
 	}
-	opt := runOptions{Config: cfg, Force: c.Bool("force"), DryRun: c.Bool("dry-run")}
-	for _, arg := range c.Args().Slice() {
+	return cfg, path, errs, nil
+}
+
+// certArgs are the certificate files named on the command line, absolute, sorted, once each.
+func certArgs(args []string) (files []string, errs []error) {
+	for _, arg := range args {
 		fi, err := os.Stat(arg)
 		switch {
 		case err != nil && strings.HasPrefix(arg, "-"):
@@ -454,26 +495,21 @@ func runOptionsFrom(c *cli.Context) (runOptions, error) {
 		case !fi.Mode().IsRegular():
 			errs = append(errs, fmt.Errorf("%s is not a certificate file", arg))
 		default:
-			opt.Only = append(opt.Only, absPath(arg))
+			files = append(files, absPath(arg))
 		}
 	}
-	if err := cfg.validate(); err != nil {
-		errs = append(errs, err)
-	}
-	if len(errs) > 0 {
-		where := "in the flags"
-		if path != "" {
-			where = "in " + path + " or the flags"
-		}
-		return runOptions{}, usageError(errors.Join(errs...), "fix the settings "+where+"; every key is described in stapler.example.toml")
-	}
-	slices.Sort(opt.Only)
-	opt.Only = slices.Compact(opt.Only)
-	opt.Naming = naming{DelExt: cfg.ExtraDelExt, Dirs: map[string]haproxycfg.Dir{}, Files: map[string]certFile{}}
+	slices.Sort(files)
+	return slices.Compact(files), errs
+}
+
+// discover adds what HAProxy's configurations say (certificates, sockets, and what HAProxy
+// makes of each file) to the options, and makes every path absolute.
+func (opt *runOptions) discover() error {
+	opt.Naming = naming{DelExt: opt.ExtraDelExt, Dirs: map[string]haproxycfg.Dir{}, Files: map[string]certFile{}}
 	for _, hc := range opt.HAProxyConfigs {
 		hs, err := haproxycfg.Read(absPath(hc))
 		if err != nil {
-			return runOptions{}, usageError(err)
+			return usageError(err)
 		}
 		for _, d := range hs.Dirs {
 			opt.Dirs = append(opt.Dirs, d.Path)
@@ -486,11 +522,6 @@ func runOptionsFrom(c *cli.Context) (runOptions, error) {
 		opt.Sockets = append(opt.Sockets, hs.Sockets...)
 		opt.Notes = append(opt.Notes, hs.Notes...)
 	}
-	opt.Dirs, opt.Files, opt.Sockets = dedupe(opt.Dirs), dedupe(opt.Files), dedupe(opt.Sockets)
-	if len(opt.Only) == 0 && len(opt.Dirs) == 0 && len(opt.Files) == 0 {
-		return runOptions{}, usageError(errors.New("no certificates to check"),
-			"give --dir DIR, --haproxy-config FILE or certificate files, or set dirs in "+defaultConfigPath+" (or --config FILE)")
-	}
 	opt.State = absPath(opt.State)
 	for i := range opt.Dirs {
 		opt.Dirs[i] = absPath(opt.Dirs[i])
@@ -498,7 +529,8 @@ func runOptionsFrom(c *cli.Context) (runOptions, error) {
 	for i := range opt.Files {
 		opt.Files[i] = absPath(opt.Files[i])
 	}
-	return opt, nil
+	opt.Dirs, opt.Files, opt.Sockets = dedupe(opt.Dirs), dedupe(opt.Files), dedupe(opt.Sockets)
+	return nil
 }
 
 // absPath makes paths absolute so that a certificate has one state entry however it is named.

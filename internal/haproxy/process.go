@@ -253,69 +253,91 @@ func (p *Process) Held(paths, certIDs []string) ([]Held, error) {
 	if err != nil {
 		return nil, err
 	}
-	var noSlot, empty []int
-	for k, i := range idx {
-		h := &out[i]
-		if p.Caps.ByPath {
-			a := answers[k]
-			switch {
-			case IsDenied(a.Text):
-				h.Err = fmt.Errorf("%s: HAProxy refused `show ssl ocsp-response`: %w", p.Where(), ErrNeedsAdmin)
-			case a.Text == "":
-				// A slot without a response, or one whose base64 does not fit HAProxy's output
-				// buffer (a response over about 12 KB: 3.x then answers nothing at all).
-				h.Slot = true
-				empty = append(empty, i)
-			case strings.Contains(a.Text, "expects a valid certid or certificate path") || strings.Contains(a.Text, "does not match any certificate"):
-				noSlot = append(noSlot, i)
-			default:
-				der, derr := base64.StdEncoding.DecodeString(strings.Join(strings.Fields(a.Text), ""))
-				if derr != nil {
-					h.Err = fmt.Errorf("%s: unexpected answer to show ssl ocsp-response base64: %q", p.Where(), clip(a.Text, 60))
-					break
-				}
-				h.Slot, h.DER = true, der
-			}
-			continue
+	if !p.Caps.ByPath {
+		for k, i := range idx {
+			heldByKey(&out[i], answers[2*k], answers[2*k+1], certIDs[i])
 		}
-		cert, resp := answers[2*k], answers[2*k+1]
-		ci, certOK := ParseCertInfo(cert.Text)
-		h.Serial, h.Key = ci.Serial, ci.OCSPKey
-		h.Text, h.TextOK = ParseOCSPText(resp.Text)
-		switch {
-		case certOK && ci.OCSPKey == certIDs[i]:
-			h.Slot = true
-		case certOK && ci.OCSPKey != "":
-			h.Slot = true // attached to another CertID: another certificate runs from the file
-			h.TextOK = false
-		case certOK:
-			// No slot attached to the certificate the file runs. A response may still be
-			// held under the expected CertID: an orphan of a hot `set ssl cert` that an old
-			// connection or another file keeps alive, which clients of this file never get.
-			// (2.6 also shows no key for a certificate whose start-up .ocsp was unparsable;
-			// creating the slot anew is right in both cases.)
-			h.TextOK = false
-		default:
-			// Below level operator 2.6 will not show the certificate: the response held
-			// under the expected CertID is all there is to go by.
-			h.Slot = h.TextOK || strings.TrimSpace(resp.Text) == ""
-		}
-	}
-	if len(noSlot)+len(empty) == 0 {
 		return out, nil
 	}
-	// The serial of the certificate a file runs without a slot; and, for an empty answer, the
-	// response in text form, which HAProxy writes out whatever its size, and the slot's key.
-	cmds = cmds[:0]
+	var noSlot, empty []int
+	for k, i := range idx {
+		switch p.heldByPath(&out[i], answers[k]) {
+		case "no slot":
+			noSlot = append(noSlot, i)
+		case "empty":
+			empty = append(empty, i)
+		}
+	}
+	return out, p.heldMore(out, noSlot, empty)
+}
+
+// heldByPath reads the answer of 3.x to `show ssl ocsp-response base64 <path>`; it says "no
+// slot" or "empty" when it cannot tell all.
+func (p *Process) heldByPath(h *Held, a Answer) string {
+	switch {
+	case IsDenied(a.Text):
+		h.Err = fmt.Errorf("%s: HAProxy refused `show ssl ocsp-response`: %w", p.Where(), ErrNeedsAdmin)
+	case a.Text == "":
+		// A slot without a response, or one whose base64 does not fit HAProxy's output buffer
+		// (a response over about 12 KB: 3.x then answers nothing at all).
+		h.Slot = true
+		return "empty"
+	case strings.Contains(a.Text, "expects a valid certid or certificate path") || strings.Contains(a.Text, "does not match any certificate"):
+		return "no slot"
+	default:
+		der, err := base64.StdEncoding.DecodeString(strings.Join(strings.Fields(a.Text), ""))
+		if err != nil {
+			h.Err = fmt.Errorf("%s: unexpected answer to show ssl ocsp-response base64: %q", p.Where(), clip(a.Text, 60))
+			break
+		}
+		h.Slot, h.DER = true, der
+	}
+	return ""
+}
+
+// heldByKey reads the answers of 2.6 to `show ssl cert <path>` and `show ssl ocsp-response
+// <key>`.
+func heldByKey(h *Held, cert, resp Answer, certID string) {
+	ci, certOK := ParseCertInfo(cert.Text)
+	h.Serial, h.Key = ci.Serial, ci.OCSPKey
+	h.Text, h.TextOK = ParseOCSPText(resp.Text)
+	switch {
+	case certOK && ci.OCSPKey == certID:
+		h.Slot = true
+	case certOK && ci.OCSPKey != "":
+		h.Slot = true // attached to another CertID: another certificate runs from the file
+		h.TextOK = false
+	case certOK:
+		// No slot attached to the certificate the file runs. A response may still be held
+		// under the expected CertID: an orphan of a hot `set ssl cert` that an old connection
+		// or another file keeps alive, which clients of this file never get. (2.6 also shows
+		// no key for a certificate whose start-up .ocsp was unparsable; creating the slot anew
+		// is right in both cases.)
+		h.TextOK = false
+	default:
+		// Below level operator 2.6 will not show the certificate: the response held under the
+		// expected CertID is all there is to go by.
+		h.Slot = h.TextOK || strings.TrimSpace(resp.Text) == ""
+	}
+}
+
+// heldMore asks, in one round trip, the serial of the certificates that files run without a
+// slot, and for empty answers the response in text form (which HAProxy writes out whatever its
+// size) and the slot's key.
+func (p *Process) heldMore(out []Held, noSlot, empty []int) error {
+	if len(noSlot)+len(empty) == 0 {
+		return nil
+	}
+	var cmds []string
 	for _, i := range noSlot {
 		cmds = append(cmds, "show ssl cert "+Arg(out[i].Name))
 	}
 	for _, i := range empty {
 		cmds = append(cmds, "show ssl cert "+Arg(out[i].Name), "show ssl ocsp-response "+Arg(out[i].Name))
 	}
-	answers, err = p.execAll(cmds)
+	answers, err := p.execAll(cmds)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	for k, i := range noSlot {
 		ci, _ := ParseCertInfo(answers[k].Text)
@@ -326,7 +348,7 @@ func (p *Process) Held(paths, certIDs []string) ([]Held, error) {
 		out[i].Serial, out[i].Key = ci.Serial, ci.OCSPKey
 		out[i].Text, out[i].TextOK = ParseOCSPText(answers[len(noSlot)+2*k+1].Text)
 	}
-	return out, nil
+	return nil
 }
 
 // SetOCSP sends each response with `set ssl ocsp-response`, in one batch, and returns

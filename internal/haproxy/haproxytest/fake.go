@@ -293,6 +293,47 @@ func (f *Fake) answer(line string, payload []string, sev bool) string {
 	if ocspCmd && caps.AdminOnlyOCSP && f.level != "admin" {
 		return fail(haproxy.ReplyDenied)
 	}
+	if strings.HasPrefix(line, "show ") {
+		return f.show(line, info, fail)
+	}
+	return f.change(line, payload, info, fail)
+}
+
+func (f *Fake) setOCSP(der []byte, info, fail func(string) string) string {
+	resp, err := ocsp.ParseResponse(der, nil)
+	if err != nil {
+		return fail("Unable to parse OCSP response.")
+	}
+	id, err := ocspcheck.ResponseCertID(der)
+	if err != nil {
+		return fail("Unable to parse OCSP response.")
+	}
+	key := hex.EncodeToString(id)
+	if _, ok := f.slots[key]; !ok {
+		return fail(haproxy.ReplyNoSlot)
+	}
+	if f.version.Caps().RejectsShort && time.Until(resp.NextUpdate) < 300*time.Second {
+		return fail(haproxy.ReplyTooShort)
+	}
+	f.slots[key] = der
+	return info(haproxy.ReplyUpdated)
+}
+
+// unescape undoes haproxy.Arg.
+func unescape(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+1 < len(s) {
+			i++
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// show answers the `show` commands.
+func (f *Fake) show(line string, info, fail func(string) string) string {
+	caps := f.version.Caps()
 	arg := func(prefix string) string { return unescape(strings.TrimPrefix(line, prefix)) }
 	switch {
 	case line == "show info":
@@ -382,6 +423,14 @@ func (f *Fake) answer(line string, payload []string, sev bool) string {
 		const layout = "Jan _2 15:04:05 2006 GMT"
 		return fmt.Sprintf("OCSP Response Data:\n    Produced At: %s\n    Cert Status: good\n    This Update: %s\n    Next Update: %s\n",
 			resp.ProducedAt.UTC().Format(layout), resp.ThisUpdate.UTC().Format(layout), resp.NextUpdate.UTC().Format(layout))
+	}
+	return fail("Unknown command: '" + line + "'")
+}
+
+// change answers the commands that change what the fake holds.
+func (f *Fake) change(line string, payload []string, info, fail func(string) string) string {
+	arg := func(prefix string) string { return unescape(strings.TrimPrefix(line, prefix)) }
+	switch {
 	case strings.HasPrefix(line, "set ssl ocsp-response"):
 		b64 := strings.TrimSpace(strings.TrimPrefix(line, "set ssl ocsp-response"))
 		if payload != nil {
@@ -432,36 +481,4 @@ func (f *Fake) answer(line string, payload []string, sev bool) string {
 		return info("Transaction aborted for certificate!")
 	}
 	return fail("Unknown command: '" + line + "'")
-}
-
-func (f *Fake) setOCSP(der []byte, info, fail func(string) string) string {
-	resp, err := ocsp.ParseResponse(der, nil)
-	if err != nil {
-		return fail("Unable to parse OCSP response.")
-	}
-	id, err := ocspcheck.ResponseCertID(der)
-	if err != nil {
-		return fail("Unable to parse OCSP response.")
-	}
-	key := hex.EncodeToString(id)
-	if _, ok := f.slots[key]; !ok {
-		return fail(haproxy.ReplyNoSlot)
-	}
-	if f.version.Caps().RejectsShort && time.Until(resp.NextUpdate) < 300*time.Second {
-		return fail(haproxy.ReplyTooShort)
-	}
-	f.slots[key] = der
-	return info(haproxy.ReplyUpdated)
-}
-
-// unescape undoes haproxy.Arg.
-func unescape(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+1 < len(s) {
-			i++
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
