@@ -18,6 +18,7 @@ import (
 // runDemo runs the built `stapler demo` (put on PATH by TestMain) and returns its exit status,
 // standard output and standard error.
 func runDemo(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	skipProcesses(t)
 	t.Helper()
 	cmd := exec.Command("stapler", append([]string{"demo"}, args...)...)
 	cmd.Env = append(os.Environ(), "STAPLER_CONFIG=", "STAPLER_TEST_CLOCK=")

@@ -896,6 +896,7 @@ func faultSIGKILL() faultCase {
 
 func newFaultEnv(t *testing.T, c faultCase) *faultEnv {
 	t.Helper()
+	skipProcesses(t)
 	now := time.Now()
 	e := &faultEnv{t: t, now: now, override: map[string]string{}, runTimeout: faultRunTimeout}
 	e.ca = pki.NewCA("Fault Test CA", now)

@@ -83,6 +83,7 @@ var (
 // missing branch fails the test; elsewhere its tests skip, and TestMain names it at the end.
 func hapVersions(t testing.TB) []hapBin {
 	t.Helper()
+	skipProcesses(t)
 	found := findHAProxies()
 	var out []hapBin
 	var missing []string

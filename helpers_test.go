@@ -40,6 +40,7 @@ type logs []logLine
 // "stapler: error:" line) come back with only "msg" set.
 func runLogged(t *testing.T, args ...string) (int, logs, string) {
 	t.Helper()
+	skipProcesses(t)
 	cmdArgs := append([]string{args[0], "--log-format", "json"}, args[1:]...)
 	cmd := exec.Command("stapler", cmdArgs...)
 	cmd.Env = append(os.Environ(), "STAPLER_CONFIG=", "STAPLER_TEST_CLOCK=")
@@ -103,4 +104,13 @@ func (ls logs) String() string {
 		fmt.Fprintln(&b, l)
 	}
 	return b.String()
+}
+
+// skipProcesses skips a test that runs processes (the built stapler, HAProxy, openssl) under
+// -short: CI runs the in-process tests with -race and -short, then every test without.
+func skipProcesses(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("runs processes: not under -short (go test ./... runs it)")
+	}
 }

@@ -73,6 +73,7 @@ func (n noteSkips) Run() int {
 // (STAPLER_UPDATE_GOLDEN=1 go test -run TestScripts rewrites them); `expandenv FILE` replaces $VARIABLES in FILE; `requests N` asserts how many OCSP requests it answered since the last check;
 // `ocspstatus FILE STATUS` asserts the status in a DER OCSP response file.
 func TestScripts(t *testing.T) {
+	skipProcesses(t)
 	testscript.Run(t, testscript.Params{
 		Dir:           "testdata/script",
 		UpdateScripts: os.Getenv("STAPLER_UPDATE_GOLDEN") != "",
