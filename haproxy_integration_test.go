@@ -378,6 +378,11 @@ func TestHAProxyPendingPush(t *testing.T) {
 // a TCP proxy in front of HAProxy's TCP stats socket.
 func TestHAProxyBatch(t *testing.T) {
 	forEachHAProxy(t, func(t *testing.T, h hapBin) {
+		if h.Branch != "2.6" && h.Branch != "3.4" {
+			// 4 s a branch: the oldest (the text form, the smallest buffers) and the newest
+			// stand for all; the flows of every other test run on every branch.
+			t.Skip("the batch test runs on 2.6 and 3.4")
+		}
 		const n = 1000
 		f := newHAPFixture(t, h)
 		start := time.Now()
