@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -18,19 +17,9 @@ import (
 // runDemo runs the built `stapler demo` (put on PATH by TestMain) and returns its exit status,
 // standard output and standard error.
 func runDemo(t *testing.T, args ...string) (code int, stdout, stderr string) {
-	skipProcesses(t)
 	t.Helper()
-	cmd := exec.Command("stapler", append([]string{"demo"}, args...)...)
-	cmd.Env = append(os.Environ(), "STAPLER_CONFIG=", "STAPLER_TEST_CLOCK=")
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	if ee, ok := err.(*exec.ExitError); ok {
-		return ee.ExitCode(), out.String(), errb.String()
-	} else if err != nil {
-		t.Fatalf("running stapler demo: %v", err)
-	}
-	return 0, out.String(), errb.String()
+	res := execStapler(t, 0, nil, nil, append([]string{"demo"}, args...)...)
+	return res.code, res.stdout, res.stderr
 }
 
 // demoDir is the temporary directory the demo names on its first line.

@@ -2,13 +2,11 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -27,18 +25,8 @@ import (
 // and standard error.
 func runStapler(t *testing.T, args ...string) (int, string) {
 	t.Helper()
-	skipProcesses(t)
-	cmd := exec.Command("stapler", args...)
-	cmd.Env = append(os.Environ(), "STAPLER_CONFIG=", "STAPLER_TEST_CLOCK=")
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	err := cmd.Run()
-	if ee, ok := err.(*exec.ExitError); ok {
-		return ee.ExitCode(), stderr.String()
-	} else if err != nil {
-		t.Fatalf("running stapler: %v", err)
-	}
-	return 0, stderr.String()
+	res := execStapler(t, 0, nil, nil, args...)
+	return res.code, res.stderr
 }
 
 func readState(t *testing.T, path string) *State {
@@ -323,19 +311,11 @@ func TestRunFIFOsNeverBlock(t *testing.T) {
 	leaf, key := ca.Issue(pki.Leaf{Name: "site.test", OCSP: []string{r.URL()}}, now)
 	writeBundle(site, leaf, key, ca.Cert)
 	run := func() (int, string) {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, "stapler", "run", "--dir", certs, "--state", filepath.Join(dir, "state.json"))
-		cmd.Env = append(os.Environ(), "STAPLER_CONFIG=", "STAPLER_TEST_CLOCK=")
-		out, err := cmd.CombinedOutput()
-		if ctx.Err() != nil {
+		res := execStapler(t, 20*time.Second, nil, nil, "run", "--dir", certs, "--state", filepath.Join(dir, "state.json"))
+		if res.killed {
 			t.Fatal("stapler hangs on a FIFO")
 		}
-		code := 0
-		if ee, ok := err.(*exec.ExitError); ok {
-			code = ee.ExitCode()
-		}
-		return code, string(out)
+		return res.code, res.stderr
 	}
 	for _, p := range []string{filepath.Join(certs, "fifo.pem"), site + ".ocsp"} {
 		if err := syscall.Mkfifo(p, 0o644); err != nil {

@@ -1012,30 +1012,8 @@ func (e *faultEnv) deadline(c faultCase) time.Duration {
 // stapler runs the built command (through e.wrap, if set) and kills it if it is still running
 // faultGrace after deadline.
 func (e *faultEnv) stapler(deadline time.Duration, args ...string) faultResult {
-	ctx, cancel := context.WithTimeout(context.Background(), deadline+faultGrace)
-	defer cancel()
-	name, argv := "stapler", args
-	if len(e.wrap) > 0 {
-		name, argv = e.wrap[0], append(append(append([]string{}, e.wrap[1:]...), "stapler"), args...)
-	}
-	cmd := exec.CommandContext(ctx, name, argv...)
-	cmd.Env = faultEnviron(e.env)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	cmd.WaitDelay = time.Second
-	start := time.Now()
-	err := cmd.Run()
-	res := faultResult{took: time.Since(start), killed: ctx.Err() != nil}
-	res.stderr = stderr.String()
-	var ee *exec.ExitError
-	switch {
-	case errors.As(err, &ee):
-		res.code = ee.ExitCode()
-	case err != nil:
-		e.t.Errorf("running stapler: %v", err)
-		res.code = -1
-	}
-	return res
+	res := execStapler(e.t, deadline+faultGrace, e.wrap, faultEnviron(e.env), args...)
+	return faultResult{code: res.code, stderr: res.stderr, took: res.took, killed: res.killed}
 }
 
 // faultEnviron is the test's environment for stapler: no config from the environment, the

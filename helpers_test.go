@@ -2,14 +2,18 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"stapler/internal/pki"
 )
@@ -40,21 +44,9 @@ type logs []logLine
 // "stapler: error:" line) come back with only "msg" set.
 func runLogged(t *testing.T, args ...string) (int, logs, string) {
 	t.Helper()
-	skipProcesses(t)
-	cmdArgs := append([]string{args[0], "--log-format", "json"}, args[1:]...)
-	cmd := exec.Command("stapler", cmdArgs...)
-	cmd.Env = append(os.Environ(), "STAPLER_CONFIG=", "STAPLER_TEST_CLOCK=")
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatalf("running stapler: %v", err)
-	}
+	res := execStapler(t, 0, nil, nil, append([]string{args[0], "--log-format", "json"}, args[1:]...)...)
 	var out logs
-	for _, line := range strings.Split(strings.TrimSpace(stderr.String()), "\n") {
+	for _, line := range strings.Split(strings.TrimSpace(res.stderr), "\n") {
 		if line == "" {
 			continue
 		}
@@ -64,7 +56,7 @@ func runLogged(t *testing.T, args ...string) (int, logs, string) {
 		}
 		out = append(out, l)
 	}
-	return code, out, stdout.String()
+	return res.code, out, res.stdout
 }
 
 // find returns the first line with msg whose attributes include kv (key, value, ...), nil if
@@ -113,4 +105,49 @@ func skipProcesses(t testing.TB) {
 	if testing.Short() {
 		t.Skip("runs processes: not under -short (go test ./... runs it)")
 	}
+}
+
+// procResult is what one run of the built stapler did.
+type procResult struct {
+	code           int // -1 when it could not run
+	stdout, stderr string
+	took           time.Duration
+	killed         bool // still running at its deadline
+}
+
+// execStapler runs the built stapler (put on PATH by TestMain) with args: the one way the tests
+// run it. wrap, when given, is a command that runs it (`sh -c 'ulimit ...' sh`); env is added
+// to an environment without STAPLER_CONFIG or the test clock; a run still going at deadline is
+// killed (0: no deadline).
+func execStapler(t testing.TB, deadline time.Duration, wrap, env []string, args ...string) procResult {
+	t.Helper()
+	skipProcesses(t)
+	ctx := context.Background()
+	if deadline > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, deadline)
+		defer cancel()
+	}
+	name, argv := "stapler", args
+	if len(wrap) > 0 {
+		name, argv = wrap[0], append(append(slices.Clone(wrap[1:]), "stapler"), args...)
+	}
+	cmd := exec.CommandContext(ctx, name, argv...)
+	cmd.Env = append(os.Environ(), "STAPLER_CONFIG=", "STAPLER_TEST_CLOCK=")
+	cmd.Env = append(cmd.Env, env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.WaitDelay = time.Second
+	start := time.Now()
+	err := cmd.Run()
+	res := procResult{took: time.Since(start), killed: ctx.Err() != nil, stdout: stdout.String(), stderr: stderr.String()}
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		res.code = ee.ExitCode()
+	case err != nil:
+		t.Errorf("running stapler: %v", err)
+		res.code = -1
+	}
+	return res
 }

@@ -248,37 +248,7 @@ func (r *hapOpenSSLResponder) ServeHTTP(w http.ResponseWriter, req *http.Request
 // API answers at sock. Its output goes to dir/haproxy.log, shown if anything goes wrong.
 func hapStart(t *testing.T, haproxy, cfg, sock, dir string) {
 	t.Helper()
-	logFile := filepath.Join(dir, "haproxy.log")
-	logw, err := os.Create(logFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logw.Close() // the child has its own copy
-	cmd := exec.Command(haproxy, "-db", "-f", cfg)
-	cmd.Stdout, cmd.Stderr = logw, logw
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting haproxy: %v", err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-		if t.Failed() {
-			log, _ := os.ReadFile(logFile)
-			t.Logf("haproxy output:\n%s", log)
-		}
-	})
-	hapWaitFor(t, "HAProxy's runtime API", 10*time.Second, func() error {
-		select {
-		case <-exited:
-			log, _ := os.ReadFile(logFile)
-			t.Fatalf("haproxy exited at start-up (%v):\n%s", cmd.ProcessState, log)
-		default:
-		}
-		_, err := hapTryCLI(sock, "show version")
-		return err
-	})
+	hapLaunch(t, haproxy, sock, filepath.Join(dir, "haproxy.log"), "-db", "-f", cfg)
 }
 
 // hapStaple does a TLS handshake with HAProxy for the certificate of name, verified against
