@@ -35,9 +35,10 @@ type stapleRef struct {
 	ProducedAt time.Time // zero when the state predates it
 	Status     string    // good or revoked
 	NextUpdate time.Time
-	Fresh      bool   // fetched in this run: pushing it is news, not a repair
-	NewCert    bool   // new or changed in this run: HAProxy may still run the previous one
-	IssuerFile string // <cert>.issuer: sent in a slot transaction when it exists
+	Fresh      bool     // fetched in this run: pushing it is news, not a repair
+	NewCert    bool     // new or changed in this run: HAProxy may still run the previous one
+	IssuerFile string   // <cert>.issuer: sent in a slot transaction when it exists
+	Pending    []string // sockets to which an earlier run could not deliver it
 }
 
 // outcome is what became of one staple at one HAProxy.
@@ -302,7 +303,7 @@ func reconcileProcess(p *haproxy.Process, refs []stapleRef, opt reconcileOptions
 		return nil, p.Err
 	}
 	if p.Caps.WarnsBelowAdmin && p.Level != "admin" && !opt.ReadOnly {
-		slog.Warn("HAProxy logs a deprecation warning for each OCSP command below level admin, and 3.4 refuses them: give stapler a socket with level admin", "socket", p.Where(), "version", p.Info.Version.Text, "level", p.Level)
+		slog.Warn("HAProxy logs a deprecation warning for each OCSP command below level admin, and 3.4 refuses them: give stapler a socket with level admin", "socket", p.Where(), "version", p.Info.Version.Text, "socket_level", p.Level)
 	}
 	names, ids := make([]string, len(refs)), make([]string, len(refs))
 	for i, r := range refs {
@@ -530,6 +531,8 @@ func logResults(p *haproxy.Process, refs []stapleRef, results map[string]result,
 			slog.Info(res.why, "cert", r.Path, "socket", p.Where())
 		case res.outcome == pushed && r.Fresh:
 			slog.Debug("pushed staple", "cert", r.Path, "socket", p.Where())
+		case res.outcome == pushed && slices.Contains(r.Pending, p.Socket()):
+			slog.Info("delivered the staple an earlier run could not push", "cert", r.Path, "socket", p.Where())
 		case res.outcome == pushed:
 			slog.Info("HAProxy did not serve the staple on disk; sent it", "cert", r.Path, "socket", p.Where())
 		case res.outcome == needsReload && strings.Contains(res.why, haproxy.ErrNeedsAdmin.Error()) && res.severe:
@@ -553,7 +556,7 @@ func logResults(p *haproxy.Process, refs []stapleRef, results map[string]result,
 			log = slog.Info
 		}
 		log("needs reload: HAProxy has no OCSP slot for these certificates, and creating one without a reload needs a socket with level admin (stats socket ... level admin)",
-			"socket", p.Where(), "level", p.Level, "certificates", len(admin), "first", admin[0])
+			"socket", p.Where(), "socket_level", p.Level, "certificates", len(admin), "first", admin[0])
 	}
 }
 

@@ -123,9 +123,9 @@ func TestHAProxyMasterWorker(t *testing.T) {
 		// A renewed certificate in the same file. HAProxy keeps serving the old one until it
 		// reloads.
 		newLeaf := f.reissue(site)
-		stderr := f.run(0, "--config", stapler)
-		if !strings.Contains(stderr, "HAProxy will load this staple when it reloads") {
-			t.Errorf("the run after the renewal does not say that HAProxy needs a reload:\n%s", stderr)
+		l := f.run(0, "--config", stapler)
+		if l.find("HAProxy will load this staple when it reloads", "cert", site) == nil {
+			t.Errorf("the run after the renewal does not say that HAProxy needs a reload:\n%s", l)
 		}
 		if _, err := os.Stat(marker); !errors.Is(err, os.ErrNotExist) {
 			t.Fatalf("reload_command ran in the run that found the new certificate (stat: %v)", err)
@@ -136,9 +136,9 @@ func TestHAProxyMasterWorker(t *testing.T) {
 
 		// Nothing changed since, and HAProxy still runs the old certificate: now it is a problem,
 		// and reload_command runs, once.
-		stderr = f.run(0, "--config", stapler)
+		l = f.run(0, "--config", stapler)
 		if got := string(hapReadFileIfAny(marker)); got != "reload\n" {
-			t.Fatalf("reload_command ran %d times, want once\n%s", strings.Count(got, "reload"), stderr)
+			t.Fatalf("reload_command ran %d times, want once\n%s", strings.Count(got, "reload"), l)
 		}
 		hapWaitFor(t, "the reloaded HAProxy to present the new certificate", 10*time.Second, func() error {
 			leaf, _, err := hapTryHandshake(port, "site.stapler.test", f.ca.Cert)
@@ -199,12 +199,12 @@ func TestHAProxyCreatesSlot(t *testing.T) {
 				}
 
 				cfg := f.config("stapler", []string{sock}, extra)
-				stderr := f.run(0, "--config", cfg)
-				if !strings.Contains(stderr, `msg="created OCSP slot without a reload" cert=`+site) {
-					t.Errorf("no slot creation in the log:\n%s", stderr)
+				l := f.run(0, "--config", cfg)
+				if l.find("created OCSP slot without a reload", "cert", site) == nil {
+					t.Errorf("no slot creation in the log:\n%s", l)
 				}
-				if strings.Contains(stderr, "reload") && !strings.Contains(stderr, "without a reload") {
-					t.Errorf("the run speaks of a reload:\n%s", stderr)
+				if l.count("WARN")+l.count("ERROR") > 0 || l.find("reloaded HAProxy: it reads the staples from disk") != nil {
+					t.Errorf("the run speaks of a reload:\n%s", l)
 				}
 				if _, err := os.Stat(site + ".issuer"); tt.issuerInFile != (err == nil) {
 					t.Errorf("site.pem.issuer: stat says %v", err)
@@ -212,9 +212,9 @@ func TestHAProxyCreatesSlot(t *testing.T) {
 				f.wantServed(port, site, nil)
 
 				// The next run finds the slot and the staple in place, and does nothing.
-				stderr = f.run(0, "--config", cfg)
-				if strings.Contains(stderr, "created OCSP slot") || strings.Contains(stderr, "older staple") {
-					t.Errorf("the run after the slot was created did more than check:\n%s", stderr)
+				l = f.run(0, "--config", cfg)
+				if l.find("created OCSP slot without a reload") != nil || l.find("HAProxy did not serve the staple on disk; sent it") != nil {
+					t.Errorf("the run after the slot was created did more than check:\n%s", l)
 				}
 				f.wantServed(port, site, nil)
 			})
@@ -247,12 +247,12 @@ func TestHAProxyDriftRepair(t *testing.T) {
 		}
 		cfg := f.config("stapler", []string{sock}, "")
 		f.resp.Requests.Store(0)
-		stderr := f.run(0, "--config", cfg)
+		l := f.run(0, "--config", cfg)
 		if n := f.resp.Requests.Load(); n != 0 {
 			t.Errorf("the repair run asked the responder %d times; nothing was due", n)
 		}
-		if !strings.Contains(stderr, `msg="HAProxy did not serve the staple on disk; sent it" cert=`+site) {
-			t.Errorf("the repair run does not report the older staple:\n%s", stderr)
+		if l.find("HAProxy did not serve the staple on disk; sent it", "cert", site) == nil {
+			t.Errorf("the repair run does not report the older staple:\n%s", l)
 		}
 		f.wantServed(port, site, old)
 
@@ -268,12 +268,12 @@ func TestHAProxyDriftRepair(t *testing.T) {
 		if view := f.status(cfg, site); view.MatchesDisk || view.Slot {
 			t.Errorf("after the hot update stapler status says HAProxy serves the staple: %+v", view)
 		}
-		stderr = f.run(0, "--config", cfg)
+		l = f.run(0, "--config", cfg)
 		if n := f.resp.Requests.Load(); n != 0 {
 			t.Errorf("the repair runs asked the responder %d times; nothing was due", n)
 		}
-		if !strings.Contains(stderr, `msg="created OCSP slot without a reload" cert=`+site) {
-			t.Errorf("the run after the hot update does not recreate the slot:\n%s", stderr)
+		if l.find("created OCSP slot without a reload", "cert", site) == nil {
+			t.Errorf("the run after the hot update does not recreate the slot:\n%s", l)
 		}
 		f.wantServed(port, site, nil)
 		if view := f.status(cfg, site); !view.MatchesDisk {
@@ -338,9 +338,9 @@ func TestHAProxyPendingPush(t *testing.T) {
 		proc.stop()
 
 		cfg := f.config("stapler", []string{sock}, "")
-		stderr := f.run(1, "--force", "--config", cfg)
-		if !strings.Contains(stderr, "HAProxy unreachable; checked again at the next run") {
-			t.Errorf("the run with HAProxy down does not say so:\n%s", stderr)
+		l := f.run(1, "--force", "--config", cfg)
+		if l.find("HAProxy unreachable; checked again at the next run", "socket", sock) == nil {
+			t.Errorf("the run with HAProxy down does not say so:\n%s", l)
 		}
 		second := hapReadFile(t, site+".ocsp")
 		if bytes.Equal(second, first) {
@@ -360,12 +360,12 @@ func TestHAProxyPendingPush(t *testing.T) {
 		}
 
 		f.resp.Requests.Store(0)
-		stderr = f.run(0, "--config", cfg)
+		l = f.run(0, "--config", cfg)
 		if n := f.resp.Requests.Load(); n != 0 {
 			t.Errorf("the run after the failed push asked the responder %d times; nothing was due", n)
 		}
-		if strings.Contains(stderr, "older staple") {
-			t.Errorf("the staple went as drift repair, not as the pending push:\n%s", stderr)
+		if l.find("delivered the staple an earlier run could not push", "cert", site, "socket", sock) == nil {
+			t.Errorf("the staple did not go as the pending push:\n%s", l)
 		}
 		f.wantServed(port, site, first)
 		if p := readState(t, f.state).Certificates[site].Pending; len(p) > 0 {
@@ -377,6 +377,7 @@ func TestHAProxyPendingPush(t *testing.T) {
 // TestHAProxyBatch: a thousand staples in one run go to HAProxy over one connection, counted by
 // a TCP proxy in front of HAProxy's TCP stats socket.
 func TestHAProxyBatch(t *testing.T) {
+	t.Parallel()
 	forEachHAProxy(t, func(t *testing.T, h hapBin) {
 		if h.Branch != "2.6" && h.Branch != "3.4" {
 			// 4 s a branch: the oldest (the text form, the smallest buffers) and the newest
@@ -416,7 +417,7 @@ func TestHAProxyBatch(t *testing.T) {
 
 		f.resp.Requests.Store(0)
 		start = time.Now()
-		stderr := f.run(0, "--force", "--jobs", "16", "--config", f.config("stapler", []string{proxy.addr}, ""))
+		l := f.run(0, "--force", "--jobs", "16", "--config", f.config("stapler", []string{proxy.addr}, ""))
 		took := time.Since(start)
 		if got := proxy.conns.Load(); got != 1 {
 			t.Errorf("%d connections to HAProxy's stats socket for %d staples, want 1", got, n)
@@ -424,8 +425,8 @@ func TestHAProxyBatch(t *testing.T) {
 		if got := f.resp.Requests.Load(); got != n {
 			t.Errorf("%d OCSP requests, want %d", got, n)
 		}
-		if !strings.Contains(stderr, fmt.Sprintf("refreshed=%d", n)) {
-			t.Errorf("the run did not refresh every staple:\n%s", stderr)
+		if l.find("run finished", "refreshed", strconv.Itoa(n)) == nil {
+			t.Errorf("the run did not refresh every staple:\n%s", l)
 		}
 		hapWaitFor(t, "the proxied connection to close", 5*time.Second, func() error {
 			if proxy.busy.Load() == 0 {
@@ -434,7 +435,7 @@ func TestHAProxyBatch(t *testing.T) {
 			return nil
 		})
 		t.Logf("forced run: fetched, wrote and pushed %d staples in %v (%s); the connection to HAProxy lasted %v",
-			n, took.Round(time.Millisecond), hapTook(stderr), time.Duration(proxy.busy.Load()).Round(time.Millisecond))
+			n, took.Round(time.Millisecond), hapTook(l), time.Duration(proxy.busy.Load()).Round(time.Millisecond))
 		for _, i := range spot {
 			f.wantServed(port, paths[i], first[paths[i]])
 		}
@@ -537,13 +538,13 @@ func (f *hapFixture) config(name string, sockets []string, extra string) string 
 
 // run runs `stapler run args...`, fails the test unless it exits with want, and returns its
 // standard error.
-func (f *hapFixture) run(want int, args ...string) string {
+func (f *hapFixture) run(want int, args ...string) logs {
 	f.t.Helper()
-	code, stderr := runStapler(f.t, append([]string{"run"}, args...)...)
+	code, l, _ := runLogged(f.t, append([]string{"run"}, args...)...)
 	if code != want {
-		f.t.Fatalf("stapler run %s: exit %d, want %d\n%s", strings.Join(args, " "), code, want, stderr)
+		f.t.Fatalf("stapler run %s: exit %d, want %d\n%s", strings.Join(args, " "), code, want, l)
 	}
-	return stderr
+	return l
 }
 
 // haproxyConfig writes an haproxy.cfg that serves the certificate directory on 127.0.0.1:port
@@ -776,14 +777,10 @@ func hapReadFileIfAny(path string) []byte {
 	return data
 }
 
-// hapTook picks the took= attribute of the run's summary line.
-func hapTook(stderr string) string {
-	for _, line := range strings.Split(stderr, "\n") {
-		if strings.Contains(line, `msg="run finished"`) {
-			if i := strings.Index(line, "took="); i >= 0 {
-				return "stapler says " + line[i:]
-			}
-		}
+// hapTook is how long the run says it took.
+func hapTook(l logs) string {
+	if sum := l.find("run finished"); sum != nil {
+		return fmt.Sprintf("stapler says %vs", sum["seconds"])
 	}
 	return "no summary line"
 }
@@ -801,9 +798,9 @@ func TestHAProxyAwkwardSetups(t *testing.T) {
 			stats, sock := f.statsSocket("unix", "admin")
 			port := hapFreePort(t)
 			f.startHAProxy("haproxy", port, stats, sock)
-			stderr := f.run(0, "--config", f.config("stapler", []string{sock}, ""))
-			if !strings.Contains(stderr, "created OCSP slot without a reload") {
-				t.Errorf("no slot created:\n%s", stderr)
+			l := f.run(0, "--config", f.config("stapler", []string{sock}, ""))
+			if l.find("created OCSP slot without a reload") == nil {
+				t.Errorf("no slot created:\n%s", l)
 			}
 			want := hapReadFile(t, site+".ocsp")
 			if _, got := hapHandshake(t, port, "odd.stapler.test", f.ca.Cert); !bytes.Equal(got, want) {
@@ -823,9 +820,9 @@ func TestHAProxyAwkwardSetups(t *testing.T) {
 			port := hapFreePort(t)
 			cfg := f.haproxyConfig("haproxy", port, unixStats, tcpStats)
 			hapLaunch(t, f.haproxy, unixSock, filepath.Join(f.dir, "haproxy.log"), "-db", "-f", cfg)
-			stderr := f.run(0, "--config", f.config("stapler", []string{unixSock, tcpSock}, ""))
-			if strings.Contains(stderr, "level=ERROR") || strings.Contains(stderr, "locked") {
-				t.Errorf("errors with two sockets to one HAProxy:\n%s", stderr)
+			l := f.run(0, "--config", f.config("stapler", []string{unixSock, tcpSock}, ""))
+			if l.count("ERROR") > 0 || l.mentions("locked") {
+				t.Errorf("errors with two sockets to one HAProxy:\n%s", l)
 			}
 			for _, site := range sites {
 				f.wantServed(port, site, nil)
@@ -844,32 +841,32 @@ func TestHAProxyAwkwardSetups(t *testing.T) {
 			if h.Branch == "3.4" {
 				// HAProxy 3.4 refuses every OCSP command below level admin: one error that
 				// names the socket and the fix, and no reload can help.
-				stderr := f.run(1, "--config", cfgFile)
-				if n := strings.Count(stderr, "level=ERROR"); n != 1 || !strings.Contains(stderr, "stats socket ... level admin") || !strings.Contains(stderr, sock) {
-					t.Errorf("want one error naming the socket and the fix:\n%s", stderr)
+				l := f.run(1, "--config", cfgFile)
+				if n := l.count("ERROR"); n != 1 || !l.mentions("stats socket ... level admin") || !l.mentions(sock) {
+					t.Errorf("want one error naming the socket and the fix:\n%s", l)
 				}
 				return
 			}
 			// HAProxy loaded the certificate without a .ocsp file, and the socket may not create
 			// the slot: only a reload helps. On the run that finds the certificate that is
 			// expected (a deploy hook reloads next): a warning. Later it is an error.
-			stderr := f.run(0, "--config", cfgFile)
-			if !strings.Contains(stderr, `level=WARN msg="HAProxy will load this staple when it reloads" cert=`+site) {
-				t.Errorf("no warning about the reload:\n%s", stderr)
+			l := f.run(0, "--config", cfgFile)
+			if l.find("HAProxy will load this staple when it reloads", "level", "WARN", "cert", site) == nil {
+				t.Errorf("no warning about the reload:\n%s", l)
 			}
-			stderr = f.run(1, "--config", cfgFile)
-			if !strings.Contains(stderr, `level=ERROR msg="needs reload: HAProxy has no OCSP slot for these certificates, and creating one without a reload needs a socket with level admin`) ||
-				strings.Count(stderr, "level=ERROR") != 1 {
-				t.Errorf("want one needs reload error:\n%s", stderr)
+			l = f.run(1, "--config", cfgFile)
+			if !l.mentions("needs reload: HAProxy has no OCSP slot for these certificates, and creating one without a reload needs a socket with level admin") ||
+				l.count("ERROR") != 1 {
+				t.Errorf("want one needs reload error:\n%s", l)
 			}
 			if st := readState(t, f.state).Certificates[site]; len(st.Pending) != 1 {
 				t.Errorf("pending pushes %q, want the socket (for status and check)", st.Pending)
 			}
 			// With reload_command, the reload is run, and the run succeeds.
 			marker := filepath.Join(f.dir, "reloaded")
-			stderr = f.run(0, "--config", f.config("reload", []string{sock}, fmt.Sprintf("reload_command = %q\n", "touch "+marker)))
+			l = f.run(0, "--config", f.config("reload", []string{sock}, fmt.Sprintf("reload_command = %q\n", "touch "+marker)))
 			if _, err := os.Stat(marker); err != nil {
-				t.Errorf("reload_command did not run:\n%s", stderr)
+				t.Errorf("reload_command did not run:\n%s", l)
 			}
 		})
 
@@ -877,9 +874,9 @@ func TestHAProxyAwkwardSetups(t *testing.T) {
 			f := newHAPFixture(t, h)
 			f.addCert("site.stapler.test")
 			f.run(0, "--config", f.config("first", nil, ""))
-			stderr := f.run(1, "--config", f.config("down", []string{filepath.Join(f.sockDir, "nobody.sock")}, ""))
-			if !strings.Contains(stderr, "HAProxy unreachable; checked again at the next run") {
-				t.Errorf("no error about the socket:\n%s", stderr)
+			l := f.run(1, "--config", f.config("down", []string{filepath.Join(f.sockDir, "nobody.sock")}, ""))
+			if l.find("HAProxy unreachable; checked again at the next run") == nil {
+				t.Errorf("no error about the socket:\n%s", l)
 			}
 		})
 	})
@@ -919,9 +916,9 @@ func TestHAProxyOwnUpdater(t *testing.T) {
 		f.resp.SetMode("down")
 		f.resp.Requests.Store(0)
 		stapler := f.config("stapler", []string{sock}, "")
-		stderr := f.run(0, "--config", stapler)
-		if !strings.Contains(stderr, `msg="kept HAProxy's own staple on disk" cert=`+site) {
-			t.Errorf("no word of keeping HAProxy's staple:\n%s", stderr)
+		l := f.run(0, "--config", stapler)
+		if l.find("kept HAProxy's own staple on disk", "cert", site) == nil {
+			t.Errorf("no word of keeping HAProxy's staple:\n%s", l)
 		}
 		if got := hapReadFile(t, site+".ocsp"); !bytes.Equal(got, held) {
 			t.Errorf("%s.ocsp holds %d bytes, not the %d HAProxy fetched", site, len(got), len(held))
@@ -936,9 +933,9 @@ func TestHAProxyOwnUpdater(t *testing.T) {
 		}
 
 		// The next run has nothing to do.
-		stderr = f.run(0, "--config", stapler)
-		if strings.Contains(stderr, "kept HAProxy's own staple") || strings.Contains(stderr, "level=ERROR") {
-			t.Errorf("the second run did more than look:\n%s", stderr)
+		l = f.run(0, "--config", stapler)
+		if l.find("kept HAProxy's own staple on disk") != nil || l.count("ERROR") > 0 {
+			t.Errorf("the second run did more than look:\n%s", l)
 		}
 	})
 }
@@ -971,9 +968,9 @@ func TestHAProxyOwnUpdaterFailing(t *testing.T) {
 			}
 			return nil
 		})
-		stderr := f.run(0, "--config", f.config("stapler", []string{sock}, ""))
-		if !strings.Contains(stderr, `msg="HAProxy's ocsp-update is failing; stapler fetches the staple itself" cert=`+site) {
-			t.Errorf("no word of HAProxy's failing updater:\n%s", stderr)
+		l := f.run(0, "--config", f.config("stapler", []string{sock}, ""))
+		if l.find("HAProxy's ocsp-update is failing; stapler fetches the staple itself", "cert", site) == nil {
+			t.Errorf("no word of HAProxy's failing updater:\n%s", l)
 		}
 		f.wantServed(port, site, nil)
 	})

@@ -62,6 +62,7 @@ func newSyncCase(ca *pki.CA, name string, now time.Time) syncCase {
 // the fake HAProxy of each version: the outcome, what HAProxy holds afterwards, and that a
 // read-only look (stapler status) sends nothing.
 func TestSyncSockets(t *testing.T) {
+	t.Parallel()
 	now := time.Now()
 	ca := pki.NewCA("Sync Test CA", now)
 	tests := []struct {
@@ -210,11 +211,14 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
+// logs are the JSON lines written so far.
+func (l *lockedBuffer) logs() logs { return parseLogs(l.String()) }
+
 // captureLogs sends slog's output to a buffer until the test ends.
 func captureLogs(t *testing.T) *lockedBuffer {
 	buf := &lockedBuffer{}
 	old := slog.Default()
-	slog.SetDefault(slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	slog.SetDefault(slog.New(slog.NewJSONHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	t.Cleanup(func() { slog.SetDefault(old) })
 	return buf
 }
@@ -236,7 +240,7 @@ func TestSyncAdminOnly(t *testing.T) {
 				f.Load(c.path, c.serial, c.certID, true)
 				refs = append(refs, c.ref)
 			}
-			logs := captureLogs(t)
+			captured := captureLogs(t)
 			rep := reconcileSockets(context.Background(), []string{f.Addr}, refs, reconcileOptions{Timeout: time.Second, Now: now})[f.Addr]
 			if (rep.Err != nil) != tt.fails {
 				t.Fatalf("socket error %v, want one: %v", rep.Err, tt.fails)
@@ -252,8 +256,8 @@ func TestSyncAdminOnly(t *testing.T) {
 			if !strings.Contains(rep.Err.Error(), "level admin") || !strings.Contains(rep.Err.Error(), f.Addr) {
 				t.Errorf("error %q does not name the socket and the fix", rep.Err)
 			}
-			if n := strings.Count(logs.String(), "level=ERROR"); n != 1 {
-				t.Errorf("%d error lines, want 1:\n%s", n, logs)
+			if n := captured.logs().count("ERROR"); n != 1 {
+				t.Errorf("%d error lines, want 1:\n%s", n, captured)
 			}
 		})
 	}
@@ -262,6 +266,7 @@ func TestSyncAdminOnly(t *testing.T) {
 // TestSyncStoppingWorker: a connection that reaches a stopping process (an old worker, just
 // after a reload) is not used: what it is told is lost.
 func TestSyncStoppingWorker(t *testing.T) {
+	t.Parallel()
 	now := time.Now()
 	ca := pki.NewCA("Stopping Test CA", now)
 	f := haproxytest.Start(t, "3.2.26-1", "admin")
@@ -283,6 +288,7 @@ func TestSyncStoppingWorker(t *testing.T) {
 // TestSyncConcurrent: sockets of different HAProxy processes are handled at once: three that
 // never answer cost one socket_timeout, not three.
 func TestSyncConcurrent(t *testing.T) {
+	t.Parallel()
 	now := time.Now()
 	ca := pki.NewCA("Concurrent Test CA", now)
 	c := newSyncCase(ca, "site", now)
@@ -307,6 +313,7 @@ func TestSyncConcurrent(t *testing.T) {
 // TestRunPushes: each new staple goes to every socket; one that fails leaves the staple on
 // disk, exits 1, and is pushed again by the next run although nothing is due.
 func TestRunPushes(t *testing.T) {
+	t.Parallel()
 	for _, version := range []string{fakeVersions[0], fakeVersions[3]} {
 		t.Run(version, func(t *testing.T) { testRunPushes(t, version) })
 	}
@@ -347,10 +354,9 @@ func testRunPushes(t *testing.T, version string) {
 		}
 		return fmt.Errorf("still %v", first)
 	})
-	code, stderr := runStapler(t, append(args, "--force", site)...)
-	if code != 1 || !strings.Contains(stderr, `msg="push failed" cert=`+site+` socket=`+h2.Addr) ||
-		!strings.Contains(stderr, `HAProxy answered \"Unable to parse OCSP response.\"`) {
-		t.Fatalf("exit %d, want 1 with HAProxy's answer\n%s", code, stderr)
+	code, l, _ := runLogged(t, append(args, "--force", site)...)
+	if code != 1 || l.find("push failed", "cert", site, "socket", h2.Addr, "err", `HAProxy answered "Unable to parse OCSP response."`) == nil {
+		t.Fatalf("exit %d, want 1 with HAProxy's answer\n%s", code, l)
 	}
 	if !serves(h1) || serves(h2) {
 		t.Fatal("the forced staple should be in h1 only")
@@ -383,30 +389,30 @@ func testRunPushes(t *testing.T, version string) {
 	// warning, exit 0, and the staple waits on disk for the reload.
 	leaf, key = ca.Issue(pki.Leaf{Name: "site.test", OCSP: []string{r.URL()}}, now)
 	writeBundle(site, leaf, key, ca.Cert)
-	code, stderr = runStapler(t, append(args, site)...)
-	if code != 0 || !strings.Contains(stderr, `level=WARN msg="HAProxy will load this staple when it reloads" cert=`+site) {
-		t.Fatalf("renewed certificate: exit %d, want 0 and a warning\n%s", code, stderr)
+	code, l, _ = runLogged(t, append(args, site)...)
+	if code != 0 || l.find("HAProxy will load this staple when it reloads", "level", "WARN", "cert", site) == nil {
+		t.Fatalf("renewed certificate: exit %d, want 0 and a warning\n%s", code, l)
 	}
-	if strings.Contains(stderr, "no OCSP slot") {
-		t.Errorf("speaks of a missing slot while HAProxy has one for the previous certificate:\n%s", stderr)
+	if l.mentions("no OCSP slot") {
+		t.Errorf("speaks of a missing slot while HAProxy has one for the previous certificate:\n%s", l)
 	}
 	if st := readState(t, state).Certificates[site]; len(st.Pending) != 0 {
 		t.Errorf("pending pushes %q for a staple HAProxy reads at its reload", st.Pending)
 	}
 
 	// A later run, and HAProxy still runs the old certificate: now that is a problem.
-	code, stderr = runStapler(t, append(args, site)...)
-	if code != 1 || !strings.Contains(stderr, `level=ERROR msg="needs reload" cert=`+site) {
-		t.Fatalf("HAProxy not reloaded: exit %d, want 1 and needs reload\n%s", code, stderr)
+	code, l, _ = runLogged(t, append(args, site)...)
+	if code != 1 || l.find("needs reload", "level", "ERROR", "cert", site) == nil {
+		t.Fatalf("HAProxy not reloaded: exit %d, want 1 and needs reload\n%s", code, l)
 	}
 	// reload_command runs once for all of them.
 	config := filepath.Join(dir, "reload.toml")
 	os.WriteFile(config, []byte(fmt.Sprintf("reload_command = %q\n", "echo reloading | tee -a "+filepath.Join(dir, "reloads"))), 0o644)
-	code, stderr = runStapler(t, append(args, "--config", config, site)...)
+	code, l, _ = runLogged(t, append(args, "--config", config, site)...)
 	if reloads, _ := os.ReadFile(filepath.Join(dir, "reloads")); code != 0 || string(reloads) != "reloading\n" {
-		t.Fatalf("with reload_command: exit %d, reloads %q; want 0 and one\n%s", code, reloads, stderr)
+		t.Fatalf("with reload_command: exit %d, reloads %q; want 0 and one\n%s", code, reloads, l)
 	}
-	if !strings.Contains(stderr, `msg="reload output" line=reloading`) || strings.Contains(stderr, "level=ERROR") {
-		t.Errorf("reload output not logged, or errors that the reload resolves:\n%s", stderr)
+	if l.find("reload output", "line", "reloading") == nil || l.count("ERROR") > 0 {
+		t.Errorf("reload output not logged, or errors that the reload resolves:\n%s", l)
 	}
 }

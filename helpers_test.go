@@ -40,13 +40,52 @@ type logLine map[string]any
 type logs []logLine
 
 // runLogged runs the built stapler with --log-format json after the command, and returns its
-// exit status, its log lines and its standard output. Lines that are not JSON (a fatal
-// "stapler: error:" line) come back with only "msg" set.
+// exit status, its log lines and its standard output.
 func runLogged(t *testing.T, args ...string) (int, logs, string) {
 	t.Helper()
-	res := execStapler(t, 0, nil, nil, append([]string{args[0], "--log-format", "json"}, args[1:]...)...)
+	res := execStapler(t, 0, nil, nil, jsonLogArgs(args)...)
+	checkLogKeys(t, res.stderr)
+	return res.code, parseLogs(res.stderr), res.stdout
+}
+
+// checkLogKeys fails the test for a JSON log line that has a key twice (an attribute named
+// like slog's own time, level or msg): a reader keeps only one of them.
+func checkLogKeys(t testing.TB, stderr string) {
+	t.Helper()
+	for _, line := range strings.Split(strings.TrimSpace(stderr), "\n") {
+		dec := json.NewDecoder(strings.NewReader(line))
+		if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+			continue // not JSON
+		}
+		seen := map[string]bool{}
+		for dec.More() {
+			tok, err := dec.Token()
+			if err != nil {
+				break
+			}
+			key := tok.(string)
+			if seen[key] {
+				t.Errorf("log line with two %q keys: %s", key, line)
+			}
+			seen[key] = true
+			var skip json.RawMessage
+			if dec.Decode(&skip) != nil {
+				break
+			}
+		}
+	}
+}
+
+// jsonLogArgs puts --log-format json after the command in args.
+func jsonLogArgs(args []string) []string {
+	return append([]string{args[0], "--log-format", "json"}, args[1:]...)
+}
+
+// parseLogs reads a JSON log. A line that is not JSON (a panic, say) comes back with only
+// "msg" set.
+func parseLogs(stderr string) logs {
 	var out logs
-	for _, line := range strings.Split(strings.TrimSpace(res.stderr), "\n") {
+	for _, line := range strings.Split(strings.TrimSpace(stderr), "\n") {
 		if line == "" {
 			continue
 		}
@@ -56,7 +95,7 @@ func runLogged(t *testing.T, args ...string) (int, logs, string) {
 		}
 		out = append(out, l)
 	}
-	return res.code, out, res.stdout
+	return out
 }
 
 // find returns the first line with msg whose attributes include kv (key, value, ...), nil if
@@ -88,6 +127,11 @@ func (ls logs) count(level string) int {
 		}
 	}
 	return n
+}
+
+// mentions reports whether s appears anywhere in the lines, attributes included.
+func (ls logs) mentions(s string) bool {
+	return strings.Contains(ls.String(), s)
 }
 
 func (ls logs) String() string {

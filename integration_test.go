@@ -29,6 +29,7 @@ import (
 // forced refresh reaches a running HAProxy over the runtime API: HAProxy never re-reads
 // <cert>.ocsp, so a handshake that gets the new bytes proves the push.
 func TestHAProxyOpenSSL(t *testing.T) {
+	t.Parallel()
 	forEachHAProxy(t, func(t *testing.T, h hapBin) {
 		haproxy := h.Path
 		openssl := hapLookTool(t, "openssl")

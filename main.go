@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -80,6 +81,21 @@ func stapler(args []string, stdout, stderr io.Writer) int {
 			ee.code = checkUnknown // what monitoring expects of a plugin it runs wrongly
 		}
 	}
+	if ee.err == nil && len(ee.hints) == 0 {
+		return ee.code // the run said what went wrong
+	}
+	if logJSON(app, args) {
+		// One JSON record, like every other line: stable msg, the error, the hints, the status.
+		attrs := []any{"exit", ee.code}
+		if ee.err != nil {
+			attrs = append(attrs, "err", ee.err.Error())
+		}
+		if len(ee.hints) > 0 {
+			attrs = append(attrs, "hints", ee.hints)
+		}
+		slog.New(slog.NewJSONHandler(stderr, nil)).Error("stapler stopped", attrs...)
+		return ee.code
+	}
 	if ee.err != nil {
 		fmt.Fprintf(stderr, "stapler: error: %v\n", ee.err)
 	}
@@ -89,6 +105,29 @@ func stapler(args []string, stdout, stderr io.Writer) int {
 	return ee.code
 }
 
+// logJSON reports whether the run's messages are JSON: log_format as the command resolved it
+// (config file, then flag), else a --log-format json on the command line, for errors that
+// stop stapler before it reads its settings.
+func logJSON(app *cli.App, args []string) bool {
+	if f, ok := app.Metadata[metaLogFormat].(string); ok {
+		return f == "json"
+	}
+	for i, a := range args {
+		switch {
+		case a == "--":
+			return false
+		case a == "--log-format=json", a == "-log-format=json":
+			return true
+		case (a == "--log-format" || a == "-log-format") && i+1 < len(args):
+			return args[i+1] == "json"
+		}
+	}
+	return false
+}
+
+// metaLogFormat is the app's Metadata key under which a command leaves its log_format.
+const metaLogFormat = "log_format"
+
 func newApp(stdout, stderr io.Writer) *cli.App {
 	return &cli.App{
 		Name:                      "stapler",
@@ -96,6 +135,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		Description:               "stapler fetches OCSP responses for HAProxy's certificates, validates them as strictly\nas HAProxy does, writes <cert>.ocsp and pushes each new staple to HAProxy's runtime API.\nRun 'stapler run --help' for the options.\n\n" + exitHelpMsg,
 		Writer:                    stdout,
 		ErrWriter:                 stderr,
+		Metadata:                  map[string]any{},
 		DisableSliceFlagSeparator: true,
 		HideHelpCommand:           true,
 		ExitErrHandler:            func(*cli.Context, error) {}, // stapler maps errors to exit statuses
@@ -472,6 +512,7 @@ func configFrom(c *cli.Context) (cfg Config, path string, errs []error, err erro
 	if c.IsSet("log-format") {
 		cfg.LogFormat = c.String("log-format")
 	}
+	c.App.Metadata[metaLogFormat] = cfg.LogFormat
 	switch {
 	case c.Bool("quiet") && c.Bool("verbose"):
 		return cfg, path, nil, usageError(errors.New("--quiet and --verbose contradict each other"))
@@ -549,12 +590,20 @@ func parseLevel(s string) (slog.Level, error) {
 	return l, nil
 }
 
+// durationSeconds writes durations as seconds, a number in both formats.
+func durationSeconds(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		return slog.Float64(a.Key, math.Round(a.Value.Duration().Seconds()*1000)/1000)
+	}
+	return a
+}
+
 func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	l, err := parseLevel(level)
 	if err != nil {
 		return nil, err
 	}
-	opts := &slog.HandlerOptions{Level: l}
+	opts := &slog.HandlerOptions{Level: l, ReplaceAttr: durationSeconds}
 	if format == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}

@@ -45,7 +45,7 @@ func (s summary) log(dryRun bool, took time.Duration) {
 			attrs = append(attrs, extra.name, extra.n)
 		}
 	}
-	attrs = append(attrs, "took", took.Round(time.Millisecond))
+	attrs = append(attrs, "seconds", took)
 	slog.Info("run finished", attrs...)
 }
 
@@ -164,7 +164,7 @@ func reconcileHAProxies(ctx context.Context, opt runOptions, rp runPlan, now tim
 		refs = append(refs, stapleRef{Path: p.Obs.File.Path, Name: p.Obs.File.Name, File: p.Obs.File.Staple, Hash: st.Staple.Hash,
 			CertID: st.Staple.CertID, Serial: st.Serial, ThisUpdate: st.Staple.ThisUpdate, ProducedAt: st.Staple.ProducedAt,
 			Status: st.Staple.Status, NextUpdate: st.Staple.NextUpdate, Fresh: st.LastUpdate.Equal(now),
-			NewCert: p.Obs.Changed, IssuerFile: p.Obs.File.Issuer})
+			NewCert: p.Obs.Changed, IssuerFile: p.Obs.File.Issuer, Pending: st.Pending})
 		plans = append(plans, p)
 	}
 	reports := reconcileSockets(ctx, opt.Sockets, refs, reconcileOptions{Timeout: opt.SocketTimeout, Now: now, Reloadable: opt.ReloadCommand != ""})

@@ -146,6 +146,7 @@ func TestBugFarFutureNextUpdate(t *testing.T) {
 // recorded and backed off, even when the run's deadline passes later while another responder
 // hangs; and the HAProxy phase still has its own budget after the deadline.
 func TestBugRunTimeout(t *testing.T) {
+	t.Parallel()
 	f := newHAPFixture(t, hapBin{})
 	fast, _ := f.addCert("fast.stapler.test")
 	ca2 := pki.NewCA("Slow CA", time.Now())

@@ -96,6 +96,7 @@ func TestStateDamaged(t *testing.T) {
 }
 
 func TestLockState(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "state.json")
 	unlock, err := lockState(context.Background(), path)
 	if err != nil {

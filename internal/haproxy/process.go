@@ -196,6 +196,9 @@ func (p *Process) Where() string {
 	return p.conn.addr.Raw
 }
 
+// Socket is the address this process was reached by, as configured.
+func (p *Process) Socket() string { return p.conn.addr.Raw }
+
 func (p *Process) exec(cmd string) (string, error) { return p.conn.Exec(p.prefix, cmd) }
 
 func (p *Process) execAll(cmds []string) ([]Answer, error) { return p.conn.ExecAll(p.prefix, cmds) }
