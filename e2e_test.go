@@ -44,28 +44,20 @@ func readState(t *testing.T, path string) *State {
 
 // TestRunFailureKeepsStaple: whatever goes wrong with the responder, the run exits 1 with a
 // message naming the certificate and the cause, the last good staple stays byte-identical, the
-// state records the failure, and the next run, backing off, asks nobody.
+// state records the failure, and the next run, backing off, asks nobody. One case of each kind
+// of failure: every way a response can be invalid is in internal/ocspcheck's table.
 func TestRunFailureKeepsStaple(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		mode string
 		want string // in the error message
 	}{
 		{"unknown", `status is unknown`},
-		{"tryLater", `responder answered \\"tryLater\\"`},
-		{"internalError", `responder answered \\"internalError\\"`},
-		{"unauthorized", `responder answered \\"unauthorized\\"`},
+		{"tryLater", `responder answered "tryLater"`},
 		{"http500", `answered HTTP 500 Internal Server Error`},
 		{"garbage", `invalid OCSP response`},
-		{"empty", `invalid OCSP response`},
-		{"wrongSerial", `response is for serial [0-9a-f]+, not this certificate's`},
 		{"stranger", `bad OCSP signature`},
 		{"expired", `response expires at .*, too soon to staple`},
-		{"tooShort", `too soon to staple`},
-		{"noNextUpdate", `no nextUpdate`},
-		{"future", `thisUpdate .* lies in the future`},
-		{"sha256", `the response.s CertID uses SHA-256; HAProxy matches only SHA-1`},
-		{"delegatedNoEKU", `lacks id-kp-OCSPSigning`},
-		{"delegatedExpired", `(?:bad OCSP signature|valid only from)`},
 		{"down", `connect: connection refused`},
 	}
 	for _, tt := range tests {
@@ -92,13 +84,13 @@ func TestRunFailureKeepsStaple(t *testing.T) {
 			}
 
 			r.SetMode(tt.mode)
-			code, stderr := runStapler(t, append(args, "--force")...)
+			code, l, _ := runLogged(t, append(args, "--force")...)
 			if code != 1 {
-				t.Errorf("failed run: exit %d, want 1\n%s", code, stderr)
+				t.Errorf("failed run: exit %d, want 1\n%s", code, l)
 			}
-			re := regexp.MustCompile(`level=ERROR msg="refresh failed" cert=` + regexp.QuoteMeta(site) + ` err="[^\n]*` + tt.want)
-			if !re.MatchString(stderr) {
-				t.Errorf("stderr does not match %s:\n%s", re, stderr)
+			re := regexp.MustCompile(tt.want)
+			if f := l.find("refresh failed", "level", "ERROR", "cert", site); f == nil || !re.MatchString(fmt.Sprint(f["err"])) {
+				t.Errorf("no refresh failure whose error matches %s:\n%s", re, l)
 			}
 			if got, _ := os.ReadFile(site + ".ocsp"); !bytes.Equal(got, good) {
 				t.Errorf("staple changed after a failed refresh")
@@ -196,9 +188,9 @@ func TestRunKeepsNewerStaple(t *testing.T) {
 			h.Log()
 
 			r.SetMode(mode)
-			code, stderr := runStapler(t, args...)
-			if code != 0 || !strings.Contains(stderr, "refreshed=0 up_to_date=1") {
-				t.Fatalf("exit %d, want 0 and nothing refreshed\n%s", code, stderr)
+			code, l, _ := runLogged(t, args...)
+			if code != 0 || l.find("run finished", "refreshed", "0", "up_to_date", "1") == nil {
+				t.Fatalf("exit %d, want 0 and nothing refreshed\n%s", code, l)
 			}
 			after, _ := os.Stat(site + ".ocsp")
 			if got, _ := os.ReadFile(site + ".ocsp"); !bytes.Equal(got, staple) || !os.SameFile(before, after) || !after.ModTime().Equal(before.ModTime()) {
@@ -310,12 +302,12 @@ func TestRunFIFOsNeverBlock(t *testing.T) {
 	site := filepath.Join(certs, "site.pem")
 	leaf, key := ca.Issue(pki.Leaf{Name: "site.test", OCSP: []string{r.URL()}}, now)
 	writeBundle(site, leaf, key, ca.Cert)
-	run := func() (int, string) {
-		res := execStapler(t, 20*time.Second, nil, nil, "run", "--dir", certs, "--state", filepath.Join(dir, "state.json"))
+	run := func() (int, logs) {
+		res := execStapler(t, 20*time.Second, nil, nil, "run", "--log-format", "json", "--dir", certs, "--state", filepath.Join(dir, "state.json"))
 		if res.killed {
 			t.Fatal("stapler hangs on a FIFO")
 		}
-		return res.code, res.stderr
+		return res.code, parseLogs(res.stderr)
 	}
 	for _, p := range []string{filepath.Join(certs, "fifo.pem"), site + ".ocsp"} {
 		if err := syscall.Mkfifo(p, 0o644); err != nil {
@@ -323,8 +315,8 @@ func TestRunFIFOsNeverBlock(t *testing.T) {
 		}
 	}
 	// The FIFO named site.pem.ocsp is replaced by a staple; fifo.pem is no certificate.
-	if code, stderr := run(); code != 0 || !strings.Contains(stderr, "checked=1 refreshed=1") {
-		t.Fatalf("exit %d\n%s", code, stderr)
+	if code, l := run(); code != 0 || l.find("run finished", "checked", "1", "refreshed", "1") == nil {
+		t.Fatalf("exit %d\n%s", code, l)
 	}
 	if fi, err := os.Lstat(site + ".ocsp"); err != nil || !fi.Mode().IsRegular() {
 		t.Errorf("site.pem.ocsp: %v, %v", fi, err)
@@ -333,7 +325,7 @@ func TestRunFIFOsNeverBlock(t *testing.T) {
 	if err := syscall.Mkfifo(site+".issuer", 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if code, stderr := run(); code != 1 || !strings.Contains(stderr, site+".issuer cannot be read as HAProxy will try to") {
-		t.Fatalf("FIFO issuer: exit %d\n%s", code, stderr)
+	if code, l := run(); code != 1 || l.find("cannot check certificate", "cert", site) == nil || !l.mentions(site+".issuer cannot be read as HAProxy will try to") {
+		t.Fatalf("FIFO issuer: exit %d\n%s", code, l)
 	}
 }

@@ -236,6 +236,11 @@ func (r *Responder) Answer(mode string, serial *big.Int, now time.Time) []byte {
 	case "delegatedExpired":
 		c, k := ca.Delegate(true, now.Add(-30*24*time.Hour), now.Add(-time.Hour))
 		return ca.Respond(serial, ocsp.Good, this, next, c, k)
+	case "delegatedNotYetValid":
+		c, k := ca.Delegate(true, now.Add(time.Hour), now.Add(30*24*time.Hour))
+		return ca.Respond(serial, ocsp.Good, this, next, c, k)
+	case "twoSingles":
+		return ca.TwoSingles(serial, now)
 	}
 	panic("unknown responder mode " + mode)
 }
