@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -301,20 +300,12 @@ func hapHoldConnection(t *testing.T, port int, name string, ca *x509.Certificate
 // serves for the certificate in path.
 func (f *hapFixture) status(config, path string) haproxyView {
 	f.t.Helper()
-	out, err := exec.Command("stapler", "status", "--json", "--config", config).Output()
-	if err != nil {
-		f.t.Fatalf("stapler status: %v", err)
-	}
-	var rep statusReport
-	if err := json.Unmarshal(out, &rep); err != nil {
-		f.t.Fatalf("stapler status --json: %v\n%s", err, out)
-	}
-	for _, cs := range rep.Certificates {
+	for _, cs := range statusJSON(f.t, "--config", config).Certificates {
 		if cs.Path == path && len(cs.HAProxy) > 0 {
 			return cs.HAProxy[0]
 		}
 	}
-	f.t.Fatalf("stapler status shows no HAProxy for %s:\n%s", path, out)
+	f.t.Fatalf("stapler status shows no HAProxy for %s", path)
 	return haproxyView{}
 }
 
@@ -927,9 +918,14 @@ func TestHAProxyOwnUpdater(t *testing.T) {
 		if view := f.status(stapler, site); !view.MatchesDisk {
 			t.Errorf("status: HAProxy does not serve the staple on disk: %+v", view)
 		}
-		out, err := exec.Command("stapler", "status", "--json", "--config", stapler).Output()
-		if err != nil || !strings.Contains(string(out), `"updater": "haproxy"`) {
-			t.Errorf("status --json does not name HAProxy as the updater (%v):\n%s", err, out)
+		updater := "no entry"
+		for _, cs := range statusJSON(t, "--config", stapler).Certificates {
+			if cs.Path == site {
+				updater = cs.Updater
+			}
+		}
+		if updater != "haproxy" {
+			t.Errorf("status --json: the updater of %s is %q, want haproxy", site, updater)
 		}
 
 		// The next run has nothing to do.

@@ -2,11 +2,9 @@ package main
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"stapler/internal/pki"
 	"testing"
@@ -74,13 +72,9 @@ frontend fe
 		}
 
 		// stapler status sees the same: every staple good and served.
-		out, err := exec.Command("stapler", "status", "--json", "--haproxy-config", cfg, "--state", filepath.Join(base, "state.json")).Output()
-		if err != nil {
-			t.Fatalf("stapler status: %v", err)
-		}
-		var rep statusReport
-		if err := json.Unmarshal(out, &rep); err != nil || len(rep.Certificates) != len(certs) {
-			t.Fatalf("stapler status --json: %v\n%s", err, out)
+		rep := statusJSON(t, "--haproxy-config", cfg, "--state", filepath.Join(base, "state.json"))
+		if len(rep.Certificates) != len(certs) {
+			t.Fatalf("stapler status --json: %d certificates, want %d", len(rep.Certificates), len(certs))
 		}
 		for _, cs := range rep.Certificates {
 			if cs.StapleStatus != "good" || len(cs.HAProxy) != 1 || cs.HAProxy[0].Socket != sock || !cs.HAProxy[0].Slot || !cs.HAProxy[0].MatchesDisk {

@@ -151,6 +151,17 @@ func skipProcesses(t testing.TB) {
 	}
 }
 
+// statusJSON runs `stapler status --json` with args and returns its report.
+func statusJSON(t testing.TB, args ...string) statusReport {
+	t.Helper()
+	res := execStapler(t, 0, nil, nil, append([]string{"status", "--json"}, args...)...)
+	var rep statusReport
+	if err := json.Unmarshal([]byte(res.stdout), &rep); err != nil {
+		t.Fatalf("stapler status --json %s: exit %d, %v\n%s%s", strings.Join(args, " "), res.code, err, res.stdout, res.stderr)
+	}
+	return rep
+}
+
 // procResult is what one run of the built stapler did.
 type procResult struct {
 	code           int // -1 when it could not run

@@ -7,7 +7,6 @@ import (
 	"encoding/pem"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"stapler/internal/pki"
 	"testing"
@@ -49,11 +48,10 @@ func TestKeyMaterialNeverLeaks(t *testing.T) {
 		append([]string{"status", "--json"}, settings...),
 		append([]string{"check"}, settings...),
 	} {
-		cmd := exec.Command("stapler", args...)
-		cmd.Env = append(os.Environ(), "STAPLER_CONFIG=")
-		cmd.Stdout, cmd.Stderr = &printed, &printed
-		if err := cmd.Run(); err != nil {
-			t.Fatalf("stapler %v: %v\n%s", args, err, printed.Bytes())
+		res := execStapler(t, 0, nil, nil, args...)
+		printed.WriteString(res.stdout + res.stderr)
+		if res.code != 0 {
+			t.Fatalf("stapler %v: exit %d\n%s", args, res.code, printed.Bytes())
 		}
 	}
 	if !bytes.Contains(printed.Bytes(), []byte("updated staple")) {

@@ -43,6 +43,7 @@ type Fake struct {
 	tx       *transaction
 	log      []string // commands received, payloads folded into their first line
 	conns    int
+	open     int               // connections being served
 	override map[string]string // command prefix: answer
 	hangup   map[string]string // command prefix: what to send before closing
 }
@@ -197,12 +198,25 @@ func (f *Fake) Conns() int {
 	return f.conns
 }
 
+// Open is how many connections are open now.
+func (f *Fake) Open() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.open
+}
+
 func (f *Fake) serve(c net.Conn) {
 	defer c.Close()
 	f.mu.Lock()
 	f.conns++
+	f.open++
 	silent := f.silent
 	f.mu.Unlock()
+	defer func() {
+		f.mu.Lock()
+		f.open--
+		f.mu.Unlock()
+	}()
 	if silent {
 		c.SetReadDeadline(time.Now().Add(10 * time.Second))
 		buf := make([]byte, 4096)
