@@ -69,7 +69,7 @@ type socketReport struct {
 	Version string            // HAProxy's version, when known
 }
 
-// reconcileOptions are the settings of syncSockets.
+// reconcileOptions are the settings of reconcileSockets.
 type reconcileOptions struct {
 	Timeout    time.Duration // for connecting and for each answer
 	Now        time.Time

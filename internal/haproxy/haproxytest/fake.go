@@ -345,6 +345,54 @@ func unescape(s string) string {
 	return b.String()
 }
 
+// showCerts answers `show ssl cert`: an open transaction, then the files.
+func (f *Fake) showCerts() string {
+	var b strings.Builder
+	if f.tx != nil {
+		b.WriteString("# transaction\n*" + f.tx.name + "\n")
+	}
+	b.WriteString("# filename\n")
+	names := make([]string, 0, len(f.certs))
+	for name := range f.certs {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		b.WriteString(name + "\n")
+	}
+	return b.String()
+}
+
+// showCert answers `show ssl cert NAME`.
+func (f *Fake) showCert(name string, fail func(string) string) string {
+	c := f.certs[name]
+	if c == nil {
+		return fail("Can't display the certificate: Not found or the certificate is a bundle!")
+	}
+	key := ""
+	if c.Attached {
+		key = c.CertID
+	}
+	s := fmt.Sprintf("Filename: %s\nStatus: Used\nSerial: %s\nOCSP Response Key: %s\n", name, strings.ToUpper(c.Serial), key)
+	if f.version.AtLeast(3, 4) {
+		s += "Option: ocsp-update off\n"
+	}
+	return s
+}
+
+// showUpdates answers `show ssl ocsp-updates`.
+func (f *Fake) showUpdates() string {
+	s := "OCSP Certid | Path | Next Update | Last Update | Successes | Failures | Last Update Status | Last Update Status (str)\n"
+	for _, u := range f.updates {
+		last := "-"
+		if !u.LastUpdate.IsZero() {
+			last = u.LastUpdate.UTC().Format("02/Jan/2006:15:04:05 -0700")
+		}
+		s += fmt.Sprintf("%s | %s | %s | %s | %d | %d | %d | %s\n", u.CertID, u.Path, u.NextUpdate.UTC().Format("02/Jan/2006:15:04:05 -0700"), last, u.Successes, u.Failures, u.Status, u.StatusText)
+	}
+	return s
+}
+
 // show answers the `show` commands.
 func (f *Fake) show(line string, info, fail func(string) string) string {
 	caps := f.version.Caps()
@@ -358,55 +406,17 @@ func (f *Fake) show(line string, info, fail func(string) string) string {
 		return fmt.Sprintf("Name: HAProxy\nVersion: %s\nPid: %d\nUptime_sec: 100\nStart_time_sec: %d\nStopping: %d\n", f.version.Text, f.pid, 1795300000+f.pid, stopping)
 	case line == "show cli level":
 		return info(f.level)
-	case line == "show ssl cert":
-		if f.level == "user" {
-			return fail("Can't allocate memory!")
-		}
-		var b strings.Builder
-		if f.tx != nil {
-			b.WriteString("# transaction\n*" + f.tx.name + "\n")
-		}
-		b.WriteString("# filename\n")
-		names := make([]string, 0, len(f.certs))
-		for name := range f.certs {
-			names = append(names, name)
-		}
-		slices.Sort(names)
-		for _, name := range names {
-			b.WriteString(name + "\n")
-		}
-		return b.String()
-	case strings.HasPrefix(line, "show ssl cert "):
-		if f.level == "user" {
-			return fail("Can't allocate memory!")
-		}
-		name := arg("show ssl cert ")
-		c := f.certs[name]
-		if c == nil {
-			return fail("Can't display the certificate: Not found or the certificate is a bundle!")
-		}
-		key := ""
-		if c.Attached {
-			key = c.CertID
-		}
-		s := fmt.Sprintf("Filename: %s\nStatus: Used\nSerial: %s\nOCSP Response Key: %s\n", name, strings.ToUpper(c.Serial), key)
-		if f.version.AtLeast(3, 4) {
-			s += "Option: ocsp-update off\n"
-		}
-		return s
+	case line == "show ssl cert" && f.level != "user":
+		return f.showCerts()
+	case strings.HasPrefix(line, "show ssl cert ") && f.level != "user":
+		return f.showCert(arg("show ssl cert "), fail)
+	case strings.HasPrefix(line, "show ssl cert"):
+		return fail("Can't allocate memory!")
 	case line == "show ssl ocsp-updates":
 		if !caps.OCSPUpdate {
 			return fail("Unknown command: 'show ssl ocsp-updates'")
 		}
-		s := "OCSP Certid | Path | Next Update | Last Update | Successes | Failures | Last Update Status | Last Update Status (str)\n"
-		for _, u := range f.updates {
-			last := "-"
-			if !u.LastUpdate.IsZero() {
-				last = u.LastUpdate.UTC().Format("02/Jan/2006:15:04:05 -0700")
-			}
-			s += fmt.Sprintf("%s | %s | %s | %s | %d | %d | %d | %s\n", u.CertID, u.Path, u.NextUpdate.UTC().Format("02/Jan/2006:15:04:05 -0700"), last, u.Successes, u.Failures, u.Status, u.StatusText)
-		}
-		return s
+		return f.showUpdates()
 	case strings.HasPrefix(line, "show ssl ocsp-response base64 "):
 		if !caps.ByPath {
 			return fail("Certificate ID does not match any certificate.")
