@@ -68,6 +68,10 @@ type Staple struct {
 	// clients that check the staple reject it from then on. Zero when the issuer signed it.
 	SignerNotAfter time.Time `json:"signer_not_after,omitzero"`
 	Responder      string    `json:"responder,omitempty"` // the URL that answered; "" when adopted
+	// ETag and LastModified are how that responder's HTTP server named its answer, for
+	// conditional requests.
+	ETag         string `json:"etag,omitempty"`
+	LastModified string `json:"last_modified,omitempty"`
 }
 
 // newStaple records a response that passed ocspcheck.
@@ -216,6 +220,14 @@ func (st *CertState) vouch(s *Staple, stat string, now time.Time, fetched bool) 
 	if fetched {
 		st.LastUpdate = now
 		st.succeeded()
+	}
+}
+
+// named records how the responder's HTTP server names the vouched staple (ETag,
+// Last-Modified), for the next conditional request.
+func (st *CertState) named(etag, lastModified string) {
+	if st.Staple != nil {
+		st.Staple.ETag, st.Staple.LastModified = etag, lastModified
 	}
 }
 

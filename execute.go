@@ -1,11 +1,13 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"mime"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -17,13 +19,20 @@ import (
 
 // fetched is what became of one certificate's due staple, or of HAProxy's copy of it.
 type fetched struct {
-	DER        []byte
-	Resp       *ocspcheck.Response
-	Responder  string // the URL that answered
-	Err        error  // the refresh failed: the certificate's own failure
-	Unfinished bool   // the run ended (deadline, signal) before it was fetched: no fault of its
-	Newer      bool   // newer than the valid staple on disk: written
-	Stat       string // the staple file's stat mark after writing
+	DER       []byte
+	Resp      *ocspcheck.Response
+	Responder string // the URL that answered
+	// NotModified: the responder said (HTTP 304) that the staple on disk, which it gave
+	// before, still stands.
+	NotModified bool
+	// CacheUntil is when the responder's HTTP cache may have something newer; ETag and
+	// LastModified name its answer for the next conditional request.
+	CacheUntil         time.Time
+	ETag, LastModified string
+	Err                error  // the refresh failed: the certificate's own failure
+	Unfinished         bool   // the run ended (deadline, signal) before it was fetched: no fault of its
+	Newer              bool   // newer than the valid staple on disk: written
+	Stat               string // the staple file's stat mark after writing
 	// IssuerWritten is the hash of the issuer file written beside it ("" when none).
 	IssuerWritten string
 }
@@ -72,29 +81,41 @@ func (ex *executor) fetchAll(ctx context.Context, due []*certPlan) map[*certPlan
 	return out
 }
 
-// fetch asks each of the certificate's responders in turn until one gives a valid answer.
+// fetch asks each of the certificate's responders in turn until one gives a valid answer. The
+// one that gave the staple on disk is asked conditionally when it named its answer (ETag,
+// Last-Modified): "not modified" means that staple still stands.
 func (ex *executor) fetch(ctx context.Context, p *certPlan, f *fetched) {
 	iss := ex.issuer(ctx, p.Obs)
 	if iss.Err != nil {
 		f.Err = iss.Err
 		return
 	}
+	held := validStaple(p.Next, ex.now)
 	var errs []error
 	for _, url := range p.Next.Responders {
-		der, err := ex.fetcher.fetch(ctx, url, iss.Req)
+		var cond *conditional
+		if held != nil && held.Responder == url && (held.ETag != "" || held.LastModified != "") {
+			cond = &conditional{ETag: held.ETag, LastModified: held.LastModified}
+		}
+		a, err := ex.fetcher.fetch(ctx, url, iss.Req, cond, ex.now)
+		if err == nil && a.NotModified {
+			f.Responder, f.NotModified, f.CacheUntil = url, true, a.CacheUntil
+			f.ETag, f.LastModified = cmp.Or(a.ETag, held.ETag), cmp.Or(a.LastModified, held.LastModified)
+			return
+		}
 		if err == nil {
-			f.Resp, err = ex.checker.Check(der, iss.CertID, iss.Issuer, ex.now)
-			if err == nil && f.Resp.NextUpdate.Before(ex.now.Add(minValidity)) {
-				err = fmt.Errorf("response expires at %s, too soon to staple (HAProxy stops %v before nextUpdate)", f.Resp.NextUpdate.Format(time.RFC3339), haproxyMargin)
+			f.Resp, err = ex.checker.Check(a.Body, iss.CertID, iss.Issuer, ex.now)
+			if err == nil {
+				err = tooSoon(f.Resp, ex.now)
 			}
 			if err != nil {
-				err = fmt.Errorf("responder %s: %w", url, err)
+				err = fmt.Errorf("responder %s: %w", url, notOCSP(err, a))
 			}
 		}
 		if err == nil {
-			f.DER, f.Responder = der, url
-			found := newStaple(der, f.Resp, iss.CertID, url)
-			f.Newer = !p.Next.validAt(ex.now) || found.newerThan(p.Next.Staple)
+			f.DER, f.Responder, f.CacheUntil, f.ETag, f.LastModified = a.Body, url, a.CacheUntil, a.ETag, a.LastModified
+			found := newStaple(a.Body, f.Resp, iss.CertID, url)
+			f.Newer = held == nil || found.newerThan(held)
 			return
 		}
 		if ctx.Err() != nil {
@@ -107,6 +128,17 @@ func (ex *executor) fetch(ctx context.Context, p *certPlan, f *fetched) {
 		errs = append(errs, err)
 	}
 	f.Err = errors.Join(errs...)
+}
+
+// notOCSP says what a body that is no OCSP response was, when its content type tells: an HTML
+// error page from a proxy or a CDN, say.
+func notOCSP(err error, a *answer) error {
+	ct, _, _ := mime.ParseMediaType(a.ContentType)
+	if !errors.Is(err, ocspcheck.ErrNotOCSP) || ct == "" || ct == "application/ocsp-response" {
+		return err
+	}
+	start := a.Body[:min(len(a.Body), 60)]
+	return fmt.Errorf("responder answered %s, not an OCSP response: %q", ct, start)
 }
 
 // write writes, in one durable batch, every new staple and the issuer file HAProxy needs

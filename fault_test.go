@@ -1065,7 +1065,7 @@ func (e *faultEnv) validFor(der []byte, leaf *x509.Certificate) error {
 		return fmt.Errorf("a response for serial %x, not %x", resp.SerialNumber, leaf.SerialNumber)
 	case resp.Status != ocsp.Good:
 		return fmt.Errorf("status %s, not good", ocspcheck.StatusName(resp.Status))
-	case !resp.NextUpdate.After(time.Now().Add(minValidity)):
+	case !resp.NextUpdate.After(time.Now().Add(minValidity(resp.NextUpdate.Sub(resp.ThisUpdate)))):
 		return fmt.Errorf("nextUpdate %v is too close", resp.NextUpdate)
 	}
 	return nil
@@ -1320,7 +1320,7 @@ func TestFaultFetcherDial(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), tt.ctx)
 			defer cancel()
 			start := time.Now()
-			_, err := f.fetch(ctx, leaf.OCSPServer[0], req)
+			_, err := f.fetch(ctx, leaf.OCSPServer[0], req, nil, time.Now())
 			took := time.Since(start)
 			if err == nil || !regexp.MustCompile(tt.want).MatchString(err.Error()) {
 				t.Errorf("error %v, want one matching %s", err, tt.want)

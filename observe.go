@@ -201,8 +201,8 @@ func (ob *observer) verify(ctx context.Context, o *fileObs, der []byte) (*ocspch
 		return nil, iss.Err
 	}
 	resp, err := ob.checker.Check(der, iss.CertID, iss.Issuer, ob.now)
-	if err == nil && resp.NextUpdate.Before(ob.now.Add(minValidity)) {
-		err = fmt.Errorf("response expires at %s, too soon to staple", resp.NextUpdate.Format(time.RFC3339))
+	if err == nil {
+		err = tooSoon(resp, ob.now)
 	}
 	return resp, err
 }

@@ -9,8 +9,10 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
+	"time"
 )
 
 // maxGETLength: RFC 5019 section 5 sends requests whose encoding is at most 255 bytes by GET.
@@ -27,14 +29,33 @@ type fetcher struct {
 	slots map[string]chan struct{} // by responder host
 }
 
-// fetch sends req to the responder and returns the body of its answer, unvalidated.
-func (f *fetcher) fetch(ctx context.Context, responder string, req []byte) ([]byte, error) {
+// answer is what a responder sent back: the body of a 200 answer, unvalidated, or word that
+// the response named in the conditional request has not changed; and what its HTTP headers
+// say about caching.
+type answer struct {
+	Body        []byte
+	NotModified bool   // 304: the response the conditional request named still stands
+	ContentType string // of a 200 answer
+	// CacheUntil is when the HTTP cache in front of the responder (a CDN), or the responder,
+	// may have a newer answer: Cache-Control max-age, else Expires, less Age. Zero when the
+	// headers say nothing or forbid caching.
+	CacheUntil time.Time
+	// ETag and LastModified name the answer for a later conditional request.
+	ETag, LastModified string
+}
+
+// conditional names the response a client holds, for If-None-Match and If-Modified-Since.
+type conditional struct{ ETag, LastModified string }
+
+// fetch sends req to the responder and returns its answer; cond, when not nil, makes the
+// request conditional. Requests go by GET when short enough, so that HTTP caches work.
+func (f *fetcher) fetch(ctx context.Context, responder string, req []byte, cond *conditional, now time.Time) (*answer, error) {
 	if o, ok := f.Override[responder]; ok {
 		responder = o
 	}
 	release, err := f.acquire(ctx, responder)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("asking responder %s: %w", responder, err)
 	}
 	defer release()
 	var hreq *http.Request
@@ -51,11 +72,17 @@ func (f *fetcher) fetch(ctx context.Context, responder string, req []byte) ([]by
 		return nil, fmt.Errorf("responder URL %q: %w", responder, err)
 	}
 	hreq.Header.Set("Accept", "application/ocsp-response")
-	body, err := httpBody(f.Client, hreq, f.MaxBytes)
+	if cond != nil && cond.ETag != "" {
+		hreq.Header.Set("If-None-Match", cond.ETag)
+	}
+	if cond != nil && cond.LastModified != "" {
+		hreq.Header.Set("If-Modified-Since", cond.LastModified)
+	}
+	a, err := httpAnswer(f.Client, hreq, f.MaxBytes, cond != nil, now)
 	if err != nil {
 		return nil, fmt.Errorf("asking responder %s: %w", responder, err)
 	}
-	return body, nil
+	return a, nil
 }
 
 // acquire waits for one of the PerResponder slots of the responder's host.
@@ -85,8 +112,9 @@ func (f *fetcher) acquire(ctx context.Context, responder string) (release func()
 	}
 }
 
-// httpBody sends req and returns the body of a 200 answer, refusing one over maxBytes.
-func httpBody(client *http.Client, req *http.Request, maxBytes int64) ([]byte, error) {
+// httpAnswer sends req and reads the answer: a 200 whose body is at most maxBytes, or, for a
+// conditional request, a 304.
+func httpAnswer(client *http.Client, req *http.Request, maxBytes int64, conditional bool, now time.Time) (*answer, error) {
 	resp, err := client.Do(req)
 	if err != nil {
 		var uerr *url.Error
@@ -96,16 +124,67 @@ func httpBody(client *http.Client, req *http.Request, maxBytes int64) ([]byte, e
 		return nil, err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
+	a := &answer{CacheUntil: cacheUntil(resp.Header, now), ETag: resp.Header.Get("ETag"), LastModified: resp.Header.Get("Last-Modified")}
+	switch {
+	case resp.StatusCode == http.StatusNotModified && conditional:
+		a.NotModified = true
+		return a, nil
+	case resp.StatusCode != http.StatusOK:
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 4096)) // lets the connection be reused
 		return nil, fmt.Errorf("answered HTTP %s", resp.Status)
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBytes+1))
+	a.ContentType = resp.Header.Get("Content-Type")
+	a.Body, err = io.ReadAll(io.LimitReader(resp.Body, maxBytes+1))
 	if err != nil {
 		return nil, fmt.Errorf("reading the answer: %w", err)
 	}
-	if int64(len(body)) > maxBytes {
+	if int64(len(a.Body)) > maxBytes {
 		return nil, fmt.Errorf("answered more than %d bytes", maxBytes)
 	}
-	return body, nil
+	return a, nil
+}
+
+// httpBody sends req and returns the body of a 200 answer, refusing one over maxBytes.
+func httpBody(client *http.Client, req *http.Request, maxBytes int64) ([]byte, error) {
+	a, err := httpAnswer(client, req, maxBytes, false, time.Time{})
+	if err != nil {
+		return nil, err
+	}
+	return a.Body, nil
+}
+
+// cacheUntil is when an HTTP answer received at now stops being fresh for caches (RFC 9111
+// section 4.2): its freshness lifetime (max-age, else Expires less Date) less its Age. Zero
+// when the headers give no lifetime, or say no-store or no-cache.
+func cacheUntil(h http.Header, now time.Time) time.Time {
+	lifetime, known := time.Duration(0), false
+	for _, d := range strings.Split(strings.Join(h.Values("Cache-Control"), ","), ",") {
+		name, value, _ := strings.Cut(strings.TrimSpace(d), "=")
+		switch strings.ToLower(name) {
+		case "no-store", "no-cache":
+			return time.Time{}
+		case "max-age":
+			if n, err := strconv.ParseInt(strings.Trim(value, `"`), 10, 64); err == nil && n >= 0 {
+				lifetime, known = time.Duration(n)*time.Second, true
+			}
+		}
+	}
+	if !known {
+		expires, err := http.ParseTime(h.Get("Expires"))
+		if err != nil {
+			return time.Time{}
+		}
+		date, err := http.ParseTime(h.Get("Date"))
+		if err != nil {
+			date = now
+		}
+		lifetime = expires.Sub(date)
+	}
+	if age, err := strconv.ParseInt(h.Get("Age"), 10, 64); err == nil && age > 0 {
+		lifetime -= time.Duration(age) * time.Second
+	}
+	if lifetime <= 0 {
+		return time.Time{}
+	}
+	return now.Add(lifetime)
 }

@@ -42,15 +42,15 @@ func TestFetchMethod(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := f.fetch(context.Background(), tt.responder, tt.req)
+			got, err := f.fetch(context.Background(), tt.responder, tt.req, nil, time.Now())
 			if tt.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.err) {
 					t.Fatalf("got %v, want error containing %q", err, tt.err)
 				}
 				return
 			}
-			if err != nil || string(got) != "answer" {
-				t.Fatalf("got %q, %v", got, err)
+			if err != nil || string(got.Body) != "answer" {
+				t.Fatalf("got %+v, %v", got, err)
 			}
 			if method != tt.method {
 				t.Errorf("method %s, want %s", method, tt.method)
@@ -83,7 +83,7 @@ func TestFetchPerResponderLimit(t *testing.T) {
 	var wg sync.WaitGroup
 	for range 12 {
 		wg.Go(func() {
-			if _, err := f.fetch(context.Background(), srv.URL, []byte{1}); err != nil {
+			if _, err := f.fetch(context.Background(), srv.URL, []byte{1}, nil, time.Now()); err != nil {
 				t.Error(err)
 			}
 		})
@@ -91,5 +91,71 @@ func TestFetchPerResponderLimit(t *testing.T) {
 	wg.Wait()
 	if most != 3 {
 		t.Errorf("%d requests in flight at most, want 3", most)
+	}
+}
+
+// TestCacheUntil: when an answer stops being fresh for HTTP caches (RFC 9111 section 4.2).
+func TestCacheUntil(t *testing.T) {
+	now := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+	date := now.Add(-10 * time.Minute).Format(http.TimeFormat)
+	for _, tt := range []struct {
+		name   string
+		header http.Header
+		want   time.Duration // after now; 0: no word
+	}{
+		{"nothing", http.Header{}, 0},
+		{"max-age", http.Header{"Cache-Control": {"public, max-age=3600"}}, time.Hour},
+		{"max-age less Age", http.Header{"Cache-Control": {"max-age=3600"}, "Age": {"600"}}, 50 * time.Minute},
+		{"Age past max-age", http.Header{"Cache-Control": {"max-age=3600"}, "Age": {"4000"}}, 0},
+		{"max-age over Expires", http.Header{"Cache-Control": {"max-age=60"}, "Expires": {now.Add(time.Hour).Format(http.TimeFormat)}}, time.Minute},
+		{"Expires less Date", http.Header{"Expires": {now.Add(time.Hour).Format(http.TimeFormat)}, "Date": {date}}, 70 * time.Minute},
+		{"Expires without Date", http.Header{"Expires": {now.Add(time.Hour).Format(http.TimeFormat)}}, time.Hour},
+		{"invalid Expires", http.Header{"Expires": {"0"}}, 0},
+		{"no-cache", http.Header{"Cache-Control": {"no-cache, max-age=3600"}}, 0},
+		{"no-store", http.Header{"Cache-Control": {"max-age=3600", "no-store"}}, 0},
+	} {
+		got := cacheUntil(tt.header, now)
+		if want := now.Add(tt.want); tt.want == 0 && !got.IsZero() || tt.want != 0 && !got.Equal(want) {
+			t.Errorf("%s: %v, want %v after now", tt.name, got.Sub(now), tt.want)
+		}
+	}
+}
+
+// TestFetchConditional: a request naming the held answer by ETag and Last-Modified; the
+// server's 304 is "not modified", its headers kept.
+func TestFetchConditional(t *testing.T) {
+	var ifNoneMatch, ifModifiedSince string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ifNoneMatch, ifModifiedSince = r.Header.Get("If-None-Match"), r.Header.Get("If-Modified-Since")
+		w.Header().Set("Cache-Control", "max-age=600")
+		w.Header().Set("ETag", `"v1"`)
+		if ifNoneMatch == `"v1"` {
+			w.WriteHeader(http.StatusNotModified)
+			return
+		}
+		w.Write([]byte("answer"))
+	}))
+	defer srv.Close()
+	f := &fetcher{Client: srv.Client(), MaxBytes: 4096}
+	now := time.Now()
+	a, err := f.fetch(context.Background(), srv.URL, []byte{1}, nil, now)
+	if err != nil || a.NotModified || string(a.Body) != "answer" || a.ETag != `"v1"` || !a.CacheUntil.Equal(now.Add(10*time.Minute)) {
+		t.Fatalf("unconditional: %+v, %v", a, err)
+	}
+	if ifNoneMatch != "" || ifModifiedSince != "" {
+		t.Errorf("an unconditional request sent If-None-Match %q, If-Modified-Since %q", ifNoneMatch, ifModifiedSince)
+	}
+	lm := now.UTC().Format(http.TimeFormat)
+	a, err = f.fetch(context.Background(), srv.URL, []byte{1}, &conditional{ETag: `"v1"`, LastModified: lm}, now)
+	if err != nil || !a.NotModified || a.Body != nil || !a.CacheUntil.Equal(now.Add(10*time.Minute)) {
+		t.Fatalf("conditional: %+v, %v", a, err)
+	}
+	if ifModifiedSince != lm {
+		t.Errorf("If-Modified-Since %q, want %q", ifModifiedSince, lm)
+	}
+	// A 304 to a request that named nothing is an error, not a staple.
+	srv.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNotModified) })
+	if _, err := f.fetch(context.Background(), srv.URL, []byte{1}, nil, now); err == nil || !strings.Contains(err.Error(), "answered HTTP 304") {
+		t.Errorf("unconditional 304: %v", err)
 	}
 }

@@ -217,7 +217,7 @@ func (pol policy) observeStaple(now time.Time, p *certPlan, force bool) string {
 		}
 		// Someone else wrote a valid, good staple (another tool, a restored backup): keep it.
 		st.vouch(found, s.Stat, now, false)
-		st.schedule(pol.afterSuccess(o.File.Path, now, found))
+		st.schedule(pol.afterSuccess(o.File.Path, now, found, time.Time{}))
 		p.note(slog.LevelInfo, "adopted staple found on disk", "next_update", found.NextUpdate)
 	}
 	// A staple file that changed since stapler last saw it is dealt with at once, back-off or
@@ -236,7 +236,7 @@ func (pol policy) observeStaple(now time.Time, p *certPlan, force bool) string {
 		return "" // backing off; NextDue is never later than the staple's urgent point
 	case reason != "":
 		return reason
-	case st.Staple == nil || !st.Staple.Expiry().After(now.Add(minValidity)):
+	case st.Staple == nil || !st.Staple.Expiry().After(now.Add(minValidity(st.Staple.Window()))):
 		return dueExpiring
 	case st.Failures > 0:
 		return dueRetry
@@ -280,7 +280,7 @@ func (pol policy) haproxyKeeps(now time.Time, p *certPlan) bool {
 	if !st.validAt(now) || bestStaple.newerThan(st.Staple) {
 		p.Copy = best
 	}
-	st.schedule(pol.afterSuccess(p.Obs.File.Path, now, bestStaple))
+	st.schedule(pol.afterSuccess(p.Obs.File.Path, now, bestStaple, time.Time{}))
 	return true
 }
 

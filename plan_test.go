@@ -68,7 +68,7 @@ func TestPlan(t *testing.T) {
 			o.Cert = &certInfo{Hash: "c2", Serial: "1f", IssuerName: "CN=CA", NotBefore: planNow.Add(-24 * time.Hour), NotAfter: planNow.Add(90 * 24 * time.Hour), Responders: []string{"http://ocsp.test"}}
 		}, step: stepKeep},
 		{name: "renewal point passed", state: func(st *CertState) { st.NextDue = planNow }, step: stepFetch, reason: dueRenew},
-		{name: "staple expiring", state: func(st *CertState) { st.Staple.NextUpdate = planNow.Add(minValidity) }, step: stepFetch, reason: dueExpiring},
+		{name: "staple expiring", state: func(st *CertState) { st.Staple.NextUpdate = planNow.Add(minValidity(st.Staple.Window())) }, step: stepFetch, reason: dueExpiring},
 		{name: "delegated signer expiring", state: func(st *CertState) { st.Staple.SignerNotAfter = planNow.Add(time.Minute) }, step: stepFetch, reason: dueExpiring},
 		{name: "staple file removed", obs: func(o *fileObs) { o.Staple = diskStaple{Missing: true} }, step: stepFetch, reason: dueMissing},
 		{name: "garbage over the staple", obs: func(o *fileObs) { o.Staple = diskStaple{Stat: "d2", Hash: "g", Problem: "invalid OCSP response"} },

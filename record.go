@@ -108,16 +108,21 @@ func record(now time.Time, pol policy, rp runPlan, results map[*certPlan]*fetche
 			slog.Error("refresh failed", attrs...)
 			sum.Failed++
 		case !f.Newer:
-			// The responder answered with the staple already on disk, or an older one.
+			// The responder answered with the staple already on disk (or said so: not
+			// modified), or an older one.
 			st.succeeded()
-			st.schedule(pol.afterSuccess(path, now, st.Staple))
-			slog.Debug("responder has nothing newer", "cert", path, "next_due", st.NextDue)
+			if f.NotModified || f.Responder == st.Staple.Responder && hashBytes(f.DER) == st.Staple.Hash {
+				st.named(f.ETag, f.LastModified)
+			}
+			st.schedule(pol.afterSuccess(path, now, st.Staple, f.CacheUntil))
+			slog.Debug("responder has nothing newer", "cert", path, "next_due", st.NextDue, "not_modified", f.NotModified)
 			sum.UpToDate++
 			recordRevoked(path, st, sum)
 		default:
 			s := newStaple(f.DER, f.Resp, p.Obs.issued.CertID, f.Responder)
+			s.ETag, s.LastModified = f.ETag, f.LastModified
 			st.vouch(s, f.Stat, now, true)
-			st.schedule(pol.afterSuccess(path, now, s))
+			st.schedule(pol.afterSuccess(path, now, s, f.CacheUntil))
 			slog.Info("updated staple", "cert", path, "reason", p.Reason, "status", s.Status, "next_update", s.NextUpdate, "next_due", st.NextDue)
 			sum.Refreshed++
 			recordRevoked(path, st, sum)

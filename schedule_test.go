@@ -14,12 +14,13 @@ func staple(this, next time.Time) *Staple { return &Staple{ThisUpdate: this, Nex
 func TestRenewalPoint(t *testing.T) {
 	this := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
 	next := this.Add(100 * time.Hour)
+	half := (100*time.Hour - haproxyMargin) / 2 // half of the useful life
 	spread := map[time.Time]bool{}
 	for i := range 200 {
 		key := fmt.Sprintf("/etc/haproxy/certs/site%d.pem", i)
 		got := testPolicy.renewalPoint(key, staple(this, next))
-		if got.Before(this.Add(40*time.Hour)) || got.After(this.Add(50*time.Hour)) {
-			t.Fatalf("%s: renewal point %v is outside 40 h to 50 h into the window", key, got.Sub(this))
+		if got.Before(this.Add(half*4/5)) || got.After(this.Add(half)) {
+			t.Fatalf("%s: renewal point %v is outside %v to %v into the window", key, got.Sub(this), half*4/5, half)
 		}
 		if again := testPolicy.renewalPoint(key, staple(this, next)); !again.Equal(got) {
 			t.Fatalf("%s: renewal point moved from %v to %v", key, got, again)
@@ -30,8 +31,50 @@ func TestRenewalPoint(t *testing.T) {
 		t.Errorf("200 certificates fall due in only %d distinct hours of 10", len(spread))
 	}
 	noSpread := policy{RenewAt: 0.5}
-	if got := noSpread.renewalPoint("x", staple(this, next)); !got.Equal(this.Add(50 * time.Hour)) {
-		t.Errorf("without spread: %v, want half-way", got.Sub(this))
+	if got := noSpread.renewalPoint("x", staple(this, next)); !got.Equal(this.Add(half)) {
+		t.Errorf("without spread: %v, want half-way through the useful life", got.Sub(this))
+	}
+}
+
+// TestWindows: the schedule of a fresh response, for windows from HAProxy's minimum to the
+// Baseline Requirements' maximum (the table in the README, Scheduling, comes from here).
+// Without spread, so that the points are exact; the spread only brings the refresh earlier.
+func TestWindows(t *testing.T) {
+	pol := testPolicy
+	pol.Spread = 0
+	this := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	for _, tt := range []struct {
+		window              time.Duration
+		refresh, urgent     time.Duration // after thisUpdate
+		minLeft             time.Duration // that a new response must have
+		retryBase, retryMax time.Duration
+	}{
+		{10 * time.Minute, 150 * time.Second, 225 * time.Second, 375 * time.Second, 37500 * time.Millisecond, 100 * time.Second},
+		{time.Hour, 27*time.Minute + 30*time.Second, 41*time.Minute + 15*time.Second, 10 * time.Minute, 5 * time.Minute, 18*time.Minute + 20*time.Second},
+		{24 * time.Hour, 11*time.Hour + 57*time.Minute + 30*time.Second, 23 * time.Hour, 10 * time.Minute, 5 * time.Minute, 6 * time.Hour},
+		{7 * 24 * time.Hour, 3*24*time.Hour + 11*time.Hour + 57*time.Minute + 30*time.Second, 7*24*time.Hour - time.Hour, 10 * time.Minute, 5 * time.Minute, 6 * time.Hour},
+		{10 * 24 * time.Hour, 4 * 24 * time.Hour, 10*24*time.Hour - time.Hour, 10 * time.Minute, 5 * time.Minute, 6 * time.Hour},
+	} {
+		s := staple(this, this.Add(tt.window))
+		if got := pol.renewalPoint("k", s).Sub(this); got != tt.refresh {
+			t.Errorf("%v window: refreshed %v after thisUpdate, want %v", tt.window, got, tt.refresh)
+		}
+		if got := pol.urgentPoint(s).Sub(this); got != tt.urgent {
+			t.Errorf("%v window: urgent %v after thisUpdate, want %v", tt.window, got, tt.urgent)
+		}
+		if got := minValidity(tt.window); got != tt.minLeft {
+			t.Errorf("%v window: a new response needs %v left, want %v", tt.window, got, tt.minLeft)
+		}
+		if base, most := pol.retryWaits(usefulLife(s)); base != tt.retryBase || most != tt.retryMax {
+			t.Errorf("%v window: retries after %v, at most %v; want %v, %v", tt.window, base, most, tt.retryBase, tt.retryMax)
+		}
+		// A run right after the refresh asks nothing: the next one is due at the renewal point.
+		if got := pol.afterSuccess("k", this, s, time.Time{}).Sub(this); got != tt.refresh {
+			t.Errorf("%v window: fetched at thisUpdate, due %v later, want %v", tt.window, got, tt.refresh)
+		}
+		if tt.refresh >= tt.urgent || tt.urgent >= tt.window-haproxyMargin {
+			t.Errorf("%v window: refresh %v, urgent %v, HAProxy stops at %v: out of order", tt.window, tt.refresh, tt.urgent, tt.window-haproxyMargin)
+		}
 	}
 }
 
@@ -40,14 +83,18 @@ func TestAfterSuccess(t *testing.T) {
 	tests := []struct {
 		name       string
 		this, next time.Time
+		cache      time.Time // the responder's HTTP cache
 		want       time.Time
 	}{
-		{"fresh 4-day response", now, now.Add(96 * time.Hour), testPolicy.renewalPoint("k", staple(now, now.Add(96*time.Hour)))},
-		{"pre-produced response past its renewal point", now.Add(-80 * time.Hour), now.Add(16 * time.Hour), now.Add(5 * time.Minute)},
-		{"short response is capped at the urgent point", now, now.Add(70 * time.Minute), now.Add(10 * time.Minute)},
+		{"fresh 4-day response", now, now.Add(96 * time.Hour), time.Time{}, testPolicy.renewalPoint("k", staple(now, now.Add(96*time.Hour)))},
+		{"pre-produced response past its renewal point", now.Add(-80 * time.Hour), now.Add(16 * time.Hour), time.Time{}, now.Add(5 * time.Minute)},
+		{"... served from a cache for another hour", now.Add(-80 * time.Hour), now.Add(16 * time.Hour), now.Add(time.Hour), now.Add(time.Hour)},
+		{"... whose max-age outlasts the urgent point", now.Add(-80 * time.Hour), now.Add(16 * time.Hour), now.Add(20 * time.Hour), now.Add(15 * time.Hour)},
+		{"fresh response, short max-age", now, now.Add(24 * time.Hour), now.Add(time.Hour), testPolicy.renewalPoint("k", staple(now, now.Add(24*time.Hour)))},
+		{"one-hour response, 40 minutes old", now.Add(-40 * time.Minute), now.Add(20 * time.Minute), time.Time{}, now.Add(75 * time.Second)},
 	}
 	for _, tt := range tests {
-		if got := testPolicy.afterSuccess("k", now, staple(tt.this, tt.next)); !got.Equal(tt.want) {
+		if got := testPolicy.afterSuccess("k", now, staple(tt.this, tt.next), tt.cache); !got.Equal(tt.want) {
 			t.Errorf("%s: due at %v, want %v", tt.name, got.Sub(now), tt.want.Sub(now))
 		}
 	}
@@ -55,29 +102,35 @@ func TestAfterSuccess(t *testing.T) {
 
 func TestAfterFailure(t *testing.T) {
 	now := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
-	far := now.Add(7 * 24 * time.Hour)
+	week := 7 * 24 * time.Hour
 	tests := []struct {
+		name       string
 		failures   int
-		stapleNext time.Time
+		this, next time.Duration // the staple on disk, from now; both zero: none
 		want       time.Duration
 	}{
-		{1, far, 5 * time.Minute},
-		{2, far, 10 * time.Minute},
-		{3, far, 20 * time.Minute},
-		{7, far, 320 * time.Minute},
-		{8, far, 6 * time.Hour}, // RetryMax
-		{1000, far, 6 * time.Hour},
-		{1, time.Time{}, 5 * time.Minute},          // no staple at all
-		{8, now.Add(3 * time.Hour), 2 * time.Hour}, // never past the urgent point
-		{8, now.Add(30 * time.Minute), -30 * time.Minute},
+		{"first", 1, -time.Hour, week, 5 * time.Minute},
+		{"second", 2, -time.Hour, week, 10 * time.Minute},
+		{"third", 3, -time.Hour, week, 20 * time.Minute},
+		{"seventh", 7, -time.Hour, week, 320 * time.Minute},
+		{"retry_max", 8, -time.Hour, week, 6 * time.Hour},
+		{"many", 1000, -time.Hour, week, 6 * time.Hour},
+		{"no staple at all", 1, 0, 0, 5 * time.Minute},
+		{"never past the urgent point", 1000, -20 * time.Hour, 4 * time.Hour, 3 * time.Hour},
+		{"urgent point passed", 1000, -20 * time.Hour, 30 * time.Minute, -30 * time.Minute},
+		// A 4-hour window: retries wait at most a third of its useful life (3 h 55 m).
+		{"short window", 8, -time.Hour, 3 * time.Hour, 78*time.Minute + 20*time.Second},
+		// A one-hour window: an eighth of its 55 useful minutes is more than 5 minutes, a third
+		// is 18 m 20 s; its urgent point, 41 m 15 s after its thisUpdate, comes later.
+		{"one-hour window", 3, 0, time.Hour, 18*time.Minute + 20*time.Second},
 	}
 	for _, tt := range tests {
 		var onDisk *Staple
-		if !tt.stapleNext.IsZero() {
-			onDisk = staple(now.Add(-time.Hour), tt.stapleNext)
+		if tt.next != 0 {
+			onDisk = staple(now.Add(tt.this), now.Add(tt.next))
 		}
 		if got := testPolicy.afterFailure(now, tt.failures, onDisk).Sub(now); got != tt.want {
-			t.Errorf("after %d failures with staple until %v: wait %v, want %v", tt.failures, tt.stapleNext, got, tt.want)
+			t.Errorf("%s: after %d failures wait %v, want %v", tt.name, tt.failures, got, tt.want)
 		}
 	}
 }
@@ -113,7 +166,9 @@ func TestSignerCapsRenewal(t *testing.T) {
 	if got := testPolicy.renewalPoint("k", s); got.After(this.Add(time.Hour)) {
 		t.Errorf("renewal point %v after thisUpdate, want at most half of the signer's 2 h", got.Sub(this))
 	}
-	if got := testPolicy.urgentPoint(s); !got.Equal(this.Add(time.Hour)) {
-		t.Errorf("urgent point %v, want an hour before the signer's end", got.Sub(this))
+	// The signer's 2 h window leaves 1 h 55 m of useful life: urgent HAProxy's 5 minutes and a
+	// quarter of that before the signer's end.
+	if got := testPolicy.urgentPoint(s); !got.Equal(this.Add(2*time.Hour - 5*time.Minute - 115*time.Minute/4)) {
+		t.Errorf("urgent point %v after thisUpdate, want 1h26m15s", got.Sub(this))
 	}
 }

@@ -64,6 +64,9 @@ type Checker struct {
 	signers map[[2]string]error // issuer and signer (their raw DER, as strings): the verdict
 }
 
+// ErrNotOCSP is the error of a body that is no OCSP response at all.
+var ErrNotOCSP = errors.New("invalid OCSP response")
+
 // Check checks der, a response to a request whose DER CertID is certID, as strictly as
 // HAProxy will when it is pushed, and verifies the signature, which HAProxy never does:
 // status successful, one SingleResponse, the CertID byte for byte, signed by the issuer or by
@@ -80,7 +83,7 @@ func (c *Checker) Check(der, certID []byte, issuer *x509.Certificate, now time.T
 		if errors.As(err, &rerr) {
 			return nil, fmt.Errorf("responder answered %q", ResponseStatusName(rerr.Status))
 		}
-		return nil, fmt.Errorf("invalid OCSP response: %w", err)
+		return nil, fmt.Errorf("%w: %w", ErrNotOCSP, err)
 	}
 	out := &Response{Response: resp}
 	// Signed by the issuer itself, whatever certificate the response carries (some embed the
@@ -96,7 +99,7 @@ func (c *Checker) Check(der, certID []byte, issuer *x509.Certificate, now time.T
 	}
 	got, err := ResponseCertID(der)
 	if err != nil {
-		return nil, fmt.Errorf("invalid OCSP response: %w", err)
+		return nil, fmt.Errorf("%w: %w", ErrNotOCSP, err)
 	}
 	if !bytes.Equal(got, certID) {
 		return nil, certIDMismatch(got, certID)
