@@ -12,7 +12,7 @@ import (
 
 // TestAgreement feeds the same state entries to the four readers of a certificate's state and
 // asserts what each says: the status row (staple status, and whether it is a problem), the
-// check verdict (default thresholds: 12 h, 3 h, failing 6 h), the status metric, and what a
+// check verdict (default thresholds: min(12h, 25%), min(3h, 10%) of the window, failing 6 h), the status metric, and what a
 // run that finds the entry and has nothing to do exits with. They read one verdict, so they
 // cannot disagree about a staple: only the check's thresholds add their own judgement.
 func TestAgreement(t *testing.T) {
@@ -32,13 +32,34 @@ func TestAgreement(t *testing.T) {
 		{"changed on disk, not verified yet", func(st *CertState) { st.DiskHash = "g" }, "unknown", checkWarning, "none", exitFailed},
 		{"expired staple", func(st *CertState) { st.Staple.NextUpdate = now.Add(-time.Minute) }, "none", checkCritical, "none", exitFailed},
 		{"within HAProxy's last 300 s", func(st *CertState) { st.Staple.NextUpdate = now.Add(4 * time.Minute) }, "none", checkCritical, "none", exitFailed},
-		{"two hours left", func(st *CertState) { st.Staple.NextUpdate = now.Add(2 * time.Hour) }, "good", checkCritical, "good", exitOK},
-		{"signer ends in two hours", func(st *CertState) { st.Staple.SignerNotAfter = now.Add(2 * time.Hour) }, "good", checkCritical, "good", exitOK},
+		{"two hours left of a day", func(st *CertState) {
+			st.Staple.ThisUpdate, st.Staple.NextUpdate = now.Add(-22*time.Hour), now.Add(2*time.Hour)
+		}, "good", checkCritical, "good", exitOK},
+		{"signer ends in two hours", func(st *CertState) {
+			st.Staple.ThisUpdate, st.Staple.NextUpdate, st.Staple.SignerNotAfter = now.Add(-22*time.Hour), now.Add(48*time.Hour), now.Add(2*time.Hour)
+		}, "good", checkCritical, "good", exitOK},
+		{"five hours left of a day", func(st *CertState) {
+			st.Staple.ThisUpdate, st.Staple.NextUpdate = now.Add(-19*time.Hour), now.Add(5*time.Hour)
+		}, "good", checkWarning, "good", exitOK},
+		{"one-hour staple, half of it left", func(st *CertState) {
+			st.Staple.ThisUpdate, st.Staple.NextUpdate = now.Add(-30*time.Minute), now.Add(30*time.Minute)
+		}, "good", checkOK, "good", exitOK},
+		{"one-hour staple, 12 minutes left", func(st *CertState) {
+			st.Staple.ThisUpdate, st.Staple.NextUpdate = now.Add(-48*time.Minute), now.Add(12*time.Minute)
+		}, "good", checkWarning, "good", exitOK},
 		{"pending at a socket", func(st *CertState) { st.Pending = []string{"/run/a.sock"} }, "good", checkWarning, "good", exitFailed},
 		{"needs a reload", func(st *CertState) { st.Pending, st.Reload = []string{"/run/a.sock"}, []string{"/run/a.sock"} }, "good", checkWarning, "good", exitFailed},
 		{"failing for an hour, staple valid", func(st *CertState) { st.Failures, st.FailingSince, st.LastError = 3, now.Add(-time.Hour), "tryLater" }, "good", checkOK, "good", exitOK},
 		{"failing for seven hours, staple valid", func(st *CertState) { st.Failures, st.FailingSince, st.LastError = 9, now.Add(-7*time.Hour), "tryLater" }, "good", checkWarning, "good", exitOK},
 		{"no responder", func(st *CertState) { st.Responders, st.Staple, st.DiskHash = nil, nil, "" }, "no_responder", checkOK, "", exitOK},
+		// Must-Staple: without a valid staple the site is down for the clients that enforce
+		// it, and what is a warning for others is critical.
+		{"must-staple, good", func(st *CertState) { st.MustStaple = true }, "good", checkOK, "good", exitOK},
+		{"must-staple, no responder", func(st *CertState) { st.MustStaple, st.Responders, st.Staple, st.DiskHash = true, nil, nil, "" }, "no_responder", checkCritical, "none", exitFailed},
+		{"must-staple, no staple on disk", func(st *CertState) { st.MustStaple, st.DiskStat, st.DiskHash = true, "", "" }, "none", checkCritical, "none", exitFailed},
+		{"must-staple, five hours left of a day", func(st *CertState) {
+			st.MustStaple, st.Staple.ThisUpdate, st.Staple.NextUpdate = true, now.Add(-19*time.Hour), now.Add(5*time.Hour)
+		}, "good", checkCritical, "good", exitOK},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -54,7 +75,7 @@ func TestAgreement(t *testing.T) {
 			if cs.problem != (tt.exit != exitOK || tt.status != "good" && tt.status != "no_responder" || st.Failures > 0) {
 				t.Errorf("status row sorted as a problem: %v", cs.problem)
 			}
-			res := evaluateCheck([]certStatus{cs}, checkThresholds{Warning: 12 * time.Hour, Critical: 3 * time.Hour, Failing: 6 * time.Hour}, now)
+			res := evaluateCheck([]certStatus{cs}, checkThresholds{Warning: defaultWarning, Critical: defaultCritical, Failing: 6 * time.Hour}, now)
 			if res.State != tt.check {
 				t.Errorf("check: %s, want %s", res.Line, checkStateNames[tt.check])
 			}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"slices"
 	"time"
 
@@ -136,11 +137,14 @@ type verdict struct {
 	Reload       []string // sockets where only a reload helps, and that is a problem
 	Failing      bool     // the last refreshes failed
 	Updater      string   // stapler or haproxy; "" without a responder
+	// MustStaple: the certificate demands a staple (RFC 7633). Without a valid one, clients
+	// that enforce it refuse the site; so does one without a responder.
+	MustStaple bool
 }
 
 // verdict judges the certificate at now, the staple file as last seen.
 func (st *CertState) verdict(now time.Time) verdict {
-	v := verdict{Pending: slices.Clone(st.Pending), Reload: slices.Clone(st.Reload), Failing: st.Failures > 0}
+	v := verdict{Pending: slices.Clone(st.Pending), Reload: slices.Clone(st.Reload), Failing: st.Failures > 0, MustStaple: st.MustStaple}
 	switch {
 	case now.After(st.NotAfter):
 		v.Cert = "expired"
@@ -149,6 +153,9 @@ func (st *CertState) verdict(now time.Time) verdict {
 	}
 	if !st.hasResponder() {
 		v.Staple = "no_responder"
+		if st.MustStaple {
+			v.Why = errMustStapleNoResponder.Error()
+		}
 		return v
 	}
 	v.Updater = "stapler"
@@ -180,11 +187,17 @@ func (st *CertState) verdict(now time.Time) verdict {
 // certificate with a responder has a valid, good staple on disk and in every HAProxy).
 // Expired and not yet valid certificates are not judged.
 func (v verdict) problem() bool {
-	if v.Cert != "" || v.Staple == "no_responder" {
+	switch {
+	case v.Cert != "":
 		return false
+	case v.Staple == "no_responder":
+		return v.MustStaple
 	}
 	return v.Staple != "good" || len(v.Pending) > 0 || len(v.Reload) > 0
 }
+
+// errMustStapleNoResponder is the problem of a Must-Staple certificate without a responder.
+var errMustStapleNoResponder = errors.New("the certificate demands a staple (Must-Staple) but names no OCSP responder: clients that enforce Must-Staple refuse it; replace it with a certificate without Must-Staple or from a CA that runs OCSP")
 
 // --- Transitions. Nothing else changes a CertState.
 

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -19,9 +20,81 @@ var checkStateNames = [...]string{"OK", "WARNING", "CRITICAL", "UNKNOWN"}
 
 // checkThresholds are `stapler check`'s limits.
 type checkThresholds struct {
-	Warning  time.Duration // staple validity left below which a certificate is WARNING
-	Critical time.Duration // ... CRITICAL
+	Warning  threshold     // staple validity left below which a certificate is WARNING
+	Critical threshold     // ... CRITICAL
 	Failing  time.Duration // refresh failing for longer than this is WARNING
+}
+
+// threshold is a limit on how long a staple has left: a duration, a share of the staple's
+// validity window, or (the defaults) the smaller of the two, so that a fresh staple is fine
+// whatever its window.
+type threshold struct {
+	Dur   time.Duration // 0: none
+	Share float64       // of the window; 0: none
+}
+
+// Default thresholds: min(12h, 25%) and min(3h, 10%).
+var (
+	defaultWarning  = threshold{Dur: 12 * time.Hour, Share: 0.25}
+	defaultCritical = threshold{Dur: 3 * time.Hour, Share: 0.10}
+)
+
+// at is the limit for a staple with that validity window.
+func (th threshold) at(window time.Duration) time.Duration {
+	share := time.Duration(float64(window) * th.Share)
+	switch {
+	case th.Share == 0:
+		return th.Dur
+	case th.Dur == 0:
+		return share
+	}
+	return min(th.Dur, share)
+}
+
+func (th threshold) String() string {
+	pct := strconv.FormatFloat(th.Share*100, 'f', -1, 64) + "%"
+	dur := th.Dur.String() // 12h0m0s: 12h; 1h30m0s: 1h30m
+	if strings.HasSuffix(dur, "m0s") {
+		dur = strings.TrimSuffix(dur, "0s")
+	}
+	if strings.HasSuffix(dur, "h0m") {
+		dur = strings.TrimSuffix(dur, "0m")
+	}
+	switch {
+	case th.Share == 0:
+		return dur
+	case th.Dur == 0:
+		return pct
+	}
+	return "min(" + dur + ", " + pct + ")"
+}
+
+// parseThreshold reads a --warning or --critical value: a duration ("12h") or a share of the
+// validity window ("25%").
+func parseThreshold(flag, s string) (threshold, error) {
+	if pct, ok := strings.CutSuffix(s, "%"); ok {
+		f, err := strconv.ParseFloat(pct, 64)
+		if err != nil || f <= 0 || f >= 100 {
+			return threshold{}, fmt.Errorf("--%s %s: a share of the validity window must be more than 0%% and less than 100%%", flag, s)
+		}
+		return threshold{Share: f / 100}, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return threshold{}, fmt.Errorf("--%s %s: want a duration such as 12h or a share of the validity window such as 25%%", flag, s)
+	}
+	return threshold{Dur: d}, nil
+}
+
+// checkOrder reports thresholds that would make every staple CRITICAL before it is WARNING:
+// comparable only when both are durations or both are shares.
+func checkOrder(warning, critical threshold) error {
+	switch {
+	case warning.Share == 0 && critical.Share == 0 && critical.Dur > warning.Dur,
+		warning.Dur == 0 && critical.Dur == 0 && critical.Share > warning.Share:
+		return fmt.Errorf("--critical (%v) must not exceed --warning (%v)", critical, warning)
+	}
+	return nil
 }
 
 // checkResult is the plugin's verdict: a state, its one-line output and the exit status.
@@ -39,30 +112,44 @@ func evaluateCheck(certs []certStatus, th checkThresholds, now time.Time) checkR
 	var findings []finding
 	counts := map[string]int{}
 	minLeft := time.Duration(-1)
+	var minWarn, minCrit time.Duration // the limits of the staple with the least left
 	for _, cs := range certs {
 		name := baseName(cs.Path)
 		counts[cs.StapleStatus]++
-		if cs.StapleStatus == "no_responder" || cs.NotAfter != nil && now.After(*cs.NotAfter) {
+		if cs.NotAfter != nil && now.After(*cs.NotAfter) {
 			continue
 		}
+		// A Must-Staple certificate without a valid staple is an outage for the clients that
+		// enforce it: what is a warning for others is critical for it.
+		soon := checkWarning
+		if cs.MustStaple {
+			name += " (must-staple)"
+			soon = checkCritical
+		}
 		switch cs.StapleStatus {
+		case "no_responder":
+			if cs.MustStaple {
+				findings = append(findings, finding{checkCritical, name + " names no OCSP responder"})
+			}
+			continue
 		case "revoked":
 			findings = append(findings, finding{checkCritical, name + " is revoked"})
 		case "none":
 			findings = append(findings, finding{checkCritical, name + " has no valid staple"})
 		case "unknown":
-			findings = append(findings, finding{checkWarning, name + " has a staple stapler has not checked"})
+			findings = append(findings, finding{soon, name + " has a staple stapler has not checked"})
 		}
 		if cs.StapleStatus == "good" || cs.StapleStatus == "revoked" {
 			left := cs.verdict.Left // until its expiry: nextUpdate, or its signer's end
+			warn, crit := th.Warning.at(cs.verdict.Window), th.Critical.at(cs.verdict.Window)
 			if minLeft < 0 || left < minLeft {
-				minLeft = left
+				minLeft, minWarn, minCrit = left, warn, crit
 			}
 			switch {
-			case left < th.Critical:
+			case left < crit:
 				findings = append(findings, finding{checkCritical, name + " staple expires in " + shortDuration(left)})
-			case left < th.Warning:
-				findings = append(findings, finding{checkWarning, name + " staple expires in " + shortDuration(left)})
+			case left < warn:
+				findings = append(findings, finding{soon, name + " staple expires in " + shortDuration(left)})
 			}
 		}
 		if cs.FailingSince != nil && now.Sub(*cs.FailingSince) > th.Failing {
@@ -92,7 +179,7 @@ func evaluateCheck(certs []certStatus, th checkThresholds, now time.Time) checkR
 	}
 	perf := []string{}
 	if minLeft >= 0 {
-		perf = append(perf, fmt.Sprintf("min_validity=%ds;%d:;%d:;0", int64(minLeft/time.Second), int64(th.Warning/time.Second), int64(th.Critical/time.Second)))
+		perf = append(perf, fmt.Sprintf("min_validity=%ds;%d:;%d:;0", int64(minLeft/time.Second), int64(minWarn/time.Second), int64(minCrit/time.Second)))
 	}
 	for _, k := range []string{"good", "revoked", "none", "unknown", "no_responder"} {
 		perf = append(perf, fmt.Sprintf("%s=%d", k, counts[k]))

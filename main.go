@@ -244,8 +244,8 @@ EXAMPLES:
    # Icinga 2
    object CheckCommand "stapler" { command = [ "/usr/local/bin/stapler", "check" ] }`,
 		Flags: append(settingsFlags(),
-			&cli.DurationFlag{Name: "warning", Value: 12 * time.Hour, Usage: "WARNING when a staple has less than `DURATION` left"},
-			&cli.DurationFlag{Name: "critical", Value: 3 * time.Hour, Usage: "CRITICAL when a staple has less than `DURATION` left"},
+			&cli.StringFlag{Name: "warning", Usage: "WARNING when a staple has less than `LIMIT` left: a duration (12h) or a share of its validity window (25%)", DefaultText: defaultWarning.String()},
+			&cli.StringFlag{Name: "critical", Usage: "CRITICAL when a staple has less than `LIMIT` left: a duration (3h) or a share of its validity window (10%)", DefaultText: defaultCritical.String()},
 			&cli.DurationFlag{Name: "failing", Value: 6 * time.Hour, Usage: "WARNING when refreshes have failed for longer than `DURATION`"},
 		),
 		Action: checkAction,
@@ -257,6 +257,21 @@ func checkAction(c *cli.Context) error {
 		fmt.Fprintf(c.App.Writer, "STAPLER UNKNOWN - %v\n", err)
 		return &exitError{code: checkUnknown}
 	}
+	th := checkThresholds{Warning: defaultWarning, Critical: defaultCritical, Failing: c.Duration("failing")}
+	for _, f := range []struct {
+		name string
+		t    *threshold
+	}{{"warning", &th.Warning}, {"critical", &th.Critical}} {
+		if c.IsSet(f.name) {
+			var err error
+			if *f.t, err = parseThreshold(f.name, c.String(f.name)); err != nil {
+				return unknown(err)
+			}
+		}
+	}
+	if err := checkOrder(th.Warning, th.Critical); err != nil {
+		return unknown(err)
+	}
 	opt, err := runOptionsFrom(c)
 	if err != nil {
 		var ee *exitError
@@ -264,10 +279,6 @@ func checkAction(c *cli.Context) error {
 			err = ee.err
 		}
 		return unknown(err)
-	}
-	th := checkThresholds{Warning: c.Duration("warning"), Critical: c.Duration("critical"), Failing: c.Duration("failing")}
-	if th.Critical > th.Warning {
-		return unknown(fmt.Errorf("--critical (%v) must not exceed --warning (%v)", th.Critical, th.Warning))
 	}
 	opt.LogLevel = "error"
 	if err := setLogger(c, opt); err != nil {

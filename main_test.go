@@ -64,6 +64,8 @@ func (n noteSkips) Run() int {
 //   - noocsp.pem: a certificate without an OCSP responder
 //   - expired.pem: an expired certificate with an OCSP responder
 //   - elsewhere.pem: a certificate whose responder, http://ocsp.stapler.invalid, does not exist
+//   - muststaple.pem: a Must-Staple certificate (RFC 7633) with an OCSP responder
+//   - muststaple-noocsp.pem: a Must-Staple certificate without one
 //   - ca.pem: the CA
 //
 // Extra commands: `exit CODE COMMAND ARGS...` runs a command like exec and asserts its exit
@@ -180,6 +182,10 @@ func setupPKI(env *testscript.Env) error {
 	writeBundle(filepath.Join(dir, "expired.pem"), leaf, key, ca.Cert)
 	leaf, key = ca.Issue(pki.Leaf{Name: "elsewhere.test", OCSP: []string{"http://ocsp.stapler.invalid"}}, now)
 	writeBundle(filepath.Join(dir, "elsewhere.pem"), leaf, key, ca.Cert)
+	leaf, key = ca.Issue(pki.Leaf{Name: "muststaple.test", OCSP: []string{r.URL()}, MustStaple: true}, now)
+	writeBundle(filepath.Join(dir, "muststaple.pem"), leaf, key, ca.Cert)
+	leaf, key = ca.Issue(pki.Leaf{Name: "muststaple-noocsp.test", MustStaple: true}, now)
+	writeBundle(filepath.Join(dir, "muststaple-noocsp.pem"), leaf, key, ca.Cert)
 	if err := os.WriteFile(filepath.Join(dir, "ca.pem"), pki.CertPEM(ca.Cert), 0o644); err != nil {
 		return fmt.Errorf("writing CA: %w", err)
 	}

@@ -17,11 +17,22 @@ import (
 //	stapler_staple_status{status}             1 for the staple's status: good, revoked, none
 //	stapler_staple_last_refresh_timestamp_seconds
 //	stapler_staple_refresh_failures           consecutive failed refreshes
+//	stapler_staple_this_update_timestamp_seconds  thisUpdate: with the expiry, the window
+//	stapler_certificate_must_staple           1 when the certificate demands a staple
+//
+// A Must-Staple certificate without a responder has status none: it cannot be stapled.
 //
 // Per run: stapler_run_timestamp_seconds, stapler_run_duration_seconds,
 // stapler_run_certificates{result} and stapler_run_success.
 // A run limited to some certificates (the deploy hook's) still writes every certificate the
 // state knows, so that no series disappears between runs.
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 func writeMetrics(path string, state *State, sum summary, now time.Time, took time.Duration) error {
 	reg := prometheus.NewRegistry()
 	certLabels := []string{"cert", "subject"}
@@ -33,24 +44,30 @@ func writeMetrics(path string, state *State, sum summary, now time.Time, took ti
 		Help: "When stapler last fetched a valid staple for the certificate, as a Unix time."}, certLabels)
 	failures := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "stapler_staple_refresh_failures",
 		Help: "Consecutive failed refreshes of the certificate's staple."}, certLabels)
+	thisUpdate := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "stapler_staple_this_update_timestamp_seconds",
+		Help: "The thisUpdate of the staple on disk, as a Unix time: its validity window runs from here to its expiry."}, certLabels)
+	mustStaple := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "stapler_certificate_must_staple",
+		Help: "1 when the certificate demands a staple (TLS feature status_request, RFC 7633), else 0."}, certLabels)
 	runAt := prometheus.NewGauge(prometheus.GaugeOpts{Name: "stapler_run_timestamp_seconds", Help: "When the last run started, as a Unix time."})
 	runTook := prometheus.NewGauge(prometheus.GaugeOpts{Name: "stapler_run_duration_seconds", Help: "How long the last run took."})
 	runCerts := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "stapler_run_certificates",
 		Help: "Certificates of the last run, by result."}, []string{"result"})
 	runOK := prometheus.NewGauge(prometheus.GaugeOpts{Name: "stapler_run_success",
 		Help: "1 when the last run left every staple fresh, valid and in every HAProxy (exit status 0)."})
-	reg.MustRegister(expiry, status, refreshed, failures, runAt, runTook, runCerts, runOK)
+	reg.MustRegister(expiry, status, refreshed, failures, thisUpdate, mustStaple, runAt, runTook, runCerts, runOK)
 
 	for certPath, st := range state.Certificates {
 		v := st.verdict(now)
-		if v.Staple == "no_responder" {
+		if v.Staple == "no_responder" && !v.MustStaple {
 			continue
 		}
 		l := prometheus.Labels{"cert": certPath, "subject": st.Subject}
+		mustStaple.With(l).Set(float64(b2i(st.MustStaple)))
 		s := v.Staple
 		switch s {
 		case "good", "revoked":
 			expiry.With(l).Set(float64(st.Staple.Expiry().Unix()))
+			thisUpdate.With(l).Set(float64(st.Staple.ThisUpdate.Unix()))
 		default:
 			s = "none"
 		}

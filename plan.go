@@ -33,7 +33,7 @@ type certPlan struct {
 	Obs    *fileObs
 	Step   step
 	Reason string     // why it is due (stepFetch)
-	Err    error      // stepError
+	Err    error      // stepError; stepNoResponder of a Must-Staple certificate
 	Next   *CertState // nil for stepSkip and stepGone
 	// Copy is HAProxy's copy to write to disk (stepHAProxyCopy), nil when the disk holds one
 	// at least as new.
@@ -133,6 +133,10 @@ func planFile(now time.Time, opt planOptions, o *fileObs) *certPlan {
 		st.issuerChecked(o.Issuer.Stat, "")
 	}
 	switch {
+	case !st.hasResponder() && st.MustStaple && st.certCurrent(now):
+		p.Step, p.Err = stepNoResponder, errMustStapleNoResponder
+		p.note(slog.LevelError, "cannot staple a Must-Staple certificate", "err", p.Err)
+		return p
 	case !st.hasResponder():
 		p.Step = stepNoResponder
 		p.note(slog.LevelDebug, "certificate has no OCSP responder")

@@ -168,3 +168,22 @@ func TestPlanPrune(t *testing.T) {
 		t.Errorf("a run that could not read a directory pruned %q", got)
 	}
 }
+
+// TestDueMustStapleFirst: a run fetches the staples of Must-Staple certificates first, in plan
+// order, then the others.
+func TestDueMustStapleFirst(t *testing.T) {
+	mk := func(name string, step step, must bool) *certPlan {
+		return &certPlan{Obs: &fileObs{File: certFile{Path: name}}, Step: step, Next: &CertState{MustStaple: must}}
+	}
+	rp := runPlan{Certs: []*certPlan{
+		mk("a", stepFetch, false), mk("b", stepKeep, true), mk("c", stepFetch, true),
+		mk("d", stepFetch, false), mk("e", stepFetch, true),
+	}}
+	var got []string
+	for _, p := range rp.due() {
+		got = append(got, p.Obs.File.Path)
+	}
+	if want := []string{"c", "e", "a", "d"}; !slices.Equal(got, want) {
+		t.Errorf("fetch order %q, want %q", got, want)
+	}
+}

@@ -66,6 +66,9 @@ func report(rp runPlan, obs *observation, dryRun bool) summary {
 			sum.Failed++
 		case stepNoResponder:
 			sum.NoResponder++
+			if p.Err != nil {
+				sum.Failed++ // Must-Staple
+			}
 		case stepNotCurrent:
 			sum.Skipped++
 		case stepKeep, stepHAProxyCopy:

@@ -56,13 +56,7 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 		return sum, nil
 	}
 	removeTemps(opt, rp)
-	var due []*certPlan
-	for _, p := range rp.Certs {
-		if p.Step == stepFetch {
-			due = append(due, p)
-		}
-	}
-	results := ex.fetchAll(fetchCtx, due)
+	results := ex.fetchAll(fetchCtx, rp.due())
 	ex.write(rp.Certs, results)
 	record(now, opt.policy(), rp, results, &sum, fetchCtx)
 	if len(opt.Sockets) > 0 {
@@ -82,6 +76,22 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 	}
 	sum.log(false, time.Since(start))
 	return sum, nil
+}
+
+// due are the certificates whose staples the run fetches: Must-Staple ones first, since
+// without a staple their sites are down for the clients that enforce it.
+func (rp runPlan) due() []*certPlan {
+	var due, rest []*certPlan
+	for _, p := range rp.Certs {
+		switch {
+		case p.Step != stepFetch:
+		case p.Next.MustStaple:
+			due = append(due, p)
+		default:
+			rest = append(rest, p)
+		}
+	}
+	return append(due, rest...)
 }
 
 // newExecutor makes what observing and executing a run share.

@@ -221,7 +221,7 @@ func certStatusOf(f certFile, st *CertState, unchecked string, err error, now ti
 	cs.PendingPush = append(cs.PendingPush, v.Pending...)
 	cs.verdict = v
 	if v.Staple == "no_responder" {
-		cs.NextRefresh = nil
+		cs.NextRefresh, cs.problem = nil, v.problem()
 		return cs
 	}
 	if v.Staple == "good" || v.Staple == "revoked" {
@@ -260,6 +260,9 @@ func writeStatusTable(w io.Writer, rep *statusReport, now time.Time) error {
 	fmt.Fprintln(tw, "FILE\tSUBJECT\tSTAPLE\tLEFT\tREFRESH\tHAPROXY\tPROBLEM")
 	for _, cs := range rep.Certificates {
 		staple := strings.ReplaceAll(cs.StapleStatus, "_", " ")
+		if cs.MustStaple {
+			staple += " (must-staple)"
+		}
 		left, refresh := "-", "-"
 		if cs.NextUpdate != nil {
 			left = shortDuration(cs.NextUpdate.Sub(now))
