@@ -5,6 +5,8 @@ import (
 	"slices"
 	"time"
 
+	"golang.org/x/crypto/ocsp"
+
 	"stapler/internal/ocspcheck"
 )
 
@@ -54,6 +56,10 @@ type CertState struct {
 	Updater string   `json:"updater,omitempty"`
 	Pending []string `json:"pending_push,omitempty"`
 	Reload  []string `json:"needs_reload,omitempty"`
+
+	// RevocationHandled is the serial of the certificate whose revocation revoked_command
+	// ran for.
+	RevocationHandled string `json:"revocation_handled,omitempty"`
 }
 
 // Staple is a response stapler verified: as HAProxy will take it, signature included.
@@ -65,6 +71,8 @@ type Staple struct {
 	NextUpdate time.Time `json:"next_update"`
 	ProducedAt time.Time `json:"produced_at,omitzero"`
 	RevokedAt  time.Time `json:"revoked_at,omitzero"`
+	// RevokedReason is RFC 5280's name of the revocation reason (unspecified when none given).
+	RevokedReason string `json:"revoked_reason,omitempty"`
 	// SignerNotAfter is when the delegated responder certificate that signed it expires:
 	// clients that check the staple reject it from then on. Zero when the issuer signed it.
 	SignerNotAfter time.Time `json:"signer_not_after,omitzero"`
@@ -77,11 +85,15 @@ type Staple struct {
 
 // newStaple records a response that passed ocspcheck.
 func newStaple(der []byte, r *ocspcheck.Response, certID []byte, responder string) *Staple {
-	return &Staple{
+	s := &Staple{
 		Hash: hashBytes(der), CertID: hexString(certID), Status: ocspcheck.StatusName(r.Status),
 		ThisUpdate: r.ThisUpdate, NextUpdate: r.NextUpdate, ProducedAt: r.ProducedAt, RevokedAt: r.RevokedAt,
 		SignerNotAfter: r.SignerNotAfter, Responder: responder,
 	}
+	if r.Status == ocsp.Revoked {
+		s.RevokedReason = ocspcheck.ReasonName(r.RevocationReason)
+	}
+	return s
 }
 
 // Expiry is when the staple stops being worth stapling: its nextUpdate, or its delegated
@@ -280,6 +292,10 @@ func (st *CertState) issuerChecked(stat, written string) {
 		st.IssuerWritten = written
 	}
 }
+
+// revocationHandled records that revoked_command ran for the revocation of the certificate
+// with that serial.
+func (st *CertState) revocationHandled(key string) { st.RevocationHandled = key }
 
 // setUpdater records who keeps the staple fresh.
 func (st *CertState) setUpdater(u string) { st.Updater = u }

@@ -59,6 +59,14 @@ type Config struct {
 	ReloadCommand string `toml:"reload_command"`
 	// reload_timeout: deadline for reload_command. Default 60s.
 	ReloadTimeout time.Duration `toml:"reload_timeout"`
+	// revoked_command: run with sh -c once for each revocation, when a certificate's staple
+	// first says revoked, e.g. to renew the certificate at once. Its environment has
+	// STAPLER_CERT (the file), STAPLER_SUBJECT, STAPLER_SERIAL (hex), STAPLER_REVOKED_AT (RFC
+	// 3339) and STAPLER_REASON (RFC 5280's name, e.g. keyCompromise). A command that fails is
+	// reported and runs again at the next run. Default none.
+	RevokedCommand string `toml:"revoked_command"`
+	// revoked_timeout: deadline for each revoked_command. Default 60s.
+	RevokedTimeout time.Duration `toml:"revoked_timeout"`
 	// jobs: OCSP requests in flight at once. Default 8.
 	Jobs int `toml:"jobs"`
 	// responder_jobs: OCSP requests in flight to one responder host at most, to stay polite to
@@ -107,6 +115,7 @@ func defaultConfig() Config {
 		State:            "/var/lib/stapler/state.json",
 		SocketTimeout:    5 * time.Second,
 		ReloadTimeout:    time.Minute,
+		RevokedTimeout:   time.Minute,
 		Jobs:             8,
 		ResponderJobs:    32,
 		Timeout:          10 * time.Second,
@@ -176,7 +185,8 @@ func (cfg *Config) validate() error {
 	for name, d := range map[string]time.Duration{
 		"timeout": cfg.Timeout, "socket_timeout": cfg.SocketTimeout,
 		"retry_base": cfg.RetryBase, "retry_max": cfg.RetryMax, "run_timeout": cfg.RunTimeout, "reload_timeout": cfg.ReloadTimeout,
-		"max_staple_age": cfg.MaxStapleAge,
+		"revoked_timeout": cfg.RevokedTimeout,
+		"max_staple_age":  cfg.MaxStapleAge,
 	} {
 		if d <= 0 {
 			bad("%s must be a positive duration such as \"10s\", not %v", name, d)

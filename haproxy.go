@@ -8,12 +8,10 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/crypto/ocsp"
@@ -558,29 +556,4 @@ func logResults(p *haproxy.Process, refs []stapleRef, results map[string]result,
 		log("needs reload: HAProxy has no OCSP slot for these certificates, and creating one without a reload needs a socket with level admin (stats socket ... level admin)",
 			"socket", p.Where(), "socket_level", p.Level, "certificates", len(admin), "first", admin[0])
 	}
-}
-
-// runReload runs the operator's reload command once, with a deadline, logging its output. At
-// the deadline the command's whole process group is killed, so that a child left running
-// cannot hold the run either.
-func runReload(ctx context.Context, command string, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", command)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	cmd.WaitDelay = time.Second
-	out, err := cmd.CombinedOutput()
-	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		if line != "" {
-			slog.Info("reload output", "line", line)
-		}
-	}
-	if ctx.Err() == context.DeadlineExceeded {
-		return fmt.Errorf("reload_command %q did not finish within %v", command, timeout)
-	}
-	if err != nil {
-		return fmt.Errorf("reload_command %q: %w", command, err)
-	}
-	return nil
 }

@@ -59,6 +59,7 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 	results := ex.fetchAll(fetchCtx, rp.due())
 	ex.write(rp.Certs, results)
 	record(now, opt.policy(), rp, results, &sum, fetchCtx)
+	sum.Errors += runRevokedHooks(ctx, opt, rp)
 	if len(opt.Sockets) > 0 {
 		sum.PushFailed, sum.NeedsReload = reconcileHAProxies(ctx, opt, rp, now)
 	}

@@ -164,6 +164,20 @@ func ResponseStatusName(s ocsp.ResponseStatus) string {
 	return fmt.Sprintf("status %d", int(s))
 }
 
+// ReasonName is RFC 5280's name of a CRLReason.
+func ReasonName(reason int) string {
+	names := map[int]string{
+		ocsp.Unspecified: "unspecified", ocsp.KeyCompromise: "keyCompromise", ocsp.CACompromise: "cACompromise",
+		ocsp.AffiliationChanged: "affiliationChanged", ocsp.Superseded: "superseded",
+		ocsp.CessationOfOperation: "cessationOfOperation", ocsp.CertificateHold: "certificateHold",
+		ocsp.RemoveFromCRL: "removeFromCRL", ocsp.PrivilegeWithdrawn: "privilegeWithdrawn", ocsp.AACompromise: "aACompromise",
+	}
+	if n, ok := names[reason]; ok {
+		return n
+	}
+	return fmt.Sprintf("reason %d", reason)
+}
+
 // StatusName names a certificate status as stapler's state and logs do.
 func StatusName(status int) string {
 	switch status {
