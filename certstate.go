@@ -109,9 +109,17 @@ func (s *Staple) Expiry() time.Time {
 func (s *Staple) Window() time.Duration { return s.Expiry().Sub(s.ThisUpdate) }
 
 // newerThan orders two responses for one certificate: a later thisUpdate, then a later
-// producedAt. A later nextUpdate alone never makes a response newer.
+// producedAt (to the second, as responders give them). A later nextUpdate alone never makes a
+// response newer. Of two from the same second, one that says revoked wins over one that does
+// not: a revocation is never hidden.
 func (s *Staple) newerThan(o *Staple) bool {
-	return o == nil || compareResponses(s.ThisUpdate, s.ProducedAt, o.ThisUpdate, o.ProducedAt) > 0
+	if o == nil {
+		return true
+	}
+	if c := compareResponses(s.ThisUpdate, s.ProducedAt, o.ThisUpdate, o.ProducedAt); c != 0 {
+		return c > 0
+	}
+	return s.Status == "revoked" && o.Status != "revoked"
 }
 
 // --- Judgements. Every command reads a certificate's state through these.

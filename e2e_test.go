@@ -56,6 +56,7 @@ func TestRunFailureKeepsStaple(t *testing.T) {
 		{"tryLater", `responder answered "tryLater"`},
 		{"http500", `answered HTTP 500 Internal Server Error`},
 		{"garbage", `invalid OCSP response`},
+		{"html", `^responder http://127\.0\.0\.1:\d+: responder answered text/html, not an OCSP response: "<html><body>Service unavailable`},
 		{"stranger", `bad OCSP signature`},
 		{"expired", `response expires at .*, too soon to staple`},
 		{"down", `connect: connection refused`},

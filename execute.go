@@ -30,6 +30,7 @@ type fetched struct {
 	CacheUntil         time.Time
 	ETag, LastModified string
 	Err                error  // the refresh failed: the certificate's own failure
+	Passed             error  // what went wrong with the responders asked before the one that answered
 	Unfinished         bool   // the run ended (deadline, signal) before it was fetched: no fault of its
 	Newer              bool   // newer than the valid staple on disk: written
 	Stat               string // the staple file's stat mark after writing
@@ -98,6 +99,7 @@ func (ex *executor) fetch(ctx context.Context, p *certPlan, f *fetched) {
 			cond = &conditional{ETag: held.ETag, LastModified: held.LastModified}
 		}
 		a, err := ex.fetcher.fetch(ctx, url, iss.Req, cond, ex.now)
+		f.Passed = errors.Join(errs...)
 		if err == nil && a.NotModified {
 			f.Responder, f.NotModified, f.CacheUntil = url, true, a.CacheUntil
 			f.ETag, f.LastModified = cmp.Or(a.ETag, held.ETag), cmp.Or(a.LastModified, held.LastModified)

@@ -2,20 +2,16 @@ package main
 
 import (
 	"bytes"
-	"context"
-	"crypto/ecdsa"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -45,31 +41,20 @@ func TestHAProxyOpenSSL(t *testing.T) {
 		sock := filepath.Join(sockDir, "admin.sock")
 
 		// The responder's address goes into the leaves, so it listens before they are issued.
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		responderURL := "http://" + ln.Addr().String()
-
 		ca := pki.NewCA("Stapler HAProxy Test CA", now)
 		signer, signerKey := ca.Delegate(true, now.Add(-time.Hour), now.Add(24*time.Hour))
-		siteLeaf, siteKey := ca.Issue(pki.Leaf{Name: "site.stapler.test", OCSP: []string{responderURL}}, now)
-		leafLeaf, leafKey := ca.Issue(pki.Leaf{Name: "leaf.stapler.test", OCSP: []string{responderURL}}, now)
+		r := startOpenSSLResponder(t, ca, signer, signerKey)
+		siteLeaf, siteKey := ca.Issue(pki.Leaf{Name: "site.stapler.test", OCSP: []string{r.URL}}, now)
+		leafLeaf, leafKey := ca.Issue(pki.Leaf{Name: "leaf.stapler.test", OCSP: []string{r.URL}}, now)
+		r.Valid(siteLeaf)
+		r.Valid(leafLeaf)
 
 		caFile := filepath.Join(pkiDir, "ca.pem")
 		hapWriteFile(t, caFile, pki.CertPEM(ca.Cert))
 		hapWriteFile(t, filepath.Join(issuers, "ca.pem"), pki.CertPEM(ca.Cert))
-		hapWriteFile(t, filepath.Join(pkiDir, "signer.pem"), pki.CertPEM(signer))
-		hapWriteFile(t, filepath.Join(pkiDir, "signer.key"), pki.KeyPEM(signerKey.(*ecdsa.PrivateKey)))
-		hapWriteFile(t, filepath.Join(pkiDir, "index.txt"), []byte(hapIndexLine(siteLeaf)+hapIndexLine(leafLeaf)))
 		site, leaf := filepath.Join(certs, "site.pem"), filepath.Join(certs, "leaf.pem")
 		writeBundle(site, siteLeaf, siteKey, ca.Cert) // HAProxy finds the issuer in the bundle
 		writeBundle(leaf, leafLeaf, leafKey)          // stapler must write leaf.pem.issuer
-
-		r := &hapOpenSSLResponder{t: t, openssl: openssl, pki: pkiDir, work: t.TempDir()}
-		srv := &http.Server{Handler: r}
-		go srv.Serve(ln)
-		t.Cleanup(func() { srv.Close() })
 
 		// Two configurations with one state file: before HAProxy runs there is no socket to push
 		// to (a configured socket nobody listens on would fail the run, as it should).
@@ -180,69 +165,6 @@ func hapLookTool(t testing.TB, name string, fallbacks ...string) string {
 	}
 	t.Skip(msg)
 	return ""
-}
-
-// hapIndexLine is the line of an openssl CA index.txt that marks leaf valid. openssl looks a
-// serial up as BN_bn2hex prints it: upper case, whole bytes.
-func hapIndexLine(leaf *x509.Certificate) string {
-	return fmt.Sprintf("V\t%s\t\t%X\tunknown\t/CN=%s\n",
-		leaf.NotAfter.UTC().Format("060102150405Z"), leaf.SerialNumber.Bytes(), leaf.Subject.CommonName)
-}
-
-// hapOpenSSLResponder is an OCSP responder over HTTP on 127.0.0.1 in front of `openssl ocsp`.
-// `openssl ocsp -port` would listen on every interface, so Go does the HTTP and hands each
-// DER request to a fresh `openssl ocsp -reqin`: openssl produces every byte of every response.
-type hapOpenSSLResponder struct {
-	t        *testing.T
-	openssl  string
-	pki      string // index.txt, ca.pem, signer.pem, signer.key
-	work     string // a directory per request
-	Requests atomic.Int64
-}
-
-func (r *hapOpenSSLResponder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
-	r.Requests.Add(1)
-	der, err := pki.RequestDER(req)
-	if err != nil {
-		r.t.Errorf("openssl responder: bad request: %v", err)
-		http.Error(w, "bad request", http.StatusBadRequest)
-		return
-	}
-	dir, err := os.MkdirTemp(r.work, "req")
-	if err != nil {
-		r.t.Errorf("openssl responder: %v", err)
-		http.Error(w, "internal error", http.StatusInternalServerError)
-		return
-	}
-	reqFile, respFile := filepath.Join(dir, "req.der"), filepath.Join(dir, "resp.der")
-	if err := os.WriteFile(reqFile, der, 0o600); err != nil {
-		r.t.Errorf("openssl responder: %v", err)
-		http.Error(w, "internal error", http.StatusInternalServerError)
-		return
-	}
-	ctx, cancel := context.WithTimeout(req.Context(), 10*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, r.openssl, "ocsp",
-		"-index", filepath.Join(r.pki, "index.txt"),
-		"-CA", filepath.Join(r.pki, "ca.pem"),
-		"-rsigner", filepath.Join(r.pki, "signer.pem"),
-		"-rkey", filepath.Join(r.pki, "signer.key"),
-		"-reqin", reqFile, "-respout", respFile,
-		"-nmin", "60", // nextUpdate an hour after thisUpdate: HAProxy refuses responses without one
-	).CombinedOutput()
-	if err != nil {
-		r.t.Errorf("openssl ocsp responder: %v\n%s", err, out)
-		http.Error(w, "internal error", http.StatusInternalServerError)
-		return
-	}
-	resp, err := os.ReadFile(respFile)
-	if err != nil {
-		r.t.Errorf("openssl responder: %v", err)
-		http.Error(w, "internal error", http.StatusInternalServerError)
-		return
-	}
-	w.Header().Set("Content-Type", "application/ocsp-response")
-	w.Write(resp)
 }
 
 // hapStart runs HAProxy in the foreground until the test ends, and returns once its runtime

@@ -235,11 +235,15 @@ func checkCommand() *cli.Command {
 0 OK, 1 WARNING, 2 CRITICAL or 3 UNKNOWN. CRITICAL: a revoked certificate, a certificate with
 a responder but no valid staple, or a staple with less than --critical left. WARNING: less than
 --warning left, refreshes failing for longer than --failing, a staple not yet pushed to some
-HAProxy, or a staple stapler has not checked. It reads the state file and the disk only.
+HAProxy, or a staple stapler has not checked. For a Must-Staple certificate less than
+--warning left, or a staple not checked, is CRITICAL, and so is no responder. Limits are durations or shares of the staple's
+validity window (thisUpdate to expiry); the defaults take the smaller of both, so that a fresh
+staple is OK whatever its window. It reads the state file and the disk only.
 
 EXAMPLES:
    stapler check
    stapler check --warning 24h --critical 6h /etc/haproxy/certs/shop.pem
+   stapler check --warning 30% --critical 10%
 
    # Icinga 2
    object CheckCommand "stapler" { command = [ "/usr/local/bin/stapler", "check" ] }`,

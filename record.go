@@ -91,6 +91,9 @@ func report(rp runPlan, obs *observation, dryRun bool) summary {
 func record(now time.Time, pol policy, rp runPlan, results map[*certPlan]*fetched, sum *summary, fetchCtx context.Context) {
 	for _, p := range rp.Certs {
 		f, st, path := results[p], p.Next, p.Obs.File.Path
+		if p.Step == stepFetch && f.Err == nil && !f.Unfinished && f.Passed != nil {
+			slog.Warn("a responder failed; the next of the certificate's responders answered", "cert", path, "err", f.Passed, "answered", f.Responder)
+		}
 		switch {
 		case p.Step == stepHAProxyCopy && f != nil && f.Err == nil && f.Stat != "":
 			found := newStaple(f.DER, f.Resp, p.Obs.issued.CertID, "")

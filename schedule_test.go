@@ -172,3 +172,29 @@ func TestSignerCapsRenewal(t *testing.T) {
 		t.Errorf("urgent point %v after thisUpdate, want 1h26m15s", got.Sub(this))
 	}
 }
+
+// TestNewerThan: which of two responses for one certificate is newer.
+func TestNewerThan(t *testing.T) {
+	at := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+	s := func(this, produced time.Time, next time.Duration, status string) *Staple {
+		return &Staple{ThisUpdate: this, ProducedAt: produced, NextUpdate: this.Add(next), Status: status}
+	}
+	for _, tt := range []struct {
+		name string
+		a, b *Staple
+		want bool
+	}{
+		{"later thisUpdate", s(at.Add(time.Second), at, time.Hour, "good"), s(at, at, time.Hour, "good"), true},
+		{"earlier thisUpdate, later nextUpdate", s(at.Add(-time.Second), at, 99*time.Hour, "good"), s(at, at, time.Hour, "good"), false},
+		{"same thisUpdate, later producedAt", s(at, at.Add(time.Second), time.Hour, "good"), s(at, at, time.Hour, "good"), true},
+		{"the same second", s(at.Add(300*time.Millisecond), at, time.Hour, "good"), s(at, at, time.Hour, "good"), false},
+		{"revoked in the same second as good", s(at, at, time.Hour, "revoked"), s(at, at, time.Hour, "good"), true},
+		{"good in the same second as revoked", s(at, at, time.Hour, "good"), s(at, at, time.Hour, "revoked"), false},
+		{"revoked, but older", s(at.Add(-time.Second), at, time.Hour, "revoked"), s(at, at, time.Hour, "good"), false},
+		{"anything over none", s(at, at, time.Hour, "good"), nil, true},
+	} {
+		if got := tt.a.newerThan(tt.b); got != tt.want {
+			t.Errorf("%s: %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}

@@ -2,6 +2,7 @@ package pki
 
 import (
 	"crypto"
+	"crypto/sha256"
 	"crypto/x509/pkix"
 	"encoding/asn1"
 	"encoding/base64"
@@ -34,17 +35,19 @@ type Responder struct {
 	revoked map[string]bool   // serials answered as revoked in every mode that answers good
 	latency atomic.Int64      // before each OCSP answer, as a distant responder has
 	seq     atomic.Int64      // makes each response's thisUpdate its own
+	maxAge  time.Duration     // SetCaching
 
-	Requests atomic.Int64 // OCSP requests answered
-	Conns    atomic.Int64 // TCP connections accepted
-	Posts    atomic.Int64
+	Requests    atomic.Int64 // OCSP requests answered
+	Conns       atomic.Int64 // TCP connections accepted
+	Posts       atomic.Int64
+	NotModified atomic.Int64 // conditional requests answered 304
 }
 
 // Modes are the answers a Responder can give.
 var Modes = []string{"good", "revoked", "unknown", "tryLater", "internalError", "unauthorized",
 	"http500", "garbage", "html", "empty", "wrongSerial", "stranger", "expired", "noNextUpdate", "tooShort",
 	"future", "sha256", "delegated", "delegatedNoEKU", "delegatedExpired", "down", "cached", "older",
-	"farFuture", "huge"}
+	"farFuture", "huge", "backdated", "delegatedNotYetValid", "twoSingles"}
 
 // StartResponder starts a responder for ca on 127.0.0.1, answering "good".
 func StartResponder(ca *CA) *Responder {
@@ -96,6 +99,15 @@ func (r *Responder) Revoke(serial *big.Int) {
 	r.revoked[serial.String()] = true
 }
 
+// SetCaching makes the responder answer as one behind an HTTP cache (a CDN) does: every OCSP
+// response with Cache-Control max-age, an ETag and Last-Modified, and 304 Not Modified to a
+// request whose If-None-Match names the response it would send. Zero turns it off.
+func (r *Responder) SetCaching(maxAge time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.maxAge = maxAge
+}
+
 // SetLatency makes the responder wait d before each OCSP answer.
 func (r *Responder) SetLatency(d time.Duration) { r.latency.Store(int64(d)) }
 
@@ -124,15 +136,17 @@ func (r *Responder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		mode = "revoked"
 	}
 	var body []byte
-	if mode == "cached" {
+	if mode == "cached" || mode == "backdated" {
 		if r.cache == nil {
 			r.cache = map[string][]byte{}
 		}
-		if r.cache[oreq.SerialNumber.String()] == nil {
-			r.cache[oreq.SerialNumber.String()] = r.Answer("good", oreq.SerialNumber, time.Now())
+		key := mode + oreq.SerialNumber.String()
+		if r.cache[key] == nil {
+			r.cache[key] = r.Answer(map[string]string{"cached": "good", "backdated": "backdated"}[mode], oreq.SerialNumber, time.Now())
 		}
-		body = r.cache[oreq.SerialNumber.String()]
+		body = r.cache[key]
 	}
+	maxAge := r.maxAge
 	r.mu.Unlock()
 	if body == nil {
 		body = r.Answer(mode, oreq.SerialNumber, time.Now())
@@ -145,6 +159,18 @@ func (r *Responder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	default:
 		w.Header().Set("Content-Type", "application/ocsp-response")
+	}
+	if maxAge > 0 {
+		sum := sha256.Sum256(body)
+		etag := fmt.Sprintf(`"%x"`, sum[:8])
+		w.Header().Set("Cache-Control", fmt.Sprintf("public, max-age=%d", int(maxAge.Seconds())))
+		w.Header().Set("ETag", etag)
+		w.Header().Set("Last-Modified", time.Now().UTC().Format(http.TimeFormat))
+		if req.Header.Get("If-None-Match") == etag {
+			r.NotModified.Add(1)
+			w.WriteHeader(http.StatusNotModified)
+			return
+		}
 	}
 	w.Write(body)
 }
@@ -219,6 +245,10 @@ func (r *Responder) Answer(mode string, serial *big.Int, now time.Time) []byte {
 			ExtraExtensions: []pkix.Extension{{Id: asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 55555, 1}, Value: must(asn1.Marshal(make([]byte, 12<<10)))}}}, ca.Key))
 	case "expired":
 		return ca.Respond(serial, ocsp.Good, now.Add(-48*time.Hour), now.Add(-time.Hour), nil, nil)
+	case "backdated":
+		// Produced 13 hours ago for a day: past its renewal point when served, as a CDN
+		// serves a response it cached long ago.
+		return ca.Respond(serial, ocsp.Good, now.Add(-13*time.Hour), now.Add(11*time.Hour), nil, nil)
 	case "noNextUpdate":
 		return ca.Respond(serial, ocsp.Good, this, time.Time{}, nil, nil)
 	case "tooShort":
