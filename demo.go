@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"time"
 
@@ -235,7 +236,11 @@ func (d *demoWorld) run(ctx context.Context, r *demoReport, w io.Writer) error {
 
 	r.say("4. 'stapler status' says:")
 	now := time.Now()
-	rep, err := collectStatus(ctx, opts, now)
+	state, err := loadState(opts.State, false)
+	if err != nil {
+		return fmt.Errorf("stapler status: %w", err)
+	}
+	rep, err := collectStatus(ctx, opts, state, now)
 	if err != nil {
 		return fmt.Errorf("stapler status: %w", err)
 	}
@@ -267,8 +272,10 @@ func (d *demoWorld) finish(r *demoReport, keep bool) error {
 // explainRun says what the run did with each certificate, checking it against what the
 // demo expects.
 func (r *demoReport) explainRun(sum summary, certs []demoCert, ca *x509.Certificate, certsDir string, withHAProxy bool) {
-	if want := (summary{Checked: 4, Refreshed: 3, NoResponder: 1, Revoked: 1}); sum != want {
-		r.unexpected("the run counted %+v, want %+v", sum, want)
+	counts := sum
+	counts.Phases = nil
+	if want := (summary{Checked: 4, Refreshed: 3, NoResponder: 1, Revoked: 1}); !reflect.DeepEqual(counts, want) {
+		r.unexpected("the run counted %+v, want %+v", counts, want)
 	}
 	exit := exitOK
 	if !sum.ok() {

@@ -44,6 +44,9 @@ type executor struct {
 	fetcher  *fetcher
 	jobs     int
 	progress io.Writer // a terminal that shows how far the fetching is, or nil
+	// verifying is the time spent checking responses, in nanoseconds, summed over the
+	// fetches running at once.
+	verifying atomic.Int64
 }
 
 // fetchAll refreshes the due staples, jobs at a time. Those not started before ctx ends are
@@ -106,7 +109,9 @@ func (ex *executor) fetch(ctx context.Context, p *certPlan, f *fetched) {
 			return
 		}
 		if err == nil {
+			checking := time.Now()
 			f.Resp, err = ex.checker.Check(a.Body, iss.CertID, iss.Issuer, ex.now)
+			ex.verifying.Add(int64(time.Since(checking)))
 			if err == nil {
 				err = tooSoon(f.Resp, ex.now)
 			}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"crypto/sha256"
@@ -36,10 +37,11 @@ func (s issuerSource) String() string {
 // errIssuerNotFound means no source holds the certificate that signed the leaf.
 var errIssuerNotFound = errors.New("issuer certificate not found")
 
-// issuerFinder finds the certificate that signed a leaf, by signature and never by position:
-// in the bundle, in <cert>.issuer, in the configured issuer directories, among the issuers it
-// verified before, then at the leaf's AIA caIssuers URL (fetched once, then cached). No system
-// trust store is involved, so private CAs work.
+// issuerFinder finds the certificate that signed a leaf, never by position: in the bundle, as
+// HAProxy finds it there (see issuedBy); then, by signature, in <cert>.issuer, in the
+// configured issuer directories, among the issuers it verified before, then at the leaf's AIA
+// caIssuers URL (fetched once, then cached). No system trust store is involved, so private CAs
+// work.
 type issuerFinder struct {
 	Dirs     []string
 	CacheDir string       // where fetched and verified issuers are kept
@@ -61,7 +63,7 @@ type issuerFinder struct {
 func (f *issuerFinder) find(ctx context.Context, issuerFile string, bundle []*x509.Certificate) (*x509.Certificate, issuerSource, error) {
 	leaf := bundle[0]
 	for _, c := range bundle[1:] {
-		if signed(leaf, c) {
+		if issuedBy(leaf, c) {
 			f.remember(c)
 			return c, issuerInBundle, nil
 		}
@@ -112,6 +114,20 @@ func (f *issuerFinder) find(ctx context.Context, issuerFile string, bundle []*x5
 
 func signed(leaf, issuer *x509.Certificate) bool {
 	return leaf.CheckSignatureFrom(issuer) == nil
+}
+
+// issuedBy reports whether the bundle certificate c is the leaf's issuer as HAProxy (OpenSSL's
+// X509_check_issued) finds it in a chain: its subject is the leaf's issuer and its subject key
+// identifier the leaf's authority key identifier; by signature when either identifier is
+// missing. That costs no signature verification per certificate, and the OCSP response, signed
+// for a CertID made of this issuer's name and key, confirms it cryptographically. Issuers
+// found outside the bundle, which stapler writes to <cert>.issuer, are always verified by
+// signature: HAProxy refuses to start with a .issuer that did not sign the certificate.
+func issuedBy(leaf, c *x509.Certificate) bool {
+	if len(leaf.AuthorityKeyId) == 0 || len(c.SubjectKeyId) == 0 {
+		return signed(leaf, c)
+	}
+	return bytes.Equal(leaf.AuthorityKeyId, c.SubjectKeyId) && bytes.Equal(leaf.RawIssuer, c.RawSubject)
 }
 
 func (f *issuerFinder) loadDirs() {

@@ -216,7 +216,11 @@ func statusAction(c *cli.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(c.Context, opt.RunTimeout)
 	defer cancel()
-	rep, err := collectStatus(ctx, opt, now)
+	state, err := loadState(opt.State, false)
+	if err != nil {
+		return &exitError{code: exitFailed, err: err}
+	}
+	rep, err := collectStatus(ctx, opt, state, now)
 	if err != nil {
 		return &exitError{code: exitFailed, err: err}
 	}
@@ -293,10 +297,11 @@ func checkAction(c *cli.Context) error {
 		now = testOnlyNow()
 	}
 	opt.Sockets = nil // the check reads state and disk only
-	if err := stateReadable(opt.State); err != nil {
+	state, err := readStateStrict(opt.State)
+	if err != nil {
 		return unknown(err)
 	}
-	rep, err := collectStatus(c.Context, opt, now)
+	rep, err := collectStatus(c.Context, opt, state, now)
 	if err != nil {
 		return unknown(err)
 	}

@@ -21,6 +21,9 @@ type summary struct {
 	PushFailed  int // staples that at least one HAProxy did not take
 	NeedsReload int // staples some HAProxy serves only after a reload, which did not happen
 	Errors      int // problems not tied to one certificate (an unreadable directory)
+	// Phases is how long each phase of the run took; verify is the time spent checking
+	// responses, summed over the fetches running at once (part of fetch).
+	Phases []phaseTime
 }
 
 // ok reports whether the run met its promise: every certificate with a responder has a fresh,

@@ -34,6 +34,7 @@ type runOptions struct {
 // fetched; a signal (ctx) stops everything.
 func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 	start := time.Now()
+	sw := &stopwatch{last: start}
 	fetchCtx, cancel := context.WithTimeoutCause(ctx, opt.RunTimeout, fmt.Errorf("run_timeout (%v) reached", opt.RunTimeout))
 	defer cancel()
 	if !opt.DryRun {
@@ -47,28 +48,37 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 	if err != nil {
 		return summary{}, err
 	}
+	sw.lap("load")
 	ex := newExecutor(opt, now)
 	obs := ex.observeAll(fetchCtx, opt, state)
+	sw.lap("observe")
 	rp := plan(now, opt.planOptions(), obs, state)
 	sum := report(rp, obs, opt.DryRun)
+	sw.lap("plan")
 	if opt.DryRun {
 		sum.log(true, time.Since(start))
 		return sum, nil
 	}
 	removeTemps(opt, rp)
 	results := ex.fetchAll(fetchCtx, rp.due())
+	sw.lap("fetch")
 	ex.write(rp.Certs, results)
+	sw.lap("write")
 	record(now, opt.policy(), rp, results, &sum, fetchCtx)
 	sum.Errors += runRevokedHooks(ctx, opt, rp)
+	sw.lap("record")
 	if len(opt.Sockets) > 0 {
 		sum.PushFailed, sum.NeedsReload = reconcileHAProxies(ctx, opt, rp, now)
 	}
+	sw.lap("push")
 	changed := apply(state, rp)
 	if _, err := os.Stat(opt.State); changed || err != nil {
 		if err := state.save(opt.State); err != nil {
 			return sum, err
 		}
 	}
+	sw.lap("save")
+	sum.Phases = append(sw.phases, phaseTime{"verify", time.Duration(ex.verifying.Load())})
 	if opt.MetricsFile != "" {
 		if err := writeMetrics(opt.MetricsFile, state, sum, now, time.Since(start)); err != nil {
 			slog.Error("cannot write metrics", "file", opt.MetricsFile, "err", err)
@@ -77,6 +87,25 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 	}
 	sum.log(false, time.Since(start))
 	return sum, nil
+}
+
+// stopwatch times the phases of a run, for the metrics and the benchmark's breakdown.
+type stopwatch struct {
+	last   time.Time
+	phases []phaseTime
+}
+
+// phaseTime is how long one phase of a run took.
+type phaseTime struct {
+	Name string
+	D    time.Duration
+}
+
+// lap ends the phase called name.
+func (w *stopwatch) lap(name string) {
+	now := time.Now()
+	w.phases = append(w.phases, phaseTime{name, now.Sub(w.last)})
+	w.last = now
 }
 
 // due are the certificates whose staples the run fetches: Must-Staple ones first, since

@@ -225,3 +225,32 @@ func TestNaming(t *testing.T) {
 		t.Errorf("extra_del_ext: %+v", f)
 	}
 }
+
+// TestIssuedBy: in a bundle the issuer is the certificate HAProxy would take (subject and key
+// identifier), without a signature check; without key identifiers, by signature.
+func TestIssuedBy(t *testing.T) {
+	now := time.Now()
+	ca := pki.NewCA("Real CA", now)
+	decoy := pki.NewCA("Real CA", now) // same name, other key (and key identifier)
+	other := pki.NewCA("Other CA", now)
+	leaf, _ := ca.Issue(pki.Leaf{Name: "a.test"}, now)
+	noAKI := *leaf
+	noAKI.AuthorityKeyId = nil
+	renamed := *ca.Cert // the right key identifier under another name
+	renamed.RawSubject = other.Cert.RawSubject
+	for _, tt := range []struct {
+		name    string
+		leaf, c *x509.Certificate
+		want    bool
+	}{
+		{"the issuer", leaf, ca.Cert, true},
+		{"same name, other key", leaf, decoy.Cert, false},
+		{"right key identifier, other name", leaf, &renamed, false},
+		{"no authority key identifier: the signature decides", &noAKI, ca.Cert, true},
+		{"no authority key identifier, same name, other key", &noAKI, decoy.Cert, false},
+	} {
+		if got := issuedBy(tt.leaf, tt.c); got != tt.want {
+			t.Errorf("%s: %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}

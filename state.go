@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -79,18 +80,16 @@ func (e *newerStateError) Error() string {
 
 // parseState decodes a state file of version 1 or 2.
 func parseState(data []byte) (*State, error) {
-	var probe struct {
-		Version int `json:"version"`
-	}
-	if err := json.Unmarshal(data, &probe); err != nil {
+	version, err := stateFileVersion(data)
+	if err != nil {
 		return nil, err
 	}
 	switch {
-	case probe.Version > stateVersion:
-		return nil, &newerStateError{probe.Version}
-	case probe.Version == 1:
+	case version > stateVersion:
+		return nil, &newerStateError{version}
+	case version == 1:
 		return parseStateV1(data)
-	case probe.Version != stateVersion:
+	case version != stateVersion:
 		return nil, fmt.Errorf("no version %d", stateVersion)
 	}
 	st := &State{}
@@ -106,6 +105,25 @@ func parseState(data []byte) (*State, error) {
 		}
 	}
 	return st, nil
+}
+
+// stateFileVersion reads the version of a state file: from its first key, where stapler writes
+// it, without decoding the rest; else from the whole file.
+func stateFileVersion(data []byte) (int, error) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	var version int
+	if t, err := dec.Token(); err == nil && t == json.Delim('{') {
+		if t, err := dec.Token(); err == nil && t == "version" && dec.Decode(&version) == nil {
+			return version, nil
+		}
+	}
+	var probe struct {
+		Version int `json:"version"`
+	}
+	if err := json.Unmarshal(data, &probe); err != nil {
+		return 0, err
+	}
+	return probe.Version, nil
 }
 
 // parseStateV1 converts a version 1 state. Its certificate hash covered the whole file (keys
@@ -165,20 +183,21 @@ func parseStateV1(data []byte) (*State, error) {
 	return st, nil
 }
 
-// stateReadable reports whether the state file is missing or one this stapler reads, without
-// moving anything aside: `stapler check` says UNKNOWN rather than judge from a damaged file.
-func stateReadable(path string) error {
+// readStateStrict reads the state file for check: a missing file is an empty state, and one
+// this stapler cannot read is an error (never moved aside, never logged).
+func readStateStrict(path string) (*State, error) {
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil
+		return newState(), nil
 	}
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if _, err := parseState(data); err != nil {
-		return fmt.Errorf("%s: unreadable state file: %w", path, err)
+	st, err := parseState(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: unreadable state file: %w", path, err)
 	}
-	return nil
+	return st, nil
 }
 
 // save writes the state durably, readable by its owner only; a file that exists keeps its

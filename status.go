@@ -74,21 +74,17 @@ func timePtr(t time.Time) *time.Time {
 	return &t
 }
 
-// collectStatus reads the state and looks at the certificates and staples on disk (cheaply:
+// collectStatus reads the state entries and looks at the certificates and staples on disk (cheaply:
 // stat marks, and only what changed is read), and asks each HAProxy what it serves. It contacts
 // no responder, verifies nothing and writes nothing: what changed since stapler verified it is
 // reported as unknown.
-func collectStatus(ctx context.Context, opt runOptions, now time.Time) (*statusReport, error) {
+func collectStatus(ctx context.Context, opt runOptions, state *State, now time.Time) (*statusReport, error) {
 	paths := opt.Only
 	if len(paths) == 0 {
 		var err error
 		if paths, _, err = scan(scanSpec{Dirs: opt.Dirs, Files: opt.Files, Recursive: opt.Recursive, Exclude: opt.Exclude}); err != nil {
 			return nil, err
 		}
-	}
-	state, err := loadState(opt.State, false)
-	if err != nil {
-		return nil, err
 	}
 	rep := &statusReport{GeneratedAt: now, Certificates: []certStatus{}}
 	var refs []stapleRef

@@ -2,6 +2,7 @@ package durable
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -70,29 +71,43 @@ func TestWriteFileKeepsOwner(t *testing.T) {
 
 // TestBatchStages: a file of a later stage is not renamed into a directory where a file of an
 // earlier stage failed (no .ocsp without its .issuer), and other directories go on.
+// TestBatchStages: a file of a later stage is renamed only when those of earlier stages in its
+// directory were, for a small batch (fsync per file) and a large one (syncfs).
 func TestBatchStages(t *testing.T) {
-	ok, bad := t.TempDir(), t.TempDir()
-	os.Mkdir(filepath.Join(bad, "site.pem.issuer"), 0o755) // a directory where the issuer goes: its rename fails
-	os.WriteFile(filepath.Join(bad, "site.pem.ocsp"), []byte("old"), 0o644)
-	var b Batch
-	b.Add(0, filepath.Join(ok, "site.pem.issuer"), []byte("issuer"), 0o644)
-	b.Add(1, filepath.Join(ok, "site.pem.ocsp"), []byte("staple"), 0o644)
-	b.Add(0, filepath.Join(bad, "site.pem.issuer"), []byte("issuer"), 0o644)
-	b.Add(1, filepath.Join(bad, "site.pem.ocsp"), []byte("staple"), 0o644)
-	err := b.Commit()
-	if err == nil || !strings.Contains(err.Error(), filepath.Join(bad, "site.pem.issuer")) || !strings.Contains(err.Error(), filepath.Join(bad, "site.pem.ocsp")) {
-		t.Errorf("error %v does not name both files of the failed directory", err)
-	}
-	if read(t, filepath.Join(bad, "site.pem.ocsp")) != "old" {
-		t.Error("the staple was renamed although its issuer failed")
-	}
-	if read(t, filepath.Join(ok, "site.pem.ocsp")) != "staple" || read(t, filepath.Join(ok, "site.pem.issuer")) != "issuer" || b.Written() != 2 {
-		t.Errorf("the good directory was not written (written %d)", b.Written())
-	}
-	for _, d := range []string{ok, bad} {
-		if left := temps(t, d); len(left) > 0 {
-			t.Errorf("temporary files left in %s: %q", d, left)
-		}
+	for _, filler := range []int{0, SyncfsMin} {
+		t.Run(fmt.Sprintf("%d more files", filler), func(t *testing.T) {
+			ok, bad, more := t.TempDir(), t.TempDir(), t.TempDir()
+			os.Mkdir(filepath.Join(bad, "site.pem.issuer"), 0o755) // a directory where the issuer goes: its rename fails
+			os.WriteFile(filepath.Join(bad, "site.pem.ocsp"), []byte("old"), 0o644)
+			var b Batch
+			b.Add(0, filepath.Join(ok, "site.pem.issuer"), []byte("issuer"), 0o644)
+			b.Add(1, filepath.Join(ok, "site.pem.ocsp"), []byte("staple"), 0o644)
+			b.Add(0, filepath.Join(bad, "site.pem.issuer"), []byte("issuer"), 0o644)
+			b.Add(1, filepath.Join(bad, "site.pem.ocsp"), []byte("staple"), 0o644)
+			for i := range filler {
+				b.Add(i%2, filepath.Join(more, fmt.Sprintf("f%d", i)), []byte(fmt.Sprint(i)), 0o644)
+			}
+			err := b.Commit()
+			if err == nil || !strings.Contains(err.Error(), filepath.Join(bad, "site.pem.issuer")) || !strings.Contains(err.Error(), filepath.Join(bad, "site.pem.ocsp")) {
+				t.Errorf("error %v does not name both files of the failed directory", err)
+			}
+			if read(t, filepath.Join(bad, "site.pem.ocsp")) != "old" {
+				t.Error("the staple was renamed although its issuer failed")
+			}
+			if read(t, filepath.Join(ok, "site.pem.ocsp")) != "staple" || read(t, filepath.Join(ok, "site.pem.issuer")) != "issuer" || b.Written() != 2+filler {
+				t.Errorf("the good directories were not written (written %d)", b.Written())
+			}
+			for i := range filler {
+				if got := read(t, filepath.Join(more, fmt.Sprintf("f%d", i))); got != fmt.Sprint(i) {
+					t.Errorf("f%d holds %q", i, got)
+				}
+			}
+			for _, d := range []string{ok, bad, more} {
+				if left := temps(t, d); len(left) > 0 {
+					t.Errorf("temporary files left in %s: %q", d, left)
+				}
+			}
+		})
 	}
 }
 

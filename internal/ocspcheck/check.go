@@ -86,12 +86,19 @@ func (c *Checker) Check(der, certID []byte, issuer *x509.Certificate, now time.T
 		return nil, fmt.Errorf("%w: %w", ErrNotOCSP, err)
 	}
 	out := &Response{Response: resp}
-	// Signed by the issuer itself, whatever certificate the response carries (some embed the
-	// issuer's own, or another certificate for the same key), or else by a delegate.
-	if signer := resp.Certificate; resp.CheckSignatureFrom(issuer) != nil {
-		if signer == nil || signer.Equal(issuer) {
+	// One signature verification per response: ParseResponse has verified the signature of a
+	// response that carries a certificate with that certificate's key. Such a response is the
+	// issuer's when that key is the issuer's (some responders embed the issuer's own
+	// certificate, or another for the same key), else a delegate's, whose certificate the
+	// issuer must have issued (verified once per Checker). One without a certificate must be
+	// the issuer's.
+	switch signer := resp.Certificate; {
+	case signer == nil:
+		if resp.CheckSignatureFrom(issuer) != nil {
 			return nil, fmt.Errorf("bad OCSP signature: not signed by the issuer %q", issuer.Subject)
 		}
+	case bytes.Equal(signer.RawSubjectPublicKeyInfo, issuer.RawSubjectPublicKeyInfo):
+	default:
 		if err := c.delegate(issuer, signer, now); err != nil {
 			return nil, err
 		}

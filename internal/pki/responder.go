@@ -34,8 +34,9 @@ type Responder struct {
 	cache   map[string][]byte // "cached" mode: the first answer per serial
 	revoked map[string]bool   // serials answered as revoked in every mode that answers good
 	latency atomic.Int64      // before each OCSP answer, as a distant responder has
-	seq     atomic.Int64      // makes each response's thisUpdate its own
-	maxAge  time.Duration     // SetCaching
+	seqMu   sync.Mutex
+	seq     map[string]int64 // per serial: makes each response's thisUpdate its own
+	maxAge  time.Duration    // SetCaching
 
 	Requests    atomic.Int64 // OCSP requests answered
 	Conns       atomic.Int64 // TCP connections accepted
@@ -200,12 +201,23 @@ func ParseRequest(req *http.Request) (*ocsp.Request, error) {
 	return ocsp.ParseRequest(der)
 }
 
+// nth counts the answers about serial.
+func (r *Responder) nth(serial *big.Int) int64 {
+	r.seqMu.Lock()
+	defer r.seqMu.Unlock()
+	if r.seq == nil {
+		r.seq = map[string]int64{}
+	}
+	r.seq[serial.String()]++
+	return r.seq[serial.String()]
+}
+
 // Answer is the body the responder sends in mode about serial at now; nil means HTTP 500.
 // Each good answer has a thisUpdate of its own, to the second (as HAProxy 2.6 shows it): two
 // answers in the same second are told apart.
 func (r *Responder) Answer(mode string, serial *big.Int, now time.Time) []byte {
 	ca := r.CA
-	this := now.Add(-time.Hour).Truncate(time.Second).Add(time.Duration(r.seq.Add(1)) * time.Second)
+	this := now.Add(-time.Hour).Truncate(time.Second).Add(time.Duration(r.nth(serial)) * time.Second)
 	next := now.Add(24 * time.Hour).Truncate(time.Second)
 	switch mode {
 	case "good":
