@@ -19,8 +19,10 @@ import (
 
 // fetched is what became of one certificate's due staple, or of HAProxy's copy of it.
 type fetched struct {
-	DER       []byte
-	Resp      *ocspcheck.Response
+	DER []byte
+	// Staple is what stapler records of the response, kept instead of the parsed response
+	// (with its embedded certificate) while thousands wait to be written.
+	Staple    *Staple
 	Responder string // the URL that answered
 	// NotModified: the responder said (HTTP 304) that the staple on disk, which it gave
 	// before, still stands.
@@ -108,12 +110,13 @@ func (ex *executor) fetch(ctx context.Context, p *certPlan, f *fetched) {
 			f.ETag, f.LastModified = cmp.Or(a.ETag, held.ETag), cmp.Or(a.LastModified, held.LastModified)
 			return
 		}
+		var resp *ocspcheck.Response
 		if err == nil {
 			checking := time.Now()
-			f.Resp, err = ex.checker.Check(a.Body, iss.CertID, iss.Issuer, ex.now)
+			resp, err = ex.checker.Check(a.Body, iss.CertID, iss.Issuer, ex.now)
 			ex.verifying.Add(int64(time.Since(checking)))
 			if err == nil {
-				err = tooSoon(f.Resp, ex.now)
+				err = tooSoon(resp, ex.now)
 			}
 			if err != nil {
 				err = fmt.Errorf("responder %s: %w", url, notOCSP(err, a))
@@ -121,8 +124,9 @@ func (ex *executor) fetch(ctx context.Context, p *certPlan, f *fetched) {
 		}
 		if err == nil {
 			f.DER, f.Responder, f.CacheUntil, f.ETag, f.LastModified = a.Body, url, a.CacheUntil, a.ETag, a.LastModified
-			found := newStaple(a.Body, f.Resp, iss.CertID, url)
-			f.Newer = held == nil || found.newerThan(held)
+			f.Staple = newStaple(a.Body, resp, iss.CertID, url)
+			f.Staple.ETag, f.Staple.LastModified = a.ETag, a.LastModified
+			f.Newer = held == nil || f.Staple.newerThan(held)
 			return
 		}
 		if ctx.Err() != nil {
@@ -131,7 +135,6 @@ func (ex *executor) fetch(ctx context.Context, p *certPlan, f *fetched) {
 			f.Unfinished = true
 			return
 		}
-		f.Resp = nil
 		errs = append(errs, err)
 	}
 	f.Err = errors.Join(errs...)
@@ -162,7 +165,7 @@ func (ex *executor) write(plans []*certPlan, results map[*certPlan]*fetched) {
 	for _, p := range plans {
 		f := results[p]
 		if p.Step == stepHAProxyCopy && p.Copy != nil {
-			f = &fetched{DER: p.Copy.DER, Resp: p.Copy.Resp, Newer: true}
+			f = &fetched{DER: p.Copy.DER, Staple: newStaple(p.Copy.DER, p.Copy.Resp, p.Obs.issued.CertID, ""), Newer: true}
 			results[p] = f
 		}
 		o := p.Obs
@@ -226,6 +229,7 @@ func (ex *executor) write(plans []*certPlan, results map[*certPlan]*fetched) {
 			if fi, err := os.Stat(q.p.Obs.File.Staple); err == nil {
 				q.f.Stat = statMark(fi)
 			}
+			q.f.DER = nil // on disk now: a push to HAProxy reads it back, one at a time
 		}
 	}
 }

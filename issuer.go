@@ -56,11 +56,34 @@ type issuerFinder struct {
 	cacheOnce sync.Once
 	cacheMu   sync.Mutex
 	cached    map[string]*x509.Certificate // by hash of the DER: issuers in CacheDir
+
+	internMu sync.Mutex
+	interned map[string]*x509.Certificate // by DER: the issuers found in this run
 }
 
 // find returns the issuer of leaf (the first certificate of the bundle) and its source;
-// issuerFile is where HAProxy looks for it ("" for nowhere).
+// issuerFile is where HAProxy looks for it ("" for nowhere). Thousands of certificates share
+// a few issuers: each is returned as one shared value, so that the bundles it came from need
+// not stay in memory.
 func (f *issuerFinder) find(ctx context.Context, issuerFile string, bundle []*x509.Certificate) (*x509.Certificate, issuerSource, error) {
+	c, src, err := f.search(ctx, issuerFile, bundle)
+	if c == nil {
+		return c, src, err
+	}
+	f.internMu.Lock()
+	defer f.internMu.Unlock()
+	if f.interned == nil {
+		f.interned = map[string]*x509.Certificate{}
+	}
+	if same, ok := f.interned[string(c.Raw)]; ok {
+		return same, src, err
+	}
+	f.interned[string(c.Raw)] = c
+	return c, src, err
+}
+
+// search finds the issuer of leaf, for find.
+func (f *issuerFinder) search(ctx context.Context, issuerFile string, bundle []*x509.Certificate) (*x509.Certificate, issuerSource, error) {
 	leaf := bundle[0]
 	for _, c := range bundle[1:] {
 		if issuedBy(leaf, c) {

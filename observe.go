@@ -173,6 +173,13 @@ func (o *fileObs) bundle() ([]*x509.Certificate, error) {
 		}
 		o.Cert = c
 	}
+	if o.Cert.Bundle == nil { // dropped once its issuer was found: parsed again
+		c, err := readCert(o.blocks, o.Hash)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", o.File.Path, err)
+		}
+		o.Cert.Bundle = c.Bundle
+	}
 	return o.Cert.Bundle, nil
 }
 
@@ -191,6 +198,9 @@ func (ob *observer) issuer(ctx context.Context, o *fileObs) *issuedFor {
 	if o.issued.Err == nil {
 		o.issued.Req, o.issued.CertID, o.issued.Err = ocspcheck.Request(bundle[0], o.issued.Issuer)
 	}
+	// The request and the (shared) issuer are all that is needed of the parsed bundle from now
+	// on: with thousands of certificates due, it would be most of the memory a run holds.
+	o.Cert.Bundle = nil
 	return o.issued
 }
 

@@ -99,7 +99,7 @@ func record(now time.Time, pol policy, rp runPlan, results map[*certPlan]*fetche
 		}
 		switch {
 		case p.Step == stepHAProxyCopy && f != nil && f.Err == nil && f.Stat != "":
-			found := newStaple(f.DER, f.Resp, p.Obs.issued.CertID, "")
+			found := f.Staple
 			st.vouch(found, f.Stat, now, false)
 			slog.Info("kept HAProxy's own staple on disk", "cert", path, "this_update", found.ThisUpdate, "next_update", found.NextUpdate)
 		case p.Step == stepHAProxyCopy && f != nil && f.Err != nil:
@@ -128,8 +128,7 @@ func record(now time.Time, pol policy, rp runPlan, results map[*certPlan]*fetche
 			sum.UpToDate++
 			recordRevoked(path, st, sum)
 		default:
-			s := newStaple(f.DER, f.Resp, p.Obs.issued.CertID, f.Responder)
-			s.ETag, s.LastModified = f.ETag, f.LastModified
+			s := f.Staple
 			st.vouch(s, f.Stat, now, true)
 			st.schedule(pol.afterSuccess(path, now, s, f.CacheUntil))
 			slog.Info("updated staple", "cert", path, "reason", p.Reason, "status", s.Status, "next_update", s.NextUpdate, "next_due", st.NextDue)

@@ -92,8 +92,8 @@ func parseState(data []byte) (*State, error) {
 	case version != stateVersion:
 		return nil, fmt.Errorf("no version %d", stateVersion)
 	}
-	st := &State{}
-	if err := json.Unmarshal(data, st); err != nil {
+	st, err := decodeState(data)
+	if err != nil {
 		return nil, err
 	}
 	if st.Certificates == nil {
@@ -105,6 +105,14 @@ func parseState(data []byte) (*State, error) {
 		}
 	}
 	return st, nil
+}
+
+// decodeState decodes a version 2 state. (goccy/go-json decodes it three to five times
+// faster, but fuzzing found it taking what encoding/json refuses, {"":{""}}, and keeping
+// invalid UTF-8 that encoding/json replaces: not worth 40 ms at 10,000 certificates.)
+func decodeState(data []byte) (*State, error) {
+	st := &State{}
+	return st, json.Unmarshal(data, st)
 }
 
 // stateFileVersion reads the version of a state file: from its first key, where stapler writes

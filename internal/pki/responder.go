@@ -3,6 +3,7 @@ package pki
 import (
 	"crypto"
 	"crypto/sha256"
+	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
 	"encoding/base64"
@@ -28,15 +29,17 @@ type Responder struct {
 	Stranger *CA // signs the "stranger" answers
 	addr     string
 
-	mu      sync.Mutex
-	mode    string
-	srv     *http.Server
-	cache   map[string][]byte // "cached" mode: the first answer per serial
-	revoked map[string]bool   // serials answered as revoked in every mode that answers good
-	latency atomic.Int64      // before each OCSP answer, as a distant responder has
-	seqMu   sync.Mutex
-	seq     map[string]int64 // per serial: makes each response's thisUpdate its own
-	maxAge  time.Duration    // SetCaching
+	mu        sync.Mutex
+	mode      string
+	srv       *http.Server
+	cache     map[string][]byte // "cached" mode: the first answer per serial
+	revoked   map[string]bool   // serials answered as revoked in every mode that answers good
+	latency   atomic.Int64      // before each OCSP answer, as a distant responder has
+	seqMu     sync.Mutex
+	signer    *x509.Certificate // of "delegated" answers
+	signerKey crypto.Signer
+	seq       map[string]int64 // per serial: makes each response's thisUpdate its own
+	maxAge    time.Duration    // SetCaching
 
 	Requests    atomic.Int64 // OCSP requests answered
 	Conns       atomic.Int64 // TCP connections accepted
@@ -201,6 +204,17 @@ func ParseRequest(req *http.Request) (*ocsp.Request, error) {
 	return ocsp.ParseRequest(der)
 }
 
+// delegate is the responder certificate that signs every "delegated" answer, as a real
+// delegated responder has one for thousands of responses; made at the first.
+func (r *Responder) delegate(now time.Time) (*x509.Certificate, crypto.Signer) {
+	r.seqMu.Lock()
+	defer r.seqMu.Unlock()
+	if r.signer == nil {
+		r.signer, r.signerKey = r.CA.Delegate(true, now.Add(-time.Hour), now.Add(30*24*time.Hour))
+	}
+	return r.signer, r.signerKey
+}
+
 // nth counts the answers about serial.
 func (r *Responder) nth(serial *big.Int) int64 {
 	r.seqMu.Lock()
@@ -270,7 +284,7 @@ func (r *Responder) Answer(mode string, serial *big.Int, now time.Time) []byte {
 	case "sha256":
 		return must(ocsp.CreateResponse(ca.Cert, ca.Cert, ocsp.Response{Status: ocsp.Good, SerialNumber: serial, ThisUpdate: this, NextUpdate: next, IssuerHash: crypto.SHA256}, ca.Key))
 	case "delegated":
-		c, k := ca.Delegate(true, now.Add(-time.Hour), now.Add(30*24*time.Hour))
+		c, k := r.delegate(now)
 		return ca.Respond(serial, ocsp.Good, this, next, c, k)
 	case "delegatedNoEKU":
 		c, k := ca.Delegate(false, now.Add(-time.Hour), now.Add(30*24*time.Hour))
