@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -22,7 +23,7 @@ func TestAgreement(t *testing.T) {
 		state  func(*CertState)
 		status string // staple_status
 		check  int
-		metric string // the status label of stapler_staple_status, "" for no series
+		metric string // what the metrics say of the staple (metricStatus), "" for no series
 		exit   int
 	}{
 		{"good", nil, "good", checkOK, "good", exitOK},
@@ -93,14 +94,15 @@ func TestAgreement(t *testing.T) {
 	}
 }
 
-// metricStatus writes the metrics of a state holding st and returns the status label whose
-// stapler_staple_status is 1, "" when there is no such series.
+// metricStatus writes the metrics of a state holding st and returns what they say of its
+// staple: good or revoked (stapler_ocsp_response_present 1 and its status), none (present 0),
+// or "" when there is no series.
 func metricStatus(t *testing.T, st *CertState, now time.Time) string {
 	t.Helper()
 	state := newState()
 	state.Certificates["/c/site.pem"] = st
 	path := filepath.Join(t.TempDir(), "stapler.prom")
-	if err := writeMetrics(path, state, summary{}, now, time.Second); err != nil {
+	if err := writeMetrics(path, state, summary{}, now, time.Second, nil); err != nil {
 		t.Fatal(err)
 	}
 	f, err := os.Open(path)
@@ -113,16 +115,14 @@ func metricStatus(t *testing.T, st *CertState, now time.Time) string {
 	if err != nil {
 		t.Fatalf("the metrics do not parse: %v", err)
 	}
-	fam := families["stapler_staple_status"]
-	if fam == nil {
+	present, status := families["stapler_ocsp_response_present"].GetMetric(), families["stapler_ocsp_response_status"].GetMetric()
+	switch {
+	case len(present) == 0:
 		return ""
+	case present[0].GetGauge().GetValue() == 0 && len(status) == 0:
+		return "none"
+	case present[0].GetGauge().GetValue() == 1 && len(status) == 1:
+		return map[float64]string{0: "good", 1: "revoked"}[status[0].GetGauge().GetValue()]
 	}
-	for _, m := range fam.GetMetric() {
-		for _, l := range m.GetLabel() {
-			if l.GetName() == "status" && m.GetGauge().GetValue() == 1 {
-				return l.GetValue()
-			}
-		}
-	}
-	return ""
+	return fmt.Sprintf("present %v with %d status series", present[0].GetGauge().GetValue(), len(status))
 }

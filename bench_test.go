@@ -37,6 +37,7 @@ func BenchmarkFleet(b *testing.B) {
 		}
 	}
 	bin := benchBinary(b)
+	hapStartWait = 3 * time.Minute
 	var phases []string
 	fmt.Printf("\n%8s  %-34s %9s %9s %9s %6s\n", "N", "command", "wall", "peak RSS", "requests", "conns")
 	for _, n := range sizes {

@@ -590,6 +590,10 @@ type hapProc struct {
 // hapLaunch runs haproxy with args until the test ends or stop is called, and returns once its
 // runtime API answers `show version` at ready (a socket as stapler names it). Its output is
 // appended to logFile, which the test prints if it fails.
+// hapStartWait is how long hapLaunch waits for HAProxy's runtime API; the benchmark's HAProxy
+// loads 10,000 certificates first.
+var hapStartWait = 15 * time.Second
+
 func hapLaunch(t testing.TB, bin, ready, logFile string, args ...string) *hapProc {
 	t.Helper()
 	logw, err := os.OpenFile(logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
@@ -611,7 +615,7 @@ func hapLaunch(t testing.TB, bin, ready, logFile string, args ...string) *hapPro
 			t.Logf("%s:\n%s", filepath.Base(logFile), log)
 		}
 	})
-	hapWaitFor(t, "HAProxy's runtime API at "+ready, 15*time.Second, func() error {
+	hapWaitFor(t, "HAProxy's runtime API at "+ready, hapStartWait, func() error {
 		select {
 		case <-p.exited:
 			log, _ := os.ReadFile(logFile)

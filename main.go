@@ -5,6 +5,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"syscall"
 	"time"
@@ -376,20 +378,27 @@ func versionCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "version",
 		Usage: "print stapler's version",
-		Description: `Prints stapler's version (the module version, or the VCS revision of a development
-build) and the Go version it was built with.
+		Description: `Prints stapler's version (what git describe said when it was packaged, else the module
+version, else the VCS revision of a development build) and the Go version it was built with.
 
 EXAMPLES:
    stapler version`,
 		Action: func(c *cli.Context) error {
-			fmt.Fprintf(c.App.Writer, "stapler %s\n", version())
+			fmt.Fprintf(c.App.Writer, "stapler %s %s\n", buildVersion(), runtime.Version())
 			return nil
 		},
 	}
 }
 
-// version is the module version, or the VCS revision of a development build.
-func version() string {
+// packagedVersion is set when packaging/deb.sh builds stapler (-ldflags -X), from git describe.
+var packagedVersion string
+
+// buildVersion is stapler's version: the packaged one, else the module version, else the VCS
+// revision of a development build.
+func buildVersion() string {
+	if packagedVersion != "" {
+		return packagedVersion
+	}
 	info, ok := debug.ReadBuildInfo()
 	if !ok {
 		return "unknown"
@@ -400,10 +409,7 @@ func version() string {
 			v = "devel-" + s.Value[:min(12, len(s.Value))]
 		}
 	}
-	if v == "" {
-		v = "(devel)"
-	}
-	return v + " " + info.GoVersion
+	return cmp.Or(v, "(devel)")
 }
 
 func runAction(c *cli.Context) error {

@@ -1,136 +1,217 @@
 package main
 
 import (
-	"bytes"
-	"fmt"
+	"io"
+	"math"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
-
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
 
 	"stapler/internal/durable"
 )
 
-// writeMetrics writes the run's metrics to path in Prometheus text format, for
+// writeMetrics writes the run's metrics to path in Prometheus' text format (0.0.4), for
 // node_exporter's textfile collector, through the durable writer: the collector never reads
-// half a file, and a killed run leaves no temporary file behind that the next run does not
-// remove.
+// half a file, a power loss leaves the old one or the new, and a killed run's temporary file
+// is removed by the next run. The names follow ssl_exporter's ssl_ocsp_response_* family
+// under the stapler_ prefix, so that alerts port over (README, Metrics, lists them and the
+// names before 2026-12).
 //
-// Per certificate (label cert, the file; subject, its first DNS name):
+// The text is written as it is made, one family at a time: at 100,000 certificates a registry
+// or the Prometheus client's data model would hold 1.2 million samples as objects at once. The
+// test reads the file back with Prometheus' own parser.
 //
-//	stapler_staple_expiry_timestamp_seconds       expiry of the staple on disk (nextUpdate, or its signer's end)
-//	stapler_staple_this_update_timestamp_seconds  its thisUpdate: with the expiry, the window
-//	stapler_staple_status{status}                 1 for the staple's status: good, revoked, none
-//	stapler_staple_last_refresh_timestamp_seconds
-//	stapler_staple_refresh_failures               consecutive failed refreshes
-//	stapler_certificate_must_staple               1 when the certificate demands a staple
-//
-// A Must-Staple certificate without a responder has status none: it cannot be stapled.
-// Per run: stapler_run_timestamp_seconds, stapler_run_duration_seconds,
-// stapler_run_certificates{result}, stapler_run_success and stapler_run_phase_seconds{phase}.
 // A run limited to some certificates (the deploy hook's) still writes every certificate the
 // state knows, so that no series disappears between runs.
-//
-// The families are built directly and encoded with expfmt: a registry would sort and check
-// tens of thousands of series again at every run.
-func writeMetrics(path string, state *State, sum summary, now time.Time, took time.Duration) error {
-	m := newMetricSet()
-	expiry := m.family("stapler_staple_expiry_timestamp_seconds", "When the staple on disk expires (its nextUpdate, or its delegated signer's end if earlier), as a Unix time.")
-	thisUpdate := m.family("stapler_staple_this_update_timestamp_seconds", "The thisUpdate of the staple on disk, as a Unix time: its validity window runs from here to its expiry.")
-	status := m.family("stapler_staple_status", "1 for the status of the staple on disk: good, revoked or none (no valid staple).")
-	refreshed := m.family("stapler_staple_last_refresh_timestamp_seconds", "When stapler last fetched a valid staple for the certificate, as a Unix time.")
-	failures := m.family("stapler_staple_refresh_failures", "Consecutive failed refreshes of the certificate's staple.")
-	mustStaple := m.family("stapler_certificate_must_staple", "1 when the certificate demands a staple (TLS feature status_request, RFC 7633), else 0.")
+func writeMetrics(path string, state *State, sum summary, now time.Time, took time.Duration, sockets []string) error {
+	type row struct {
+		labels []string // cert, subject
+		st     *CertState
+		v      verdict
+	}
 	paths := make([]string, 0, len(state.Certificates))
 	for p := range state.Certificates {
 		paths = append(paths, p)
 	}
 	slices.Sort(paths)
-	for _, certPath := range paths {
-		st := state.Certificates[certPath]
+	rows := make([]row, 0, len(paths))
+	for _, p := range paths {
+		st := state.Certificates[p]
 		v := st.verdict(now)
 		if v.Staple == "no_responder" && !v.MustStaple {
-			continue
+			continue // nothing to staple, nothing to watch
 		}
-		labels := []string{"cert", certPath, "subject", st.Subject}
-		m.set(mustStaple, float64(b2i(st.MustStaple)), labels...)
-		s := v.Staple
-		switch s {
-		case "good", "revoked":
-			m.set(expiry, float64(st.Staple.Expiry().Unix()), labels...)
-			m.set(thisUpdate, float64(st.Staple.ThisUpdate.Unix()), labels...)
-		default:
-			s = "none"
+		rows = append(rows, row{[]string{"cert", p, "subject", st.Subject}, st, v})
+	}
+	staple := func(r row) *Staple {
+		if r.v.Staple == "good" || r.v.Staple == "revoked" {
+			return r.st.Staple
 		}
-		m.set(status, 1, append(labels[:2:2], "status", s, "subject", st.Subject)...)
-		if !st.LastUpdate.IsZero() {
-			m.set(refreshed, float64(st.LastUpdate.Unix()), labels...)
+		return nil
+	}
+	unix := func(t time.Time) float64 { return float64(t.Unix()) }
+	type perCert struct {
+		name, help string
+		value      func(r row) (float64, bool)
+	}
+	families := []perCert{
+		{"stapler_ocsp_response_present", "1 when a valid staple (good or revoked) is on disk for the certificate, else 0.",
+			func(r row) (float64, bool) { return float64(b2i(staple(r) != nil)), true }},
+		{"stapler_ocsp_response_status", "Status of the staple on disk: 0 good, 1 revoked, 2 unknown. Absent without a valid staple.",
+			func(r row) (float64, bool) {
+				if s := staple(r); s != nil {
+					return float64(map[string]int{"good": 0, "revoked": 1}[s.Status]), true
+				}
+				return 0, false
+			}},
+		{"stapler_ocsp_response_this_update_timestamp_seconds", "thisUpdate of the staple on disk, as a Unix time.",
+			func(r row) (float64, bool) {
+				s := staple(r)
+				return timeOf(s, func(s *Staple) time.Time { return s.ThisUpdate }, unix)
+			}},
+		{"stapler_ocsp_response_next_update_timestamp_seconds", "nextUpdate of the staple on disk, as a Unix time.",
+			func(r row) (float64, bool) {
+				s := staple(r)
+				return timeOf(s, func(s *Staple) time.Time { return s.NextUpdate }, unix)
+			}},
+		{"stapler_ocsp_response_produced_at_timestamp_seconds", "producedAt of the staple on disk, as a Unix time.",
+			func(r row) (float64, bool) {
+				s := staple(r)
+				return timeOf(s, func(s *Staple) time.Time { return s.ProducedAt }, unix)
+			}},
+		{"stapler_ocsp_response_signer_not_after_timestamp_seconds", "When the delegated responder certificate that signed the staple on disk expires, as a Unix time. Absent when the issuer signed it.",
+			func(r row) (float64, bool) {
+				s := staple(r)
+				return timeOf(s, func(s *Staple) time.Time { return s.SignerNotAfter }, unix)
+			}},
+		{"stapler_ocsp_response_expiry_timestamp_seconds", "When the staple on disk stops being worth stapling: the earlier of its nextUpdate and its signer's end, as a Unix time.",
+			func(r row) (float64, bool) { s := staple(r); return timeOf(s, (*Staple).Expiry, unix) }},
+		{"stapler_cert_not_after_timestamp_seconds", "notAfter of the certificate, as a Unix time.",
+			func(r row) (float64, bool) { return unix(r.st.NotAfter), !r.st.NotAfter.IsZero() }},
+		{"stapler_cert_must_staple", "1 when the certificate demands a staple (TLS feature status_request, RFC 7633), else 0.",
+			func(r row) (float64, bool) { return float64(b2i(r.st.MustStaple)), true }},
+		{"stapler_ocsp_last_refresh_timestamp_seconds", "When stapler last fetched a valid staple for the certificate, as a Unix time.",
+			func(r row) (float64, bool) { return unix(r.st.LastUpdate), !r.st.LastUpdate.IsZero() }},
+		{"stapler_ocsp_refresh_failures", "Consecutive failed refreshes of the certificate's staple.",
+			func(r row) (float64, bool) { return float64(r.st.Failures), true }},
+	}
+	return durable.WriteStream(path, 0o644, func(w io.Writer) error {
+		t := &promText{w: w}
+		for _, f := range families {
+			t.family(f.name, f.help)
+			for _, r := range rows {
+				if v, ok := f.value(r); ok {
+					t.sample(f.name, v, r.labels...)
+				}
+			}
 		}
-		m.set(failures, float64(st.Failures), labels...)
-	}
-	m.set(m.family("stapler_run_timestamp_seconds", "When the last run started, as a Unix time."), float64(now.Unix()))
-	m.set(m.family("stapler_run_duration_seconds", "How long the last run took."), took.Seconds())
-	runCerts := m.family("stapler_run_certificates", "Certificates of the last run, by result.")
-	for _, r := range []struct {
-		result string
-		n      int
-	}{
-		{"checked", sum.Checked}, {"failed", sum.Failed}, {"needs_reload", sum.NeedsReload}, {"push_failed", sum.PushFailed},
-		{"refreshed", sum.Refreshed}, {"revoked", sum.Revoked}, {"skipped", sum.Skipped}, {"unfinished", sum.Unfinished},
-		{"up_to_date", sum.UpToDate}, {"without_responder", sum.NoResponder},
-	} {
-		m.set(runCerts, float64(r.n), "result", r.result)
-	}
-	m.set(m.family("stapler_run_success", "1 when the last run left every staple fresh, valid and in every HAProxy (exit status 0)."), float64(b2i(sum.ok())))
-	phases := m.family("stapler_run_phase_seconds", "How long each phase of the last run took: load, observe, plan, fetch (of which verify, summed over concurrent fetches), write, record, push, save.")
-	for _, ph := range sum.Phases {
-		m.set(phases, ph.D.Seconds(), "phase", ph.Name)
-	}
-	data, err := m.encode()
-	if err == nil {
-		_, err = durable.WriteFile(path, data, 0o644)
-	}
-	if err != nil {
-		return fmt.Errorf("writing metrics: %w", err)
-	}
-	return nil
+		if len(sockets) > 0 {
+			t.family("stapler_haproxy_in_sync", "1 when that HAProxy serves the staple on disk (or a newer one), 0 when it does not yet (a failed push, or a reload due). Only for certificates with a valid staple.")
+			for _, r := range rows {
+				if staple(r) == nil {
+					continue
+				}
+				for _, s := range sockets {
+					t.sample("stapler_haproxy_in_sync", float64(b2i(!slices.Contains(r.v.Pending, s))), append(r.labels, "socket", s)...)
+				}
+			}
+		}
+		t.family("stapler_build_info", "1, with stapler's version and the Go version that built it.")
+		t.sample("stapler_build_info", 1, "goversion", runtime.Version(), "version", buildVersion())
+		t.family("stapler_run_timestamp_seconds", "When the last run started, as a Unix time.")
+		t.sample("stapler_run_timestamp_seconds", unix(now))
+		t.family("stapler_run_duration_seconds", "How long the last run took.")
+		t.sample("stapler_run_duration_seconds", took.Seconds())
+		t.family("stapler_run_success", "1 when the last run left every staple fresh, valid and in every HAProxy (exit status 0).")
+		t.sample("stapler_run_success", float64(b2i(sum.ok())))
+		t.family("stapler_run_certificates", "Certificates of the last run, by result.")
+		for _, r := range []struct {
+			result string
+			n      int
+		}{
+			{"checked", sum.Checked}, {"failed", sum.Failed}, {"needs_reload", sum.NeedsReload}, {"push_failed", sum.PushFailed},
+			{"refreshed", sum.Refreshed}, {"revoked", sum.Revoked}, {"skipped", sum.Skipped}, {"unfinished", sum.Unfinished},
+			{"up_to_date", sum.UpToDate}, {"without_responder", sum.NoResponder},
+		} {
+			t.sample("stapler_run_certificates", float64(r.n), "result", r.result)
+		}
+		t.family("stapler_run_phase_seconds", "How long each phase of the last run took: load, observe, plan, fetch (of which verify, summed over concurrent fetches), write, record, push, save.")
+		for _, ph := range sum.Phases {
+			t.sample("stapler_run_phase_seconds", ph.D.Seconds(), "phase", ph.Name)
+		}
+		return t.err
+	})
 }
 
-// metricSet is a set of gauge families in the order they were made, sorted by name when
-// encoded.
-type metricSet struct{ families []*dto.MetricFamily }
-
-func newMetricSet() *metricSet { return &metricSet{} }
-
-func (m *metricSet) family(name, help string) *dto.MetricFamily {
-	f := &dto.MetricFamily{Name: &name, Help: &help, Type: dto.MetricType_GAUGE.Enum()}
-	m.families = append(m.families, f)
-	return f
+// timeOf is a time of s as a sample value, absent when s is nil or the time is zero.
+func timeOf(s *Staple, field func(*Staple) time.Time, unix func(time.Time) float64) (float64, bool) {
+	if s == nil || field(s).IsZero() {
+		return 0, false
+	}
+	return unix(field(s)), true
 }
 
-// set adds a sample to f with labels given as name, value pairs (in name order).
-func (m *metricSet) set(f *dto.MetricFamily, value float64, labels ...string) {
-	metric := &dto.Metric{Gauge: &dto.Gauge{Value: &value}}
+// promText writes Prometheus' text exposition format: gauges, each family's samples together.
+type promText struct {
+	w   io.Writer
+	buf []byte
+	err error
+}
+
+var (
+	helpEscaper  = strings.NewReplacer(`\`, `\\`, "\n", `\n`)
+	labelEscaper = strings.NewReplacer(`\`, `\\`, "\n", `\n`, `"`, `\"`)
+)
+
+func (t *promText) family(name, help string) {
+	t.buf = append(t.buf[:0], "# HELP "...)
+	t.buf = append(t.buf, name...)
+	t.buf = append(t.buf, ' ')
+	t.buf = append(t.buf, helpEscaper.Replace(help)...)
+	t.buf = append(t.buf, "\n# TYPE "...)
+	t.buf = append(t.buf, name...)
+	t.buf = append(t.buf, " gauge\n"...)
+	t.flush()
+}
+
+// sample writes one sample; labels are name, value pairs.
+func (t *promText) sample(name string, value float64, labels ...string) {
+	t.buf = append(t.buf[:0], name...)
 	for i := 0; i+1 < len(labels); i += 2 {
-		metric.Label = append(metric.Label, &dto.LabelPair{Name: &labels[i], Value: &labels[i+1]})
+		if i == 0 {
+			t.buf = append(t.buf, '{')
+		} else {
+			t.buf = append(t.buf, ',')
+		}
+		t.buf = append(t.buf, labels[i]...)
+		t.buf = append(t.buf, `="`...)
+		t.buf = append(t.buf, labelEscaper.Replace(labels[i+1])...)
+		t.buf = append(t.buf, '"')
 	}
-	f.Metric = append(f.Metric, metric)
+	if len(labels) > 0 {
+		t.buf = append(t.buf, '}')
+	}
+	t.buf = append(t.buf, ' ')
+	switch {
+	case math.IsInf(value, +1):
+		t.buf = append(t.buf, "+Inf"...)
+	case math.IsInf(value, -1):
+		t.buf = append(t.buf, "-Inf"...)
+	case math.IsNaN(value):
+		t.buf = append(t.buf, "NaN"...)
+	default:
+		t.buf = strconv.AppendFloat(t.buf, value, 'g', -1, 64)
+	}
+	t.buf = append(t.buf, '\n')
+	t.flush()
 }
 
-func (m *metricSet) encode() ([]byte, error) {
-	slices.SortFunc(m.families, func(a, b *dto.MetricFamily) int { return strings.Compare(a.GetName(), b.GetName()) })
-	var buf bytes.Buffer
-	for _, f := range m.families {
-		if len(f.Metric) == 0 {
-			continue
-		}
-		if _, err := expfmt.MetricFamilyToText(&buf, f); err != nil {
-			return nil, err
-		}
+func (t *promText) flush() {
+	if t.err == nil {
+		_, t.err = t.w.Write(t.buf)
 	}
-	return buf.Bytes(), nil
 }
 
 func b2i(b bool) int {

@@ -65,13 +65,19 @@ func TestRunWritesMetrics(t *testing.T) {
 		labels map[string]string
 		want   float64
 	}{
-		{"stapler_staple_expiry_timestamp_seconds", map[string]string{"cert": bad, "subject": "bad.pem.test"}, float64(st[bad].Staple.NextUpdate.Unix())},
-		{"stapler_staple_expiry_timestamp_seconds", map[string]string{"cert": good, "subject": "good.pem.test"}, float64(st[good].Staple.NextUpdate.Unix())},
-		{"stapler_staple_status", map[string]string{"cert": good, "status": "good"}, 1},
-		{"stapler_staple_refresh_failures", map[string]string{"cert": good}, 0},
-		{"stapler_staple_status", map[string]string{"cert": bad, "status": "good"}, 1},
-		{"stapler_staple_refresh_failures", map[string]string{"cert": bad}, 1},
-		{"stapler_staple_last_refresh_timestamp_seconds", map[string]string{"cert": bad}, float64(st[bad].LastUpdate.Unix())},
+		{"stapler_ocsp_response_next_update_timestamp_seconds", map[string]string{"cert": bad, "subject": "bad.pem.test"}, float64(st[bad].Staple.NextUpdate.Unix())},
+		{"stapler_ocsp_response_expiry_timestamp_seconds", map[string]string{"cert": good, "subject": "good.pem.test"}, float64(st[good].Staple.Expiry().Unix())},
+		{"stapler_ocsp_response_this_update_timestamp_seconds", map[string]string{"cert": good}, float64(st[good].Staple.ThisUpdate.Unix())},
+		{"stapler_ocsp_response_produced_at_timestamp_seconds", map[string]string{"cert": good}, float64(st[good].Staple.ProducedAt.Unix())},
+		{"stapler_ocsp_response_present", map[string]string{"cert": good}, 1},
+		{"stapler_ocsp_response_status", map[string]string{"cert": good}, 0},
+		{"stapler_ocsp_refresh_failures", map[string]string{"cert": good}, 0},
+		{"stapler_ocsp_response_present", map[string]string{"cert": bad}, 1},
+		{"stapler_ocsp_refresh_failures", map[string]string{"cert": bad}, 1},
+		{"stapler_ocsp_last_refresh_timestamp_seconds", map[string]string{"cert": bad}, float64(st[bad].LastUpdate.Unix())},
+		{"stapler_cert_not_after_timestamp_seconds", map[string]string{"cert": bad}, float64(st[bad].NotAfter.Unix())},
+		{"stapler_cert_must_staple", map[string]string{"cert": bad}, 0},
+		{"stapler_build_info", nil, 1},
 		{"stapler_run_certificates", map[string]string{"result": "checked"}, 1},
 		{"stapler_run_certificates", map[string]string{"result": "failed"}, 1},
 		{"stapler_run_success", nil, 0},
@@ -83,8 +89,14 @@ func TestRunWritesMetrics(t *testing.T) {
 	if _, ok := value("stapler_run_duration_seconds", nil); !ok {
 		t.Error("no stapler_run_duration_seconds")
 	}
-	if _, ok := value("stapler_staple_status", map[string]string{"cert": filepath.Join(certs, "plain.pem")}); ok {
-		t.Error("a certificate without a responder has a staple status")
+	if _, ok := value("stapler_ocsp_response_present", map[string]string{"cert": filepath.Join(certs, "plain.pem")}); ok {
+		t.Error("a certificate without a responder has a staple series")
+	}
+	if _, ok := value("stapler_ocsp_response_signer_not_after_timestamp_seconds", nil); ok {
+		t.Error("a staple the issuer signed has a signer's end")
+	}
+	if _, ok := value("stapler_haproxy_in_sync", nil); ok {
+		t.Error("a run without sockets has HAProxy series")
 	}
 }
 

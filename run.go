@@ -80,7 +80,7 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 	sw.lap("save")
 	sum.Phases = append(sw.phases, phaseTime{"verify", time.Duration(ex.verifying.Load())})
 	if opt.MetricsFile != "" {
-		if err := writeMetrics(opt.MetricsFile, state, sum, now, time.Since(start)); err != nil {
+		if err := writeMetrics(opt.MetricsFile, state, sum, now, time.Since(start), opt.Sockets); err != nil {
 			slog.Error("cannot write metrics", "file", opt.MetricsFile, "err", err)
 			sum.Errors++
 		}

@@ -13,6 +13,7 @@
 package durable
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -47,6 +48,16 @@ func WriteFile(path string, data []byte, perm fs.FileMode) (written bool, err er
 	return b.Written() > 0, nil
 }
 
+// WriteStream replaces path with what write writes, durably, as WriteFile does; the content
+// is streamed to the temporary file, never held whole. It always writes.
+func WriteStream(path string, perm fs.FileMode, write func(io.Writer) error) error {
+	var b Batch
+	b.mu.Lock()
+	b.files = append(b.files, &file{path: path, write: write, perm: perm})
+	b.mu.Unlock()
+	return b.Commit()
+}
+
 // Batch is a set of files to write with one wait on the disk per stage.
 type Batch struct {
 	mu      sync.Mutex
@@ -58,6 +69,7 @@ type file struct {
 	stage int
 	path  string
 	data  []byte
+	write func(io.Writer) error // instead of data: the content, streamed
 	perm  fs.FileMode
 	tmp   string
 	err   error // of this file
@@ -252,7 +264,7 @@ func (f *file) fail(err error) {
 func (f *file) prepare(sync bool) error {
 	old, statErr := os.Lstat(f.path)
 	replacing := statErr == nil && old.Mode().IsRegular()
-	if replacing && old.Size() == int64(len(f.data)) {
+	if f.write == nil && replacing && old.Size() == int64(len(f.data)) {
 		if cur, err := readFile(f.path, int64(len(f.data))); err == nil && bytes.Equal(cur, f.data) {
 			f.same = true
 			return nil
@@ -285,7 +297,15 @@ func (f *file) prepare(sync bool) error {
 	if err := t.Chmod(perm); err != nil {
 		return fail(err)
 	}
-	if _, err := t.Write(f.data); err != nil {
+	if f.write != nil {
+		w := bufio.NewWriterSize(t, 64<<10)
+		if err := f.write(w); err != nil {
+			return fail(err)
+		}
+		if err := w.Flush(); err != nil {
+			return fail(err)
+		}
+	} else if _, err := t.Write(f.data); err != nil {
 		return fail(err)
 	}
 	if sync {

@@ -3,6 +3,7 @@ package durable
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -162,4 +163,34 @@ func temps(t *testing.T, dir string) []string {
 		}
 	}
 	return out
+}
+
+// TestWriteStream: streamed content lands whole, keeps the file's mode, leaves no temporary
+// file; a writer that fails leaves the old file as it was.
+func TestWriteStream(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "stapler.prom")
+	os.WriteFile(path, []byte("old\n"), 0o640)
+	if err := WriteStream(path, 0o644, func(w io.Writer) error {
+		for i := range 10000 {
+			fmt.Fprintf(w, "line %d\n", i)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	got := read(t, path)
+	if !strings.HasPrefix(got, "line 0\n") || !strings.HasSuffix(got, "line 9999\n") || strings.Count(got, "\n") != 10000 {
+		t.Errorf("wrote %d bytes, not the 10,000 lines", len(got))
+	}
+	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o640 {
+		t.Errorf("mode %v, want the old file's 0640", fi.Mode().Perm())
+	}
+	err := WriteStream(path, 0o644, func(w io.Writer) error { fmt.Fprint(w, "half"); return errors.New("boom") })
+	if err == nil || !strings.Contains(err.Error(), "boom") || read(t, path) != got {
+		t.Errorf("a failed write: %v, and the file changed", err)
+	}
+	if left := temps(t, dir); len(left) > 0 {
+		t.Errorf("temporary files left: %q", left)
+	}
 }
