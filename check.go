@@ -86,6 +86,16 @@ func parseThreshold(flag, s string) (threshold, error) {
 	return threshold{Dur: d}, nil
 }
 
+// checkRank orders long-output lines by the state they start with.
+func checkRank(line string) int {
+	for i, name := range checkStateNames {
+		if strings.HasPrefix(line, name+":") {
+			return i
+		}
+	}
+	return 0
+}
+
 // checkOrder reports thresholds that would make every staple CRITICAL before it is WARNING:
 // comparable only when both are durations or both are shares.
 func checkOrder(warning, critical threshold) error {
@@ -97,73 +107,98 @@ func checkOrder(warning, critical threshold) error {
 	return nil
 }
 
-// checkResult is the plugin's verdict: a state, its one-line output and the exit status.
+// checkResult is the plugin's verdict: a state, its status line, and the long output: a line
+// per certificate that is not OK, as monitoring plugins print after the status line.
 type checkResult struct {
 	State int
 	Line  string
+	Long  []string
+}
+
+// finding is one thing the check says of a certificate.
+type finding struct {
+	state int
+	text  string // with the certificate's name
+}
+
+// certFindings judges one certificate: what is wrong with it, and, for a staple on disk, how
+// long it has left and the limits that apply to its window.
+func certFindings(cs certStatus, th checkThresholds, now time.Time) (fs []finding, left, warn, crit time.Duration, judged bool) {
+	name := baseName(cs.Path)
+	if cs.NotAfter != nil && now.After(*cs.NotAfter) {
+		return nil, 0, 0, 0, false
+	}
+	// A Must-Staple certificate without a valid staple is an outage for the clients that
+	// enforce it: what is a warning for others is critical for it.
+	soon := checkWarning
+	if cs.MustStaple {
+		name += " (must-staple)"
+		soon = checkCritical
+	}
+	switch cs.StapleStatus {
+	case "no_responder":
+		if cs.MustStaple {
+			fs = append(fs, finding{checkCritical, name + " names no OCSP responder"})
+		}
+		return fs, 0, 0, 0, false
+	case "revoked":
+		fs = append(fs, finding{checkCritical, name + " is revoked"})
+	case "none":
+		fs = append(fs, finding{checkCritical, name + " has no valid staple"})
+	case "unknown":
+		fs = append(fs, finding{soon, name + " has a staple stapler has not checked"})
+	}
+	if cs.StapleStatus == "good" || cs.StapleStatus == "revoked" {
+		judged = true
+		left = cs.verdict.Left // until its expiry: nextUpdate, or its signer's end
+		warn, crit = th.Warning.at(cs.verdict.Window), th.Critical.at(cs.verdict.Window)
+		switch {
+		case left < crit:
+			fs = append(fs, finding{checkCritical, name + " staple expires in " + shortDuration(left)})
+		case left < warn:
+			fs = append(fs, finding{soon, name + " staple expires in " + shortDuration(left)})
+		}
+	}
+	if cs.FailingSince != nil && now.Sub(*cs.FailingSince) > th.Failing {
+		fs = append(fs, finding{checkWarning, fmt.Sprintf("%s failing for %s: %s", name, shortDuration(now.Sub(*cs.FailingSince)), cs.LastError)})
+	}
+	if len(cs.PendingPush) > 0 {
+		fs = append(fs, finding{checkWarning, name + " not yet in HAProxy at " + strings.Join(cs.PendingPush, ", ")})
+	}
+	return fs, left, warn, crit, judged
 }
 
 // evaluateCheck judges the certificates of a status report at now.
 func evaluateCheck(certs []certStatus, th checkThresholds, now time.Time) checkResult {
-	type finding struct {
-		state int
-		text  string
-	}
 	var findings []finding
+	var long []string
 	counts := map[string]int{}
 	minLeft := time.Duration(-1)
 	var minWarn, minCrit time.Duration // the limits of the staple with the least left
 	for _, cs := range certs {
-		name := baseName(cs.Path)
 		counts[cs.StapleStatus]++
-		if cs.NotAfter != nil && now.After(*cs.NotAfter) {
+		fs, left, warn, crit, judged := certFindings(cs, th, now)
+		if judged && (minLeft < 0 || left < minLeft) {
+			minLeft, minWarn, minCrit = left, warn, crit
+		}
+		if len(fs) == 0 {
 			continue
 		}
-		// A Must-Staple certificate without a valid staple is an outage for the clients that
-		// enforce it: what is a warning for others is critical for it.
-		soon := checkWarning
-		if cs.MustStaple {
-			name += " (must-staple)"
-			soon = checkCritical
+		worst := checkOK
+		var texts []string
+		for _, f := range fs {
+			worst = max(worst, f.state)
+			texts = append(texts, f.text)
 		}
-		switch cs.StapleStatus {
-		case "no_responder":
-			if cs.MustStaple {
-				findings = append(findings, finding{checkCritical, name + " names no OCSP responder"})
-			}
-			continue
-		case "revoked":
-			findings = append(findings, finding{checkCritical, name + " is revoked"})
-		case "none":
-			findings = append(findings, finding{checkCritical, name + " has no valid staple"})
-		case "unknown":
-			findings = append(findings, finding{soon, name + " has a staple stapler has not checked"})
-		}
-		if cs.StapleStatus == "good" || cs.StapleStatus == "revoked" {
-			left := cs.verdict.Left // until its expiry: nextUpdate, or its signer's end
-			warn, crit := th.Warning.at(cs.verdict.Window), th.Critical.at(cs.verdict.Window)
-			if minLeft < 0 || left < minLeft {
-				minLeft, minWarn, minCrit = left, warn, crit
-			}
-			switch {
-			case left < crit:
-				findings = append(findings, finding{checkCritical, name + " staple expires in " + shortDuration(left)})
-			case left < warn:
-				findings = append(findings, finding{soon, name + " staple expires in " + shortDuration(left)})
-			}
-		}
-		if cs.FailingSince != nil && now.Sub(*cs.FailingSince) > th.Failing {
-			findings = append(findings, finding{checkWarning, fmt.Sprintf("%s failing for %s: %s", name, shortDuration(now.Sub(*cs.FailingSince)), cs.LastError)})
-		}
-		if len(cs.PendingPush) > 0 {
-			findings = append(findings, finding{checkWarning, name + " not yet in HAProxy at " + strings.Join(cs.PendingPush, ", ")})
-		}
+		long = append(long, checkStateNames[worst]+": "+strings.Join(texts, "; ")+" ("+cs.Path+")")
+		findings = append(findings, fs...)
 	}
 	state := checkOK
 	for _, f := range findings {
 		state = max(state, f.state)
 	}
 	slices.SortStableFunc(findings, func(a, b finding) int { return b.state - a.state })
+	slices.SortStableFunc(long, func(a, b string) int { return checkRank(b) - checkRank(a) })
 	var texts []string
 	for _, f := range findings {
 		texts = append(texts, f.text)
@@ -191,5 +226,5 @@ func evaluateCheck(certs []certStatus, th checkThresholds, now time.Time) checkR
 		}
 	}
 	perf = append(perf, fmt.Sprintf("failing=%d", failing))
-	return checkResult{State: state, Line: fmt.Sprintf("STAPLER %s - %s | %s", checkStateNames[state], summary, strings.Join(perf, " "))}
+	return checkResult{State: state, Line: fmt.Sprintf("STAPLER %s - %s | %s", checkStateNames[state], summary, strings.Join(perf, " ")), Long: long}
 }

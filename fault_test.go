@@ -520,8 +520,15 @@ func faultCases() []faultCase {
 				faultWrite(e.t, filepath.Join(e.dir, "blocker"), []byte("a file\n"))
 				return []string{"--force", "--state", filepath.Join(e.dir, "blocker", "state.json")}
 			}},
+		// A FIFO where the state goes must not hang the run (a read would wait for a writer).
+		faultCase{name: "state/path_is_a_fifo", want: 1,
+			logs: stopped(`reading state: {dir}/statefifo\.json is not a regular file`),
+			inject: func(e *faultEnv) []string {
+				faultMkfifo(e.t, filepath.Join(e.dir, "statefifo.json"))
+				return []string{"--force", "--state", filepath.Join(e.dir, "statefifo.json")}
+			}},
 		faultCase{name: "state/path_is_a_directory", want: 1,
-			logs: stopped(`reading state: read {dir}/statedir\.json: is a directory`),
+			logs: stopped(`reading state: {dir}/statedir\.json is not a regular file`),
 			inject: func(e *faultEnv) []string {
 				faultMkdir(e.t, filepath.Join(e.dir, "statedir.json"))
 				return []string{"--force", "--state", filepath.Join(e.dir, "statedir.json")}

@@ -46,7 +46,8 @@ func readRegularStat(path string, maxBytes int64) ([]byte, string, error) {
 	if fi.Size() > maxBytes {
 		return nil, "", fmt.Errorf("%s is larger than it should be (%d bytes, at most %d)", path, fi.Size(), maxBytes)
 	}
-	buf := bytes.NewBuffer(make([]byte, 0, fi.Size()+1))
+	// ReadFrom wants bytes.MinRead free before each read: with less it doubles the buffer.
+	buf := bytes.NewBuffer(make([]byte, 0, fi.Size()+bytes.MinRead))
 	if _, err := buf.ReadFrom(io.LimitReader(f, maxBytes+1)); err != nil {
 		return nil, "", err
 	}

@@ -35,8 +35,12 @@ const (
    2  bad usage or configuration; nothing was done`
 )
 
-// testOnlyNow replaces the clock in tests.
-var testOnlyNow func() time.Time
+// testOnlyNow replaces the clock in tests; testOnlyCheckHang, when set, stalls the check's work
+// (for its --timeout).
+var (
+	testOnlyNow       func() time.Time
+	testOnlyCheckHang func()
+)
 
 func main() {
 	os.Exit(stapler(os.Args, os.Stdout, os.Stderr))
@@ -135,7 +139,22 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		DisableSliceFlagSeparator: true,
 		HideHelpCommand:           true,
 		ExitErrHandler:            func(*cli.Context, error) {}, // stapler maps errors to exit statuses
-		Commands:                  []*cli.Command{runCommand(), statusCommand(), checkCommand(), demoCommand(), versionCommand()},
+		EnableBashCompletion:      true,                         // --generate-bash-completion, for the completion script
+		Commands:                  []*cli.Command{runCommand(), statusCommand(), checkCommand(), demoCommand(), versionCommand(), manCommand()},
+	}
+}
+
+// manCommand prints the man page stapler(8), made from the commands and flags themselves so
+// that it says what --help says; packaging/deb.sh installs it.
+func manCommand() *cli.Command {
+	return &cli.Command{
+		Name:   "man",
+		Usage:  "print the man page, stapler(8), in roff",
+		Hidden: true,
+		Action: func(c *cli.Context) error {
+			_, err := fmt.Fprint(c.App.Writer, manPage(c.App))
+			return err
+		},
 	}
 }
 
@@ -237,26 +256,28 @@ func checkCommand() *cli.Command {
 		Name:      "check",
 		Usage:     "monitoring plugin: are all staples valid, good and fresh?",
 		ArgsUsage: "[CERT_FILE...]",
-		Description: `A Nagios/Icinga-style plugin. It prints one line with performance data and exits
-0 OK, 1 WARNING, 2 CRITICAL or 3 UNKNOWN. CRITICAL: a revoked certificate, a certificate with
+		Description: `A Nagios/Icinga-style plugin. It prints one line with performance data, then one
+line per certificate that is not OK, and exits 0 OK, 1 WARNING, 2 CRITICAL or 3 UNKNOWN. CRITICAL: a revoked certificate, a certificate with
 a responder but no valid staple, or a staple with less than --critical left. WARNING: less than
 --warning left, refreshes failing for longer than --failing, a staple not yet pushed to some
 HAProxy, or a staple stapler has not checked. For a Must-Staple certificate less than
---warning left, or a staple not checked, is CRITICAL, and so is no responder. Limits are durations or shares of the staple's
-validity window (thisUpdate to expiry); the defaults take the smaller of both, so that a fresh
-staple is OK whatever its window. It reads the state file and the disk only.
+--warning left, or a staple not checked, is CRITICAL, and so is no responder. Limits are
+durations or shares of the staple's validity window (thisUpdate to expiry); the defaults take
+the smaller of both, so that a fresh staple is OK whatever its window. It reads the state file
+and the disk only.
 
 EXAMPLES:
    stapler check
    stapler check --warning 24h --critical 6h /etc/haproxy/certs/shop.pem
    stapler check --warning 30% --critical 10%
 
-   # Icinga 2
-   object CheckCommand "stapler" { command = [ "/usr/local/bin/stapler", "check" ] }`,
+   # Icinga 2 and Nagios: the commands are in /usr/share/doc/stapler/examples/
+   # (contrib/icinga2/stapler.conf and contrib/nagios/stapler.cfg in the source).`,
 		Flags: append(settingsFlags(),
 			&cli.StringFlag{Name: "warning", Usage: "WARNING when a staple has less than `LIMIT` left: a duration (12h) or a share of its validity window (25%)", DefaultText: defaultWarning.String()},
 			&cli.StringFlag{Name: "critical", Usage: "CRITICAL when a staple has less than `LIMIT` left: a duration (3h) or a share of its validity window (10%)", DefaultText: defaultCritical.String()},
 			&cli.DurationFlag{Name: "failing", Value: 6 * time.Hour, Usage: "WARNING when refreshes have failed for longer than `DURATION`"},
+			&cli.DurationFlag{Name: "timeout", Value: 10 * time.Second, Usage: "UNKNOWN when the check takes longer than `DURATION`"},
 		),
 		Action: checkAction,
 	}
@@ -299,18 +320,47 @@ func checkAction(c *cli.Context) error {
 		now = testOnlyNow()
 	}
 	opt.Sockets = nil // the check reads state and disk only
-	state, err := readStateStrict(opt.State)
-	if err != nil {
-		return unknown(err)
+	timeout := c.Duration("timeout")
+	if timeout <= 0 {
+		return unknown(fmt.Errorf("--timeout must be a positive duration such as 10s, not %v", timeout))
 	}
-	rep, err := collectStatus(c.Context, opt, state, now)
-	if err != nil {
-		return unknown(err)
+	type outcome struct {
+		res checkResult
+		err error
 	}
-	res := evaluateCheck(rep.Certificates, th, now)
-	fmt.Fprintln(c.App.Writer, res.Line)
-	if res.State != checkOK {
-		return &exitError{code: res.State}
+	done := make(chan outcome, 1)
+	go func() {
+		if testOnlyCheckHang != nil {
+			testOnlyCheckHang()
+		}
+		state, err := readStateStrict(opt.State)
+		if err != nil {
+			done <- outcome{err: err}
+			return
+		}
+		rep, err := collectStatus(c.Context, opt, state, now)
+		if err != nil {
+			done <- outcome{err: err}
+			return
+		}
+		done <- outcome{res: evaluateCheck(rep.Certificates, th, now)}
+	}()
+	var o outcome
+	select {
+	case o = <-done:
+	case <-time.After(timeout):
+		// Whatever hangs (a file on a stalled NFS mount, say) goes with the process.
+		return unknown(fmt.Errorf("the check did not finish within %v (--timeout)", timeout))
+	}
+	if o.err != nil {
+		return unknown(o.err)
+	}
+	fmt.Fprintln(c.App.Writer, o.res.Line)
+	for _, line := range o.res.Long {
+		fmt.Fprintln(c.App.Writer, line)
+	}
+	if o.res.State != checkOK {
+		return &exitError{code: o.res.State}
 	}
 	return nil
 }

@@ -26,13 +26,21 @@ func TestMain(m *testing.M) {
 				d := must(time.ParseDuration(s))
 				testOnlyNow = func() time.Time { return time.Now().Add(d) }
 			}
-			// STAPLER_CPUPROFILE writes a CPU profile of this run (for bench/README.md).
+			// STAPLER_TEST_CHECK_HANG makes the check's work stall, as on a hung file system.
+			if os.Getenv("STAPLER_TEST_CHECK_HANG") != "" {
+				testOnlyCheckHang = func() { select {} }
+			}
+			// STAPLER_CPUPROFILE writes a CPU profile of this run, and a heap profile beside it
+			// (what was allocated, and what was still held at the end) (for bench/README.md).
 			if p := os.Getenv("STAPLER_CPUPROFILE"); p != "" {
 				f := must(os.Create(p))
 				pprof.StartCPUProfile(f)
 				code := stapler(os.Args, os.Stdout, os.Stderr)
 				pprof.StopCPUProfile()
 				f.Close()
+				h := must(os.Create(strings.TrimSuffix(p, ".pprof") + ".heap.pprof"))
+				pprof.Lookup("allocs").WriteTo(h, 0)
+				h.Close()
 				os.Exit(code)
 			}
 			os.Exit(stapler(os.Args, os.Stdout, os.Stderr))

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -29,12 +30,15 @@ func newState() *State {
 	return &State{Version: stateVersion, Certificates: map[string]*CertState{}}
 }
 
+// maxStateBytes bounds the state file: about 1.2 KB per certificate.
+const maxStateBytes = 1 << 30
+
 // loadState reads the state file. A missing file is an empty state. A file that does not parse
 // is moved aside to <path>.corrupt-<time>, logged, and replaced by an empty state: every
 // staple is then checked again, which is safe (a dry run, with moveAside false, only
 // pretends). A file from a newer stapler is an error and is left alone.
 func loadState(path string, moveAside bool) (*State, error) {
-	data, err := os.ReadFile(path)
+	data, err := readRegular(path, maxStateBytes)
 	if errors.Is(err, os.ErrNotExist) {
 		return newState(), nil
 	}
@@ -194,7 +198,7 @@ func parseStateV1(data []byte) (*State, error) {
 // readStateStrict reads the state file for check: a missing file is an empty state, and one
 // this stapler cannot read is an error (never moved aside, never logged).
 func readStateStrict(path string) (*State, error) {
-	data, err := os.ReadFile(path)
+	data, err := readRegular(path, maxStateBytes)
 	if errors.Is(err, os.ErrNotExist) {
 		return newState(), nil
 	}
@@ -212,14 +216,17 @@ func readStateStrict(path string) (*State, error) {
 // owner and mode.
 func (st *State) save(path string) error {
 	st.Version = stateVersion
-	data, err := json.MarshalIndent(st, "", "  ")
-	if err != nil {
-		return err
-	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("creating state directory: %w", err)
 	}
-	if _, err := durable.WriteFile(path, append(data, '\n'), 0o600); err != nil {
+	// Encoded straight into the temporary file: one copy of the state's text in memory, not
+	// the three of MarshalIndent and a write.
+	err := durable.WriteStream(path, 0o600, func(w io.Writer) error {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(st)
+	})
+	if err != nil {
 		if errors.Is(err, durable.ErrOwner) {
 			slog.Warn("state file written with another owner than it had; a run as another user may not read it", "err", err)
 			return nil
