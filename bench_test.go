@@ -25,8 +25,9 @@ import (
 //	go test -run '^$' -bench Fleet -benchtime 1x -timeout 60m .
 //
 // STAPLER_BENCH_N (default "1000,10000") sets the fleet sizes; STAPLER_BENCH_DIR (default
-// the user's cache directory) where the fleet lives; STAPLER_BENCH_PROFILE=DIR writes a CPU
-// profile of each stapler command there. Each phase runs once per iteration; -benchtime 1x is
+// the user's cache directory) where the fleet lives; STAPLER_BENCH_BIN another stapler binary
+// to measure; STAPLER_BENCH_PROFILE=DIR writes a CPU and a heap profile of each stapler
+// command there. Each phase runs once per iteration; -benchtime 1x is
 // enough.
 func BenchmarkFleet(b *testing.B) {
 	sizes := []int{1000, 10000}
@@ -203,6 +204,9 @@ func (f *benchFleet) setLatency(d time.Duration) {
 // benchBinary builds stapler as users build it, unless STAPLER_BENCH_PROFILE asks for the test
 // binary, which writes CPU profiles.
 func benchBinary(b *testing.B) string {
+	if bin := os.Getenv("STAPLER_BENCH_BIN"); bin != "" {
+		return bin // another build, to compare with: bench/README.md's "before"
+	}
 	if os.Getenv("STAPLER_BENCH_PROFILE") != "" {
 		return "stapler" // on PATH, set up by TestMain
 	}
