@@ -125,6 +125,10 @@ type finding struct {
 // long it has left and the limits that apply to its window.
 func certFindings(cs certStatus, th checkThresholds, now time.Time) (fs []finding, left, warn, crit time.Duration, judged bool) {
 	name := baseName(cs.Path)
+	if cs.unreadable {
+		// HAProxy refuses to start with a file it cannot read as a certificate either.
+		return []finding{{checkCritical, name + ": " + cs.LastError}}, 0, 0, 0, false
+	}
 	if cs.NotAfter != nil && now.After(*cs.NotAfter) {
 		return nil, 0, 0, 0, false
 	}

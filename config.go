@@ -5,10 +5,14 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -107,6 +111,26 @@ type Config struct {
 	LogFormat string `toml:"log_format"`
 	// log_level: "debug", "info", "warn" or "error". Default "info".
 	LogLevel string `toml:"log_level"`
+
+	// origins says where a key's value came from, for messages: "FILE:LINE: key" for the
+	// config file, "--flag" for a flag.
+	origins map[string]string
+}
+
+// origin names where key's value came from: its file and line, or its flag.
+func (cfg *Config) origin(key string) string {
+	if o, ok := cfg.origins[key]; ok {
+		return o
+	}
+	return key
+}
+
+// setOrigin records where key's value came from.
+func (cfg *Config) setOrigin(key, origin string) {
+	if cfg.origins == nil {
+		cfg.origins = map[string]string{}
+	}
+	cfg.origins[key] = origin
 }
 
 func defaultConfig() Config {
@@ -146,11 +170,44 @@ func loadConfigFile(path string, cfg *Config) (unknown, err error) {
 		}
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
+	for _, key := range md.Keys() {
+		if len(key) == 1 {
+			cfg.setOrigin(key[0], fmt.Sprintf("%s:%d: %s", path, keyLine(data, key), key[0]))
+		}
+	}
 	var errs []error
 	for _, key := range md.Undecoded() {
 		errs = append(errs, fmt.Errorf("%s:%d: unknown key %q", path, keyLine(data, key), key.String()))
 	}
+	// TOML decodes a bare number into a Go duration as nanoseconds: timeout = 10 would be
+	// 10 ns. A duration is a string such as "10s".
+	for _, key := range md.Keys() {
+		if t := md.Type(key...); durationKeys[key.String()] && (t == "Integer" || t == "Float") {
+			errs = append(errs, fmt.Errorf("%s:%d: %s is a number, which would be nanoseconds: write a duration as a string, such as %s = \"%ss\"",
+				path, keyLine(data, key), key.String(), key.String(), numberText(data, key)))
+		}
+	}
 	return errors.Join(errs...), nil
+}
+
+// durationKeys are the configuration keys whose values are durations.
+var durationKeys = func() map[string]bool {
+	keys := map[string]bool{}
+	t := reflect.TypeFor[Config]()
+	for i := range t.NumField() {
+		if f := t.Field(i); f.Type == reflect.TypeFor[time.Duration]() {
+			keys[strings.Split(f.Tag.Get("toml"), ",")[0]] = true
+		}
+	}
+	return keys
+}()
+
+// numberText is the number written for key on its line, for the message that suggests the fix.
+func numberText(data []byte, key toml.Key) string {
+	line := strings.Split(string(data), "\n")[max(0, keyLine(data, key)-1)]
+	_, value, _ := strings.Cut(line, "=")
+	value, _, _ = strings.Cut(value, "#")
+	return strings.TrimSpace(value)
 }
 
 // keyLine finds the line that defines key; BurntSushi/toml keeps key positions private.
@@ -166,21 +223,23 @@ func keyLine(data []byte, key toml.Key) int {
 	return 0
 }
 
-// validate reports every problem in cfg at once.
+// validate reports every problem in cfg at once, each naming where the value came from.
 func (cfg *Config) validate() error {
 	var errs []error
-	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", cfg.origin(key), fmt.Sprintf(format, args...)))
+	}
 	if cfg.Jobs < 1 {
-		bad("jobs must be at least 1, not %d", cfg.Jobs)
+		bad("jobs", "must be at least 1, not %d", cfg.Jobs)
 	}
 	if cfg.ResponderJobs < 1 {
-		bad("responder_jobs must be at least 1, not %d", cfg.ResponderJobs)
+		bad("responder_jobs", "must be at least 1, not %d", cfg.ResponderJobs)
 	}
 	if cfg.RenewAt <= 0 || cfg.RenewAt >= 1 {
-		bad("renew_at must be between 0 and 1 (exclusive), not %v", cfg.RenewAt)
+		bad("renew_at", "must be between 0 and 1 (exclusive), not %v", cfg.RenewAt)
 	}
 	if cfg.RenewSpread < 0 || cfg.RenewSpread >= cfg.RenewAt {
-		bad("renew_spread must be at least 0 and less than renew_at, not %v", cfg.RenewSpread)
+		bad("renew_spread", "must be at least 0 and less than renew_at, not %v", cfg.RenewSpread)
 	}
 	for name, d := range map[string]time.Duration{
 		"timeout": cfg.Timeout, "socket_timeout": cfg.SocketTimeout,
@@ -189,61 +248,74 @@ func (cfg *Config) validate() error {
 		"max_staple_age":  cfg.MaxStapleAge,
 	} {
 		if d <= 0 {
-			bad("%s must be a positive duration such as \"10s\", not %v", name, d)
+			bad(name, "must be a positive duration such as \"10s\", not %v", d)
 		}
 	}
 	if cfg.RetryMax < cfg.RetryBase {
-		bad("retry_max (%v) must not be shorter than retry_base (%v)", cfg.RetryMax, cfg.RetryBase)
+		bad("retry_max", "(%v) must not be shorter than retry_base (%v)", cfg.RetryMax, cfg.RetryBase)
 	}
 	if cfg.MaxResponseBytes < 1024 {
-		bad("max_response_bytes must be at least 1024, not %d", cfg.MaxResponseBytes)
+		bad("max_response_bytes", "must be at least 1024, not %d", cfg.MaxResponseBytes)
 	}
 	if cfg.State == "" {
-		bad("state must name a file")
+		bad("state", "must name a file")
 	}
 	switch cfg.LogFormat {
 	case "text", "json":
 	default:
-		bad("log_format must be \"text\" or \"json\", not %q", cfg.LogFormat)
+		bad("log_format", "must be \"text\" or \"json\", not %q", cfg.LogFormat)
 	}
 	if _, err := parseLevel(cfg.LogLevel); err != nil {
-		bad("%v", err)
+		bad("log_level", "%v", err)
 	}
 	for _, p := range cfg.Exclude {
 		if err := checkGlob(p); err != nil {
-			bad("exclude pattern %q: %v", p, err)
+			bad("exclude", "pattern %q: %v", p, err)
 		}
 	}
 	if cfg.Proxy != "" {
 		if err := checkHTTPURL(cfg.Proxy); err != nil {
-			bad("proxy: %v", err)
+			bad("proxy", "%v", err)
 		}
 	}
 	for from, to := range cfg.ResponderOverride {
 		if err := checkHTTPURL(to); err != nil {
-			bad("responder_override %q: %v", from, err)
+			bad("responder_override", "%q: %v", from, err)
 		}
 	}
 	for _, s := range cfg.Sockets {
 		if _, err := haproxy.ParseAddr(s); err != nil {
-			bad("%v", err)
+			bad("sockets", "%v", err)
 		}
 	}
 	for _, f := range cfg.Files {
 		if fi, err := os.Stat(f); err != nil {
-			bad("certificate file %v", err)
+			bad("files", "%v", pathError(err))
 		} else if !fi.Mode().IsRegular() {
-			bad("%s is not a certificate file", f)
+			bad("files", "%s is not a certificate file", f)
 		}
 	}
-	for _, d := range append(append([]string{}, cfg.Dirs...), cfg.IssuerDirs...) {
-		if fi, err := os.Stat(d); err != nil {
-			bad("directory %v", err)
-		} else if !fi.IsDir() {
-			bad("%s is not a directory", d)
+	for key, dirs := range map[string][]string{"dirs": cfg.Dirs, "issuer_dirs": cfg.IssuerDirs} {
+		for _, d := range dirs {
+			if fi, err := os.Stat(d); err != nil {
+				bad(key, "%v", pathError(err))
+			} else if !fi.IsDir() {
+				bad(key, "%s is not a directory", d)
+			}
 		}
 	}
+	slices.SortFunc(errs, func(a, b error) int { return strings.Compare(a.Error(), b.Error()) })
 	return errors.Join(errs...)
+}
+
+// pathError is err without the operation's name: "/etc/haproxy/certs: no such file or
+// directory", not "stat /etc/haproxy/certs: ...".
+func pathError(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return fmt.Errorf("%s: %w", pe.Path, pe.Err)
+	}
+	return err
 }
 
 // checkGlob rejects every malformed filepath.Match pattern. filepath.Match itself reports a
@@ -299,6 +371,12 @@ func (cfg *Config) resolvePaths(configFile string) {
 	}
 	cfg.State = abs(cfg.State)
 	cfg.MetricsFile = abs(cfg.MetricsFile)
+	// A unix socket's path too; host:port addresses stay as they are.
+	for i, s := range cfg.Sockets {
+		if a, err := haproxy.ParseAddr(s); err == nil && a.Network == "unix" && !filepath.IsAbs(a.Address) {
+			cfg.Sockets[i] = strings.TrimSuffix(s, a.Address) + abs(a.Address)
+		}
+	}
 }
 
 func checkHTTPURL(s string) error {

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/crypto/ocsp"
@@ -252,6 +253,33 @@ func (d *demoWorld) run(ctx context.Context, r *demoReport, w io.Writer) error {
 }
 
 // finish removes the demo directory, or says how to look at it.
+// selfCommand is how the person who ran stapler runs it again: "go run ." when go run built it
+// (its binary is in a temporary directory that is already gone), "stapler" when that is the
+// stapler on PATH, else the path it was run by.
+func selfCommand() string {
+	self, err := os.Executable()
+	if err != nil {
+		return "stapler"
+	}
+	if strings.Contains(self, string(filepath.Separator)+"go-build") {
+		return "go run ."
+	}
+	if onPath, err := exec.LookPath("stapler"); err == nil {
+		if a, b := orEmpty(filepath.EvalSymlinks(onPath)), orEmpty(filepath.EvalSymlinks(self)); a == b {
+			return "stapler"
+		}
+	}
+	return self
+}
+
+// orEmpty is a value, or "" when it came with an error.
+func orEmpty(s string, err error) string {
+	if err != nil {
+		return ""
+	}
+	return s
+}
+
 func (d *demoWorld) finish(r *demoReport, keep bool) error {
 	if !keep {
 		if err := os.RemoveAll(d.dir); err != nil {
@@ -262,7 +290,7 @@ func (d *demoWorld) finish(r *demoReport, keep bool) error {
 	r.say("\nKept %s; the responder and HAProxy have stopped. To look:", d.dir)
 	r.say("   ls -l %s %s", d.dir, d.certsDir)
 	r.say("   openssl ocsp -respin %s -resp_text -noverify", stapleName(filepath.Join(d.certsDir, "shop.pem")))
-	r.say("   stapler status --dir %s --state %s", d.certsDir, filepath.Join(d.dir, "state.json"))
+	r.say("   %s status --dir %s --state %s", selfCommand(), d.certsDir, filepath.Join(d.dir, "state.json"))
 	if d.hap != nil {
 		r.say("   cat %s %s", filepath.Join(d.dir, "haproxy.cfg"), d.hap.log)
 	}

@@ -108,6 +108,14 @@ func TestDemoNoHAProxy(t *testing.T) {
 			t.Errorf("kept directory holds %s (stat: %v)", f, err)
 		}
 	}
+	// The closing hint runs as printed: stapler from PATH here (go run . after go run).
+	m := regexp.MustCompile(`(?m)^   stapler (status --dir \S+ --state \S+)$`).FindStringSubmatch(stdout)
+	if m == nil {
+		t.Fatalf("no 'stapler status' hint:\n%s", stdout)
+	}
+	if res := execStapler(t, 0, nil, nil, strings.Fields(m[1])...); res.code != 0 || !strings.Contains(res.stdout, "shop.pem") {
+		t.Errorf("the hint %q: exit %d\n%s%s", m[1], res.code, res.stdout, res.stderr)
+	}
 }
 
 // TestDemoHAProxyMissing: without HAProxy installed the demo says so plainly and still

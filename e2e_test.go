@@ -330,3 +330,61 @@ func TestRunFIFOsNeverBlock(t *testing.T) {
 		t.Fatalf("FIFO issuer: exit %d\n%s", code, l)
 	}
 }
+
+// TestRunKeepsOwners: a run as root (a certbot hook's) rewrites the state, the staple and the
+// metrics file with the owner, group and mode each had, so that the
+// dedicated user whose timer runs stapler can still read and write them.
+func TestRunKeepsOwners(t *testing.T) {
+	skipProcesses(t)
+	if os.Getuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("this test needs root (chown), as CI runs it")
+		}
+		t.Skip("needs root to chown files to another user")
+	}
+	const uid, gid = 65534, 65534 // nobody, nogroup
+	now := time.Now()
+	ca := pki.NewCA("Owner Test CA", now)
+	r := pki.StartResponder(ca)
+	defer r.Close()
+	dir := t.TempDir()
+	certs := filepath.Join(dir, "certs")
+	os.Mkdir(certs, 0o755)
+	site := filepath.Join(certs, "site.pem")
+	leaf, key := ca.Issue(pki.Leaf{Name: "site.test", OCSP: []string{r.URL()}}, now)
+	writeBundle(site, leaf, key) // no chain: stapler writes site.pem.issuer
+	issuers := filepath.Join(dir, "issuers")
+	os.Mkdir(issuers, 0o755)
+	os.WriteFile(filepath.Join(issuers, "ca.pem"), pki.CertPEM(ca.Cert), 0o644)
+	state, metrics := filepath.Join(dir, "state.json"), filepath.Join(dir, "stapler.prom")
+	args := []string{"run", "--dir", certs, "--state", state, "--metrics-file", metrics}
+	config := filepath.Join(dir, "stapler.toml")
+	os.WriteFile(config, fmt.Appendf(nil, "issuer_dirs = [%q]\nfetch_issuers = false\n", issuers), 0o644)
+	args = append(args, "--config", config)
+	if code, stderr := runStapler(t, args...); code != 0 {
+		t.Fatalf("first run: exit %d\n%s", code, stderr)
+	}
+	// Each of these is rewritten by the forced run (.issuer files go through the same writer,
+	// but keep their bytes here, so nothing rewrites them).
+	files := map[string]os.FileMode{state: 0o600, site + ".ocsp": 0o640, metrics: 0o640}
+	for f, mode := range files {
+		if err := os.Chown(f, uid, gid); err != nil {
+			t.Fatal(err)
+		}
+		os.Chmod(f, mode)
+	}
+	r.SetMode("good")
+	if code, stderr := runStapler(t, append(args, "--force")...); code != 0 {
+		t.Fatalf("forced run: exit %d\n%s", code, stderr)
+	}
+	for f, mode := range files {
+		fi, err := os.Stat(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		if st.Uid != uid || st.Gid != gid || fi.Mode().Perm() != mode {
+			t.Errorf("%s: uid %d gid %d mode %v after the run, want %d %d %v", filepath.Base(f), st.Uid, st.Gid, fi.Mode().Perm(), uid, gid, mode)
+		}
+	}
+}

@@ -342,7 +342,7 @@ func faultCases() []faultCase {
 				return []string{filepath.Join(e.certs, "fifo.pem")}
 			}},
 		faultCase{name: "cert/fifo_in_files_setting", want: 2,
-			logs: stopped(`{certs}/fifo\.pem is not a certificate file`),
+			logs: stopped(`.*\.toml:\d+: files: {certs}/fifo\.pem is not a certificate file`),
 			inject: func(e *faultEnv) []string {
 				faultMkfifo(e.t, filepath.Join(e.certs, "fifo.pem"))
 				e.conf = append(e.conf, fmt.Sprintf("files = [%q]", filepath.Join(e.certs, "fifo.pem")))
@@ -390,7 +390,7 @@ func faultCases() []faultCase {
 				return []string{filepath.Join(e.certs, "dir.pem")}
 			}},
 		faultCase{name: "cert/directory_in_files_setting", want: 2,
-			logs: stopped(`{certs}/dir\.pem is not a certificate file`),
+			logs: stopped(`.*\.toml:\d+: files: {certs}/dir\.pem is not a certificate file`),
 			inject: func(e *faultEnv) []string {
 				faultMkdir(e.t, filepath.Join(e.certs, "dir.pem"))
 				e.conf = append(e.conf, fmt.Sprintf("files = [%q]", filepath.Join(e.certs, "dir.pem")))

@@ -432,4 +432,11 @@ func testRunPushes(t *testing.T, version string) {
 	if l.find("reload output", "line", "reloading") == nil || l.count("ERROR") > 0 {
 		t.Errorf("reload output not logged, or errors that the reload resolves:\n%s", l)
 	}
+	// A reload that hangs is killed at reload_timeout, and the message says so (not "signal:
+	// killed").
+	os.WriteFile(config, []byte("reload_command = \"sleep 30\"\nreload_timeout = \"300ms\"\n"), 0o644)
+	code, l, _ = runLogged(t, append(args, "--config", config, site)...)
+	if code != 1 || l.find("reload failed; staples wait for the next reload", "err", `reload_command "sleep 30" did not finish within 300ms`) == nil {
+		t.Errorf("hung reload_command: exit %d, want 1 and the deadline named\n%s", code, l)
+	}
 }

@@ -129,7 +129,7 @@ func logJSON(app *cli.App, args []string) bool {
 const metaLogFormat = "log_format"
 
 func newApp(stdout, stderr io.Writer) *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:                      "stapler",
 		Usage:                     "keep HAProxy's OCSP staples fresh",
 		Description:               "stapler fetches OCSP responses for HAProxy's certificates, validates them as strictly\nas HAProxy does, writes <cert>.ocsp and pushes each new staple to HAProxy's runtime API.\nRun 'stapler run --help' for the options.\n\n" + exitHelpMsg,
@@ -140,8 +140,35 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		HideHelpCommand:           true,
 		ExitErrHandler:            func(*cli.Context, error) {}, // stapler maps errors to exit statuses
 		EnableBashCompletion:      true,                         // --generate-bash-completion, for the completion script
-		Commands:                  []*cli.Command{runCommand(), statusCommand(), checkCommand(), demoCommand(), versionCommand(), manCommand()},
+		// Without a command stapler does nothing: a usage error, so that a crontab line that
+		// lost its "run" fails instead of succeeding silently.
+		Action: func(c *cli.Context) error {
+			if c.NArg() > 0 {
+				return usageError(fmt.Errorf("no command %q", c.Args().First()), "see 'stapler --help'")
+			}
+			return usageError(errors.New("no command given"), "usage: stapler run|status|check|demo|version [flags] (see 'stapler --help')")
+		},
+		Commands: []*cli.Command{runCommand(), statusCommand(), checkCommand(), demoCommand(), versionCommand(), manCommand()},
 	}
+	// A usage error is one line and a hint, like every other error: not the whole help on
+	// stdout, which cron would mail.
+	onUsageError := func(c *cli.Context, err error, _ bool) error {
+		hint := "see 'stapler --help'"
+		switch name := c.Command.Name; {
+		case name == "check":
+			// What monitoring expects of a plugin it runs wrongly.
+			fmt.Fprintf(c.App.Writer, "STAPLER UNKNOWN - %v\n", err)
+			return &exitError{code: checkUnknown}
+		case name != "" && name != c.App.Name:
+			hint = "see 'stapler " + name + " --help'"
+		}
+		return usageError(err, hint)
+	}
+	app.OnUsageError = onUsageError
+	for _, cmd := range app.Commands {
+		cmd.OnUsageError = onUsageError
+	}
+	return app
 }
 
 // manCommand prints the man page stapler(8), made from the commands and flags themselves so

@@ -88,24 +88,31 @@ func configFrom(c *cli.Context) (cfg Config, path string, errs []error, err erro
 		}
 	}
 	if c.IsSet("dir") {
+		cfg.setOrigin("dirs", "--dir")
 		cfg.Dirs = c.StringSlice("dir")
 	}
 	if c.IsSet("haproxy-config") {
+		cfg.setOrigin("haproxy_configs", "--haproxy-config")
 		cfg.HAProxyConfigs = c.StringSlice("haproxy-config")
 	}
 	if c.IsSet("socket") {
+		cfg.setOrigin("sockets", "--socket")
 		cfg.Sockets = c.StringSlice("socket")
 	}
 	if c.IsSet("state") {
+		cfg.setOrigin("state", "--state")
 		cfg.State = c.String("state")
 	}
 	if c.IsSet("jobs") {
+		cfg.setOrigin("jobs", "--jobs")
 		cfg.Jobs = c.Int("jobs")
 	}
 	if c.IsSet("metrics-file") {
+		cfg.setOrigin("metrics_file", "--metrics-file")
 		cfg.MetricsFile = absPath(c.String("metrics-file"))
 	}
 	if c.IsSet("log-format") {
+		cfg.setOrigin("log_format", "--log-format")
 		cfg.LogFormat = c.String("log-format")
 	}
 	c.App.Metadata[metaLogFormat] = cfg.LogFormat
@@ -181,7 +188,7 @@ func absPath(p string) string {
 func parseLevel(s string) (slog.Level, error) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(s)); err != nil || strings.ContainsAny(s, "+-") {
-		return 0, fmt.Errorf("log_level must be debug, info, warn or error, not %q", s)
+		return 0, fmt.Errorf("must be debug, info, warn or error, not %q", s)
 	}
 	return l, nil
 }

@@ -155,7 +155,9 @@ func planFile(now time.Time, opt planOptions, o *fileObs) *certPlan {
 	} else {
 		st.setUpdater("")
 	}
-	reason := opt.Policy.observeStaple(now, p, opt.Force)
+	// A run limited to files named on its command line (a deploy hook's) is asked to staple
+	// them now: without a valid staple, the back-off does not hold it.
+	reason := opt.Policy.observeStaple(now, p, opt.Force, opt.Only)
 	if !opt.Force && len(o.Auto) > 0 && opt.Policy.haproxyKeeps(now, p) {
 		return p
 	}
@@ -192,7 +194,7 @@ const (
 // a valid staple that someone else put there, and returns why the staple is due ("" when it is
 // not). A staple file whose bytes are not the vouched staple's is never taken for it: its own
 // validity counts.
-func (pol policy) observeStaple(now time.Time, p *certPlan, force bool) string {
+func (pol policy) observeStaple(now time.Time, p *certPlan, force, named bool) string {
 	o, st := p.Obs, p.Next
 	s := o.Staple
 	reason := ""
@@ -236,7 +238,7 @@ func (pol policy) observeStaple(now time.Time, p *certPlan, force bool) string {
 		return dueChanged
 	case reason != "" && news:
 		return reason
-	case st.Failures > 0 && now.Before(st.NextDue):
+	case st.Failures > 0 && now.Before(st.NextDue) && (!named || st.validAt(now)):
 		return "" // backing off; NextDue is never later than the staple's urgent point
 	case reason != "":
 		return reason

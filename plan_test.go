@@ -42,6 +42,7 @@ func TestPlan(t *testing.T) {
 		state   func(*CertState)
 		obs     func(*fileObs)
 		force   bool
+		named   bool // the run is limited to files named on its command line
 		step    step
 		reason  string // for stepFetch
 		checkSt func(*CertState) string
@@ -100,6 +101,14 @@ func TestPlan(t *testing.T) {
 		}, step: stepFetch, reason: "staple on disk says revoked"},
 		{name: "backing off, staple valid", state: func(st *CertState) { st.Failures, st.NextDue = 2, planNow.Add(time.Hour) }, step: stepKeep},
 		{name: "back-off over", state: func(st *CertState) { st.Failures, st.NextDue = 2, planNow.Add(-time.Second) }, step: stepFetch, reason: dueRetry},
+		// A deploy hook's run names the bundle: without a valid staple it is fetched now.
+		{name: "backing off, no staple, named", state: func(st *CertState) {
+			st.DiskStat, st.DiskHash, st.Failures, st.NextDue = "", "", 1, planNow.Add(time.Minute)
+		}, obs: func(o *fileObs) { o.Staple = diskStaple{Missing: true} }, named: true, step: stepFetch, reason: dueMissing},
+		{name: "backing off, no staple, not named", state: func(st *CertState) {
+			st.DiskStat, st.DiskHash, st.Failures, st.NextDue = "", "", 1, planNow.Add(time.Minute)
+		}, obs: func(o *fileObs) { o.Staple = diskStaple{Missing: true} }, step: stepBackoff},
+		{name: "backing off, staple valid, named", state: func(st *CertState) { st.Failures, st.NextDue = 2, planNow.Add(time.Hour) }, named: true, step: stepKeep},
 		{name: "no responder", state: func(st *CertState) { st.Responders = nil }, step: stepNoResponder},
 		{name: "expired certificate", state: func(st *CertState) { st.NotAfter = planNow.Add(-time.Second) }, step: stepNotCurrent},
 		{name: "unreadable", obs: func(o *fileObs) { o.Err = errors.New("permission denied") }, step: stepError},
@@ -123,7 +132,7 @@ func TestPlan(t *testing.T) {
 				tt.obs(o)
 			}
 			before := old.clone()
-			opt := planOptions{Policy: testPolicy, Force: tt.force, Sockets: []string{"/run/a.sock"}}
+			opt := planOptions{Policy: testPolicy, Force: tt.force, Only: tt.named, Sockets: []string{"/run/a.sock"}}
 			p := planFile(planNow, opt, o)
 			if p.Step != tt.step || (tt.step == stepFetch && p.Reason != tt.reason) {
 				t.Errorf("step %d %q, want %d %q", p.Step, p.Reason, tt.step, tt.reason)

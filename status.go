@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,7 +11,6 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"text/tabwriter"
 	"time"
 )
 
@@ -53,8 +53,9 @@ type certStatus struct {
 	HAProxy []haproxyView `json:"haproxy"`
 	problem bool          // sorts first
 
-	ref     *stapleRef // the staple HAProxy should serve, when there is one
-	verdict verdict    // what every command says of it
+	ref        *stapleRef // the staple HAProxy should serve, when there is one
+	verdict    verdict    // what every command says of it
+	unreadable bool       // the file cannot be read as a certificate (LastError says why)
 }
 
 // haproxyView is what one HAProxy does with a certificate's staple.
@@ -200,7 +201,7 @@ func look(f certFile, old *CertState) (st *CertState, changed bool, err error) {
 func certStatusOf(f certFile, st *CertState, unchecked string, err error, now time.Time) certStatus {
 	cs := certStatus{Path: f.Path, StapleStatus: "unknown", PendingPush: []string{}}
 	if err != nil {
-		cs.LastError, cs.problem = err.Error(), true
+		cs.LastError, cs.Problem, cs.problem, cs.unreadable = err.Error(), err.Error(), true, true
 		return cs
 	}
 	v := st.verdict(now)
@@ -250,18 +251,20 @@ func writeStatusJSON(w io.Writer, rep *statusReport) error {
 	return enc.Encode(rep)
 }
 
-// writeStatusTable writes the report as a table that fits 100 columns, problems first.
+// writeStatusTable writes the report as a table that fits 100 columns, problems first. Names
+// are shortened in the middle only when they must be (the start and the end tell similar ones
+// apart); a certificate's problem follows its row, whole, wrapped, where it is never cut.
 func writeStatusTable(w io.Writer, rep *statusReport, now time.Time) error {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "FILE\tSUBJECT\tSTAPLE\tLEFT\tREFRESH\tHAPROXY\tPROBLEM")
+	rows := [][]string{{"FILE", "SUBJECT", "STAPLE", "LEFT", "REFRESH", "HAPROXY"}}
+	var problems []string
 	for _, cs := range rep.Certificates {
 		staple := strings.ReplaceAll(cs.StapleStatus, "_", " ")
 		if cs.MustStaple {
 			staple += " (must-staple)"
 		}
 		left, refresh := "-", "-"
-		if cs.NextUpdate != nil {
-			left = shortDuration(cs.NextUpdate.Sub(now))
+		if cs.TimeLeft != nil {
+			left = shortDuration(time.Duration(*cs.TimeLeft) * time.Second)
 		}
 		switch {
 		case cs.Updater == "haproxy":
@@ -279,9 +282,106 @@ func writeStatusTable(w io.Writer, rep *statusReport, now time.Time) error {
 		if cs.NotAfter != nil && now.After(*cs.NotAfter) {
 			problem = "certificate expired"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", clip(baseName(cs.Path), 16), clip(cs.Subject, 20), staple, left, refresh, haproxySummary(cs.HAProxy), clip(problem, 20))
+		rows = append(rows, []string{baseName(cs.Path), cs.Subject, staple, left, refresh, haproxySummary(cs.HAProxy)})
+		var lines []string
+		if problem != "" {
+			lines = append(lines, problem)
+		}
+		for _, v := range cs.HAProxy {
+			switch {
+			case v.Error != "":
+				lines = append(lines, "HAProxy "+v.Socket+": "+v.Error)
+			case !v.MatchesDisk:
+				lines = append(lines, "HAProxy "+v.Socket+" does not serve the staple on disk")
+			}
+		}
+		problems = append(problems, strings.Join(lines, "\n"))
 	}
-	return tw.Flush()
+	widths := columnWidths(rows, 100, []int{0, 1}) // FILE and SUBJECT give way first
+	var b strings.Builder
+	for i, row := range rows {
+		line := ""
+		for c, cell := range row {
+			cell = elide(cmp.Or(cell, "-"), widths[c])
+			if c < len(row)-1 {
+				cell += strings.Repeat(" ", widths[c]-len([]rune(cell))+2)
+			}
+			line += cell
+		}
+		b.WriteString(strings.TrimRight(line, " ") + "\n")
+		if i > 0 && problems[i-1] != "" {
+			for _, problem := range strings.Split(problems[i-1], "\n") {
+				for _, l := range wrapText(problem, 96) {
+					b.WriteString("    " + l + "\n")
+				}
+			}
+		}
+	}
+	if len(rep.Certificates) > 0 {
+		b.WriteString("(every field: stapler status --json; what each run did: stapler run -v)\n")
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// columnWidths fits rows within width: each column as wide as its widest cell, and when the
+// whole is too wide, the shrinkable columns (widest first) give way, to no less than 12.
+func columnWidths(rows [][]string, width int, shrinkable []int) []int {
+	widths := make([]int, len(rows[0]))
+	for _, row := range rows {
+		for c, cell := range row {
+			widths[c] = max(widths[c], len([]rune(cmp.Or(cell, "-"))))
+		}
+	}
+	total := func() int {
+		t := 0
+		for _, w := range widths {
+			t += w + 2
+		}
+		return t - 2
+	}
+	for total() > width {
+		widest := -1
+		for _, c := range shrinkable {
+			if widths[c] > 12 && (widest < 0 || widths[c] > widths[widest]) {
+				widest = c
+			}
+		}
+		if widest < 0 {
+			break
+		}
+		widths[widest]--
+	}
+	return widths
+}
+
+// elide shortens s to n characters by cutting its middle: the start and the end of similar
+// names (www.example.com.pem, www.example.net.pem) stay.
+func elide(s string, n int) string {
+	r := []rune(s)
+	if len(r) <= n {
+		return s
+	}
+	head := (n - 1) / 2
+	return string(r[:head]) + "…" + string(r[len(r)-(n-1-head):])
+}
+
+// wrapText breaks s into lines of at most width characters, at spaces where it can.
+func wrapText(s string, width int) []string {
+	var lines []string
+	for len([]rune(s)) > width {
+		r := []rune(s)
+		cut := width
+		for i := width; i > width/2; i-- {
+			if r[i] == ' ' {
+				cut = i
+				break
+			}
+		}
+		lines = append(lines, strings.TrimRight(string(r[:cut]), " "))
+		s = strings.TrimLeft(string(r[cut:]), " ")
+	}
+	return append(lines, s)
 }
 
 // haproxySummary is the HAPROXY column: "ok" when every HAProxy serves the staple on disk,
@@ -304,17 +404,6 @@ func haproxySummary(views []haproxyView) string {
 }
 
 func baseName(path string) string { return path[strings.LastIndexByte(path, '/')+1:] }
-
-// clip shortens s to n characters, marking the cut.
-func clip(s string, n int) string {
-	if s == "" {
-		return "-"
-	}
-	if r := []rune(s); len(r) > n {
-		return string(r[:n-1]) + "…"
-	}
-	return s
-}
 
 // shortDuration is d as "3d4h", "5h12m" or "25m".
 func shortDuration(d time.Duration) string {
