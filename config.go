@@ -83,8 +83,14 @@ type Config struct {
 	// proxy: HTTP proxy URL for OCSP and issuer requests. Default: from the environment
 	// (HTTP_PROXY, HTTPS_PROXY, NO_PROXY).
 	Proxy string `toml:"proxy"`
-	// responder_override: responder URL in the certificate = URL to ask instead. Default none.
+	// responder_override: responder URL in the certificate = URL to ask instead (a local
+	// HTTP cache in front of the responder, for a fleet). Default none.
 	ResponderOverride map[string]string `toml:"responder_override"`
+	// cache_fallback: when the cache that responder_override or proxy sends requests to is
+	// down (no answer, or 502, 503, 504), ask the responder itself, and say so once per run.
+	// Default false: the cache is there to spare the CA's responder, and a host that goes
+	// round it is a host the CA sees.
+	CacheFallback bool `toml:"cache_fallback"`
 	// renew_at: fraction of a staple's validity (thisUpdate to nextUpdate) after which it is
 	// refreshed. Default 0.5.
 	RenewAt float64 `toml:"renew_at"`

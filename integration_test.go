@@ -159,7 +159,7 @@ func hapLookTool(t testing.TB, name string, fallbacks ...string) string {
 			return p
 		}
 	}
-	msg := fmt.Sprintf("!!! %s not found on PATH: the HAProxy/openssl integration test cannot run (apt-get install haproxy openssl) !!!", name)
+	msg := fmt.Sprintf("!!! %s not found on PATH: this integration test cannot run (apt-get install %[1]s; .ci/run installs it) !!!", name)
 	if os.Getenv("CI") != "" {
 		t.Fatal(msg)
 	}

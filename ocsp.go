@@ -2,11 +2,13 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -24,9 +26,40 @@ type fetcher struct {
 	MaxBytes     int64
 	Override     map[string]string // responder URL in the certificate: URL to use instead
 	PerResponder int               // requests in flight to one responder host at most
+	// Proxy names the HTTP proxy Client uses for a URL ("" for none): with Override, the
+	// cache in front of the responders. Direct, when not nil, is the client that asks the
+	// responder itself when that cache is down (cache_fallback).
+	Proxy  func(*url.URL) string
+	Direct *http.Client
 
-	mu    sync.Mutex
-	slots map[string]chan struct{} // by responder host
+	mu       sync.Mutex
+	slots    map[string]chan struct{} // by responder host
+	fellBack map[string]bool          // caches found down in this run: said once
+}
+
+// statusError is an HTTP answer other than 200 (or 304 to a conditional request).
+type statusError struct{ status string }
+
+func (e *statusError) Error() string { return "answered HTTP " + e.status }
+
+// transportError is a request that got no HTTP answer at all: no connection, or none read.
+type transportError struct{ err error }
+
+func (e *transportError) Error() string { return e.err.Error() }
+func (e *transportError) Unwrap() error { return e.err }
+
+// cacheDown reports whether an error of a request through a cache says the cache itself is
+// unreachable or broken: no answer at all, or a gateway error. The run's own deadline is not.
+func cacheDown(err error) bool {
+	var se *statusError
+	var te *transportError
+	switch {
+	case errors.As(err, &se):
+		return strings.HasPrefix(se.status, "502") || strings.HasPrefix(se.status, "503") || strings.HasPrefix(se.status, "504")
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return false
+	}
+	return errors.As(err, &te)
 }
 
 // answer is what a responder sent back: the body of a 200 answer, unvalidated, or word that
@@ -48,28 +81,62 @@ type answer struct {
 type conditional struct{ ETag, LastModified string }
 
 // fetch sends req to the responder and returns its answer; cond, when not nil, makes the
-// request conditional. Requests go by GET when short enough, so that HTTP caches work.
+// request conditional. Requests go by GET when short enough, so that HTTP caches work. A
+// request through a cache ([responder_override] to it, or proxy) that finds the cache down goes
+// to the responder itself when Direct is set (cache_fallback), with a warning once per cache.
 func (f *fetcher) fetch(ctx context.Context, responder string, req []byte, cond *conditional, now time.Time) (*answer, error) {
+	target, cache := responder, ""
 	if o, ok := f.Override[responder]; ok {
-		responder = o
+		target, cache = o, o
 	}
-	release, err := f.acquire(ctx, responder)
+	if u, err := url.Parse(target); err == nil && f.Proxy != nil {
+		cache = cmp.Or(f.Proxy(u), cache)
+	}
+	a, err := f.ask(ctx, f.Client, target, req, cond, now)
+	switch {
+	case err == nil:
+		return a, nil
+	case cache == "" || !cacheDown(err):
+		return nil, fmt.Errorf("asking responder %s: %w", target, err)
+	case f.Direct == nil:
+		return nil, fmt.Errorf("asking responder %s through the cache at %s: %w (cache_fallback is off: stapler does not go round the cache)", responder, cache, err)
+	}
+	f.mu.Lock()
+	first := !f.fellBack[cache]
+	if f.fellBack == nil {
+		f.fellBack = map[string]bool{}
+	}
+	f.fellBack[cache] = true
+	f.mu.Unlock()
+	if first {
+		slog.Warn("OCSP cache failed; asking the responders directly (cache_fallback)", "cache", cache, "err", err)
+	}
+	a, err = f.ask(ctx, f.Direct, responder, req, cond, now)
 	if err != nil {
-		return nil, fmt.Errorf("asking responder %s: %w", responder, err)
+		return nil, fmt.Errorf("asking responder %s directly (after the cache at %s failed): %w", responder, cache, err)
+	}
+	return a, nil
+}
+
+// ask sends one OCSP request to url with client.
+func (f *fetcher) ask(ctx context.Context, client *http.Client, target string, req []byte, cond *conditional, now time.Time) (*answer, error) {
+	release, err := f.acquire(ctx, target)
+	if err != nil {
+		return nil, err
 	}
 	defer release()
 	var hreq *http.Request
 	enc := url.QueryEscape(base64.StdEncoding.EncodeToString(req))
 	if len(enc) <= maxGETLength {
-		hreq, err = http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(responder, "/")+"/"+enc, nil)
+		hreq, err = http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(target, "/")+"/"+enc, nil)
 	} else {
-		hreq, err = http.NewRequestWithContext(ctx, http.MethodPost, responder, bytes.NewReader(req))
+		hreq, err = http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(req))
 		if hreq != nil {
 			hreq.Header.Set("Content-Type", "application/ocsp-request")
 		}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("responder URL %q: %w", responder, err)
+		return nil, fmt.Errorf("responder URL %q: %w", target, err)
 	}
 	hreq.Header.Set("Accept", "application/ocsp-response")
 	if cond != nil && cond.ETag != "" {
@@ -78,11 +145,7 @@ func (f *fetcher) fetch(ctx context.Context, responder string, req []byte, cond 
 	if cond != nil && cond.LastModified != "" {
 		hreq.Header.Set("If-Modified-Since", cond.LastModified)
 	}
-	a, err := httpAnswer(f.Client, hreq, f.MaxBytes, cond != nil, now)
-	if err != nil {
-		return nil, fmt.Errorf("asking responder %s: %w", responder, err)
-	}
-	return a, nil
+	return httpAnswer(client, hreq, f.MaxBytes, cond != nil, now)
 }
 
 // acquire waits for one of the PerResponder slots of the responder's host.
@@ -121,7 +184,7 @@ func httpAnswer(client *http.Client, req *http.Request, maxBytes int64, conditio
 		if errors.As(err, &uerr) {
 			err = uerr.Err // without the URL, which for a GET request is long
 		}
-		return nil, err
+		return nil, &transportError{err}
 	}
 	defer resp.Body.Close()
 	a := &answer{CacheUntil: cacheUntil(resp.Header, now), ETag: resp.Header.Get("ETag"), LastModified: resp.Header.Get("Last-Modified")}
@@ -131,7 +194,7 @@ func httpAnswer(client *http.Client, req *http.Request, maxBytes int64, conditio
 		return a, nil
 	case resp.StatusCode != http.StatusOK:
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 4096)) // lets the connection be reused
-		return nil, fmt.Errorf("answered HTTP %s", resp.Status)
+		return nil, &statusError{resp.Status}
 	}
 	a.ContentType = resp.Header.Get("Content-Type")
 	a.Body, err = io.ReadAll(io.LimitReader(resp.Body, maxBytes+1))

@@ -159,3 +159,39 @@ func TestFetchConditional(t *testing.T) {
 		t.Errorf("unconditional 304: %v", err)
 	}
 }
+
+// TestFetchCacheFallback: a request through a cache that is down (no connection, or a gateway
+// error) goes to the responder itself only with cache_fallback; any other answer of the cache
+// stands.
+func TestFetchCacheFallback(t *testing.T) {
+	responder := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("from the responder")) }))
+	defer responder.Close()
+	gateway := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { http.Error(w, "bad gateway", http.StatusBadGateway) }))
+	defer gateway.Close()
+	missing := httptest.NewServer(http.NotFoundHandler())
+	defer missing.Close()
+	closed := "http://" + faultClosedAddr(t)
+	for _, tt := range []struct {
+		name, cache string
+		fallback    bool
+		want        string // the body, or an error containing this
+	}{
+		{"cache down, no fallback", closed, false, "through the cache at " + closed + ": dial tcp"},
+		{"cache down, fallback", closed, true, "from the responder"},
+		{"bad gateway, fallback", gateway.URL, true, "from the responder"},
+		{"bad gateway, no fallback", gateway.URL, false, "cache_fallback is off"},
+		{"the cache answers 404: it stands", missing.URL, true, "answered HTTP 404"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFetcher(Config{MaxResponseBytes: 4096, Jobs: 8, ResponderJobs: 8, CacheFallback: tt.fallback,
+				ResponderOverride: map[string]string{responder.URL: tt.cache}}, &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()})
+			a, err := f.fetch(context.Background(), responder.URL, []byte{1}, nil, time.Now())
+			switch {
+			case err != nil && !strings.Contains(err.Error(), tt.want):
+				t.Errorf("error %v, want one containing %q", err, tt.want)
+			case err == nil && string(a.Body) != tt.want:
+				t.Errorf("got %q, want %q", a.Body, tt.want)
+			}
+		})
+	}
+}

@@ -32,7 +32,9 @@ type opensslResponder struct {
 	URL     string
 	// Minutes is the validity of each response (openssl -nmin): nextUpdate that long after
 	// thisUpdate. HAProxy refuses responses without a nextUpdate.
-	Minutes  int
+	Minutes int
+	// MaxAge, when set, is sent as Cache-Control max-age, as RFC 5019 responders do.
+	MaxAge   time.Duration
 	Requests atomic.Int64
 
 	mu    sync.Mutex
@@ -135,5 +137,8 @@ func (r *opensslResponder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/ocsp-response")
+	if r.MaxAge > 0 {
+		w.Header().Set("Cache-Control", fmt.Sprintf("max-age=%d, public, no-transform, must-revalidate", int(r.MaxAge.Seconds())))
+	}
 	w.Write(resp)
 }

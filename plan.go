@@ -223,7 +223,7 @@ func (pol policy) observeStaple(now time.Time, p *certPlan, force, named bool) s
 		}
 		// Someone else wrote a valid, good staple (another tool, a restored backup): keep it.
 		st.vouch(found, s.Stat, now, false)
-		st.schedule(pol.afterSuccess(o.File.Path, now, found, time.Time{}))
+		st.schedule(pol.afterSuccess(now, found, time.Time{}))
 		p.note(slog.LevelInfo, "adopted staple found on disk", "next_update", found.NextUpdate)
 	}
 	// A staple file that changed since stapler last saw it is dealt with at once, back-off or
@@ -279,14 +279,14 @@ func (pol policy) haproxyKeeps(now time.Time, p *certPlan) bool {
 			best, bestStaple = &p.Obs.Auto[i], s
 		}
 	}
-	if best == nil || !now.Before(pol.renewalPoint(p.Obs.File.Path, bestStaple)) {
+	if best == nil || !now.Before(pol.renewalPoint(bestStaple)) {
 		return false
 	}
 	p.Step = stepHAProxyCopy
 	if !st.validAt(now) || bestStaple.newerThan(st.Staple) {
 		p.Copy = best
 	}
-	st.schedule(pol.afterSuccess(p.Obs.File.Path, now, bestStaple, time.Time{}))
+	st.schedule(pol.afterSuccess(now, bestStaple, time.Time{}))
 	return true
 }
 

@@ -123,14 +123,14 @@ func record(now time.Time, pol policy, rp runPlan, results map[*certPlan]*fetche
 			if f.NotModified || f.Responder == st.Staple.Responder && hashBytes(f.DER) == st.Staple.Hash {
 				st.named(f.ETag, f.LastModified)
 			}
-			st.schedule(pol.afterSuccess(path, now, st.Staple, f.CacheUntil))
+			st.schedule(pol.afterSuccess(now, st.Staple, f.CacheUntil))
 			slog.Debug("responder has nothing newer", "cert", path, "next_due", st.NextDue, "not_modified", f.NotModified)
 			sum.UpToDate++
 			recordRevoked(path, st, sum)
 		default:
 			s := f.Staple
 			st.vouch(s, f.Stat, now, true)
-			st.schedule(pol.afterSuccess(path, now, s, f.CacheUntil))
+			st.schedule(pol.afterSuccess(now, s, f.CacheUntil))
 			slog.Info("updated staple", "cert", path, "reason", p.Reason, "status", s.Status, "next_update", s.NextUpdate, "next_due", st.NextDue)
 			sum.Refreshed++
 			recordRevoked(path, st, sum)

@@ -133,7 +133,7 @@ func newExecutor(opt runOptions, now time.Time) *executor {
 	}
 	return &executor{
 		observer: &observer{finder: finder, checker: &ocspcheck.Checker{}, now: now},
-		fetcher:  &fetcher{Client: client, MaxBytes: opt.MaxResponseBytes, Override: opt.ResponderOverride, PerResponder: opt.ResponderJobs},
+		fetcher:  newFetcher(opt.Config, client),
 		jobs:     opt.Jobs,
 		progress: opt.Progress,
 	}
@@ -236,6 +236,28 @@ func apply(state *State, rp runPlan) bool {
 		changed = true
 	}
 	return changed
+}
+
+// newFetcher makes the fetcher of a run: through client, and, with cache_fallback, straight to
+// the responders when the cache is down.
+func newFetcher(cfg Config, client *http.Client) *fetcher {
+	f := &fetcher{Client: client, MaxBytes: cfg.MaxResponseBytes, Override: cfg.ResponderOverride, PerResponder: cfg.ResponderJobs}
+	t := client.Transport.(*http.Transport)
+	f.Proxy = func(u *url.URL) string {
+		if t.Proxy == nil {
+			return ""
+		}
+		if p, err := t.Proxy(&http.Request{URL: u}); err == nil && p != nil {
+			return p.Redacted()
+		}
+		return ""
+	}
+	if cfg.CacheFallback {
+		direct := t.Clone()
+		direct.Proxy = nil
+		f.Direct = &http.Client{Transport: direct, Timeout: client.Timeout}
+	}
+	return f
 }
 
 // httpClient is shared by every request of a run so that requests to one responder reuse a

@@ -69,14 +69,16 @@ func spreadFraction(key string) float64 {
 
 // renewalPoint is when a staple falls due: at RenewAt of its useful life, or MaxAge after its
 // thisUpdate if that comes first, advanced by a fixed share of that interval (up to
-// Spread/RenewAt of it: Spread of the useful life when that decides) that depends only on key,
-// so that certificates refreshed together drift apart instead of falling due together forever.
-func (p policy) renewalPoint(key string, s *Staple) time.Time {
+// Spread/RenewAt of it: Spread of the useful life when that decides) that depends only on the
+// certificate (its CertID: issuer and serial), so that certificates refreshed together drift
+// apart instead of falling due together forever, while every host of a fleet that serves the
+// same certificate asks for it at the same time, and a shared HTTP cache answers all but one.
+func (p policy) renewalPoint(s *Staple) time.Time {
 	interval := time.Duration(float64(usefulLife(s)) * p.RenewAt)
 	if p.MaxAge > 0 {
 		interval = min(interval, p.MaxAge)
 	}
-	advance := time.Duration(float64(interval) * p.Spread / p.RenewAt * spreadFraction(key))
+	advance := time.Duration(float64(interval) * p.Spread / p.RenewAt * spreadFraction(s.CertID))
 	return s.ThisUpdate.Add(interval - advance)
 }
 
@@ -102,9 +104,9 @@ func (p policy) retryWaits(life time.Duration) (base, most time.Duration) {
 // after the first retry wait rather than at every run. cacheUntil is when the responder's HTTP
 // cache may have something newer (zero: no word): asking before then gets the same answer.
 // Neither delays the refresh past the urgent point.
-func (p policy) afterSuccess(key string, now time.Time, s *Staple, cacheUntil time.Time) time.Time {
+func (p policy) afterSuccess(now time.Time, s *Staple, cacheUntil time.Time) time.Time {
 	base, _ := p.retryWaits(usefulLife(s))
-	due := latest(latest(p.renewalPoint(key, s), now.Add(base)), cacheUntil)
+	due := latest(latest(p.renewalPoint(s), now.Add(base)), cacheUntil)
 	return earliest(due, p.urgentPoint(s))
 }
 

@@ -17,13 +17,18 @@ func TestRenewalPoint(t *testing.T) {
 	half := (100*time.Hour - haproxyMargin) / 2 // half of the useful life
 	spread := map[time.Time]bool{}
 	for i := range 200 {
-		key := fmt.Sprintf("/etc/haproxy/certs/site%d.pem", i)
-		got := testPolicy.renewalPoint(key, staple(this, next))
+		s := staple(this, next)
+		s.CertID = fmt.Sprintf("3041300906052b0e03021a05000414%040x", i) // one certificate each
+		got := testPolicy.renewalPoint(s)
 		if got.Before(this.Add(half*4/5)) || got.After(this.Add(half)) {
-			t.Fatalf("%s: renewal point %v is outside %v to %v into the window", key, got.Sub(this), half*4/5, half)
+			t.Fatalf("%s: renewal point %v is outside %v to %v into the window", s.CertID, got.Sub(this), half*4/5, half)
 		}
-		if again := testPolicy.renewalPoint(key, staple(this, next)); !again.Equal(got) {
-			t.Fatalf("%s: renewal point moved from %v to %v", key, got, again)
+		// Another host, another path, another fetch: the same certificate falls due at the
+		// same time, so that a fleet's shared cache answers all but the first.
+		again := staple(this, next)
+		again.CertID = s.CertID
+		if other := testPolicy.renewalPoint(again); !other.Equal(got) {
+			t.Fatalf("%s: renewal point moved from %v to %v", s.CertID, got, other)
 		}
 		spread[got.Truncate(time.Hour)] = true
 	}
@@ -31,7 +36,7 @@ func TestRenewalPoint(t *testing.T) {
 		t.Errorf("200 certificates fall due in only %d distinct hours of 10", len(spread))
 	}
 	noSpread := policy{RenewAt: 0.5}
-	if got := noSpread.renewalPoint("x", staple(this, next)); !got.Equal(this.Add(half)) {
+	if got := noSpread.renewalPoint(staple(this, next)); !got.Equal(this.Add(half)) {
 		t.Errorf("without spread: %v, want half-way through the useful life", got.Sub(this))
 	}
 }
@@ -56,7 +61,7 @@ func TestWindows(t *testing.T) {
 		{10 * 24 * time.Hour, 4 * 24 * time.Hour, 10*24*time.Hour - time.Hour, 10 * time.Minute, 5 * time.Minute, 6 * time.Hour},
 	} {
 		s := staple(this, this.Add(tt.window))
-		if got := pol.renewalPoint("k", s).Sub(this); got != tt.refresh {
+		if got := pol.renewalPoint(s).Sub(this); got != tt.refresh {
 			t.Errorf("%v window: refreshed %v after thisUpdate, want %v", tt.window, got, tt.refresh)
 		}
 		if got := pol.urgentPoint(s).Sub(this); got != tt.urgent {
@@ -69,7 +74,7 @@ func TestWindows(t *testing.T) {
 			t.Errorf("%v window: retries after %v, at most %v; want %v, %v", tt.window, base, most, tt.retryBase, tt.retryMax)
 		}
 		// A run right after the refresh asks nothing: the next one is due at the renewal point.
-		if got := pol.afterSuccess("k", this, s, time.Time{}).Sub(this); got != tt.refresh {
+		if got := pol.afterSuccess(this, s, time.Time{}).Sub(this); got != tt.refresh {
 			t.Errorf("%v window: fetched at thisUpdate, due %v later, want %v", tt.window, got, tt.refresh)
 		}
 		if tt.refresh >= tt.urgent || tt.urgent >= tt.window-haproxyMargin {
@@ -86,15 +91,15 @@ func TestAfterSuccess(t *testing.T) {
 		cache      time.Time // the responder's HTTP cache
 		want       time.Time
 	}{
-		{"fresh 4-day response", now, now.Add(96 * time.Hour), time.Time{}, testPolicy.renewalPoint("k", staple(now, now.Add(96*time.Hour)))},
+		{"fresh 4-day response", now, now.Add(96 * time.Hour), time.Time{}, testPolicy.renewalPoint(staple(now, now.Add(96*time.Hour)))},
 		{"pre-produced response past its renewal point", now.Add(-80 * time.Hour), now.Add(16 * time.Hour), time.Time{}, now.Add(5 * time.Minute)},
 		{"... served from a cache for another hour", now.Add(-80 * time.Hour), now.Add(16 * time.Hour), now.Add(time.Hour), now.Add(time.Hour)},
 		{"... whose max-age outlasts the urgent point", now.Add(-80 * time.Hour), now.Add(16 * time.Hour), now.Add(20 * time.Hour), now.Add(15 * time.Hour)},
-		{"fresh response, short max-age", now, now.Add(24 * time.Hour), now.Add(time.Hour), testPolicy.renewalPoint("k", staple(now, now.Add(24*time.Hour)))},
+		{"fresh response, short max-age", now, now.Add(24 * time.Hour), now.Add(time.Hour), testPolicy.renewalPoint(staple(now, now.Add(24*time.Hour)))},
 		{"one-hour response, 40 minutes old", now.Add(-40 * time.Minute), now.Add(20 * time.Minute), time.Time{}, now.Add(75 * time.Second)},
 	}
 	for _, tt := range tests {
-		if got := testPolicy.afterSuccess("k", now, staple(tt.this, tt.next), tt.cache); !got.Equal(tt.want) {
+		if got := testPolicy.afterSuccess(now, staple(tt.this, tt.next), tt.cache); !got.Equal(tt.want) {
 			t.Errorf("%s: due at %v, want %v", tt.name, got.Sub(now), tt.want.Sub(now))
 		}
 	}
@@ -148,7 +153,7 @@ func TestRenewalPointMaxAge(t *testing.T) {
 		{"ten days", this.Add(240 * time.Hour), 96 * time.Hour},
 		{"one day", this.Add(24 * time.Hour), 12 * time.Hour},
 	} {
-		got := testPolicy.renewalPoint("/c/site.pem", staple(this, tt.next))
+		got := testPolicy.renewalPoint(staple(this, tt.next))
 		if got.After(this.Add(tt.max)) || got.Before(this) {
 			t.Errorf("%s: due %v after thisUpdate, want at most %v", tt.name, got.Sub(this), tt.max)
 		}
@@ -163,7 +168,7 @@ func TestSignerCapsRenewal(t *testing.T) {
 	if got := s.Expiry(); !got.Equal(this.Add(2 * time.Hour)) {
 		t.Fatalf("expiry %v, want the signer's end", got)
 	}
-	if got := testPolicy.renewalPoint("k", s); got.After(this.Add(time.Hour)) {
+	if got := testPolicy.renewalPoint(s); got.After(this.Add(time.Hour)) {
 		t.Errorf("renewal point %v after thisUpdate, want at most half of the signer's 2 h", got.Sub(this))
 	}
 	// The signer's 2 h window leaves 1 h 55 m of useful life: urgent HAProxy's 5 minutes and a
