@@ -12,9 +12,10 @@ import (
 )
 
 // TestHAProxyConfigDiscovery: with nothing but --haproxy-config, stapler finds every
-// certificate a real HAProxy 2.6 loads (crt-base, a directory, a single file, a crt-list) and
-// its stats socket, and HAProxy serves each new staple, although it started without any .ocsp
-// file (the slots are created without a reload).
+// certificate a real HAProxy loads (crt-base, a directory, a single file, a crt-list) and its
+// stats socket with level admin (beside one with level operator and one without level, which
+// HAProxy 3.4 would refuse), and HAProxy serves each new staple, although it started without
+// any .ocsp file (the slots are created without a reload).
 func TestHAProxyConfigDiscovery(t *testing.T) {
 	forEachHAProxy(t, func(t *testing.T, h hapBin) {
 		haproxy := h.Path
@@ -45,7 +46,9 @@ func TestHAProxyConfigDiscovery(t *testing.T) {
 		cfg := filepath.Join(base, "haproxy.cfg")
 		hapWriteFile(t, cfg, fmt.Appendf(nil, `global
 	crt-base %s
-	stats socket %s level admin
+	stats socket %[2]s.operator level operator
+	stats socket %[2]s level admin
+	stats socket %[2]s.default
 
 defaults
 	mode http
@@ -54,9 +57,9 @@ defaults
 	timeout server 10s
 
 frontend fe
-	bind 127.0.0.1:%d ssl crt dir/ crt single/c.pem crt-list %s/list.txt
+	bind 127.0.0.1:%[3]d ssl crt dir/ crt single/c.pem crt-list %[1]s/list.txt
 	http-request return status 200
-`, base, sock, port, base))
+`, base, sock, port))
 		hapStart(t, haproxy, cfg, sock, base)
 
 		code, stderr := runStapler(t, "run", "--haproxy-config", cfg, "--state", filepath.Join(base, "state.json"))

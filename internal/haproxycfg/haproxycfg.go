@@ -19,8 +19,11 @@ import (
 
 // Setup is what stapler learns from HAProxy's own configuration.
 type Setup struct {
-	Dirs    []Dir  // directories of `crt /dir/` lines, sorted
-	Files   []File // files of crt, crt-list and crt-store lines, sorted by path
+	Dirs  []Dir  // directories of `crt /dir/` lines, sorted
+	Files []File // files of crt, crt-list and crt-store lines, sorted by path
+	// Sockets are the stats sockets to use: those with level admin when there is one (the
+	// others lead to the same process, and HAProxy 3.4 refuses OCSP commands below admin,
+	// which 3.2 logs as deprecated), else all of them.
 	Sockets []string
 	// Notes are constructs stapler could not follow, each naming file and line.
 	Notes []string
@@ -110,6 +113,9 @@ func Read(path string) (Setup, error) {
 		f.Auto = f.Auto || p.autoAll && !p.autoOff[path]
 		hs.Files = append(hs.Files, f)
 	}
+	if len(p.admin) > 0 {
+		hs.Sockets = p.admin
+	}
 	hs.Sockets = dedupe(hs.Sockets)
 	return hs, nil
 }
@@ -126,6 +132,7 @@ type cfgParser struct {
 	delExt  bool // ssl-load-extra-del-ext
 	autoAll bool // ocsp-update.mode on (3.0+)
 	autoOff map[string]bool
+	admin   []string        // stats sockets with level admin (without level: operator)
 	files   map[string]File // certificate files named by crt, crt-list and crt-store lines
 	stores  map[string]*crtStore
 	store   *crtStore // the crt-store section being read
@@ -203,7 +210,12 @@ func (p *cfgParser) line(file string, n int, w []string) {
 	case p.section == "crt-store" && w[0] == "load":
 		p.load(file, n, w[1:])
 	case p.section == "global" && w[0] == "stats" && len(w) > 2 && w[1] == "socket":
-		p.socket(file, n, w[2])
+		if addr, ok := p.socket(file, n, w[2]); ok {
+			p.hs.Sockets = append(p.hs.Sockets, addr)
+			if i := slices.Index(w, "level"); i > 2 && i+1 < len(w) && w[i+1] == "admin" {
+				p.admin = append(p.admin, addr)
+			}
+		}
 	case (p.section == "frontend" || p.section == "listen") && w[0] == "bind":
 		for i := 2; i < len(w)-1; i++ {
 			switch w[i] {
@@ -216,24 +228,26 @@ func (p *cfgParser) line(file string, n int, w []string) {
 	}
 }
 
-// socket adds a stats socket address in the form stapler takes.
-func (p *cfgParser) socket(file string, n int, addr string) {
+// socket is a stats socket address in the form stapler takes; false (with a note) for one
+// stapler cannot use.
+func (p *cfgParser) socket(file string, n int, addr string) (string, bool) {
 	switch {
 	case strings.HasPrefix(addr, "abns@"), strings.HasPrefix(addr, "fd@"), strings.HasPrefix(addr, "sockpair@"):
 		p.note(file, n, "stats socket %s cannot be reached from another process; add a unix or TCP stats socket", addr)
+		return "", false
 	case strings.HasPrefix(addr, "unix@"), strings.HasPrefix(addr, "/"), !strings.Contains(addr, ":"):
 		path := strings.TrimPrefix(addr, "unix@")
 		if !filepath.IsAbs(path) {
 			p.note(file, n, "stats socket %s is relative to HAProxy's working directory; give its absolute path in sockets", addr)
-			return
+			return "", false
 		}
-		p.hs.Sockets = append(p.hs.Sockets, filepath.Clean(path))
+		return filepath.Clean(path), true
 	default:
 		// A TCP address: HAProxy listens on it, stapler connects to it, on this host.
 		a, err := haproxy.ParseAddr(addr)
 		if err != nil || a.Network != "tcp" || a.Master {
 			p.note(file, n, "stats socket %s: not an address stapler can connect to; give it in sockets", addr)
-			return
+			return "", false
 		}
 		host, port, _ := net.SplitHostPort(a.Address)
 		switch host {
@@ -246,7 +260,7 @@ func (p *cfgParser) socket(file string, n int, addr string) {
 		if b, err := haproxy.ParseAddr(out); err != nil || b.Master {
 			out = "ipv4@" + out // a host named "master" would read as a master socket
 		}
-		p.hs.Sockets = append(p.hs.Sockets, out)
+		return out, true
 	}
 }
 

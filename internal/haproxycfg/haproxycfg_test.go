@@ -8,6 +8,34 @@ import (
 	"testing"
 )
 
+// TestSocketLevels: of one HAProxy's stats sockets, those with level admin are used when there
+// is one (a socket without level is operator's); otherwise all, so that stapler can say what
+// each lacks.
+func TestSocketLevels(t *testing.T) {
+	for _, tt := range []struct {
+		name, sockets string
+		want          []string
+	}{
+		{"admin beside operator and default", "stats socket /run/op.sock level operator\nstats socket /run/admin.sock mode 660 level admin\nstats socket /run/default.sock\n",
+			[]string{"/run/admin.sock"}},
+		{"two admin", "stats socket /run/a.sock level admin\nstats socket 127.0.0.1:9999 level admin expose-fd listeners\n",
+			[]string{"/run/a.sock", "127.0.0.1:9999"}},
+		{"none admin", "stats socket /run/op.sock level operator\nstats socket /run/user.sock level user\n",
+			[]string{"/run/op.sock", "/run/user.sock"}},
+		{"level without a value", "stats socket /run/a.sock level\nstats socket /run/b.sock\n",
+			[]string{"/run/a.sock", "/run/b.sock"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := filepath.Join(t.TempDir(), "haproxy.cfg")
+			os.WriteFile(cfg, []byte("global\n"+tt.sockets), 0o644)
+			hs, err := Read(cfg)
+			if err != nil || !slices.Equal(hs.Sockets, tt.want) {
+				t.Errorf("sockets %q (%v), want %q", hs.Sockets, err, tt.want)
+			}
+		})
+	}
+}
+
 func TestReadHAProxyConfig(t *testing.T) {
 	dir := t.TempDir()
 	for _, f := range []string{"certs/a.pem", "certs/b.pem", "single.pem", "listed/one.pem", "listed/two.pem", "bundle.pem.rsa", "bundle.pem.ecdsa"} {
@@ -23,13 +51,13 @@ listed/two.pem
 	os.WriteFile(cfg, []byte(`global
 	crt-base `+dir+`
 	stats socket /run/haproxy/admin.sock mode 660 level admin
-	stats socket ipv4@127.0.0.1:9999 level operator
-	stats socket *:9998
+	stats socket ipv4@127.0.0.1:9999 level admin
+	stats socket *:9998 level admin
 	stats socket abns@hidden
 	stats socket relative.sock
 	stats socket /run//haproxy/../haproxy/admin.sock
 	stats socket ipv4@a/b:1
-	stats socket ipv4@master:9999
+	stats socket ipv4@master:9999 level admin
 
 defaults
 	mode http
