@@ -227,14 +227,16 @@ func (pol policy) observeStaple(now time.Time, p *certPlan, force, named bool) s
 		p.note(slog.LevelInfo, "adopted staple found on disk", "next_update", found.NextUpdate)
 	}
 	// A staple file that changed since stapler last saw it is dealt with at once, back-off or
-	// not; one that was already wrong waits for the back-off like any failure.
+	// not; one that was already wrong waits for the back-off like any failure. A certificate
+	// new to stapler (a lost state, a directory added) or replaced by another is due unless
+	// the staple beside it is a valid, good one for it, adopted above.
 	news := o.Old == nil || s.Stat != o.Old.DiskStat || s.Missing != (o.Old.DiskHash == "")
 	switch {
 	case force:
 		return dueForced
-	case o.Old == nil:
+	case o.Old == nil && reason != "":
 		return dueNew
-	case o.Changed && (o.Old.Serial != st.Serial || o.Old.Issuer != st.Issuer):
+	case o.Old != nil && o.Changed && (o.Old.Serial != st.Serial || o.Old.Issuer != st.Issuer) && reason != "":
 		return dueChanged
 	case reason != "" && news:
 		return reason

@@ -54,6 +54,25 @@ func TestPlan(t *testing.T) {
 			o.Cert = &certInfo{Hash: "c1", Serial: "1f", IssuerName: "CN=CA", NotBefore: planNow.Add(-time.Hour), NotAfter: planNow.Add(time.Hour * 24), Responders: []string{"http://ocsp.test"}}
 			o.Staple = diskStaple{Missing: true}
 		}, step: stepFetch, reason: dueNew},
+		// A lost state or a directory added: a valid, good staple for the certificate is
+		// adopted, not fetched again (thousands of certificates at once would be a burst).
+		{name: "new certificate, its valid staple on disk", obs: func(o *fileObs) {
+			o.Old, o.Changed = nil, true
+			o.Cert = &certInfo{Hash: "c1", Serial: "1f", IssuerName: "CN=CA", NotBefore: planNow.Add(-time.Hour), NotAfter: planNow.Add(time.Hour * 24), Responders: []string{"http://ocsp.test"}}
+			o.Staple = diskStaple{Stat: "d2", Hash: "s2", DER: []byte("x"), Resp: good}
+			o.issued = &issuedFor{CertID: []byte{0x30}}
+		}, step: stepKeep, checkSt: func(st *CertState) string {
+			if st.Staple == nil || st.Staple.Hash != hashBytes([]byte("x")) || !st.NextDue.After(planNow) {
+				return "the staple on disk was not adopted and scheduled"
+			}
+			return ""
+		}},
+		{name: "certificate renewed, the new one's staple on disk", obs: func(o *fileObs) {
+			o.Changed, o.Hash = true, "c2"
+			o.Cert = &certInfo{Hash: "c2", Serial: "20", IssuerName: "CN=CA", NotBefore: planNow.Add(-time.Hour), NotAfter: planNow.Add(time.Hour * 24), Responders: []string{"http://ocsp.test"}}
+			o.Staple = diskStaple{Stat: "d2", Hash: "s2", DER: []byte("x"), Resp: good}
+			o.issued = &issuedFor{CertID: []byte{0x30}}
+		}, step: stepKeep},
 		{name: "certificate renewed", obs: func(o *fileObs) {
 			o.Changed, o.Hash = true, "c2"
 			o.Cert = &certInfo{Hash: "c2", Serial: "20", IssuerName: "CN=CA", NotBefore: planNow.Add(-time.Hour), NotAfter: planNow.Add(time.Hour * 24), Responders: []string{"http://ocsp.test"}}
@@ -140,7 +159,10 @@ func TestPlan(t *testing.T) {
 			if o.Old != nil && !equalStates(o.Old, before) {
 				t.Error("plan changed the recorded state")
 			}
-			if tt.checkSt != nil && p.Next != nil {
+			if tt.checkSt != nil {
+				if p.Next == nil {
+					t.Fatal("no planned state to check")
+				}
 				if msg := tt.checkSt(p.Next); msg != "" {
 					t.Error(msg)
 				}
