@@ -2,13 +2,9 @@ package main
 
 import (
 	"fmt"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
-
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 )
 
 // TestAgreement feeds the same state entries to the four readers of a certificate's state and
@@ -53,6 +49,10 @@ func TestAgreement(t *testing.T) {
 		{"failing for an hour, staple valid", func(st *CertState) { st.Failures, st.FailingSince, st.LastError = 3, now.Add(-time.Hour), "tryLater" }, "good", checkOK, "good", exitOK},
 		{"failing for seven hours, staple valid", func(st *CertState) { st.Failures, st.FailingSince, st.LastError = 9, now.Add(-7*time.Hour), "tryLater" }, "good", checkWarning, "good", exitOK},
 		{"no responder", func(st *CertState) { st.Responders, st.Staple, st.DiskHash = nil, nil, "" }, "no_responder", checkOK, "", exitOK},
+		// A certificate that is not valid (yet, or any more) is skipped by a run: its staple
+		// is not judged, by any reader.
+		{"certificate not valid yet, no staple", func(st *CertState) { st.NotBefore, st.DiskStat, st.DiskHash = now.Add(time.Hour), "", "" }, "none", checkOK, "", exitOK},
+		{"certificate expired, no staple", func(st *CertState) { st.NotAfter, st.DiskStat, st.DiskHash = now.Add(-time.Hour), "", "" }, "none", checkOK, "", exitOK},
 		// Must-Staple: without a valid staple the site is down for the clients that enforce
 		// it, and what is a warning for others is critical.
 		{"must-staple, good", func(st *CertState) { st.MustStaple = true }, "good", checkOK, "good", exitOK},
@@ -73,7 +73,8 @@ func TestAgreement(t *testing.T) {
 			if cs.StapleStatus != tt.status {
 				t.Errorf("status: %s, want %s", cs.StapleStatus, tt.status)
 			}
-			if cs.problem != (tt.exit != exitOK || tt.status != "good" && tt.status != "no_responder" || st.Failures > 0) {
+			judged := st.verdict(now).Cert == ""
+			if cs.problem != (tt.exit != exitOK || judged && tt.status != "good" && tt.status != "no_responder" || st.Failures > 0) {
 				t.Errorf("status row sorted as a problem: %v", cs.problem)
 			}
 			res := evaluateCheck([]certStatus{cs}, checkThresholds{Warning: defaultWarning, Critical: defaultCritical, Failing: 6 * time.Hour}, now)
@@ -102,19 +103,10 @@ func metricStatus(t *testing.T, st *CertState, now time.Time) string {
 	state := newState()
 	state.Certificates["/c/site.pem"] = st
 	path := filepath.Join(t.TempDir(), "stapler.prom")
-	if err := writeMetrics(path, state, summary{}, now, time.Second, nil); err != nil {
+	if err := writeMetrics(path, state, nil, summary{}, now, time.Second, nil); err != nil {
 		t.Fatal(err)
 	}
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(f)
-	if err != nil {
-		t.Fatalf("the metrics do not parse: %v", err)
-	}
+	families := readMetrics(t, path)
 	present, status := families["stapler_ocsp_response_present"].GetMetric(), families["stapler_ocsp_response_status"].GetMetric()
 	switch {
 	case len(present) == 0:

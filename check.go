@@ -129,8 +129,8 @@ func certFindings(cs certStatus, th checkThresholds, now time.Time) (fs []findin
 		// HAProxy refuses to start with a file it cannot read as a certificate either.
 		return []finding{{checkCritical, name + ": " + cs.LastError}}, 0, 0, 0, false
 	}
-	if cs.NotAfter != nil && now.After(*cs.NotAfter) {
-		return nil, 0, 0, 0, false
+	if cs.verdict.Cert != "" {
+		return nil, 0, 0, 0, false // expired or not valid yet: its staple is not judged
 	}
 	// A Must-Staple certificate without a valid staple is an outage for the clients that
 	// enforce it: what is a warning for others is critical for it.

@@ -23,9 +23,11 @@ import (
 // or the Prometheus client's data model would hold 1.2 million samples as objects at once. The
 // test reads the file back with Prometheus' own parser.
 //
-// A run limited to some certificates (the deploy hook's) still writes every certificate the
-// state knows, so that no series disappears between runs.
-func writeMetrics(path string, state *State, sum summary, now time.Time, took time.Duration, sockets []string) error {
+// It covers the certificates of the configuration (covers, nil for all), as status and check
+// do: a run limited to some certificates (the deploy hook's) still writes all of them, so that
+// no series disappears between runs, and one whose directory was dropped from the
+// configuration is no longer watched.
+func writeMetrics(path string, state *State, covers func(string) bool, sum summary, now time.Time, took time.Duration, sockets []string) error {
 	type row struct {
 		labels []string // cert, subject
 		st     *CertState
@@ -33,7 +35,9 @@ func writeMetrics(path string, state *State, sum summary, now time.Time, took ti
 	}
 	paths := make([]string, 0, len(state.Certificates))
 	for p := range state.Certificates {
-		paths = append(paths, p)
+		if covers == nil || covers(p) {
+			paths = append(paths, p)
+		}
 	}
 	slices.Sort(paths)
 	rows := make([]row, 0, len(paths))
@@ -52,42 +56,39 @@ func writeMetrics(path string, state *State, sum summary, now time.Time, took ti
 		return nil
 	}
 	unix := func(t time.Time) float64 { return float64(t.Unix()) }
+	// stapleTime is the series of a time of the valid staple on disk: absent without one, or
+	// when that time is not set.
+	stapleTime := func(field func(*Staple) time.Time) func(row) (float64, bool) {
+		return func(r row) (float64, bool) {
+			s := staple(r)
+			if s == nil || field(s).IsZero() {
+				return 0, false
+			}
+			return unix(field(s)), true
+		}
+	}
 	type perCert struct {
 		name, help string
 		value      func(r row) (float64, bool)
 	}
 	families := []perCert{
-		{"stapler_ocsp_response_present", "1 when a valid staple (good or revoked) is on disk for the certificate, else 0.",
-			func(r row) (float64, bool) { return float64(b2i(staple(r) != nil)), true }},
-		{"stapler_ocsp_response_status", "Status of the staple on disk: 0 good, 1 revoked, 2 unknown. Absent without a valid staple.",
+		{"stapler_ocsp_response_present", "1 when a valid staple (good or revoked) is on disk for the certificate, else 0. Absent while the certificate is expired or not valid yet: its staple is not judged.",
+			func(r row) (float64, bool) { return float64(b2i(staple(r) != nil)), r.v.Cert == "" }},
+		{"stapler_ocsp_response_status", "Status of the staple on disk: 0 good, 1 revoked. Absent without a valid staple.",
 			func(r row) (float64, bool) {
-				if s := staple(r); s != nil {
-					return float64(map[string]int{"good": 0, "revoked": 1}[s.Status]), true
-				}
-				return 0, false
+				s := staple(r)
+				return float64(b2i(s != nil && s.Status == "revoked")), s != nil
 			}},
 		{"stapler_ocsp_response_this_update_timestamp_seconds", "thisUpdate of the staple on disk, as a Unix time.",
-			func(r row) (float64, bool) {
-				s := staple(r)
-				return timeOf(s, func(s *Staple) time.Time { return s.ThisUpdate }, unix)
-			}},
+			stapleTime(func(s *Staple) time.Time { return s.ThisUpdate })},
 		{"stapler_ocsp_response_next_update_timestamp_seconds", "nextUpdate of the staple on disk, as a Unix time.",
-			func(r row) (float64, bool) {
-				s := staple(r)
-				return timeOf(s, func(s *Staple) time.Time { return s.NextUpdate }, unix)
-			}},
+			stapleTime(func(s *Staple) time.Time { return s.NextUpdate })},
 		{"stapler_ocsp_response_produced_at_timestamp_seconds", "producedAt of the staple on disk, as a Unix time.",
-			func(r row) (float64, bool) {
-				s := staple(r)
-				return timeOf(s, func(s *Staple) time.Time { return s.ProducedAt }, unix)
-			}},
+			stapleTime(func(s *Staple) time.Time { return s.ProducedAt })},
 		{"stapler_ocsp_response_signer_not_after_timestamp_seconds", "When the delegated responder certificate that signed the staple on disk expires, as a Unix time. Absent when the issuer signed it.",
-			func(r row) (float64, bool) {
-				s := staple(r)
-				return timeOf(s, func(s *Staple) time.Time { return s.SignerNotAfter }, unix)
-			}},
+			stapleTime(func(s *Staple) time.Time { return s.SignerNotAfter })},
 		{"stapler_ocsp_response_expiry_timestamp_seconds", "When the staple on disk stops being worth stapling: the earlier of its nextUpdate and its signer's end, as a Unix time.",
-			func(r row) (float64, bool) { s := staple(r); return timeOf(s, (*Staple).Expiry, unix) }},
+			stapleTime((*Staple).Expiry)},
 		{"stapler_cert_not_after_timestamp_seconds", "notAfter of the certificate, as a Unix time.",
 			func(r row) (float64, bool) { return unix(r.st.NotAfter), !r.st.NotAfter.IsZero() }},
 		{"stapler_cert_must_staple", "1 when the certificate demands a staple (TLS feature status_request, RFC 7633), else 0.",
@@ -143,14 +144,6 @@ func writeMetrics(path string, state *State, sum summary, now time.Time, took ti
 		}
 		return t.err
 	})
-}
-
-// timeOf is a time of s as a sample value, absent when s is nil or the time is zero.
-func timeOf(s *Staple, field func(*Staple) time.Time, unix func(time.Time) float64) (float64, bool) {
-	if s == nil || field(s).IsZero() {
-		return 0, false
-	}
-	return unix(field(s)), true
 }
 
 // promText writes Prometheus' text exposition format: gauges, each family's samples together.

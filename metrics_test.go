@@ -40,16 +40,7 @@ func TestRunWritesMetrics(t *testing.T) {
 		t.Fatalf("exit %d, want 1\n%s", code, stderr)
 	}
 
-	f, err := os.Open(metrics)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(f)
-	if err != nil {
-		t.Fatalf("metrics file does not parse: %v", err)
-	}
+	families := readMetrics(t, metrics)
 	st := readState(t, state).Certificates
 	value := func(name string, labels map[string]string) (float64, bool) {
 		for _, m := range families[name].GetMetric() {
@@ -98,6 +89,59 @@ func TestRunWritesMetrics(t *testing.T) {
 	if _, ok := value("stapler_haproxy_in_sync", nil); ok {
 		t.Error("a run without sockets has HAProxy series")
 	}
+}
+
+// TestMetricsCoverTheConfiguration: the metrics cover the certificates of the configuration,
+// as status and check do. A directory dropped from it stays in the state (a run limited to
+// some directories forgets nothing of the others) but is no longer watched.
+func TestMetricsCoverTheConfiguration(t *testing.T) {
+	now := time.Now()
+	ca := pki.NewCA("Metrics Scope CA", now)
+	r := pki.StartResponder(ca)
+	defer r.Close()
+	dir := t.TempDir()
+	var sites []string
+	for _, name := range []string{"one", "two"} {
+		os.Mkdir(filepath.Join(dir, name), 0o755)
+		site := filepath.Join(dir, name, "site.pem")
+		leaf, key := ca.Issue(pki.Leaf{Name: name + ".test", OCSP: []string{r.URL()}}, now)
+		writeBundle(site, leaf, key, ca.Cert)
+		sites = append(sites, site)
+	}
+	state, metrics := filepath.Join(dir, "state.json"), filepath.Join(dir, "stapler.prom")
+	args := []string{"run", "--state", state, "--metrics-file", metrics, "--dir", filepath.Join(dir, "one")}
+	if code, stderr := runStapler(t, append(args, "--dir", filepath.Join(dir, "two"))...); code != 0 {
+		t.Fatalf("exit %d\n%s", code, stderr)
+	}
+	if got := len(readMetrics(t, metrics)["stapler_ocsp_response_present"].GetMetric()); got != 2 {
+		t.Fatalf("%d certificates in the metrics, want 2", got)
+	}
+	if code, stderr := runStapler(t, args...); code != 0 {
+		t.Fatalf("exit %d\n%s", code, stderr)
+	}
+	present := readMetrics(t, metrics)["stapler_ocsp_response_present"].GetMetric()
+	if len(present) != 1 || !matches(present[0], map[string]string{"cert": sites[0]}) {
+		t.Errorf("metrics of a run over one/ only: %v, want one/site.pem alone", present)
+	}
+	if readState(t, state).Certificates[sites[1]] == nil {
+		t.Error("the run over one/ only forgot two/site.pem")
+	}
+}
+
+// readMetrics parses a metrics file with Prometheus' own text parser.
+func readMetrics(t *testing.T, path string) map[string]*dto.MetricFamily {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(f)
+	if err != nil {
+		t.Fatalf("%s does not parse: %v", path, err)
+	}
+	return families
 }
 
 func matches(m *dto.Metric, labels map[string]string) bool {

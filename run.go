@@ -22,11 +22,25 @@ type runOptions struct {
 	Config
 	Only   []string // certificate files named on the command line: check these only
 	Force  bool     // treat every staple as due
-	DryRun bool     // decide and report, contact nobody, write nothing
+	DryRun bool     // decide and report, ask no responder, write nothing
 	Notes  []string // what stapler could not follow in HAProxy's configuration
 	Naming naming   // what HAProxy makes of each certificate file
 	// Progress, when set, is a terminal that shows how far the fetching is.
 	Progress io.Writer
+}
+
+// covers reports whether the configuration takes in the certificate file at path: in its
+// directories, its files, or named on the command line. The state may know others (a
+// directory since dropped from dirs: a run limited to some directories never forgets the
+// others), which status and check, reading the configuration, do not list.
+func (opt runOptions) covers() func(path string) bool {
+	files := map[string]bool{}
+	for _, f := range slices.Concat(opt.Files, opt.Only) {
+		files[f] = true
+	}
+	return func(path string) bool {
+		return files[path] || slices.ContainsFunc(opt.Dirs, func(dir string) bool { return within(path, dir) })
+	}
 }
 
 // run does the whole job once: observe, plan, execute, record. It stops starting new fetches
@@ -80,7 +94,7 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 	sw.lap("save")
 	sum.Phases = append(sw.phases, phaseTime{"verify", time.Duration(ex.verifying.Load())})
 	if opt.MetricsFile != "" {
-		if err := writeMetrics(opt.MetricsFile, state, sum, now, time.Since(start), opt.Sockets); err != nil {
+		if err := writeMetrics(opt.MetricsFile, state, opt.covers(), sum, now, time.Since(start), opt.Sockets); err != nil {
 			slog.Error("cannot write metrics", "file", opt.MetricsFile, "err", err)
 			sum.Errors++
 		}
