@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -91,8 +92,8 @@ type Config struct {
 	// Default false: the cache is there to spare the CA's responder, and a host that goes
 	// round it is a host the CA sees.
 	CacheFallback bool `toml:"cache_fallback"`
-	// renew_at: fraction of a staple's validity (thisUpdate to nextUpdate) after which it is
-	// refreshed. Default 0.5.
+	// renew_at: fraction of a staple's useful life (thisUpdate to 5 minutes before its expiry)
+	// after which it is refreshed. Default 0.5.
 	RenewAt float64 `toml:"renew_at"`
 	// renew_spread: each certificate renews up to this fraction of the validity earlier than
 	// renew_at, by a fixed per-certificate amount, so that many certificates do not fall due
@@ -107,8 +108,9 @@ type Config struct {
 	// retry_max: longest wait between retries. Default 6h. A staple close to expiry is
 	// retried at every run whatever the back-off says.
 	RetryMax time.Duration `toml:"retry_max"`
-	// run_timeout: deadline for a whole run, waiting for another run's lock included; what is
-	// not done by then stays due for the next run. Default 5m.
+	// run_timeout: deadline for the wait for another run's lock and the fetching; what is not
+	// fetched by then stays due for the next run, and the run exits 1. The HAProxy part, the
+	// hooks and saving the state follow it, under their own timeouts. Default 5m.
 	RunTimeout time.Duration `toml:"run_timeout"`
 	// metrics_file: after each run, write Prometheus metrics here (for node_exporter's textfile
 	// collector, e.g. /var/lib/prometheus/node-exporter/stapler.prom). Default none.
@@ -170,11 +172,7 @@ func loadConfigFile(path string, cfg *Config) (unknown, err error) {
 	}
 	md, err := toml.Decode(string(data), cfg)
 	if err != nil {
-		var perr toml.ParseError
-		if errors.As(err, &perr) {
-			return nil, fmt.Errorf("%s:%d: %s", path, perr.Position.Line, perr.Message)
-		}
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, decodeError(path, err)
 	}
 	for _, key := range md.Keys() {
 		if len(key) == 1 {
@@ -194,6 +192,36 @@ func loadConfigFile(path string, cfg *Config) (unknown, err error) {
 		}
 	}
 	return errors.Join(errs...), nil
+}
+
+// tomlTypeError is how the TOML decoder words a value of the wrong type.
+var tomlTypeError = regexp.MustCompile(`^toml: line (\d+) \(last key "([^"]*)"\): incompatible types: TOML value has type (\S+); destination has type (\S+)$`)
+
+// decodeError words an error of the TOML decoder for people: the file, line and key, what the
+// key takes, and the trap of a top-level key written below a table.
+func decodeError(path string, err error) error {
+	var perr toml.ParseError
+	if errors.As(err, &perr) {
+		msg := perr.Message
+		if perr.LastKey != "" && !strings.Contains(msg, perr.LastKey) {
+			msg = perr.LastKey + ": " + msg
+		}
+		if durationKeys[perr.LastKey] {
+			msg += fmt.Sprintf(`: write a duration such as %s = "10s" (units: ms, s, m, h)`, perr.LastKey)
+		}
+		return fmt.Errorf("%s:%d: %s", path, perr.Position.Line, msg)
+	}
+	m := tomlTypeError.FindStringSubmatch(err.Error())
+	if m == nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	kinds := map[string]string{"string": "a string", "int64": "a number", "float64": "a number", "bool": "true or false", "boolean": "true or false",
+		"slice": `a list, such as ["a", "b"]`, "int": "a whole number", "float": "a number", "map": "a table"}
+	msg := fmt.Sprintf("%s:%s: %s takes %s, not %s", path, m[1], m[2], cmp.Or(kinds[m[4]], m[4]), cmp.Or(kinds[m[3]], m[3]))
+	if table, key, ok := strings.Cut(m[2], "."); ok && table == "responder_override" {
+		msg += fmt.Sprintf(" (every key below [responder_override] belongs to that table: write %s above it)", key)
+	}
+	return errors.New(msg)
 }
 
 // durationKeys are the configuration keys whose values are durations.
@@ -285,7 +313,9 @@ func (cfg *Config) validate() error {
 		}
 	}
 	for from, to := range cfg.ResponderOverride {
-		if err := checkHTTPURL(to); err != nil {
+		if err := checkHTTPURL(from); err != nil {
+			bad("responder_override", "key %q is not a responder URL as certificates name them (%v); every key below [responder_override] belongs to that table: write top-level settings above it", from, err)
+		} else if err := checkHTTPURL(to); err != nil {
 			bad("responder_override", "%q: %v", from, err)
 		}
 	}
@@ -299,6 +329,11 @@ func (cfg *Config) validate() error {
 			bad("files", "%v", pathError(err))
 		} else if !fi.Mode().IsRegular() {
 			bad("files", "%s is not a certificate file", f)
+		}
+	}
+	for _, f := range cfg.HAProxyConfigs {
+		if _, err := os.Stat(f); err != nil { // a file, or a directory of *.cfg as haproxy -f takes
+			bad("haproxy_configs", "%v", pathError(err))
 		}
 	}
 	for key, dirs := range map[string][]string{"dirs": cfg.Dirs, "issuer_dirs": cfg.IssuerDirs} {

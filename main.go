@@ -221,7 +221,7 @@ func settingsFlags() []cli.Flag {
 		&cli.StringFlag{Name: "config", Usage: "TOML config `FILE`", DefaultText: defaultConfigPath + " when it exists", EnvVars: []string{"STAPLER_CONFIG"}},
 		&cli.StringSliceFlag{Name: "dir", Usage: "certificate `DIR`, read like HAProxy's 'crt /dir/' (repeatable; replaces the config's dirs)"},
 		&cli.StringSliceFlag{Name: "haproxy-config", Usage: "HAProxy configuration `FILE` to take certificates and stats sockets from (repeatable; replaces the config's haproxy_configs)"},
-		&cli.StringSliceFlag{Name: "socket", Usage: "HAProxy runtime API `ADDR`: unix socket path, host:port, or master:ADDR (repeatable; replaces the config's sockets)"},
+		&cli.StringSliceFlag{Name: "socket", Usage: "HAProxy runtime API `ADDR`: unix socket path, host:port, or master:ADDR (repeatable; replaces the config's sockets; those found in --haproxy-config are used too)"},
 		&cli.StringFlag{Name: "state", Usage: "state `FILE`", DefaultText: "config's state, else /var/lib/stapler/state.json"},
 		&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print errors only", DisableDefaultText: true},
 		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "print debug messages too", DisableDefaultText: true},

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"math"
 	"os"
@@ -30,6 +32,9 @@ func setLogger(c *cli.Context, opt runOptions) error {
 	return nil
 }
 
+// exampleHint says where every configuration key is described.
+const exampleHint = "every key, with its default, is described in stapler.example.toml (/usr/share/doc/stapler/ when installed from the package; the top of the source tree)"
+
 // runOptionsFrom turns the config file and the flags into plain values.
 func runOptionsFrom(c *cli.Context) (runOptions, error) {
 	cfg, path, errs, err := configFrom(c)
@@ -49,7 +54,7 @@ func runOptionsFrom(c *cli.Context) (runOptions, error) {
 			if path != "" {
 				where = "in " + path + " or the flags"
 			}
-			hints = append(hints, "fix the settings "+where+"; every key is described in stapler.example.toml")
+			hints = append(hints, "fix the settings "+where+"; "+exampleHint)
 		}
 		if len(argErrs) > 0 {
 			hints = append(hints, "give existing certificate files after the flags: stapler run [flags] FILE...")
@@ -60,8 +65,11 @@ func runOptionsFrom(c *cli.Context) (runOptions, error) {
 		return runOptions{}, err
 	}
 	if len(opt.Only) == 0 && len(opt.Dirs) == 0 && len(opt.Files) == 0 {
-		return runOptions{}, usageError(errors.New("no certificates to check"),
-			"give --dir DIR, --haproxy-config FILE or certificate files, or set dirs in "+defaultConfigPath+" (or --config FILE)")
+		err := errors.New("no certificates to check")
+		if len(opt.HAProxyConfigs) > 0 {
+			err = fmt.Errorf("no certificates to check: no bind line of %s loads one (crt or crt-list)", strings.Join(opt.HAProxyConfigs, ", "))
+		}
+		return runOptions{}, usageError(err, "give --dir DIR, --haproxy-config FILE or certificate files, or set dirs in "+cmp.Or(path, defaultConfigPath+" (or --config FILE)"))
 	}
 	return opt, nil
 }
@@ -79,8 +87,11 @@ func configFrom(c *cli.Context) (cfg Config, path string, errs []error, err erro
 	}
 	if path != "" {
 		unknown, err := loadConfigFile(path, &cfg)
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) {
+			return cfg, path, nil, usageError(err)
+		}
 		if err != nil {
-			return cfg, path, nil, usageError(err, "every key is described in stapler.example.toml")
+			return cfg, path, nil, usageError(err, exampleHint)
 		}
 		cfg.resolvePaths(path)
 		if unknown != nil {
