@@ -11,7 +11,7 @@ import (
 
 // Margins. Each is the fixed value for ordinary windows (hours to days), and scales down with
 // a staple's useful life where the fixed value would not fit, so that any window works, from
-// HAProxy's minimum to the ten days the Baseline Requirements allow (README, Scheduling).
+// HAProxy's minimum to the ten days the Baseline Requirements allow (README, When a staple is refreshed).
 const (
 	// haproxyMargin: HAProxy stops stapling a response 300 s before its nextUpdate, and 3.2+
 	// refuse one with less left.

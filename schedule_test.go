@@ -42,7 +42,7 @@ func TestRenewalPoint(t *testing.T) {
 }
 
 // TestWindows: the schedule of a fresh response, for windows from HAProxy's minimum to the
-// Baseline Requirements' maximum (the table in the README, Scheduling, comes from here).
+// Baseline Requirements' maximum (the table in the README, When a staple is refreshed, comes from here).
 // Without spread, so that the points are exact; the spread only brings the refresh earlier.
 func TestWindows(t *testing.T) {
 	pol := testPolicy

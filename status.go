@@ -34,7 +34,7 @@ type certStatus struct {
 	StapleStatus string     `json:"staple_status"`
 	ThisUpdate   *time.Time `json:"this_update"`
 	NextUpdate   *time.Time `json:"next_update"`
-	TimeLeft     *int64     `json:"time_left_seconds"` // until nextUpdate
+	TimeLeft     *int64     `json:"time_left_seconds"` // until its expiry
 	NextRefresh  *time.Time `json:"next_refresh"`
 	Failures     int        `json:"failures"`
 	FailingSince *time.Time `json:"failing_since"`
