@@ -25,10 +25,8 @@ type CertState struct {
 	NotAfter   time.Time `json:"not_after"`
 	Responders []string  `json:"responders,omitempty"` // its OCSP URLs, in order; none: no responder
 	MustStaple bool      `json:"must_staple,omitempty"`
-	// IssuerHash is the SHA-256 of the issuer stapler verified for it; IssuerWritten that of
-	// the issuer file stapler wrote (one it may replace); IssuerStat the stat fingerprint of
-	// the issuer file it last checked.
-	IssuerHash    string `json:"issuer_hash,omitempty"`
+	// IssuerWritten is the SHA-256 of the issuer file stapler wrote (one it may replace);
+	// IssuerStat the stat fingerprint of the issuer file it last checked.
 	IssuerWritten string `json:"issuer_written,omitempty"`
 	IssuerStat    string `json:"issuer_stat,omitempty"`
 

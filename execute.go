@@ -36,8 +36,6 @@ type fetched struct {
 	Unfinished         bool   // the run ended (deadline, signal) before it was fetched: no fault of its
 	Newer              bool   // newer than the valid staple on disk: written
 	Stat               string // the staple file's stat mark after writing
-	// IssuerWritten is the hash of the issuer file written beside it ("" when none).
-	IssuerWritten string
 }
 
 // executor carries out a plan: it fetches, checks and writes staples.

@@ -43,13 +43,17 @@ type stapleRef struct {
 type outcome int
 
 const (
-	inSync      outcome = iota // HAProxy serves the staple on disk, or a newer response for it
+	unknown     outcome = iota // stapler could not tell what HAProxy serves (the zero value)
+	inSync                     // HAProxy serves the staple on disk, or a newer response for it
 	pushed                     // HAProxy serves it now
 	pushFailed                 // HAProxy did not take it: try again next run
 	needsReload                // only a reload makes HAProxy serve it
 	notLoaded                  // HAProxy has not loaded the certificate file at all
-	unknown                    // stapler could not tell what HAProxy serves
 )
+
+func (o outcome) String() string {
+	return [...]string{"unknown", "in sync", "pushed", "push failed", "needs reload", "not loaded"}[o]
+}
 
 type result struct {
 	outcome outcome
@@ -76,10 +80,10 @@ type reconcileOptions struct {
 }
 
 // reconcileSockets makes the HAProxy behind each socket serve the staples in refs, and reports
-// what each serves. Sockets of different HAProxy processes are handled at once, so that a
-// run's HAProxy phase costs one socket_timeout at most; sockets that lead to the same process
-// (a unix and a TCP socket of one HAProxy) one after another, because certificate
-// transactions on one HAProxy collide.
+// what each serves. Sockets of different HAProxy processes are handled at once, so that those
+// that do not answer are waited for together, not one after another; sockets that lead to the
+// same process (a unix and a TCP socket of one HAProxy) one after another, each on a connection
+// opened when its turn comes, because certificate transactions on one HAProxy collide.
 func reconcileSockets(ctx context.Context, sockets []string, refs []stapleRef, opt reconcileOptions) map[string]socketReport {
 	reports := make(map[string]socketReport, len(sockets))
 	if len(refs) == 0 {
@@ -119,9 +123,26 @@ func reconcileSockets(ctx context.Context, sockets []string, refs []stapleRef, o
 	}
 	var mu sync.Mutex
 	for _, group := range groups {
+		mine := refs
+		if len(groups) > 1 {
+			mine = slices.Clone(refs) // loadStaple fills in DER: one copy per goroutine
+		}
 		wg.Go(func() {
-			for _, i := range group {
-				rep := reconcileSession(sessions[i], refs, opt)
+			for k, i := range group {
+				if k > 0 {
+					// Idle while the first was served: HAProxy may have closed it (stats timeout).
+					sessions[i].Close()
+					addr, _ := haproxy.ParseAddr(sockets[i])
+					s, err := haproxy.Open(ctx, addr, opt.Timeout)
+					if err != nil {
+						mu.Lock()
+						reports[sockets[i]] = failSocket(sockets[i], err, mine, opt)
+						mu.Unlock()
+						continue
+					}
+					sessions[i] = s
+				}
+				rep := reconcileSession(sessions[i], mine, opt)
 				sessions[i].Close()
 				mu.Lock()
 				reports[sockets[i]] = rep
@@ -193,7 +214,11 @@ func failSocket(socket string, err error, refs []stapleRef, opt reconcileOptions
 	for _, r := range refs {
 		rep.Results[r.Path] = result{outcome: unknown, why: err.Error()}
 	}
-	if !opt.ReadOnly {
+	switch {
+	case opt.ReadOnly:
+	case errors.Is(err, haproxy.ErrNeedsAdmin):
+		slog.Error("HAProxy refuses stapler at this socket's level; checked again at the next run", "socket", socket, "certificates", len(refs), "err", err)
+	default:
 		slog.Error("HAProxy unreachable; checked again at the next run", "socket", socket, "certificates", len(refs), "err", err)
 	}
 	return rep
@@ -205,7 +230,9 @@ func failSocket(socket string, err error, refs []stapleRef, opt reconcileOptions
 func reconcileSession(s *haproxy.Session, refs []stapleRef, opt reconcileOptions) socketReport {
 	rep := socketReport{Results: map[string]result{}, Auto: map[string]bool{}}
 	for _, p := range s.Procs {
-		rep.Version = p.Info.Version.Text
+		if !p.Old || rep.Version == "" {
+			rep.Version = p.Info.Version.Text
+		}
 		for _, r := range refs {
 			if _, ok := p.Updates[filepath.Clean(r.Name)]; ok && !p.Old {
 				rep.Auto[r.Path] = true
@@ -441,6 +468,9 @@ func createSlots(p *haproxy.Process, refs []stapleRef, idx []int, held []haproxy
 			results[r.Path] = result{outcome: pushed, slot: true, why: "created OCSP slot without a reload"}
 		case errors.Is(err, haproxy.ErrUnreachable):
 			return nil, err
+		case errors.Is(err, haproxy.ErrBadCommand):
+			// Too large for the runtime API: only a reload, from disk, serves it.
+			results[r.Path] = result{outcome: needsReload, severe: true, why: err.Error()}
 		case errors.Is(err, haproxy.ErrNeedsAdmin), errors.Is(err, haproxy.ErrTransactionOpen):
 			results[r.Path] = result{outcome: needsReload, severe: !r.NewCert, why: "HAProxy has no OCSP slot for this certificate, and " + err.Error()}
 		default:
@@ -521,6 +551,15 @@ func verifySent(p *haproxy.Process, refs []stapleRef, idx []int, results map[str
 // logResults says what became of the staples at one process: a line per change or problem,
 // and one line for what many certificates share (a socket below level admin).
 func logResults(p *haproxy.Process, refs []stapleRef, results map[string]result, opt reconcileOptions) {
+	if p.Old {
+		// A worker stopping after a reload: what it holds decides nothing.
+		for _, r := range refs {
+			if res := results[r.Path]; res.outcome != inSync {
+				slog.Debug("old HAProxy worker", "cert", r.Path, "socket", p.Where(), "outcome", res.outcome, "why", res.why)
+			}
+		}
+		return
+	}
 	var admin []string
 	for _, r := range refs {
 		res := results[r.Path]

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -121,6 +122,8 @@ func TestSyncSockets(t *testing.T) {
 		}, want: pushFailed, held: func(c syncCase) []byte { return c.older }},
 		{name: "too large for HAProxy's buffer", setup: func(f *haproxytest.Fake, c syncCase) { f.Load(c.path, c.serial, c.certID, true) },
 			ref: func(c syncCase) stapleRef { r := c.ref; r.DER = make([]byte, 11600); return r }, want: needsReload, severe: true},
+		{name: "too large, and no slot to put it in", setup: func(f *haproxytest.Fake, c syncCase) { f.Load(c.path, c.serial, c.certID, false) },
+			ref: func(c syncCase) stapleRef { r := c.ref; r.DER = make([]byte, 11600); return r }, want: needsReload, severe: true},
 		{name: "never answers", setup: func(f *haproxytest.Fake, c syncCase) { f.SetSilent(true) }, want: unknown},
 		{name: "expires within 300 s: never sent", setup: func(f *haproxytest.Fake, c syncCase) {
 			f.Load(c.path, c.serial, c.certID, true)
@@ -164,7 +167,7 @@ func TestSyncSockets(t *testing.T) {
 					return
 				}
 				if res.outcome != tt.want || res.severe != tt.severe || res.newer != tt.newer {
-					t.Errorf("got %+v (socket error %v), want outcome %d, severe %v, newer %v", res, rep[f.Addr].Err, tt.want, tt.severe, tt.newer)
+					t.Errorf("got %+v (socket error %v), want outcome %v, severe %v, newer %v", res, rep[f.Addr].Err, tt.want, tt.severe, tt.newer)
 				}
 				if tt.held != nil {
 					if got := f.Held(c.path); string(got) != string(tt.held(c)) {
@@ -323,6 +326,62 @@ func TestSyncConcurrent(t *testing.T) {
 	for _, s := range socks {
 		if reps[s].Err == nil {
 			t.Errorf("%s: no error", s)
+		}
+	}
+}
+
+// TestSyncProcessesReadTheFile: two HAProxy processes are handled at once, each reading the
+// staple from its file (under -race, this is where a shared read would show).
+func TestSyncProcessesReadTheFile(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	ca := pki.NewCA("Two Processes Test CA", now)
+	c := newSyncCase(ca, "site", now)
+	ref := c.ref
+	ref.File, ref.Hash, ref.DER = filepath.Join(t.TempDir(), "site.pem.ocsp"), hashBytes(c.ref.DER), nil
+	if err := os.WriteFile(ref.File, c.ref.DER, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var socks []string
+	var fakes []*haproxytest.Fake
+	for range 2 {
+		f := haproxytest.Start(t, "3.2.26-1", "admin")
+		f.Load(c.path, c.serial, c.certID, true)
+		socks, fakes = append(socks, f.Addr), append(fakes, f)
+	}
+	reps := reconcileSockets(context.Background(), socks, []stapleRef{ref}, reconcileOptions{Timeout: 2 * time.Second, Now: now})
+	for i, s := range socks {
+		if got := reps[s].Results[c.path]; got.outcome != pushed {
+			t.Errorf("%s: outcome %v (%s), want pushed", s, got.outcome, got.why)
+		}
+		if !bytes.Equal(fakes[i].Held(c.path), c.ref.DER) {
+			t.Errorf("%s does not hold the staple on disk", s)
+		}
+	}
+}
+
+// TestSyncLevelUser: at level user HAProxy lists no certificate (`show ssl cert` answers
+// "Can't allocate memory!" on 2.6, 3.0 and 3.4): the socket fails, naming its level, and no
+// certificate is reported as not loaded.
+func TestSyncLevelUser(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	ca := pki.NewCA("Level User Test CA", now)
+	c := newSyncCase(ca, "site", now)
+	for _, version := range fakeVersions {
+		f := haproxytest.Start(t, version, "user")
+		f.Load(c.path, c.serial, c.certID, true)
+		for _, ro := range []bool{true, false} {
+			rep := reconcileSockets(context.Background(), []string{f.Addr}, []stapleRef{c.ref}, reconcileOptions{Timeout: time.Second, Now: now, ReadOnly: ro})[f.Addr]
+			if !errors.Is(rep.Err, haproxy.ErrNeedsAdmin) || !strings.Contains(rep.Err.Error(), "level user") {
+				t.Errorf("%s, read-only %v: socket error %v, want one naming level user", version, ro, rep.Err)
+			}
+			if got := rep.Results[c.path]; got.outcome != unknown {
+				t.Errorf("%s, read-only %v: outcome %v, want unknown", version, ro, got.outcome)
+			}
+		}
+		if f.Held(c.path) != nil {
+			t.Errorf("%s: a staple was sent through a level user socket", version)
 		}
 	}
 }

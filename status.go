@@ -12,6 +12,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"stapler/internal/haproxy"
 )
 
 // statusReport is `stapler status --json`: a stable schema, documented in the README. Times are
@@ -257,6 +259,7 @@ func writeStatusJSON(w io.Writer, rep *statusReport) error {
 func writeStatusTable(w io.Writer, rep *statusReport, now time.Time) error {
 	rows := [][]string{{"FILE", "SUBJECT", "STAPLE", "LEFT", "REFRESH", "HAPROXY"}}
 	var problems []string
+	said := map[string]bool{} // a socket's error, said once
 	for _, cs := range rep.Certificates {
 		staple := strings.ReplaceAll(cs.StapleStatus, "_", " ")
 		if cs.MustStaple {
@@ -289,8 +292,14 @@ func writeStatusTable(w io.Writer, rep *statusReport, now time.Time) error {
 		}
 		for _, v := range cs.HAProxy {
 			switch {
+			case v.Error != "" && said[v.Error]:
+				lines = append(lines, "HAProxy "+v.Socket+": as above")
 			case v.Error != "":
-				lines = append(lines, "HAProxy "+v.Socket+": "+v.Error)
+				said[v.Error] = true
+				lines = append(lines, "HAProxy "+strings.TrimPrefix(v.Error, haproxy.ErrUnreachable.Error()+": "))
+				if !strings.Contains(v.Error, v.Socket) {
+					lines[len(lines)-1] = "HAProxy " + v.Socket + ": " + v.Error
+				}
 			case !v.MatchesDisk:
 				lines = append(lines, "HAProxy "+v.Socket+" does not serve the staple on disk")
 			}

@@ -126,9 +126,6 @@ func clip(s string, n int) string {
 	return s
 }
 
-// Addr is the address the connection was made to.
-func (c *Conn) Addr() Addr { return c.addr }
-
 // deadline is d from now, but never past the caller's deadline.
 func (c *Conn) deadline(d time.Duration) time.Time {
 	t := time.Now().Add(d)

@@ -1,6 +1,7 @@
 package haproxy
 
 import (
+	"cmp"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -27,6 +28,9 @@ type Process struct {
 	// Updates are the certificates HAProxy's own ocsp-update keeps fresh (2.8+), by cleaned
 	// path.
 	Updates map[string]OCSPUpdate
+	// txFree: no certificate transaction was open when stapler last looked, and none of its
+	// own failed since.
+	txFree bool
 	// Err says why stapler cannot read what this process serves (3.4 below level admin); the
 	// process is otherwise usable.
 	Err error
@@ -173,12 +177,16 @@ func (p *Process) learn() error {
 	if p.prefix != "" && p.Level == "" {
 		p.Level = "admin" // the master CLI forwards at level admin (2.6 answers nothing)
 	}
-	if answers[1].Err == nil {
+	if answers[1].Err == nil && strings.Contains(answers[1].Text, "# filename") {
 		p.Certs = ParseCertList(answers[1].Text)
+	} else {
+		// Level user: every HAProxy answers "Can't allocate memory!" (checked on 2.6, 3.0, 3.4).
+		p.Err = fmt.Errorf("%s: HAProxy does not list its certificates at this socket's level %s (`show ssl cert` answered %q): %w (stats socket ... level admin)",
+			p.Where(), cmp.Or(p.Level, "unknown"), strings.TrimSpace(answers[1].Text), ErrNeedsAdmin)
 	}
 	p.Updates = map[string]OCSPUpdate{}
 	if len(answers) > 2 {
-		if IsDenied(answers[2].Text) {
+		if IsDenied(answers[2].Text) && p.Err == nil {
 			p.Err = fmt.Errorf("%s: HAProxy %s refuses every OCSP command below level admin, and this socket has level %s: %w (stats socket ... level admin)", p.Where(), p.Info.Version, p.Level, ErrNeedsAdmin)
 		}
 		for _, u := range ParseOCSPUpdates(answers[2].Text) {
@@ -405,12 +413,17 @@ func (p *Process) CreateSlot(name string, der, issuerPEM []byte) error {
 	if p.Level != "admin" {
 		return fmt.Errorf("creating an OCSP slot without a reload %w, not %s", ErrNeedsAdmin, p.Level)
 	}
-	list, err := p.exec("show ssl cert")
-	if err != nil {
-		return err
-	}
-	if open := ParseCertList(list).Open; len(open) > 0 {
-		return fmt.Errorf("%w (for %s): stapler leaves it alone; commit or abort it, or reload HAProxy", ErrTransactionOpen, strings.Join(open, ", "))
+	if !p.txFree {
+		// Read once per run, not once per slot (quadratic with thousands of certificates);
+		// a transaction someone opens later makes HAProxy refuse stapler's, said below.
+		list, err := p.exec("show ssl cert")
+		if err != nil {
+			return err
+		}
+		if open := ParseCertList(list).Open; len(open) > 0 {
+			return fmt.Errorf("%w (for %s): stapler leaves it alone; commit or abort it, or reload HAProxy", ErrTransactionOpen, strings.Join(open, ", "))
+		}
+		p.txFree = true
 	}
 	b64 := base64.StdEncoding.EncodeToString(der)
 	var lines strings.Builder
@@ -441,6 +454,7 @@ func (p *Process) CreateSlot(name string, der, issuerPEM []byte) error {
 			if i > 0 {
 				p.exec("abort ssl cert " + Arg(name))
 			}
+			p.txFree = false
 			return fmt.Errorf("HAProxy answered %q to set ssl cert", text)
 		}
 	}
@@ -453,6 +467,7 @@ func (p *Process) CreateSlot(name string, der, issuerPEM []byte) error {
 	if !strings.HasSuffix(text, "Success!") || strings.Contains(text, "Content will be ignored") {
 		if !strings.HasSuffix(text, "Success!") {
 			p.exec("abort ssl cert " + Arg(name))
+			p.txFree = false
 		}
 		return fmt.Errorf("HAProxy answered %q to commit ssl cert", text)
 	}

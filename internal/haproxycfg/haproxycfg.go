@@ -201,6 +201,8 @@ func (p *cfgParser) line(file string, n int, w []string) {
 		p.crtBase = w[1]
 	case p.section == "global" && w[0] == "ssl-load-extra-del-ext":
 		p.delExt = true
+	case p.section == "global" && w[0] == "ssl-load-extra-files" && !slices.Contains(w, "all") && !slices.Contains(w, "ocsp"):
+		p.note(file, n, "%q: HAProxy does not read .ocsp files at start-up, so each reload serves no staple until stapler's next run; add ocsp (or all)", strings.Join(w, " "))
 	case p.section == "global" && w[0] == "ocsp-update.mode" && len(w) > 1:
 		p.autoAll = w[1] == "on"
 	case p.section == "crt-store" && w[0] == "crt-base" && len(w) > 1:

@@ -74,6 +74,10 @@ frontend https # comment
 
 backend app
 	server s1 10.0.0.1:443 ssl crt client.pem
+
+global
+	ssl-load-extra-files bundle sctl
+	ssl-load-extra-files key ocsp
 `), 0o644)
 
 	hs, err := Read(cfg)
@@ -103,10 +107,14 @@ backend app
 		cfg + `:21: conditional block ".if defined(EXTRA)" is not evaluated`,
 		cfg + ":22: certificate " + filepath.Join(dir, "missing.pem") + ": stat",
 		filepath.Join(dir, "list.txt") + ":4: uses environment variables",
+		cfg + `:29: "ssl-load-extra-files bundle sctl": HAProxy does not read .ocsp files at start-up`,
 	} {
 		if !strings.Contains(notes, want) {
 			t.Errorf("notes lack %q:\n%s", want, notes)
 		}
+	}
+	if strings.Contains(notes, ":30:") {
+		t.Errorf("ssl-load-extra-files with ocsp was taken for one without:\n%s", notes)
 	}
 	if strings.Contains(notes, "client.pem") {
 		t.Errorf("a backend's client certificate was taken for a served one:\n%s", notes)

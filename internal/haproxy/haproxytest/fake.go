@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/ocsp"
@@ -71,7 +72,7 @@ func Start(t interface {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	f := &Fake{Addr: filepath.Join(dir, "admin.sock"), version: haproxy.ParseVersion(version), level: level, pid: 4242,
+	f := &Fake{Addr: filepath.Join(dir, "admin.sock"), version: haproxy.ParseVersion(version), level: level, pid: nextPid(),
 		certs: map[string]*Cert{}, slots: map[string][]byte{}}
 	if f.ln, err = net.Listen("unix", f.Addr); err != nil {
 		t.Fatal(err)
@@ -139,8 +140,14 @@ func (f *Fake) SetStopping(stopping bool) {
 func (f *Fake) Restart() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.pid++
+	f.pid = nextPid()
 }
+
+// pids makes each fake (and each restart) a process of its own, as stapler tells HAProxy
+// processes apart by pid and start time.
+var pids atomic.Int64
+
+func nextPid() int { return 4242 + int(pids.Add(1)) - 1 }
 
 // SetSilent makes the fake accept connections and never answer.
 func (f *Fake) SetSilent(silent bool) {
