@@ -88,7 +88,8 @@ type Config struct {
 	// HTTP cache in front of the responder, for a fleet). Default none.
 	ResponderOverride map[string]string `toml:"responder_override"`
 	// cache_fallback: when the cache that responder_override or proxy sends requests to is
-	// down (no answer, or 502, 503, 504), ask the responder itself, and say so once per run.
+	// down (no answer within timeout, or 502, 503, 504), ask the responder itself for the rest
+	// of the run, and say so once.
 	// Default false: the cache is there to spare the CA's responder, and a host that goes
 	// round it is a host the CA sees.
 	CacheFallback bool `toml:"cache_fallback"`

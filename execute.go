@@ -151,8 +151,10 @@ func notOCSP(err error, a *answer) error {
 
 // write writes, in one durable batch, every new staple and the issuer file HAProxy needs
 // beside it, the copies of HAProxy's own staples to keep, and the repairs of wrong issuer files
-// stapler wrote. An issuer file is durable before its staple is renamed into place.
-func (ex *executor) write(plans []*certPlan, results map[*certPlan]*fetched) {
+// stapler wrote. An issuer file is durable before its staple is renamed into place. A staple
+// that could not be written is its fetch's error; it returns how many issuer files could not be
+// repaired or removed.
+func (ex *executor) write(plans []*certPlan, results map[*certPlan]*fetched) (issuerErrs int) {
 	var b durable.Batch
 	type pending struct {
 		p              *certPlan
@@ -172,6 +174,7 @@ func (ex *executor) write(plans []*certPlan, results map[*certPlan]*fetched) {
 		case o.Issuer.Remove:
 			if err := os.Remove(o.File.Issuer); err != nil && !errors.Is(err, os.ErrNotExist) {
 				slog.Error("cannot remove outdated issuer file", "file", o.File.Issuer, "err", err)
+				issuerErrs++
 			} else {
 				slog.Info("removed outdated issuer file; the issuer is in the bundle", "file", o.File.Issuer)
 				p.Next.issuerChecked("", "-")
@@ -194,9 +197,9 @@ func (ex *executor) write(plans []*certPlan, results map[*certPlan]*fetched) {
 		}
 	}
 	if b.Len() == 0 {
-		return
+		return issuerErrs
 	}
-	b.Commit()
+	b.Commit() // its errors are each file's, read below
 	for _, q := range queue {
 		if q.issuer >= 0 {
 			written, err := b.Result(q.issuer)
@@ -204,6 +207,8 @@ func (ex *executor) write(plans []*certPlan, results map[*certPlan]*fetched) {
 			if err != nil && !errors.Is(err, durable.ErrOwner) {
 				if q.f != nil && q.staple >= 0 {
 					q.f.Err = fmt.Errorf("writing issuer: %w", err)
+				} else {
+					issuerErrs++ // a repair: the staple on disk stands, its issuer file is wrong
 				}
 				slog.Error("cannot write issuer file", "file", q.p.Obs.File.Issuer, "err", err)
 			} else {
@@ -230,6 +235,7 @@ func (ex *executor) write(plans []*certPlan, results map[*certPlan]*fetched) {
 			q.f.DER = nil // on disk now: a push to HAProxy reads it back, one at a time
 		}
 	}
+	return issuerErrs
 }
 
 // needsIssuerFile says why a staple cannot be written when HAProxy could not find its issuer:

@@ -156,7 +156,7 @@ func testFleet(t *testing.T, start func(responder string) (*cacheProc, string)) 
 	if res.code != 0 || r.Requests.Swap(0) != certs {
 		t.Errorf("cache down, fallback: exit %d; want 0 and %d requests to the responder\n%s", res.code, certs, l)
 	}
-	if n := countLines(l, "OCSP cache failed; asking the responders directly (cache_fallback)"); n != 1 {
+	if n := countLines(l, "OCSP cache failed; asking the responders directly for the rest of this run (cache_fallback)"); n != 1 {
 		t.Errorf("%d warnings about the cache, want one\n%s", n, l)
 	}
 }

@@ -940,6 +940,48 @@ func TestHAProxyOwnUpdater(t *testing.T) {
 	})
 }
 
+// TestHAProxyOwnUpdaterRevoked: a revoked response that HAProxy's own ocsp-update fetched is
+// kept on disk like any other, and the run says the certificate is revoked and exits 1.
+func TestHAProxyOwnUpdaterRevoked(t *testing.T) {
+	forEachHAProxyFrom(t, "3.0", func(t *testing.T, h hapBin) {
+		f := newHAPFixture(t, h)
+		f.resp.SetMode("revoked")
+		site, _ := f.addCert("site.stapler.test")
+		stats, sock := f.statsSocket("unix", "admin")
+		port := hapFreePort(t)
+		list := filepath.Join(f.dir, "list.txt")
+		hapWriteFile(t, list, []byte(site+" [ocsp-update on]\n"))
+		cfg := filepath.Join(f.dir, "haproxy.cfg")
+		hapWriteFile(t, cfg, bytes.Replace(hapConfig(port, f.certs, stats+" level admin"),
+			[]byte("ssl crt "+f.certs+"/"), []byte("ssl crt-list "+list), 1))
+		hapLaunch(t, f.haproxy, sock, filepath.Join(f.dir, "haproxy.log"), "-db", "-f", cfg)
+		var held []byte
+		hapWaitFor(t, "HAProxy's own first OCSP update", 10*time.Second, func() error {
+			a := hapCLI(t, sock, "show ssl ocsp-response base64 "+site)
+			der, err := base64.StdEncoding.DecodeString(strings.Join(strings.Fields(a[0].Text), ""))
+			if err != nil || len(der) == 0 {
+				return fmt.Errorf("HAProxy holds %q", a[0].Text)
+			}
+			held = der
+			return nil
+		})
+		if resp, err := ocsp.ParseResponse(held, nil); err != nil || resp.Status != ocsp.Revoked {
+			t.Fatalf("HAProxy holds a response that is not revoked: %v", err)
+		}
+		f.resp.SetMode("down")
+		l := f.run(1, "--config", f.config("stapler", []string{sock}, ""))
+		if l.find("kept HAProxy's own staple on disk", "cert", site) == nil || l.find("certificate is revoked", "cert", site) == nil {
+			t.Errorf("no word of keeping HAProxy's revoked staple:\n%s", l)
+		}
+		if got := hapReadFile(t, site+".ocsp"); !bytes.Equal(got, held) {
+			t.Errorf("%s.ocsp holds %d bytes, not the %d HAProxy fetched", site, len(got), len(held))
+		}
+		if s := l.find("run finished"); s == nil || s["revoked"] != float64(1) {
+			t.Errorf("the summary does not count the revoked certificate:\n%s", l)
+		}
+	})
+}
+
 // TestHAProxyOwnUpdaterFailing: HAProxy's own ocsp-update verifies a response with the bundle
 // alone, so a delegated responder certificate makes every update fail (OCSP_basic_verify).
 // stapler, which verifies delegated responders, then fetches and pushes the staple itself.

@@ -34,10 +34,7 @@ func TestManPage(t *testing.T) {
 			}
 		}
 	}
-	man, err := exec.LookPath("man")
-	if err != nil {
-		t.Skip("no man(1) to render it")
-	}
+	man := hapLookTool(t, "man") // man-db: .ci/run installs it
 	cmd := exec.Command(man, "--warnings", "-l", "-")
 	cmd.Stdin = strings.NewReader(page)
 	cmd.Env = append(cmd.Environ(), "MANWIDTH=80")

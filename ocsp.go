@@ -49,15 +49,16 @@ func (e *transportError) Error() string { return e.err.Error() }
 func (e *transportError) Unwrap() error { return e.err }
 
 // cacheDown reports whether an error of a request through a cache says the cache itself is
-// unreachable or broken: no answer at all, or a gateway error. The run's own deadline is not.
-func cacheDown(err error) bool {
+// unreachable or broken: no answer at all (a request timeout included), or a gateway error.
+// The end of the run (its deadline, a signal) is not.
+func cacheDown(ctx context.Context, err error) bool {
 	var se *statusError
 	var te *transportError
 	switch {
+	case ctx.Err() != nil:
+		return false
 	case errors.As(err, &se):
 		return strings.HasPrefix(se.status, "502") || strings.HasPrefix(se.status, "503") || strings.HasPrefix(se.status, "504")
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return false
 	}
 	return errors.As(err, &te)
 }
@@ -92,11 +93,18 @@ func (f *fetcher) fetch(ctx context.Context, responder string, req []byte, cond 
 	if u, err := url.Parse(target); err == nil && f.Proxy != nil {
 		cache = cmp.Or(f.Proxy(u), cache)
 	}
+	f.mu.Lock()
+	down := cache != "" && f.Direct != nil && f.fellBack[cache]
+	f.mu.Unlock()
+	if down {
+		// Found down earlier in this run: not waited for again.
+		return f.direct(ctx, responder, cache, req, cond, now)
+	}
 	a, err := f.ask(ctx, f.Client, target, req, cond, now)
 	switch {
 	case err == nil:
 		return a, nil
-	case cache == "" || !cacheDown(err):
+	case cache == "" || !cacheDown(ctx, err):
 		return nil, fmt.Errorf("asking responder %s: %w", target, err)
 	case f.Direct == nil:
 		return nil, fmt.Errorf("asking responder %s through the cache at %s: %w (cache_fallback is off: stapler does not go round the cache)", responder, cache, err)
@@ -109,9 +117,14 @@ func (f *fetcher) fetch(ctx context.Context, responder string, req []byte, cond 
 	f.fellBack[cache] = true
 	f.mu.Unlock()
 	if first {
-		slog.Warn("OCSP cache failed; asking the responders directly (cache_fallback)", "cache", cache, "err", err)
+		slog.Warn("OCSP cache failed; asking the responders directly for the rest of this run (cache_fallback)", "cache", cache, "err", err)
 	}
-	a, err = f.ask(ctx, f.Direct, responder, req, cond, now)
+	return f.direct(ctx, responder, cache, req, cond, now)
+}
+
+// direct asks the responder itself, round the cache that failed.
+func (f *fetcher) direct(ctx context.Context, responder, cache string, req []byte, cond *conditional, now time.Time) (*answer, error) {
+	a, err := f.ask(ctx, f.Direct, responder, req, cond, now)
 	if err != nil {
 		return nil, fmt.Errorf("asking responder %s directly (after the cache at %s failed): %w", responder, cache, err)
 	}

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -157,6 +158,42 @@ func TestFetchConditional(t *testing.T) {
 	srv.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNotModified) })
 	if _, err := f.fetch(context.Background(), srv.URL, []byte{1}, nil, now); err == nil || !strings.Contains(err.Error(), "answered HTTP 304") {
 		t.Errorf("unconditional 304: %v", err)
+	}
+}
+
+// TestFetchCacheTimeout: a cache that takes connections and never answers is down too: with
+// cache_fallback the request times out and goes to the responder, and later requests of the run
+// go there at once, without waiting for the cache again.
+func TestFetchCacheTimeout(t *testing.T) {
+	responder := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("from the responder")) }))
+	defer responder.Close()
+	var asked atomic.Int32
+	release := make(chan struct{})
+	hung := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		asked.Add(1)
+		<-release
+	}))
+	defer hung.Close()
+	defer close(release)
+	f := newFetcher(Config{MaxResponseBytes: 4096, Jobs: 8, ResponderJobs: 8, CacheFallback: true,
+		ResponderOverride: map[string]string{responder.URL: hung.URL}},
+		&http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone(), Timeout: 300 * time.Millisecond})
+	for i := range 3 {
+		a, err := f.fetch(context.Background(), responder.URL, []byte{byte(i)}, nil, time.Now())
+		if err != nil || string(a.Body) != "from the responder" {
+			t.Fatalf("request %d: %v; want the responder's answer", i, err)
+		}
+	}
+	if n := asked.Load(); n != 1 {
+		t.Errorf("the cache that timed out was asked %d times, want once", n)
+	}
+	// The run's own end is not the cache's fault: no fallback then.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	g := newFetcher(Config{MaxResponseBytes: 4096, Jobs: 8, ResponderJobs: 8, CacheFallback: true,
+		ResponderOverride: map[string]string{responder.URL: hung.URL}}, &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()})
+	if _, err := g.fetch(ctx, responder.URL, []byte{1}, nil, time.Now()); err == nil || g.fellBack[hung.URL] {
+		t.Errorf("a run that ended: %v, fell back %v; want an error and no fallback", err, g.fellBack[hung.URL])
 	}
 }
 

@@ -288,8 +288,23 @@ func (pol policy) haproxyKeeps(now time.Time, p *certPlan) bool {
 	if !st.validAt(now) || bestStaple.newerThan(st.Staple) {
 		p.Copy = best
 	}
+	if p.keptStatus() == "revoked" {
+		p.note(slog.LevelError, "certificate is revoked", "revoked_at", bestStaple.RevokedAt, "serial", st.Serial, "source", "HAProxy's ocsp-update")
+	}
 	st.schedule(pol.afterSuccess(now, bestStaple, time.Time{}))
 	return true
+}
+
+// keptStatus is the status of the staple a stepKeep or stepHAProxyCopy leaves on disk: HAProxy's
+// copy, when one is written, else the disk's.
+func (p *certPlan) keptStatus() string {
+	switch {
+	case p.Copy != nil && p.Copy.Resp != nil:
+		return ocspcheck.StatusName(p.Copy.Resp.Status)
+	case p.Next.Staple != nil:
+		return p.Next.Staple.Status
+	}
+	return ""
 }
 
 // clone copies a state entry; nil gives a new, empty one.

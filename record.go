@@ -6,8 +6,9 @@ import (
 	"time"
 )
 
-// summary counts what a run did. Every certificate checked lands in exactly one of UpToDate,
-// Refreshed, NoResponder, Skipped, Due (dry run), Unfinished and Failed.
+// summary counts what a run did. Every certificate checked lands in one of UpToDate, Refreshed,
+// NoResponder, Skipped, Due (dry run), Unfinished and Failed; one without a responder that
+// must staple (Must-Staple) in Failed too.
 type summary struct {
 	Checked     int
 	Refreshed   int
@@ -20,7 +21,9 @@ type summary struct {
 	Revoked     int // the staple says revoked
 	PushFailed  int // staples that at least one HAProxy did not take
 	NeedsReload int // staples some HAProxy serves only after a reload, which did not happen
-	Errors      int // problems not tied to one certificate (an unreadable directory)
+	// Errors are problems besides the certificates' own outcomes: an unreadable directory, an
+	// issuer file that could not be repaired, a revoked_command that failed.
+	Errors int
 	// Phases is how long each phase of the run took; verify is the time spent checking
 	// responses, summed over the fetches running at once (part of fetch).
 	Phases []phaseTime
@@ -76,7 +79,7 @@ func report(rp runPlan, obs *observation, dryRun bool) summary {
 			sum.Skipped++
 		case stepKeep, stepHAProxyCopy:
 			sum.UpToDate++
-			if p.Next.Staple != nil && p.Next.Staple.Status == "revoked" && p.Step == stepKeep {
+			if p.keptStatus() == "revoked" {
 				sum.Revoked++
 			}
 		case stepFetch:
@@ -104,6 +107,8 @@ func record(now time.Time, pol policy, rp runPlan, results map[*certPlan]*fetche
 			slog.Info("kept HAProxy's own staple on disk", "cert", path, "this_update", found.ThisUpdate, "next_update", found.NextUpdate)
 		case p.Step == stepHAProxyCopy && f != nil && f.Err != nil:
 			slog.Error("cannot keep HAProxy's own staple on disk", "cert", path, "err", f.Err)
+			sum.UpToDate-- // counted by report, before the write failed
+			sum.Failed++
 		case p.Step != stepFetch:
 		case f.Unfinished:
 			sum.Unfinished++ // not the responder's fault: stays due, no back-off

@@ -76,7 +76,7 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 	removeTemps(opt, rp)
 	results := ex.fetchAll(fetchCtx, rp.due())
 	sw.lap("fetch")
-	ex.write(rp.Certs, results)
+	sum.Errors += ex.write(rp.Certs, results)
 	sw.lap("write")
 	record(now, opt.policy(), rp, results, &sum, fetchCtx)
 	sum.Errors += runRevokedHooks(ctx, opt, rp)

@@ -190,8 +190,15 @@ func (b *Batch) Commit() error {
 			}
 		}
 		for dir := range dirs {
-			if err := SyncDir(dir); err != nil {
-				errs = append(errs, fmt.Errorf("syncing directory %s: %w", dir, err))
+			if err := syncDir(dir); err != nil {
+				// In place, but not durable: a crash may undo the rename. Said as the
+				// file's error, so that no caller records it as written.
+				for _, f := range stages[stage] {
+					if f.err == nil && !f.same && filepath.Dir(f.path) == dir {
+						f.err = fmt.Errorf("%s: renamed into place, but syncing directory %s failed: %w", f.path, dir, err)
+						errs = append(errs, f.err)
+					}
+				}
 				failedDirs[dir] = true
 			}
 		}
@@ -320,6 +327,9 @@ func (f *file) prepare(sync bool) error {
 	}
 	return nil
 }
+
+// syncDir is SyncDir, but for tests that make it fail.
+var syncDir = SyncDir
 
 // SyncDir fsyncs a directory, so that renames in it survive a power loss.
 func SyncDir(dir string) error {
