@@ -9,9 +9,11 @@ import (
 
 // TestAgreement feeds the same state entries to the four readers of a certificate's state and
 // asserts what each says: the status row (staple status, and whether it is a problem), the
-// check verdict (default thresholds: min(12h, 25%), min(3h, 10%) of the window, failing 6 h), the status metric, and what a
-// run that finds the entry and has nothing to do exits with. They read one verdict, so they
-// cannot disagree about a staple: only the check's thresholds add their own judgement.
+// check verdict (default thresholds: min(12h, 25%), min(3h, 10%) of the window, failing 6 h),
+// the status metric, and whether the verdict is a problem, the judgement behind the exit status
+// of a run that finds the entry and has nothing to do (exit: what that judgement gives; real
+// runs are asserted in e2e_test.go and regress_test.go). They read one verdict, so they cannot
+// disagree about a staple: only the check's thresholds add their own judgement.
 func TestAgreement(t *testing.T) {
 	now := planNow
 	tests := []struct {
@@ -89,7 +91,7 @@ func TestAgreement(t *testing.T) {
 				exit = exitFailed
 			}
 			if exit != tt.exit {
-				t.Errorf("a run's exit %d, want %d", exit, tt.exit)
+				t.Errorf("the verdict gives a run exit %d, want %d", exit, tt.exit)
 			}
 		})
 	}

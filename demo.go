@@ -290,7 +290,7 @@ func (d *demoWorld) finish(r *demoReport, keep bool) error {
 	r.say("\nKept %s; the responder and HAProxy have stopped. To look:", d.dir)
 	r.say("   ls -l %s %s", d.dir, d.certsDir)
 	r.say("   openssl ocsp -respin %s -resp_text -noverify", stapleName(filepath.Join(d.certsDir, "shop.pem")))
-	r.say("   %s status --dir %s --state %s", selfCommand(), d.certsDir, filepath.Join(d.dir, "state.json"))
+	r.say("   %s status --config /dev/null --dir %s --state %s", selfCommand(), d.certsDir, filepath.Join(d.dir, "state.json"))
 	if d.hap != nil {
 		r.say("   cat %s %s", filepath.Join(d.dir, "haproxy.cfg"), d.hap.log)
 	}

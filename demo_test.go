@@ -109,7 +109,7 @@ func TestDemoNoHAProxy(t *testing.T) {
 		}
 	}
 	// The closing hint runs as printed: stapler from PATH here (go run . after go run).
-	m := regexp.MustCompile(`(?m)^   stapler (status --dir \S+ --state \S+)$`).FindStringSubmatch(stdout)
+	m := regexp.MustCompile(`(?m)^   stapler (status --config /dev/null --dir \S+ --state \S+)$`).FindStringSubmatch(stdout)
 	if m == nil {
 		t.Fatalf("no 'stapler status' hint:\n%s", stdout)
 	}

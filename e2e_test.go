@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -102,6 +103,12 @@ func TestRunFailureKeepsStaple(t *testing.T) {
 			}
 			if leftovers, _ := filepath.Glob(filepath.Join(certs, ".*")); len(leftovers) > 0 {
 				t.Errorf("temporary files left behind: %v", leftovers)
+			}
+			// status says when the next try comes: the back-off's end, from the state.
+			for _, cs := range statusJSON(t, "--dir", certs, "--state", state).Certificates {
+				if cs.NextRefresh == nil || st == nil || !cs.NextRefresh.Equal(st.NextDue) || !st.NextDue.After(now) {
+					t.Errorf("status next_refresh %v, want the state's next_due %v, after now", cs.NextRefresh, st)
+				}
 			}
 
 			// Backing off: the next run asks nobody and, with a valid staple still on disk,
@@ -386,5 +393,52 @@ func TestRunKeepsOwners(t *testing.T) {
 		if st.Uid != uid || st.Gid != gid || fi.Mode().Perm() != mode {
 			t.Errorf("%s: uid %d gid %d mode %v after the run, want %d %d %v", filepath.Base(f), st.Uid, st.Gid, fi.Mode().Perm(), uid, gid, mode)
 		}
+	}
+}
+
+// TestPermissionHint: a user who may not read the state (a monitoring agent's, or an
+// operator's without sudo) is told how to run stapler, not only "permission denied".
+func TestPermissionHint(t *testing.T) {
+	t.Parallel()
+	skipProcesses(t)
+	if os.Getuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("running stapler as another user needs root, and CI runs as root")
+		}
+		t.Skip("!!! running stapler as another user needs root !!!")
+	}
+	setpriv := hapLookTool(t, "setpriv")
+	self, err := exec.LookPath("stapler")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "stapler-perm") // t.TempDir's parents are 0700
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	bin := filepath.Join(dir, "stapler")
+	hapWriteFile(t, bin, hapReadFile(t, self))
+	os.Chmod(bin, 0o755)
+	certs, private := filepath.Join(dir, "certs"), filepath.Join(dir, "private")
+	os.Mkdir(certs, 0o755)
+	os.Mkdir(private, 0o700)
+	ca := pki.NewCA("Permission Test CA", time.Now())
+	leaf, key := ca.Issue(pki.Leaf{Name: "site.test", OCSP: []string{"http://127.0.0.1:9/"}}, time.Now())
+	writeBundle(filepath.Join(certs, "site.pem"), leaf, key, ca.Cert)
+	os.Chmod(filepath.Join(certs, "site.pem"), 0o644)
+	hapWriteFile(t, filepath.Join(private, "state.json"), []byte(`{"version":2,"certificates":{}}`))
+	wrap := []string{"sh", "-c", `shift; exec "$SETPRIV" --reuid=65534 --regid=65534 --clear-groups "$BIN" "$@"`, "sh"}
+	env := []string{"SETPRIV=" + setpriv, "BIN=" + bin}
+	settings := []string{"--config", "/dev/null", "--dir", certs, "--state", filepath.Join(private, "state.json")}
+
+	res := execStapler(t, 0, wrap, env, append([]string{"check"}, settings...)...)
+	if res.code != checkUnknown || !strings.Contains(res.stdout, "permission denied: run the check as the user that owns stapler's state") {
+		t.Errorf("check: exit %d, %q; want UNKNOWN with the hint", res.code, res.stdout)
+	}
+	res = execStapler(t, 0, wrap, env, append([]string{"status"}, settings...)...)
+	if res.code != exitFailed || !strings.Contains(res.stderr, "stapler: hint: run stapler as the user that owns its state") {
+		t.Errorf("status: exit %d, %q; want 1 with the hint", res.code, res.stderr)
 	}
 }

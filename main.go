@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -62,6 +63,9 @@ func (e *exitError) Error() string {
 
 func (e *exitError) Unwrap() error { return e.err }
 
+// permissionHint follows an error that a file could not be opened for lack of permission.
+const permissionHint = "run stapler as the user that owns its state and certificates (root with the package: sudo stapler ...), or give this user access to the file named"
+
 func usageError(err error, hints ...string) error {
 	return &exitError{code: exitUsage, err: err, hints: hints}
 }
@@ -83,6 +87,9 @@ func stapler(args []string, stdout, stderr io.Writer) int {
 	}
 	if ee.err == nil && len(ee.hints) == 0 {
 		return ee.code // the run said what went wrong
+	}
+	if errors.Is(ee.err, fs.ErrPermission) && len(ee.hints) == 0 {
+		ee.hints = append(ee.hints, permissionHint)
 	}
 	if logJSON(app, args) {
 		// One JSON record, like every other line: stable msg, the error, the hints, the status.
@@ -312,6 +319,10 @@ EXAMPLES:
 
 func checkAction(c *cli.Context) error {
 	unknown := func(err error) error {
+		if errors.Is(err, fs.ErrPermission) {
+			// A monitoring agent runs checks as its own user (nagios).
+			err = fmt.Errorf("%w: run the check as the user that owns stapler's state, through sudo, or give its user read access", err)
+		}
 		fmt.Fprintf(c.App.Writer, "STAPLER UNKNOWN - %v\n", err)
 		return &exitError{code: checkUnknown}
 	}

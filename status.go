@@ -217,6 +217,10 @@ func certStatusOf(f certFile, st *CertState, unchecked string, err error, now ti
 		cs.StapleStatus, cs.Problem = "unknown", unchecked
 	}
 	cs.NextRefresh, cs.Failures, cs.FailingSince, cs.LastError = timePtr(st.NextDue), st.Failures, timePtr(st.FailingSince), st.LastError
+	if (cs.StapleStatus == "none" || cs.StapleStatus == "unknown") && st.Failures == 0 {
+		// No staple stapler vouches for on disk, and no back-off: the next run fetches one.
+		cs.NextRefresh = &now
+	}
 	cs.PendingPush = append(cs.PendingPush, v.Pending...)
 	cs.verdict = v
 	if v.Staple == "no_responder" {
@@ -279,8 +283,12 @@ func writeStatusTable(w io.Writer, rep *statusReport, now time.Time) error {
 			}
 		}
 		problem := cs.LastError
-		if problem == "" {
+		switch {
+		case problem == "":
 			problem = cs.Problem
+		case cs.Problem != "" && cs.Problem != cs.LastError && cs.StapleStatus != "good":
+			// What is wrong on disk, then why the last fetch did not mend it.
+			problem = cs.Problem + "; the last fetch failed: " + cs.LastError
 		}
 		if cs.NotAfter != nil && now.After(*cs.NotAfter) {
 			problem = "certificate expired"
