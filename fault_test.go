@@ -737,7 +737,8 @@ func faultReplacedDuringFetch() faultCase {
 	var renewed *x509.Certificate
 	replaced := make(chan struct{})
 	return faultCase{name: "cert/replaced_during_fetch", want: 0, staple: faultStapleOwn,
-		logs: logged("INFO", "updated staple", "cert", "{site}", "reason", "forced"),
+		deadline: 3 * time.Second, // the responder takes 800 ms: room for a loaded machine
+		logs:     logged("INFO", "updated staple", "cert", "{site}", "reason", "forced"),
 		inject: func(e *faultEnv) []string {
 			e.r.SetMode("good")
 			e.r.SetLatency(800 * time.Millisecond) // set while no request is in flight
@@ -805,7 +806,7 @@ func faultTwoRuns() faultCase {
 }
 
 // faultSIGKILL kills runs over 51 certificates (half of them needing a .issuer that stapler
-// writes) at random points, 20 times. After each kill: the state parses or is absent, every
+// writes, deleted with their staple before every other run) at random points, 20 times. After each kill: the state parses or is absent, every
 // .ocsp is absent or a complete, valid response for its certificate, and HAProxy accepts the
 // directory (no .ocsp without an issuer it can find). The next normal run leaves everything
 // right, and no temporary file behind.
@@ -843,6 +844,15 @@ func faultSIGKILL() faultCase {
 			const kills = 20
 			killed := 0
 			for i := range kills {
+				// The leaf-only certificates lose their staple and issuer file, so that each
+				// run writes both, in order: a kill must never leave a .ocsp without its
+				// .issuer (HAProxy would refuse to start).
+				for _, c := range e.fleet {
+					if c.leafOnly && i%2 == 0 {
+						os.Remove(stapleName(c.path))
+						os.Remove(issuerName(c.path))
+					}
+				}
 				cmd := exec.Command("stapler", "run", "--config", e.config, "--force", "-q")
 				cmd.Env = faultEnviron(nil)
 				if err := cmd.Start(); err != nil {
@@ -860,6 +870,9 @@ func faultSIGKILL() faultCase {
 				}
 			}
 			e.t.Logf("STAPLER_FAULT_SEED=%d: %d of %d runs were killed before they finished", seed, killed, kills)
+			if killed < kills/4 {
+				e.t.Errorf("only %d of %d runs were killed before they finished: the kills test little", killed, kills)
+			}
 			e.r.SetLatency(0)
 			return e.stapler(faultDeadline, "run", "--config", e.config, "-v")
 		},

@@ -386,6 +386,39 @@ func TestSyncLevelUser(t *testing.T) {
 	}
 }
 
+// TestSyncCertificateLock: HAProxy refuses certificate commands while another session holds
+// its certificate lock (a `show ssl cert` through another socket, a transaction); stapler sends
+// them again, and a lock that is never released fails the socket, saying so.
+func TestSyncCertificateLock(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	ca := pki.NewCA("Lock Test CA", now)
+	c := newSyncCase(ca, "site", now)
+	for _, version := range fakeVersions {
+		t.Run(version, func(t *testing.T) {
+			t.Parallel()
+			testSyncCertificateLock(t, version, c, now)
+		})
+	}
+}
+
+func testSyncCertificateLock(t *testing.T, version string, c syncCase, now time.Time) {
+	f := haproxytest.Start(t, version, "admin")
+	f.Load(c.path, c.serial, c.certID, false) // no slot: a transaction too
+	f.Lock(5)
+	rep := reconcileSockets(context.Background(), []string{f.Addr}, []stapleRef{c.ref}, reconcileOptions{Timeout: time.Second, Now: now})[f.Addr]
+	if got := rep.Results[c.path]; got.outcome != pushed || !bytes.Equal(f.Held(c.path), c.ref.DER) {
+		t.Errorf("%s, locked for 5 commands: %v (%s), socket error %v; want pushed", version, got.outcome, got.why, rep.Err)
+	}
+	g := haproxytest.Start(t, version, "admin")
+	g.Load(c.path, c.serial, c.certID, true)
+	g.Lock(-1)
+	rep = reconcileSockets(context.Background(), []string{g.Addr}, []stapleRef{c.ref}, reconcileOptions{Timeout: time.Second, Now: now})[g.Addr]
+	if !errors.Is(rep.Err, haproxy.ErrUnreachable) || !strings.Contains(rep.Err.Error(), "locked") || rep.Results[c.path].outcome != unknown {
+		t.Errorf("%s, locked for good: socket error %v, outcome %v; want the lock named and unknown", version, rep.Err, rep.Results[c.path].outcome)
+	}
+}
+
 // TestRunPushes: each new staple goes to every socket; one that fails leaves the staple on
 // disk, exits 1, and is pushed again by the next run although nothing is due.
 func TestRunPushes(t *testing.T) {

@@ -60,7 +60,14 @@ func startOpenSSLResponder(t *testing.T, ca *pki.CA, signer *x509.Certificate, k
 	r.URL = "http://" + ln.Addr().String()
 	srv := &http.Server{Handler: r}
 	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
+	t.Cleanup(func() {
+		// Shutdown waits for the handlers in flight: none may report to a finished test.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if srv.Shutdown(ctx) != nil {
+			srv.Close()
+		}
+	})
 	return r
 }
 

@@ -177,9 +177,12 @@ func (p *Process) learn() error {
 	if p.prefix != "" && p.Level == "" {
 		p.Level = "admin" // the master CLI forwards at level admin (2.6 answers nothing)
 	}
-	if answers[1].Err == nil && strings.Contains(answers[1].Text, "# filename") {
+	switch {
+	case answers[1].Err == nil && strings.Contains(answers[1].Text, "# filename"):
 		p.Certs = ParseCertList(answers[1].Text)
-	} else {
+	case strings.Contains(answers[1].Text, ReplyLocked):
+		return fmt.Errorf("%w: %s: HAProxy kept its certificates locked for over 2 s (another session's transaction or listing)", ErrUnreachable, p.Where())
+	default:
 		// Level user: every HAProxy answers "Can't allocate memory!" (checked on 2.6, 3.0, 3.4).
 		p.Err = fmt.Errorf("%s: HAProxy does not list its certificates at this socket's level %s (`show ssl cert` answered %q): %w (stats socket ... level admin)",
 			p.Where(), cmp.Or(p.Level, "unknown"), strings.TrimSpace(answers[1].Text), ErrNeedsAdmin)
@@ -207,9 +210,53 @@ func (p *Process) Where() string {
 // Socket is the address this process was reached by, as configured.
 func (p *Process) Socket() string { return p.conn.addr.Raw }
 
-func (p *Process) exec(cmd string) (string, error) { return p.conn.Exec(p.prefix, cmd) }
+func (p *Process) exec(cmd string) (string, error) {
+	answers, err := p.execAll([]string{cmd})
+	if err != nil {
+		return "", err
+	}
+	return answers[0].Text, answers[0].Err
+}
 
-func (p *Process) execAll(cmds []string) ([]Answer, error) { return p.conn.ExecAll(p.prefix, cmds) }
+// ReplyLocked is how HAProxy refuses a certificate command (`show ssl cert`, `show ssl
+// ocsp-response <path>`, `set`/`commit ssl cert`, ...) while another session holds the
+// certificate lock: a `show ssl cert` of another socket, a transaction, HAProxy's own updater.
+// The command did nothing.
+const ReplyLocked = "Operations on certificates are currently locked!"
+
+// lockedTries is how many times a command refused with ReplyLocked is sent again, after
+// 10, 20, ... ms (a little over 2 s in all).
+const lockedTries = 20
+
+// execAll pipelines cmds to the process, sending again those HAProxy refused because the
+// certificate lock was taken.
+func (p *Process) execAll(cmds []string) ([]Answer, error) {
+	answers, err := p.conn.ExecAll(p.prefix, cmds)
+	for try := 1; err == nil && try <= lockedTries; try++ {
+		var again []int
+		for i, a := range answers {
+			if strings.Contains(a.Text, ReplyLocked) {
+				again = append(again, i)
+			}
+		}
+		if len(again) == 0 {
+			break
+		}
+		time.Sleep(time.Duration(try) * 10 * time.Millisecond)
+		retry := make([]string, len(again))
+		for k, i := range again {
+			retry[k] = cmds[i]
+		}
+		more, rerr := p.conn.ExecAll(p.prefix, retry)
+		if rerr != nil {
+			return nil, rerr
+		}
+		for k, i := range again {
+			answers[i] = more[k]
+		}
+	}
+	return answers, err
+}
 
 // Held is what a process holds for one certificate file.
 type Held struct {

@@ -46,6 +46,7 @@ type Fake struct {
 	conns    int
 	open     int               // connections being served
 	override map[string]string // command prefix: answer
+	locked   int               // certificate commands still to refuse as locked; < 0: all
 	hangup   map[string]string // command prefix: what to send before closing
 }
 
@@ -154,6 +155,15 @@ func (f *Fake) SetSilent(silent bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.silent = silent
+}
+
+// Lock makes the next n certificate commands (`show ssl cert`, `set`/`commit ssl cert`, `show
+// ssl ocsp-response base64 <path>`) find the certificate lock taken, as while another session
+// lists the certificates or commits a transaction; n < 0 keeps it taken.
+func (f *Fake) Lock(n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.locked = n
 }
 
 // Override answers every command that starts with prefix with answer (its lines, each ending
@@ -308,6 +318,13 @@ func (f *Fake) answer(line string, payload []string, sev bool) string {
 		if strings.HasPrefix(line, prefix) {
 			return a
 		}
+	}
+	if f.locked != 0 && (strings.HasPrefix(line, "show ssl cert") || strings.HasPrefix(line, "set ssl cert") || strings.HasPrefix(line, "commit ssl cert") ||
+		strings.HasPrefix(line, "show ssl ocsp-response base64 ")) {
+		if f.locked > 0 {
+			f.locked--
+		}
+		return fail("Can't show!\n" + haproxy.ReplyLocked)
 	}
 	caps := f.version.Caps()
 	ocspCmd := strings.Contains(line, "ocsp-response") || strings.Contains(line, "ocsp-updates")
