@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -440,5 +441,40 @@ func TestPermissionHint(t *testing.T) {
 	res = execStapler(t, 0, wrap, env, append([]string{"status"}, settings...)...)
 	if res.code != exitFailed || !strings.Contains(res.stderr, "stapler: hint: run stapler as the user that owns its state") {
 		t.Errorf("status: exit %d, %q; want 1 with the hint", res.code, res.stderr)
+	}
+}
+
+// TestRunCrtStoreWithoutIssuer: a crt-store entry whose bundle lacks the issuer and that names
+// no issuer file cannot use a staple (HAProxy could not find the issuer): the run says what to
+// add, and asks the CA nothing, at this run or the next.
+func TestRunCrtStoreWithoutIssuer(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	ca := pki.NewCA("Store Test CA", now)
+	r := pki.StartResponder(ca)
+	defer r.Close()
+	dir := t.TempDir()
+	store, issuers := filepath.Join(dir, "store"), filepath.Join(dir, "issuers")
+	os.Mkdir(store, 0o755)
+	os.Mkdir(issuers, 0o755)
+	hapWriteFile(t, filepath.Join(issuers, "ca.pem"), pki.CertPEM(ca.Cert))
+	leaf, key := ca.Issue(pki.Leaf{Name: "store.test", OCSP: []string{r.URL()}}, now)
+	writeBundle(filepath.Join(store, "s.pem"), leaf, key) // no chain
+	cfg := filepath.Join(dir, "haproxy.cfg")
+	hapWriteFile(t, cfg, []byte("crt-store web\n\tcrt-base "+store+"\n\tload crt \"s.pem\" ocsp \"s.der\" alias \"site\"\n\n"+
+		"frontend fe\n\tmode http\n\tbind 127.0.0.1:0 ssl crt \"@web/site\"\n"))
+	conf := filepath.Join(dir, "stapler.toml")
+	hapWriteFile(t, conf, fmt.Appendf(nil, "haproxy_configs = [%q]\nissuer_dirs = [%q]\nfetch_issuers = false\nstate = %q\n", cfg, issuers, filepath.Join(dir, "state.json")))
+	for run := range 2 {
+		code, l, _ := runLogged(t, "run", "--config", conf)
+		if code != 1 || !l.mentions(`names no issuer file, so HAProxy could not use a staple: add issuer "FILE" to its load line`) {
+			t.Errorf("run %d: exit %d; want 1 and the load line's fix\n%s", run+1, code, l)
+		}
+		if _, err := os.Stat(filepath.Join(store, "s.der")); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("run %d: a staple was written that HAProxy cannot use (%v)", run+1, err)
+		}
+	}
+	if n := r.Requests.Load(); n != 0 {
+		t.Errorf("the responder was asked %d times for a staple that could not be used", n)
 	}
 }

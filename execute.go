@@ -90,8 +90,17 @@ func (ex *executor) fetchAll(ctx context.Context, due []*certPlan) map[*certPlan
 // Last-Modified): "not modified" means that staple still stands.
 func (ex *executor) fetch(ctx context.Context, p *certPlan, f *fetched) {
 	iss := ex.issuer(ctx, p.Obs)
-	if iss.Err != nil {
+	switch {
+	case iss.Err != nil && ctx.Err() != nil:
+		f.Unfinished = true // the run ended while the issuer was fetched (AIA): no failure
+		return
+	case iss.Err != nil:
 		f.Err = iss.Err
+		return
+	}
+	// A staple HAProxy could not use is not asked for: the CA would answer every run.
+	if err := ex.needsIssuerFile(p); err != nil {
+		f.Err = err
 		return
 	}
 	held := validStaple(p.Next, ex.now)

@@ -53,6 +53,9 @@ func runRevokedHooks(ctx context.Context, opt runOptions, rp runPlan) (failed in
 	}
 	for _, p := range rp.Certs {
 		st := p.Next
+		if p.Step == stepError || p.Step == stepSkip || p.Step == stepGone {
+			continue // its state is not saved: the hook would run again at every run
+		}
 		if st == nil || st.Staple == nil || st.Staple.Status != "revoked" || !st.onDisk() || st.RevocationHandled == st.Serial {
 			continue
 		}

@@ -94,7 +94,7 @@ func parseState(data []byte) (*State, error) {
 	case version == 1:
 		return parseStateV1(data)
 	case version != stateVersion:
-		return nil, fmt.Errorf("no version %d", stateVersion)
+		return nil, fmt.Errorf("state version %d is none stapler ever wrote (it writes %d, and reads 1 too)", version, stateVersion)
 	}
 	st, err := decodeState(data)
 	if err != nil {
