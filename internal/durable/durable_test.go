@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestWriteFile(t *testing.T) {
@@ -233,4 +235,101 @@ func TestWriteStream(t *testing.T) {
 	if left := temps(t, dir); len(left) > 0 {
 		t.Errorf("temporary files left: %q", left)
 	}
+}
+
+// TestBatchRounds: a batch of several rounds replaces every file with its own content, mode
+// and owner, leaves no temporary file, and overwrites replaced files instead of creating new
+// ones, but never one that another process still sees: a file held open, a second link, a
+// file with extended attributes.
+func TestBatchRounds(t *testing.T) {
+	dir, elsewhere := t.TempDir(), t.TempDir()
+	const n = 2*Round + 100
+	name := func(i int) string { return filepath.Join(dir, fmt.Sprintf("c%04d.pem.ocsp", i)) }
+	content := func(i int, gen string) []byte { return []byte(strings.Repeat(gen, 1+i%7) + fmt.Sprint(i)) }
+	inodes := map[uint64]int{} // of the files before the batch: which one
+	for i := range n {
+		os.WriteFile(name(i), content(i, "old "), 0o644)
+		os.Chmod(name(i), fs.FileMode(0o600+i%2*0o44)) // 0600 or 0644
+		inodes[ino(t, name(i))] = i
+	}
+	held, err := os.Open(name(0)) // a reader (HAProxy at a reload) holds the first file open
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	linked := filepath.Join(elsewhere, "backup.ocsp") // a second link to the second file
+	if err := os.Link(name(1), linked); err != nil {
+		t.Fatal(err)
+	}
+	xattrs := unix.Setxattr(name(2), "user.stapler-test", []byte("mine"), 0) == nil // tmpfs may refuse
+
+	var b Batch
+	for i := range n {
+		b.Add(1, name(i), content(i, "new "), 0o644)
+	}
+	if err := b.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if b.Written() != n {
+		t.Errorf("written %d, want %d", b.Written(), n)
+	}
+	for i := range n {
+		if got := read(t, name(i)); got != string(content(i, "new ")) {
+			t.Fatalf("%s holds %q", name(i), got)
+		}
+		if mode := stat(t, name(i)).Mode().Perm(); mode != fs.FileMode(0o600+i%2*0o44) {
+			t.Errorf("%s: mode %v, want the old file's", name(i), mode)
+		}
+		// (A file refused for reuse is removed, and its inode number may come back for a
+		// new file: only the held and the linked ones must never appear.)
+		if was, ok := inodes[ino(t, name(i))]; ok && was <= 1 {
+			t.Errorf("%s was written into the file of %s, which another process could see", name(i), name(was))
+		}
+		if xattrs {
+			if v, err := unix.Getxattr(name(i), "user.stapler-test", make([]byte, 16)); err == nil {
+				t.Errorf("%s carries the extended attribute of another file (%d bytes)", name(i), v)
+			}
+		}
+	}
+	if reused := b.Reused(); reused < n-Round-3 || reused > n-Round {
+		t.Errorf("%d files reused of %d: the rounds after the first should overwrite the files they replaced, all but those another process could see", reused, n)
+	}
+	if got, _ := io.ReadAll(held); string(got) != string(content(0, "old ")) {
+		t.Errorf("the reader of the old file read %q", got)
+	}
+	if got := read(t, linked); got != string(content(1, "old ")) {
+		t.Errorf("the other link of a replaced file holds %q", got)
+	}
+	if left := temps(t, dir); len(left) > 0 {
+		t.Errorf("temporary files left: %d", len(left))
+	}
+}
+
+// TestBatchSameStageIndependent: a file that fails does not stop the other files of its stage
+// in the same directory, only those of later stages.
+func TestBatchSameStageIndependent(t *testing.T) {
+	dir := t.TempDir()
+	os.Mkdir(filepath.Join(dir, "b.ocsp"), 0o755) // its rename fails
+	var b Batch
+	a := b.Add(1, filepath.Join(dir, "a.ocsp"), []byte("a"), 0o644)
+	bad := b.Add(1, filepath.Join(dir, "b.ocsp"), []byte("b"), 0o644)
+	c := b.Add(1, filepath.Join(dir, "c.ocsp"), []byte("c"), 0o644)
+	later := b.Add(2, filepath.Join(dir, "d.ocsp"), []byte("d"), 0o644)
+	b.Commit()
+	for _, i := range []int{a, c} {
+		if w, err := b.Result(i); !w || err != nil {
+			t.Errorf("file %d of the same stage: written %v, %v", i, w, err)
+		}
+	}
+	if _, err := b.Result(bad); err == nil {
+		t.Error("no error for the file that failed")
+	}
+	if w, err := b.Result(later); w || err == nil {
+		t.Errorf("a later stage in the failed directory: written %v, %v", w, err)
+	}
+}
+
+func ino(t *testing.T, path string) uint64 {
+	t.Helper()
+	return stat(t, path).Sys().(*syscall.Stat_t).Ino
 }
