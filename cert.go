@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 )
 
@@ -107,7 +108,7 @@ func readCert(blocks [][]byte, hash string) (*certInfo, error) {
 	}
 	var bundle []*x509.Certificate
 	for i, b := range blocks {
-		c, err := x509.ParseCertificate(b)
+		c, err := parseChainCert(i, b)
 		if err != nil {
 			return nil, fmt.Errorf("certificate %d of the file does not parse, and HAProxy refuses such a file: %w", i+1, err)
 		}
@@ -122,6 +123,44 @@ func readCert(blocks [][]byte, hash string) (*certInfo, error) {
 		IssuerName: leaf.Issuer.String(), NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter,
 		Responders: responderURLs(leaf), MustStaple: mustStaple(leaf),
 	}, nil
+}
+
+// chainCerts holds the chain certificates parsed in this run, by DER: thousands of bundles
+// carry the same few issuers, and parsing them is a tenth of a full refresh's CPU.
+// x509.Certificate values are not changed once parsed, so they are shared.
+var chainCerts struct {
+	sync.Mutex
+	m map[string]*x509.Certificate
+}
+
+// maxChainCerts bounds chainCerts: bundles whose chains all differ are parsed each time.
+const maxChainCerts = 256
+
+// parseChainCert parses certificate i of a bundle: the leaf (0) every time, a chain
+// certificate once per run.
+func parseChainCert(i int, der []byte) (*x509.Certificate, error) {
+	if i == 0 {
+		return x509.ParseCertificate(der)
+	}
+	chainCerts.Lock()
+	c := chainCerts.m[string(der)]
+	chainCerts.Unlock()
+	if c != nil {
+		return c, nil
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	chainCerts.Lock()
+	if chainCerts.m == nil {
+		chainCerts.m = map[string]*x509.Certificate{}
+	}
+	if len(chainCerts.m) < maxChainCerts {
+		chainCerts.m[string(der)] = c
+	}
+	chainCerts.Unlock()
+	return c, nil
 }
 
 // leafFirst rejects a bundle whose first certificate is a CA that issued a later one: HAProxy
