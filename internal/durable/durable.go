@@ -148,8 +148,8 @@ func (b *Batch) Written() int {
 // error names each file that failed. Errors that only say an owner could not be kept wrap
 // ErrOwner.
 //
-// A large batch (SyncfsMin files or more) goes in rounds of Round files (one round for what
-// replaces no file): their temporary files are written, made durable with one syncfs, and
+// A large batch (SyncfsMin files or more) goes in rounds of up to Round files (one round for
+// what replaces no file): their temporary files are written, made durable with one syncfs, and
 // exchanged with the files they replace
 // (renameat2 RENAME_EXCHANGE, as atomic as a rename); the replaced files, now under temporary
 // names, are then overwritten with the next round's content instead of creating new files.
@@ -183,10 +183,13 @@ func (b *Batch) Commit() error {
 			b.written += r.rename(files, stage)
 			continue
 		}
-		// The first round is Round files. When it replaced none (new files: nothing to
-		// reuse), the rest go at once, as rounds would only add waits on the disk.
+		// Rounds of an eighth of the stage, from SyncfsMin to Round files: the first round's
+		// files are new, the others reuse what the rounds before replaced. When the first
+		// replaced none (new files: nothing to reuse), the rest go at once, as more rounds
+		// would only add waits on the disk.
+		size := min(Round, max(SyncfsMin, len(files)/8))
 		for first := true; len(files) > 0; first = false {
-			n := min(len(files), Round)
+			n := min(len(files), size)
 			if !first && r.count() == 0 {
 				n = len(files)
 			}
@@ -200,7 +203,8 @@ func (b *Batch) Commit() error {
 	return errors.Join(r.errs...)
 }
 
-// Round is how many files of a large batch are written, made durable and renamed together.
+// Round is how many files of a large batch are written, made durable and renamed together, at
+// most.
 const Round = 1024
 
 // prepareAll writes the temporary files of files, Jobs at once, reusing spare files where it
