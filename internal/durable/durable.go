@@ -78,9 +78,9 @@ type file struct {
 	same  bool  // already holds data: nothing to do
 	// replacing: path is a regular file that the new one replaces.
 	replacing bool
-	// spare is a replaced file of an earlier round, in the same directory, offered as the
-	// temporary file; prepare takes it ("" after) or leaves it.
-	spare  string
+	// key is what a spare to stand for this file must match (when it replaces one); the
+	// file it replaces becomes a spare of that key.
+	key    spareKey
 	reused bool // the temporary file is a spare, overwritten
 }
 
@@ -173,7 +173,7 @@ func (b *Batch) Commit() error {
 	}
 	slices.Sort(order)
 	bulk := len(b.files) >= SyncfsMin
-	r := &renamer{failed: map[string]int{}, spares: map[string][]string{}}
+	r := &renamer{failed: map[string]int{}, spares: map[spareKey][]string{}}
 	defer r.dropSpares()
 	for _, stage := range order {
 		files := stages[stage]
@@ -190,7 +190,7 @@ func (b *Batch) Commit() error {
 		size := min(Round, max(SyncfsMin, len(files)/8))
 		for first := true; len(files) > 0; first = false {
 			n := min(len(files), size)
-			if !first && r.count() == 0 {
+			if !first && (r.count() == 0 || r.refusing) {
 				n = len(files)
 			}
 			round := files[:n]
@@ -207,8 +207,8 @@ func (b *Batch) Commit() error {
 // most.
 const Round = 1024
 
-// prepareAll writes the temporary files of files, Jobs at once, reusing spare files where it
-// can; files in a directory where an earlier stage failed are not written.
+// prepareAll writes the temporary files of files, Jobs at once, reusing spares where it can;
+// files in a directory where an earlier stage failed are not written.
 func (b *Batch) prepareAll(files []*file, r *renamer, fsync bool) {
 	var todo []*file
 	for _, f := range files {
@@ -217,15 +217,15 @@ func (b *Batch) prepareAll(files []*file, r *renamer, fsync bool) {
 			f.err = fmt.Errorf("%s: not written: a file written before it in %s failed", f.path, dir)
 			continue
 		}
-		f.spare = r.take(dir)
 		todo = append(todo, f)
 	}
+	r.offered = 0
 	var wg sync.WaitGroup
 	work := make(chan *file)
 	for range min(Jobs, len(todo)) {
 		wg.Go(func() {
 			for f := range work {
-				f.err = f.prepare(fsync)
+				f.err = f.prepare(fsync, r.take)
 			}
 		})
 	}
@@ -234,32 +234,49 @@ func (b *Batch) prepareAll(files []*file, r *renamer, fsync bool) {
 	}
 	close(work)
 	wg.Wait()
+	reused := 0
 	for _, f := range todo {
-		if f.spare != "" { // not used: f holds its data already, or failed first
-			r.give(filepath.Dir(f.path), f.spare)
-			f.spare = ""
+		if f.reused {
+			reused++
 		}
 	}
+	// Spares offered and every one refused (security labels on every file, leases off):
+	// more rounds would only add waits on the disk.
+	r.refusing = r.offered > 0 && reused == 0
 }
 
 // renamer puts the temporary files of a batch in place and keeps what that frees for reuse.
 type renamer struct {
-	failed     map[string]int      // directory: the stage in which a file in it failed
-	spares     map[string][]string // directory: replaced files under temporary names
-	noExchange bool                // the file system has no RENAME_EXCHANGE: plain renames
+	failed     map[string]int        // directory: the stage in which a file in it failed
+	mu         sync.Mutex            // for spares and offered, which prepare's workers use
+	spares     map[spareKey][]string // replaced files under temporary names
+	offered    int                   // spares taken in the round being prepared
+	replaced   map[spareKey][]string // of the round being renamed: spares once durable
+	noExchange bool                  // the file system has no RENAME_EXCHANGE: plain renames
+	refusing   bool                  // the last round reused none of the spares it was offered
 	errs       []error
 }
 
-func (r *renamer) take(dir string) string {
-	s := r.spares[dir]
+// spareKey is what a spare can stand for: a file in its directory with its owner, group and
+// mode.
+type spareKey struct {
+	dir      string
+	uid, gid int
+	perm     fs.FileMode
+}
+
+// take hands out a spare of key k, "" when there is none.
+func (r *renamer) take(k spareKey) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.spares[k]
 	if len(s) == 0 {
 		return ""
 	}
-	r.spares[dir] = s[:len(s)-1]
+	r.spares[k] = s[:len(s)-1]
+	r.offered++
 	return s[len(s)-1]
 }
-
-func (r *renamer) give(dir, spare string) { r.spares[dir] = append(r.spares[dir], spare) }
 
 // count is how many spares there are, in every directory.
 func (r *renamer) count() int {
@@ -283,6 +300,7 @@ func (r *renamer) dropSpares() {
 // directories; it returns how many it wrote.
 func (r *renamer) rename(files []*file, stage int) (written int) {
 	dirs := map[string]bool{}
+	r.replaced = map[spareKey][]string{}
 	for _, f := range files {
 		dir := filepath.Dir(f.path)
 		if f.err == nil && !f.same {
@@ -320,8 +338,23 @@ func (r *renamer) rename(files []*file, stage int) (written int) {
 			if _, ok := r.failed[dir]; !ok {
 				r.failed[dir] = stage
 			}
+			// Not durable either: a power loss may bring them back under their old names, so
+			// they must keep their content.
+			for k, s := range r.replaced {
+				if k.dir == dir {
+					for _, p := range s {
+						os.Remove(p)
+					}
+					delete(r.replaced, k)
+				}
+			}
 		}
 	}
+	// Replaced files become spares once their exchange is durable.
+	for k, s := range r.replaced {
+		r.spares[k] = append(r.spares[k], s...)
+	}
+	r.replaced = nil
 	return written
 }
 
@@ -332,7 +365,13 @@ func (r *renamer) place(f *file) error {
 		err := unix.Renameat2(unix.AT_FDCWD, f.tmp, unix.AT_FDCWD, f.path, unix.RENAME_EXCHANGE)
 		switch {
 		case err == nil:
-			r.give(filepath.Dir(f.path), f.tmp)
+			if fi, err := os.Lstat(f.tmp); err != nil || !fi.Mode().IsRegular() {
+				// What was at f.path turned into something else since the Lstat: put it
+				// back, as a rename over it would have failed.
+				unix.Renameat2(unix.AT_FDCWD, f.tmp, unix.AT_FDCWD, f.path, unix.RENAME_EXCHANGE)
+				return fmt.Errorf("%s is no longer a regular file", f.path)
+			}
+			r.replaced[f.key] = append(r.replaced[f.key], f.tmp)
 			f.tmp = ""
 			return nil
 		case errors.Is(err, unix.EINVAL), errors.Is(err, unix.ENOSYS), errors.Is(err, unix.EOPNOTSUPP):
@@ -408,8 +447,9 @@ func (f *file) fail(err error) {
 }
 
 // prepare writes the temporary file of f, and fsyncs it when sync is set, unless the file
-// already holds its data. It writes into f.spare when that may be reused, else into a new file.
-func (f *file) prepare(sync bool) error {
+// already holds its data. It writes into a spare (see take) when one may be reused, else into a
+// new file.
+func (f *file) prepare(sync bool, take func(spareKey) string) error {
 	old, statErr := os.Lstat(f.path)
 	f.replacing = statErr == nil && old.Mode().IsRegular()
 	if f.write == nil && f.replacing && old.Size() == int64(len(f.data)) {
@@ -418,14 +458,21 @@ func (f *file) prepare(sync bool) error {
 			return nil
 		}
 	}
-	uid, gid, perm := os.Getuid(), os.Getgid(), f.perm
+	// A new file gets the owner and group a new file gets in its directory (a setgid
+	// directory's group); one that replaces another, that one's.
+	uid, gid, perm := -1, -1, f.perm
 	if f.replacing {
 		perm = old.Mode().Perm()
 		if st, ok := old.Sys().(*syscall.Stat_t); ok {
 			uid, gid = int(st.Uid), int(st.Gid)
 		}
 	}
-	t, err := f.temp()
+	var spare string
+	if f.replacing {
+		f.key = spareKey{filepath.Dir(f.path), uid, gid, perm}
+		spare = take(f.key)
+	}
+	t, err := f.temp(spare, uid, gid, perm)
 	if err != nil {
 		return fmt.Errorf("%s: %w", f.path, err)
 	}
@@ -440,7 +487,7 @@ func (f *file) prepare(sync bool) error {
 	if err := syscall.Fstat(int(t.Fd()), &tst); err != nil {
 		return fail(err)
 	}
-	if int(tst.Uid) != uid || int(tst.Gid) != gid {
+	if uid >= 0 && (int(tst.Uid) != uid || int(tst.Gid) != gid) {
 		if err := t.Chown(uid, gid); err != nil {
 			f.owner = fmt.Errorf("%s: %w (uid %d, gid %d), written as uid %d, gid %d: %v", f.path, ErrOwner, uid, gid, tst.Uid, tst.Gid, err)
 		}
@@ -480,12 +527,12 @@ func (f *file) prepare(sync bool) error {
 	return nil
 }
 
-// temp opens the temporary file to write f's content into, at offset 0: f.spare when nothing
-// but this process can see it, else a new file (the spare is then removed).
-func (f *file) temp() (*os.File, error) {
-	if spare := f.spare; spare != "" {
-		f.spare = ""
-		if t := reusable(spare); t != nil {
+// temp opens the temporary file to write f's content into, at offset 0: spare ("" for none),
+// a replaced file of f's directory, owner, group and mode, when nothing but this process can
+// see it, else a new file (a spare that cannot be reused is removed).
+func (f *file) temp(spare string, uid, gid int, perm fs.FileMode) (*os.File, error) {
+	if spare != "" {
+		if t := reusable(spare, uid, gid, perm); t != nil {
 			f.reused = true
 			return t, nil
 		}
@@ -498,16 +545,24 @@ func (f *file) temp() (*os.File, error) {
 	return os.CreateTemp(dir, "."+base+".tmp-*")
 }
 
-// reusable opens path for writing when its file may be overwritten unseen: a regular file
-// with one link and no extended attributes, which no other process has open (a write lease is
-// granted only then, and makes any later opener wait). It returns nil otherwise.
-func reusable(path string) *os.File {
+// localFS are the file systems whose leases see every opener (on a network or FUSE file
+// system, readers on other hosts would not count): ext4 (ext2, ext3), XFS, Btrfs, tmpfs.
+var localFS = []int64{unix.EXT4_SUPER_MAGIC, unix.XFS_SUPER_MAGIC, unix.BTRFS_SUPER_MAGIC, unix.TMPFS_MAGIC}
+
+// reusable opens path for writing when its file may be overwritten unseen and stand for a file
+// of the given owner, group and mode: a regular file with one link, that owner, group and mode,
+// no extended attributes, on a local file system, which no other process has open (a write
+// lease is granted only then). It returns nil otherwise.
+func reusable(path string, uid, gid int, perm fs.FileMode) *os.File {
 	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil
 	}
 	var st unix.Stat_t
-	ok := unix.Fstat(fd, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFREG && st.Nlink == 1
+	var sfs unix.Statfs_t
+	ok := unix.Fstat(fd, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFREG && st.Nlink == 1 &&
+		int(st.Uid) == uid && int(st.Gid) == gid && fs.FileMode(st.Mode&0o7777) == perm &&
+		unix.Fstatfs(fd, &sfs) == nil && slices.Contains(localFS, int64(sfs.Type))
 	if ok {
 		n, err := unix.Flistxattr(fd, nil)
 		ok = err == nil && n == 0
