@@ -148,18 +148,20 @@ func (b *Batch) Written() int {
 // error names each file that failed. Errors that only say an owner could not be kept wrap
 // ErrOwner.
 //
-// A large batch (SyncfsMin files or more) goes in rounds of up to Round files (one round for
-// what replaces no file): their temporary files are written, made durable with one syncfs, and
-// exchanged with the files they replace
-// (renameat2 RENAME_EXCHANGE, as atomic as a rename); the replaced files, now under temporary
-// names, are then overwritten with the next round's content instead of creating new files.
-// Creating a file is what costs most on ext4 (allocating an inode and its blocks: 0.03 to
-// 0.9 ms of kernel time each on this project's machine, depending on the directory and the
-// hour, against about 0.05 ms to overwrite one; bench/README.md). A
-// replaced file is reused only when nothing else can see it: one link, no extended
-// attributes (ACLs, security labels, which belong to the file they were set on), and a write
-// lease granted, which Linux grants only while no other process has the file open (HAProxy
-// reading it at a reload keeps what it read). Otherwise it is removed and a new file created.
+// A large batch (SyncfsMin files or more) goes in rounds (an eighth of each stage, SyncfsMin to
+// Round files; one round for what replaces no file): their temporary files are written, made
+// durable with one syncfs, and exchanged with the files they replace (renameat2
+// RENAME_EXCHANGE, as atomic as a rename); once the directory is fsynced, the replaced files,
+// now under temporary names, are overwritten with a later round's content instead of creating
+// new files. Creating a file is what costs most on ext4 (allocating an inode and its blocks:
+// 0.03 to 0.9 ms of kernel time each on this project's machine, depending on the directory and
+// the hour, against about 0.05 ms to overwrite one; bench/README.md). A replaced file stands
+// only for a file of the same directory, owner, group and mode, and only when nothing else can
+// see it: one link, no extended attributes (ACLs, security labels, which belong to the file
+// they were set on), a local file system (ext4, XFS, Btrfs, tmpfs), and a write lease granted,
+// which Linux grants only while no other process has the file open (HAProxy reading it at a
+// reload keeps what it read). Otherwise it is removed and a new file created; when a round
+// could reuse none of them, the rest of the stage goes in one round.
 func (b *Batch) Commit() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
