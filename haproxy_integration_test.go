@@ -877,6 +877,33 @@ func TestHAProxyAwkwardSetups(t *testing.T) {
 	})
 }
 
+// ownUpdater starts HAProxy with one certificate under its own ocsp-update (`[ocsp-update on]`
+// in a crt-list, 3.0+) and waits for its first update. It returns the certificate file, the
+// admin socket, the HTTPS port and the response HAProxy holds.
+func (f *hapFixture) ownUpdater() (site, sock string, port int, held []byte) {
+	t := f.t
+	t.Helper()
+	site, _ = f.addCert("site.stapler.test")
+	stats, sock := f.statsSocket("unix", "admin")
+	port = hapFreePort(t)
+	list := filepath.Join(f.dir, "list.txt")
+	hapWriteFile(t, list, []byte(site+" [ocsp-update on]\n"))
+	cfg := filepath.Join(f.dir, "haproxy.cfg")
+	hapWriteFile(t, cfg, bytes.Replace(hapConfig(port, f.certs, stats+" level admin"),
+		[]byte("ssl crt "+f.certs+"/"), []byte("ssl crt-list "+list), 1))
+	hapLaunch(t, f.haproxy, sock, filepath.Join(f.dir, "haproxy.log"), "-db", "-f", cfg)
+	hapWaitFor(t, "HAProxy's own first OCSP update", 10*time.Second, func() error {
+		a := hapCLI(t, sock, "show ssl ocsp-response base64 "+site)
+		der, err := base64.StdEncoding.DecodeString(strings.Join(strings.Fields(a[0].Text), ""))
+		if err != nil || len(der) == 0 {
+			return fmt.Errorf("HAProxy holds %q", a[0].Text)
+		}
+		held = der
+		return nil
+	})
+	return site, sock, port, held
+}
+
 // TestHAProxyOwnUpdater: a certificate under HAProxy's own ocsp-update (2.8+: `[ocsp-update
 // on]` in a crt-list) is HAProxy's to keep fresh, but HAProxy keeps what it fetches in memory
 // only. With HAProxy's copy good, stapler asks no responder (here: the responder is down), keeps
@@ -885,25 +912,7 @@ func TestHAProxyAwkwardSetups(t *testing.T) {
 func TestHAProxyOwnUpdater(t *testing.T) {
 	forEachHAProxyFrom(t, "3.0", func(t *testing.T, h hapBin) {
 		f := newHAPFixture(t, h)
-		site, _ := f.addCert("site.stapler.test")
-		stats, sock := f.statsSocket("unix", "admin")
-		port := hapFreePort(t)
-		list := filepath.Join(f.dir, "list.txt")
-		hapWriteFile(t, list, []byte(site+" [ocsp-update on]\n"))
-		cfg := filepath.Join(f.dir, "haproxy.cfg")
-		hapWriteFile(t, cfg, bytes.Replace(hapConfig(port, f.certs, stats+" level admin"),
-			[]byte("ssl crt "+f.certs+"/"), []byte("ssl crt-list "+list), 1))
-		hapLaunch(t, f.haproxy, sock, filepath.Join(f.dir, "haproxy.log"), "-db", "-f", cfg)
-		var held []byte
-		hapWaitFor(t, "HAProxy's own first OCSP update", 10*time.Second, func() error {
-			a := hapCLI(t, sock, "show ssl ocsp-response base64 "+site)
-			der, err := base64.StdEncoding.DecodeString(strings.Join(strings.Fields(a[0].Text), ""))
-			if err != nil || len(der) == 0 {
-				return fmt.Errorf("HAProxy holds %q", a[0].Text)
-			}
-			held = der
-			return nil
-		})
+		site, sock, port, held := f.ownUpdater()
 		if _, err := os.Stat(site + ".ocsp"); !errors.Is(err, os.ErrNotExist) {
 			t.Fatalf("%s.ocsp exists before stapler ran (stat: %v): HAProxy writes nothing to disk", site, err)
 		}
@@ -946,25 +955,7 @@ func TestHAProxyOwnUpdaterRevoked(t *testing.T) {
 	forEachHAProxyFrom(t, "3.0", func(t *testing.T, h hapBin) {
 		f := newHAPFixture(t, h)
 		f.resp.SetMode("revoked")
-		site, _ := f.addCert("site.stapler.test")
-		stats, sock := f.statsSocket("unix", "admin")
-		port := hapFreePort(t)
-		list := filepath.Join(f.dir, "list.txt")
-		hapWriteFile(t, list, []byte(site+" [ocsp-update on]\n"))
-		cfg := filepath.Join(f.dir, "haproxy.cfg")
-		hapWriteFile(t, cfg, bytes.Replace(hapConfig(port, f.certs, stats+" level admin"),
-			[]byte("ssl crt "+f.certs+"/"), []byte("ssl crt-list "+list), 1))
-		hapLaunch(t, f.haproxy, sock, filepath.Join(f.dir, "haproxy.log"), "-db", "-f", cfg)
-		var held []byte
-		hapWaitFor(t, "HAProxy's own first OCSP update", 10*time.Second, func() error {
-			a := hapCLI(t, sock, "show ssl ocsp-response base64 "+site)
-			der, err := base64.StdEncoding.DecodeString(strings.Join(strings.Fields(a[0].Text), ""))
-			if err != nil || len(der) == 0 {
-				return fmt.Errorf("HAProxy holds %q", a[0].Text)
-			}
-			held = der
-			return nil
-		})
+		site, sock, _, held := f.ownUpdater()
 		if resp, err := ocsp.ParseResponse(held, nil); err != nil || resp.Status != ocsp.Revoked {
 			t.Fatalf("HAProxy holds a response that is not revoked: %v", err)
 		}
