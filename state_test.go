@@ -144,7 +144,7 @@ func TestStateVersion1(t *testing.T) {
 	if err := st.save(path); err != nil {
 		t.Fatal(err)
 	}
-	if data, _ := os.ReadFile(path); !strings.Contains(string(data), `"version": 2`) {
+	if data, _ := os.ReadFile(path); must(stateFileVersion(data)) != 2 {
 		t.Errorf("saved state is not version 2:\n%s", data)
 	}
 }
