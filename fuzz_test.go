@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -199,6 +200,46 @@ func FuzzLoadState(f *testing.F) {
 		}
 		if got, want := must(json.Marshal(back)), must(json.Marshal(st)); !bytes.Equal(got, want) {
 			t.Fatalf("read back %s\nsaved %s", got, want)
+		}
+	})
+}
+
+// FuzzDecodeState: the state decoder's fast path (one certificate a line, decoded on every
+// core) accepts only what encoding/json accepts of the whole file, and gives the same state.
+func FuzzDecodeState(f *testing.F) {
+	now := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+	st := newState()
+	for i, path := range []string{"/c/a.pem", "/c/\"quoted\"\\b.pem", "/c/é\u2028.pem"} {
+		st.Certificates[path] = &CertState{Subject: "site.test", Serial: "1f", NotAfter: now, Failures: i,
+			Staple: &Staple{Hash: "cd", Status: "good", NextUpdate: now}, Pending: []string{"/s"}}
+	}
+	var b bytes.Buffer
+	if err := st.encode(&b); err != nil {
+		f.Fatal(err)
+	}
+	good := b.Bytes()
+	f.Add(good)
+	f.Add([]byte("{\"version\":2,\"certificates\":{\n\"/a\":null\n}}\n"))
+	f.Add([]byte("{\"version\":2,\"certificates\":{\n\"/a\":{\"failures\":1},\n\"/a\":{\"failures\":2}\n}}\n"))
+	f.Add([]byte("{\"version\":2,\"certificates\":{\n\"/a\":{},\n\"/b\":{}x\n}}\n"))
+	f.Add([]byte("{\"version\":2,\"certificates\":{\n\"/a\":{}\n,\"/b\":{}\n}}\n"))
+	f.Add([]byte("{\"version\":2,\"certificates\":{\n\"\xff\":{\"subject\":\"\xfe\"}\n}}\n"))
+	f.Add([]byte("{\"version\":2,\"certificates\":{\n\"/a\" :{}\n}}\n"))
+	f.Add([]byte("{\"version\":2,\"certificates\":{\n}}\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		fast, ok := decodeLines(data)
+		if !ok {
+			return
+		}
+		var want State
+		if err := json.Unmarshal(data, &want); err != nil {
+			t.Fatalf("the fast path took what encoding/json refuses (%v):\n%q", err, data)
+		}
+		if want.Certificates == nil {
+			want.Certificates = map[string]*CertState{}
+		}
+		if fast.Version != want.Version || !reflect.DeepEqual(fast.Certificates, want.Certificates) {
+			t.Fatalf("the fast path decoded\n%#v\nencoding/json\n%#v\nfrom %q", fast, want, data)
 		}
 	})
 }
