@@ -20,6 +20,7 @@ import (
 type observation struct {
 	Files   []*fileObs
 	Scanned []string // directories read whole: what is gone from them is gone
+	Seen    listing  // what the scan saw in them
 	ScanErr error
 }
 
@@ -87,6 +88,7 @@ type observer struct {
 	finder  *issuerFinder
 	checker *ocspcheck.Checker
 	now     time.Time
+	seen    listing // what the scan saw: an issuer file missing there is not stat'ed
 }
 
 // observeFiles observes the certificate files, several at a time: the disk answers faster when
@@ -259,6 +261,9 @@ func (ob *observer) checkIssuerFile(ctx context.Context, o *fileObs) {
 		return
 	}
 	c := &o.Issuer
+	if listed, found := ob.seen.has(name); listed && !found {
+		return // not there when the directory was read, a moment ago
+	}
 	fi, err := os.Stat(name)
 	if errors.Is(err, fs.ErrNotExist) {
 		return

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/url"
 	"os"
@@ -73,7 +74,7 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 		sum.log(true, time.Since(start))
 		return sum, nil
 	}
-	removeTemps(opt, rp)
+	removeTemps(opt, rp, obs.Seen)
 	results := ex.fetchAll(fetchCtx, rp.due())
 	sw.lap("fetch")
 	sum.Errors += ex.write(rp.Certs, results)
@@ -159,7 +160,7 @@ func (ex *executor) observeAll(ctx context.Context, opt runOptions, state *State
 	obs := &observation{}
 	paths := opt.Only
 	if len(paths) == 0 {
-		paths, obs.Scanned, obs.ScanErr = scan(scanSpec{Dirs: opt.Dirs, Files: opt.Files, Recursive: opt.Recursive, Exclude: opt.Exclude})
+		paths, obs.Scanned, obs.Seen, obs.ScanErr = scan(scanSpec{Dirs: opt.Dirs, Files: opt.Files, Recursive: opt.Recursive, Exclude: opt.Exclude})
 		if obs.ScanErr != nil {
 			slog.Error("cannot read certificates", "err", obs.ScanErr)
 		}
@@ -171,6 +172,7 @@ func (ex *executor) observeAll(ctx context.Context, opt runOptions, state *State
 	for _, path := range paths {
 		obs.Files = append(obs.Files, &fileObs{File: opt.Naming.file(path), Old: state.Certificates[path], Named: named[path]})
 	}
+	ex.seen = obs.Seen
 	ex.observeFiles(ctx, obs.Files)
 	if len(opt.Sockets) > 0 && !opt.Force {
 		var stapled []*fileObs
@@ -197,7 +199,7 @@ func (opt runOptions) planOptions() planOptions {
 
 // removeTemps removes the temporary files that a killed run left for the files it writes, and
 // only those (the caller holds the state lock: no other run is writing them).
-func removeTemps(opt runOptions, rp runPlan) {
+func removeTemps(opt runOptions, rp runPlan, seen listing) {
 	names := map[string]map[string]bool{} // dir: base names
 	add := func(path string) {
 		if path == "" {
@@ -216,7 +218,13 @@ func removeTemps(opt runOptions, rp runPlan) {
 		add(p.Obs.File.Issuer)
 	}
 	for dir, base := range names {
-		for _, p := range durable.RemoveTemps(dir, base) {
+		var removed []string
+		if listed, ok := seen[dir]; ok { // read by the scan a moment ago: not read again
+			removed = durable.RemoveListedTemps(dir, slices.Collect(maps.Keys(listed)), base)
+		} else {
+			removed = durable.RemoveTemps(dir, base)
+		}
+		for _, p := range removed {
 			slog.Info("removed a temporary file left by an interrupted run", "file", p)
 		}
 	}

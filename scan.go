@@ -16,6 +16,18 @@ import (
 // and never loads as certificates.
 var extraSuffixes = []string{".ocsp", ".issuer", ".key", ".sctl"}
 
+// listing is what a scan saw in the directories it read whole, by directory: the names of the
+// regular files there that begin with "." (temporary files) and of the entries that end in
+// ".issuer". An issuer file missing from a listed directory's set was not there when it was
+// read.
+type listing map[string]map[string]bool
+
+// has reports whether path's directory was read and whether path was in it.
+func (l listing) has(path string) (listed, found bool) {
+	names, ok := l[filepath.Dir(path)]
+	return ok, names[filepath.Base(path)]
+}
+
 // scanSpec says where to look for certificates.
 type scanSpec struct {
 	Dirs      []string
@@ -29,8 +41,9 @@ type scanSpec struct {
 // extras in extraSuffixes. A directory that cannot be read is an error naming it; the other
 // directories are still listed. Paths keep the name HAProxy uses (a symlink is not resolved),
 // because HAProxy looks for the staple beside that name.
-func scan(spec scanSpec) (paths, scanned []string, err error) {
+func scan(spec scanSpec) (paths, scanned []string, seen listing, err error) {
 	var errs []error
+	seen = listing{}
 	for _, f := range spec.Files {
 		paths = append(paths, filepath.Clean(f))
 	}
@@ -47,6 +60,7 @@ func scan(spec scanSpec) (paths, scanned []string, err error) {
 				return nil
 			}
 			if path == root {
+				seen[dir] = map[string]bool{}
 				return nil
 			}
 			name := d.Name()
@@ -54,7 +68,13 @@ func scan(spec scanSpec) (paths, scanned []string, err error) {
 				if !spec.Recursive || strings.HasPrefix(name, ".") {
 					return filepath.SkipDir
 				}
+				seen[path] = map[string]bool{}
 				return nil
+			}
+			// Temporary files (regular ones only: RemoveListedTemps), and issuer files of any
+			// kind (a FIFO or a dangling symlink there is an error to report).
+			if names := seen[filepath.Dir(path)]; names != nil && (strings.HasPrefix(name, ".") && d.Type().IsRegular() || strings.HasSuffix(name, ".issuer")) {
+				names[name] = true
 			}
 			if strings.HasPrefix(name, ".") || isExtra(name) || excluded(spec.Exclude, dir, path) {
 				return nil
@@ -78,7 +98,7 @@ func scan(spec scanSpec) (paths, scanned []string, err error) {
 		}
 	}
 	slices.Sort(paths)
-	return slices.Compact(paths), scanned, errors.Join(errs...)
+	return slices.Compact(paths), scanned, seen, errors.Join(errs...)
 }
 
 func isExtra(name string) bool {

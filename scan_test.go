@@ -11,6 +11,7 @@ import (
 	"slices"
 	"stapler/internal/pki"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -51,7 +52,7 @@ func TestScan(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, _, err := scan(tt.spec)
+			got, _, _, err := scan(tt.spec)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -72,11 +73,11 @@ func TestScan(t *testing.T) {
 	// the link, as HAProxy's do.
 	link := filepath.Join(t.TempDir(), "certs")
 	os.Symlink(dir, link)
-	got, _, err := scan(scanSpec{Dirs: []string{link}, Exclude: []string{"*.bak", "notes.*", "bundle*"}})
+	got, _, _, err := scan(scanSpec{Dirs: []string{link}, Exclude: []string{"*.bak", "notes.*", "bundle*"}})
 	if want := []string{filepath.Join(link, "link.pem"), filepath.Join(link, "site.pem")}; err != nil || !slices.Equal(got, want) {
 		t.Errorf("symlinked directory: got %q, %v; want %q", got, err, want)
 	}
-	if _, _, err := scan(scanSpec{Dirs: []string{filepath.Join(dir, "missing")}}); err == nil || !strings.Contains(err.Error(), "missing") {
+	if _, _, _, err := scan(scanSpec{Dirs: []string{filepath.Join(dir, "missing")}}); err == nil || !strings.Contains(err.Error(), "missing") {
 		t.Errorf("missing directory: got %v, want an error naming it", err)
 	}
 }
@@ -252,5 +253,39 @@ func TestIssuedBy(t *testing.T) {
 		if got := issuedBy(tt.leaf, tt.c); got != tt.want {
 			t.Errorf("%s: %v, want %v", tt.name, got, tt.want)
 		}
+	}
+}
+
+// TestScanListing: the scan remembers the temporary files and the issuer files it saw (an
+// issuer file of any kind: a FIFO there is a problem to report, not a file to ignore), so that
+// a run reads no directory twice and stats no issuer file that is not there.
+func TestScanListing(t *testing.T) {
+	dir := t.TempDir()
+	for _, f := range []string{"a.pem", "a.pem.ocsp", "b.pem", ".a.pem.ocsp.tmp-42"} {
+		os.WriteFile(filepath.Join(dir, f), []byte("x"), 0o644)
+	}
+	if err := syscall.Mkfifo(filepath.Join(dir, "b.pem.issuer"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Symlink("/nonexistent", filepath.Join(dir, ".dangling"))
+	_, _, seen, err := scan(scanSpec{Dirs: []string{dir}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name          string
+		listed, found bool
+	}{
+		{"b.pem.issuer", true, true},
+		{"a.pem.issuer", true, false},
+		{".a.pem.ocsp.tmp-42", true, true},
+		{".dangling", true, false}, // not a regular file: never removed as a temporary file
+	} {
+		if listed, found := seen.has(filepath.Join(dir, tt.name)); listed != tt.listed || found != tt.found {
+			t.Errorf("%s: listed %v, found %v; want %v, %v", tt.name, listed, found, tt.listed, tt.found)
+		}
+	}
+	if listed, _ := seen.has("/elsewhere/c.pem.issuer"); listed {
+		t.Error("a directory the scan did not read counts as listed")
 	}
 }

@@ -85,7 +85,7 @@ func collectStatus(ctx context.Context, opt runOptions, state *State, now time.T
 	paths := opt.Only
 	if len(paths) == 0 {
 		var err error
-		if paths, _, err = scan(scanSpec{Dirs: opt.Dirs, Files: opt.Files, Recursive: opt.Recursive, Exclude: opt.Exclude}); err != nil {
+		if paths, _, _, err = scan(scanSpec{Dirs: opt.Dirs, Files: opt.Files, Recursive: opt.Recursive, Exclude: opt.Exclude}); err != nil {
 			return nil, err
 		}
 	}

@@ -619,13 +619,25 @@ func RemoveTemps(dir string, names map[string]bool) []string {
 	if err != nil {
 		return nil
 	}
-	var removed []string
+	var listed []string
 	for _, e := range entries {
-		m := tempPattern.FindStringSubmatch(e.Name())
-		if m == nil || !names[m[1]] || !e.Type().IsRegular() {
+		if e.Type().IsRegular() {
+			listed = append(listed, e.Name())
+		}
+	}
+	return RemoveListedTemps(dir, listed, names)
+}
+
+// RemoveListedTemps is RemoveTemps for a directory the caller has just read: listed are the
+// names of the regular files in it (those starting with "." suffice).
+func RemoveListedTemps(dir string, listed []string, names map[string]bool) []string {
+	var removed []string
+	for _, name := range listed {
+		m := tempPattern.FindStringSubmatch(name)
+		if m == nil || !names[m[1]] {
 			continue
 		}
-		p := filepath.Join(dir, e.Name())
+		p := filepath.Join(dir, name)
 		if os.Remove(p) == nil {
 			removed = append(removed, p)
 		}
