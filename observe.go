@@ -19,6 +19,7 @@ import (
 // updaters hold. Nothing is decided here.
 type observation struct {
 	Files   []*fileObs
+	paths   []string // the certificate files the scan found
 	Scanned []string // directories read whole: what is gone from them is gone
 	Seen    listing  // what the scan saw in them
 	ScanErr error

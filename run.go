@@ -11,7 +11,9 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"slices"
+	"sync"
 	"time"
 
 	"stapler/internal/durable"
@@ -59,13 +61,14 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 		}
 		defer unlock()
 	}
+	listed := startScan(opt) // while the state is read
 	state, err := loadState(opt.State, !opt.DryRun)
 	if err != nil {
 		return summary{}, err
 	}
 	sw.lap("load")
 	ex := newExecutor(opt, now)
-	obs := ex.observeAll(fetchCtx, opt, state)
+	obs := ex.observeAll(fetchCtx, opt, state, listed)
 	sw.lap("observe")
 	rp := plan(now, opt.planOptions(), obs, state)
 	sum := report(rp, obs, opt.DryRun)
@@ -154,13 +157,29 @@ func newExecutor(opt runOptions, now time.Time) *executor {
 	}
 }
 
+// startScan lists the certificate directories in the background, unless the run is limited to
+// the certificates it names (opt.Only): the observation it sends holds the paths found, the
+// directories read and what was seen in them.
+func startScan(opt runOptions) <-chan *observation {
+	listed := make(chan *observation, 1) // never blocks: a run that stops early leaves it
+	if len(opt.Only) == 0 {
+		go func() {
+			obs := &observation{}
+			obs.paths, obs.Scanned, obs.Seen, obs.ScanErr = scan(scanSpec{Dirs: opt.Dirs, Files: opt.Files, Recursive: opt.Recursive, Exclude: opt.Exclude})
+			listed <- obs
+		}()
+	}
+	return listed
+}
+
 // observeAll observes every certificate file the run covers, and what HAProxy's own updaters
 // hold for them.
-func (ex *executor) observeAll(ctx context.Context, opt runOptions, state *State) *observation {
+func (ex *executor) observeAll(ctx context.Context, opt runOptions, state *State, listed <-chan *observation) *observation {
 	obs := &observation{}
 	paths := opt.Only
 	if len(paths) == 0 {
-		paths, obs.Scanned, obs.Seen, obs.ScanErr = scan(scanSpec{Dirs: opt.Dirs, Files: opt.Files, Recursive: opt.Recursive, Exclude: opt.Exclude})
+		obs = <-listed
+		paths = obs.paths
 		if obs.ScanErr != nil {
 			slog.Error("cannot read certificates", "err", obs.ScanErr)
 		}
@@ -233,8 +252,24 @@ func removeTemps(opt runOptions, rp runPlan, seen listing) {
 // apply stores the planned states in the state, prunes what is gone, and reports whether
 // anything changed.
 func apply(state *State, rp runPlan) bool {
+	// Which planned entries differ from the state's, compared on every core (a deep
+	// comparison per certificate is a tenth of a run with nothing due).
+	same := make([]bool, len(rp.Certs))
+	workers := min(runtime.GOMAXPROCS(0), 1+len(rp.Certs)/1024)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for i := w; i < len(rp.Certs); i += workers {
+				p := rp.Certs[i]
+				if old := state.Certificates[p.Obs.File.Path]; old != nil && p.Next != nil {
+					same[i] = reflect.DeepEqual(*old, *p.Next)
+				}
+			}
+		})
+	}
+	wg.Wait()
 	changed := false
-	for _, p := range rp.Certs {
+	for i, p := range rp.Certs {
 		path := p.Obs.File.Path
 		switch p.Step {
 		case stepSkip:
@@ -248,7 +283,7 @@ func apply(state *State, rp runPlan) bool {
 		case stepError:
 			continue // what was known stays
 		}
-		if old := state.Certificates[path]; old == nil || !reflect.DeepEqual(*old, *p.Next) {
+		if !same[i] {
 			state.Certificates[path] = p.Next
 			changed = true
 		}
