@@ -2,11 +2,14 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +21,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/ocsp"
 
 	"stapler/internal/haproxy/haproxytest"
 	"stapler/internal/pki"
@@ -476,5 +481,64 @@ func TestRunCrtStoreWithoutIssuer(t *testing.T) {
 	}
 	if n := r.Requests.Load(); n != 0 {
 		t.Errorf("the responder was asked %d times for a staple that could not be used", n)
+	}
+}
+
+// TestRunWritesWhileFetching: the staples fetched first are written while the others are
+// still being fetched, a chunk at a time, and every one ends on disk once, valid, with its
+// issuer file before it. In the test process, so that -race sees the writer and the fetchers.
+func TestRunWritesWhileFetching(t *testing.T) {
+	quiet := slog.Default()
+	slog.SetDefault(slog.New(slog.DiscardHandler))
+	defer slog.SetDefault(quiet)
+	old := writeChunk
+	writeChunk = 3
+	defer func() { writeChunk = old }()
+	now := time.Now()
+	ca := pki.NewCA("Chunk Test CA", now)
+	r := pki.StartResponder(ca)
+	defer r.Close()
+	dir := t.TempDir()
+	certs := filepath.Join(dir, "certs")
+	os.Mkdir(certs, 0o755)
+	const n = 11
+	var leaves []*x509.Certificate
+	for i := range n {
+		leaf, key := ca.Issue(pki.Leaf{Name: fmt.Sprintf("c%d.test", i), OCSP: []string{r.URL()}}, now)
+		chain := []*x509.Certificate{ca.Cert}
+		if i%2 == 1 {
+			chain = nil // its issuer comes from issuer_dirs, and goes to <cert>.issuer
+		}
+		writeBundle(filepath.Join(certs, fmt.Sprintf("c%d.pem", i)), leaf, key, chain...)
+		leaves = append(leaves, leaf)
+	}
+	issuers := filepath.Join(dir, "issuers")
+	os.Mkdir(issuers, 0o755)
+	os.WriteFile(filepath.Join(issuers, "ca.pem"), pki.CertPEM(ca.Cert), 0o644)
+	cfg := defaultConfig()
+	cfg.Dirs, cfg.State, cfg.IssuerDirs, cfg.FetchIssuers, cfg.Jobs = []string{certs}, filepath.Join(dir, "state.json"), []string{issuers}, false, 4
+	opt := runOptions{Config: cfg}
+	if err := opt.discover(); err != nil {
+		t.Fatal(err)
+	}
+	sum, err := run(context.Background(), opt, now)
+	if err != nil || !sum.ok() || sum.Refreshed != n {
+		t.Fatalf("run: %+v, %v; want %d refreshed", sum, err, n)
+	}
+	for i, leaf := range leaves {
+		site := filepath.Join(certs, fmt.Sprintf("c%d.pem", i))
+		der, err := os.ReadFile(site + ".ocsp")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ocsp.ParseResponseForCert(der, leaf, ca.Cert); err != nil {
+			t.Errorf("%s.ocsp: %v", site, err)
+		}
+		if _, err := os.Stat(site + ".issuer"); (i%2 == 1) != (err == nil) {
+			t.Errorf("%s.issuer: %v", site, err)
+		}
+	}
+	if left, _ := filepath.Glob(filepath.Join(certs, ".*")); len(left) > 0 {
+		t.Errorf("temporary files left: %q", left)
 	}
 }

@@ -52,10 +52,11 @@ type executor struct {
 // fetchAll refreshes the due staples, jobs at a time. Those not started before ctx ends are
 // unfinished; a fetch that finished with an error is its certificate's failure, whatever
 // happens to the run after.
-func (ex *executor) fetchAll(ctx context.Context, due []*certPlan) map[*certPlan]*fetched {
-	out := make(map[*certPlan]*fetched, len(due))
-	for _, p := range due {
-		out[p] = &fetched{}
+// Each certificate's result goes in out, made beforehand (newResults); the certificate is then
+// sent on finished, when not nil, which is closed at the end.
+func (ex *executor) fetchAll(ctx context.Context, due []*certPlan, out map[*certPlan]*fetched, finished chan<- *certPlan) {
+	if finished != nil {
+		defer close(finished)
 	}
 	var wg sync.WaitGroup
 	var done atomic.Int64
@@ -70,6 +71,9 @@ func (ex *executor) fetchAll(ctx context.Context, due []*certPlan) map[*certPlan
 					ex.fetch(ctx, p, f)
 				}
 				done.Add(1)
+				if finished != nil {
+					finished <- p
+				}
 			}
 		})
 	}
@@ -82,7 +86,50 @@ func (ex *executor) fetchAll(ctx context.Context, due []*certPlan) map[*certPlan
 	}
 	close(work)
 	wg.Wait()
+}
+
+// newResults makes the map fetchAll fills, with an empty result for each due certificate.
+func newResults(due []*certPlan) map[*certPlan]*fetched {
+	out := make(map[*certPlan]*fetched, len(due))
+	for _, p := range due {
+		out[p] = &fetched{}
+	}
 	return out
+}
+
+// writeChunk is how many fetched certificates are written together while the fetching goes on.
+var writeChunk = 1024 // a variable for TestRunWritesWhileFetching
+
+// fetchAndWrite fetches the due staples and writes what they bring as they come, writeChunk
+// certificates at a time, so that the writing overlaps the fetching (the responders'
+// latency). It returns the fetches' results, the certificates not written yet (the last
+// ones, and those not fetched: write them with write), and how many issuer files could not be
+// repaired.
+func (ex *executor) fetchAndWrite(ctx context.Context, plans, due []*certPlan) (results map[*certPlan]*fetched, rest []*certPlan, issuerErrs int) {
+	results = newResults(due)
+	finished := make(chan *certPlan, len(due)) // never blocks a fetch
+	written := map[*certPlan]bool{}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		var chunk []*certPlan
+		for p := range finished {
+			if chunk = append(chunk, p); len(chunk) == writeChunk {
+				issuerErrs += ex.write(chunk, results)
+				for _, p := range chunk {
+					written[p] = true
+				}
+				chunk = nil
+			}
+		}
+	})
+	ex.fetchAll(ctx, due, results, finished)
+	wg.Wait()
+	for _, p := range plans {
+		if !written[p] {
+			rest = append(rest, p)
+		}
+	}
+	return results, rest, issuerErrs
 }
 
 // fetch asks each of the certificate's responders in turn until one gives a valid answer. The

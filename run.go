@@ -78,9 +78,9 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 		return sum, nil
 	}
 	removeTemps(opt, rp, obs.Seen)
-	results := ex.fetchAll(fetchCtx, rp.due())
-	sw.lap("fetch")
-	sum.Errors += ex.write(rp.Certs, results)
+	results, rest, issuerErrs := ex.fetchAndWrite(fetchCtx, rp.Certs, rp.due())
+	sw.lap("fetch") // with the writing of all but the last writeChunk certificates
+	sum.Errors += issuerErrs + ex.write(rest, results)
 	sw.lap("write")
 	record(now, opt.policy(), rp, results, &sum, fetchCtx)
 	sum.Errors += runRevokedHooks(ctx, opt, rp)
