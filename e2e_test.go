@@ -261,7 +261,9 @@ func TestRunRepairsIssuerFile(t *testing.T) {
 	r2.SetMode("down")
 	leaf, key = ca2.Issue(pki.Leaf{Name: "site.test", OCSP: []string{r2.URL()}}, now)
 	writeBundle(site, leaf, key)
-	run(1)
+	if stderr := run(1); strings.Contains(stderr, "ignoring issuer file") {
+		t.Errorf("a warning about the issuer file stapler is replacing:\n%s", stderr)
+	}
 	issuerIs(pki.CertPEM(ca2.Cert))
 
 	// Renewed again, now with the issuer in the bundle and no responder: the .issuer goes.

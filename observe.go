@@ -27,13 +27,16 @@ type observation struct {
 
 // fileObs is one certificate file as observed.
 type fileObs struct {
-	File     certFile
-	Old      *CertState // what the state recorded; nil for a file new to stapler
-	Named    bool       // named on the command line or in `files`: it must hold a certificate
-	Err      error      // it cannot be read or parsed (names the file)
-	NotCert  bool       // it holds no PEM certificate
-	Hash     string     // of its CERTIFICATE blocks
-	CertStat string     // its stat mark
+	File  certFile
+	Old   *CertState // what the state recorded; nil for a file new to stapler
+	Named bool       // named on the command line or in `files`: it must hold a certificate
+	// issuerFileStale: its issuer file is one stapler wrote for an earlier certificate, to be
+	// replaced: the issuer is not looked for there.
+	issuerFileStale bool
+	Err             error  // it cannot be read or parsed (names the file)
+	NotCert         bool   // it holds no PEM certificate
+	Hash            string // of its CERTIFICATE blocks
+	CertStat        string // its stat mark
 	// Changed: the certificates in it are not those the state recorded (or it is new).
 	Changed bool
 	// Cert is what stapler read of it: always when Changed, else only when something needed
@@ -197,7 +200,11 @@ func (ob *observer) issuer(ctx context.Context, o *fileObs) *issuedFor {
 		o.issued.Err = err
 		return o.issued
 	}
-	o.issued.Issuer, o.issued.Src, o.issued.Err = ob.finder.find(ctx, o.File.Issuer, bundle)
+	issuerFile := o.File.Issuer
+	if o.issuerFileStale {
+		issuerFile = ""
+	}
+	o.issued.Issuer, o.issued.Src, o.issued.Err = ob.finder.find(ctx, issuerFile, bundle)
 	if o.issued.Err == nil {
 		o.issued.Req, o.issued.CertID, o.issued.Err = ocspcheck.Request(bundle[0], o.issued.Issuer)
 	}
@@ -297,6 +304,7 @@ func (ob *observer) checkIssuerFile(ctx context.Context, o *fileObs) {
 		c.Err = fmt.Errorf("%s did not sign the certificate, and HAProxy refuses to start with it: correct or remove it", name)
 		return
 	}
+	o.issuerFileStale = true // stapler's own, for an earlier certificate: not looked in
 	iss := ob.issuer(ctx, o)
 	switch {
 	case iss.Err != nil:
