@@ -805,21 +805,23 @@ func faultTwoRuns() faultCase {
 		}}
 }
 
-// faultSIGKILL kills runs over 51 certificates (half of them needing a .issuer that stapler
+// faultSIGKILL kills runs over 201 certificates (half of them needing a .issuer that stapler
 // writes, deleted with their staple before every other run) at random points, 20 times. After each kill: the state parses or is absent, every
 // .ocsp is absent or a complete, valid response for its certificate, and HAProxy accepts the
 // directory (no .ocsp without an issuer it can find). The next normal run leaves everything
 // right, and no temporary file behind.
 func faultSIGKILL() faultCase {
 	return faultCase{name: "disk/sigkill_during_run", want: 0, staple: faultStapleOwn,
-		logs: logged("INFO", "run finished", "checked", "51"),
+		logs: logged("INFO", "run finished", "checked", "201"),
 		prep: func(e *faultEnv) {
 			issuers := filepath.Join(e.dir, "issuers")
 			faultMkdir(e.t, issuers)
 			faultWrite(e.t, filepath.Join(issuers, "ca.pem"), pki.CertPEM(e.ca.Cert))
 			e.conf = append(e.conf, fmt.Sprintf("issuer_dirs = [%q]", issuers), "fetch_issuers = false")
 			e.fleet = append(e.fleet, faultCert{path: e.site, leaf: e.leaf})
-			for i := range 50 {
+			// Enough for the durable batch to go in rounds, and overwrite in a round the files
+			// an earlier one replaced: the kills land in that too.
+			for i := range 200 {
 				leaf, key := e.ca.Issue(pki.Leaf{Name: fmt.Sprintf("fleet%02d.fault.test", i), OCSP: []string{e.r.URL()}}, e.now)
 				c := faultCert{path: filepath.Join(e.certs, fmt.Sprintf("fleet%02d.pem", i)), leaf: leaf, leafOnly: i%2 == 1}
 				if c.leafOnly {
@@ -836,11 +838,11 @@ func faultSIGKILL() faultCase {
 				seed = must(strconv.ParseUint(s, 10, 64))
 			}
 			rng := mrand.New(mrand.NewPCG(seed, seed))
-			// Forced runs with fresh responses rewrite all 51 staples every time.
-			// With 25 ms per answer and 8 jobs, a run lasts about 200-300 ms: kills land before,
-			// during and after the fetching and writing.
+			// Forced runs with fresh responses rewrite all 201 staples every time. With 6 ms
+			// per answer and 8 jobs, a run lasts about 300-500 ms: kills, 0 to 600 ms in, land
+			// before, during and after the fetching and the rounds of writing.
 			e.r.SetMode("good")
-			e.r.SetLatency(25 * time.Millisecond)
+			e.r.SetLatency(6 * time.Millisecond)
 			const kills = 20
 			killed := 0
 			for i := range kills {
@@ -858,7 +860,7 @@ func faultSIGKILL() faultCase {
 				if err := cmd.Start(); err != nil {
 					e.t.Fatal(err)
 				}
-				time.Sleep(time.Duration(rng.Int64N(int64(300 * time.Millisecond))))
+				time.Sleep(time.Duration(rng.Int64N(int64(600 * time.Millisecond))))
 				cmd.Process.Kill()
 				cmd.Wait()
 				if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
