@@ -239,7 +239,11 @@ func (ex *executor) write(plans []*certPlan, results map[*certPlan]*fetched) (is
 			q.issuer = b.Add(0, o.File.Issuer, issuerPEM(o.Issuer.Write), 0o644)
 		}
 		if f != nil && f.Err == nil && f.DER != nil && f.Newer {
-			if err := ex.needsIssuerFile(p); err != nil {
+			var err error
+			if p.Step == stepHAProxyCopy { // a fetched staple passed this before it was asked for
+				err = ex.needsIssuerFile(p)
+			}
+			if err != nil {
 				f.Err = err
 			} else {
 				if iss := p.Obs.issued; q.issuer < 0 && (iss.Src == issuerFromDir || iss.Src == issuerFromAIA) {

@@ -877,10 +877,29 @@ func TestHAProxyAwkwardSetups(t *testing.T) {
 	})
 }
 
-// ownUpdater starts HAProxy with one certificate under its own ocsp-update (`[ocsp-update on]`
-// in a crt-list, 3.0+) and waits for its first update. It returns the certificate file, the
-// admin socket, the HTTPS port and the response HAProxy holds.
+// ownUpdater starts HAProxy with one certificate under its own ocsp-update (launchOwnUpdater)
+// and waits for its first update. It returns the certificate file, the admin socket, the HTTPS
+// port and the response HAProxy holds.
 func (f *hapFixture) ownUpdater() (site, sock string, port int, held []byte) {
+	t := f.t
+	t.Helper()
+	site, sock, port = f.launchOwnUpdater()
+	hapWaitFor(t, "HAProxy's own first OCSP update", 10*time.Second, func() error {
+		a := hapCLI(t, sock, "show ssl ocsp-response base64 "+site)
+		der, err := base64.StdEncoding.DecodeString(strings.Join(strings.Fields(a[0].Text), ""))
+		if err != nil || len(der) == 0 {
+			return fmt.Errorf("HAProxy holds %q", a[0].Text)
+		}
+		held = der
+		return nil
+	})
+	return site, sock, port, held
+}
+
+// launchOwnUpdater starts HAProxy with one certificate under its own ocsp-update
+// (`[ocsp-update on]` in a crt-list, 3.0+), and returns the certificate file, the admin socket
+// and the HTTPS port.
+func (f *hapFixture) launchOwnUpdater() (site, sock string, port int) {
 	t := f.t
 	t.Helper()
 	site, _ = f.addCert("site.stapler.test")
@@ -892,16 +911,7 @@ func (f *hapFixture) ownUpdater() (site, sock string, port int, held []byte) {
 	hapWriteFile(t, cfg, bytes.Replace(hapConfig(port, f.certs, stats+" level admin"),
 		[]byte("ssl crt "+f.certs+"/"), []byte("ssl crt-list "+list), 1))
 	hapLaunch(t, f.haproxy, sock, filepath.Join(f.dir, "haproxy.log"), "-db", "-f", cfg)
-	hapWaitFor(t, "HAProxy's own first OCSP update", 10*time.Second, func() error {
-		a := hapCLI(t, sock, "show ssl ocsp-response base64 "+site)
-		der, err := base64.StdEncoding.DecodeString(strings.Join(strings.Fields(a[0].Text), ""))
-		if err != nil || len(der) == 0 {
-			return fmt.Errorf("HAProxy holds %q", a[0].Text)
-		}
-		held = der
-		return nil
-	})
-	return site, sock, port, held
+	return site, sock, port
 }
 
 // TestHAProxyOwnUpdater: a certificate under HAProxy's own ocsp-update (2.8+: `[ocsp-update
@@ -985,15 +995,7 @@ func TestHAProxyOwnUpdaterFailing(t *testing.T) {
 		f.resp = pki.StartResponder(f.ca)
 		t.Cleanup(f.resp.Close)
 		f.resp.SetMode("delegated")
-		site, _ := f.addCert("site.stapler.test")
-		stats, sock := f.statsSocket("unix", "admin")
-		port := hapFreePort(t)
-		list := filepath.Join(f.dir, "list.txt")
-		hapWriteFile(t, list, []byte(site+" [ocsp-update on]\n"))
-		cfg := filepath.Join(f.dir, "haproxy.cfg")
-		hapWriteFile(t, cfg, bytes.Replace(hapConfig(port, f.certs, stats+" level admin"),
-			[]byte("ssl crt "+f.certs+"/"), []byte("ssl crt-list "+list), 1))
-		hapLaunch(t, f.haproxy, sock, filepath.Join(f.dir, "haproxy.log"), "-db", "-f", cfg)
+		site, sock, port := f.launchOwnUpdater()
 		hapWaitFor(t, "HAProxy's own first OCSP update to fail", 10*time.Second, func() error {
 			u := haproxy.ParseOCSPUpdates(hapCLI(t, sock, "show ssl ocsp-updates")[0].Text)
 			if len(u) != 1 || !u[0].Failing() {

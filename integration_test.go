@@ -159,12 +159,18 @@ func hapLookTool(t testing.TB, name string, fallbacks ...string) string {
 			return p
 		}
 	}
-	msg := fmt.Sprintf("!!! %s not found on PATH: this integration test cannot run (apt-get install %[1]s; .ci/run installs it) !!!", name)
-	if os.Getenv("CI") != "" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
+	cannotRun(t, fmt.Sprintf("%s not found on PATH: this integration test cannot run (apt-get install %[1]s; .ci/run installs it)", name))
 	return ""
+}
+
+// cannotRun says why a test cannot run here: it fails under CI (CI set), where it must run,
+// and skips loudly elsewhere.
+func cannotRun(t testing.TB, why string) {
+	t.Helper()
+	if os.Getenv("CI") != "" {
+		t.Fatal("!!! " + why + ", and CI must run this test !!!")
+	}
+	t.Skip("!!! " + why + " !!!")
 }
 
 // hapStart runs HAProxy in the foreground until the test ends, and returns once its runtime

@@ -98,12 +98,17 @@ type observer struct {
 // observeFiles observes the certificate files, several at a time: the disk answers faster when
 // several wait on it.
 func (ob *observer) observeFiles(ctx context.Context, files []*fileObs) {
+	parallel(len(files), observeJobs, func(i int) { ob.observe(ctx, files[i]) })
+}
+
+// parallel calls fn(i) for every i below n, jobs at a time, and returns when all are done.
+func parallel(n, jobs int, fn func(i int)) {
 	var next atomic.Int64
 	var wg sync.WaitGroup
-	for range min(observeJobs, len(files)) {
+	for range min(jobs, n) {
 		wg.Go(func() {
-			for i := next.Add(1) - 1; i < int64(len(files)); i = next.Add(1) - 1 {
-				ob.observe(ctx, files[i])
+			for i := next.Add(1) - 1; i < int64(n); i = next.Add(1) - 1 {
+				fn(int(i))
 			}
 		})
 	}

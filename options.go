@@ -27,7 +27,7 @@ func setLogger(c *cli.Context, opt runOptions) error {
 	}
 	slog.SetDefault(logger)
 	for _, note := range opt.Notes {
-		slog.Warn("cannot follow HAProxy configuration", "at", note)
+		slog.Warn("HAProxy configuration needs a look", "at", note)
 	}
 	return nil
 }

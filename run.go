@@ -13,7 +13,6 @@ import (
 	"reflect"
 	"runtime"
 	"slices"
-	"sync"
 	"time"
 
 	"stapler/internal/durable"
@@ -26,7 +25,7 @@ type runOptions struct {
 	Only   []string // certificate files named on the command line: check these only
 	Force  bool     // treat every staple as due
 	DryRun bool     // decide and report, ask no responder, write nothing
-	Notes  []string // what stapler could not follow in HAProxy's configuration
+	Notes  []string // what to look at in HAProxy's configuration (haproxycfg.Setup.Notes)
 	Naming naming   // what HAProxy makes of each certificate file
 	// Progress, when set, is a terminal that shows how far the fetching is.
 	Progress io.Writer
@@ -255,19 +254,12 @@ func apply(state *State, rp runPlan) bool {
 	// Which planned entries differ from the state's, compared on every core (a deep
 	// comparison per certificate is a tenth of a run with nothing due).
 	same := make([]bool, len(rp.Certs))
-	workers := min(runtime.GOMAXPROCS(0), 1+len(rp.Certs)/1024)
-	var wg sync.WaitGroup
-	for w := range workers {
-		wg.Go(func() {
-			for i := w; i < len(rp.Certs); i += workers {
-				p := rp.Certs[i]
-				if old := state.Certificates[p.Obs.File.Path]; old != nil && p.Next != nil {
-					same[i] = reflect.DeepEqual(*old, *p.Next)
-				}
-			}
-		})
-	}
-	wg.Wait()
+	parallel(len(rp.Certs), runtime.GOMAXPROCS(0), func(i int) {
+		p := rp.Certs[i]
+		if old := state.Certificates[p.Obs.File.Path]; old != nil && p.Next != nil {
+			same[i] = reflect.DeepEqual(*old, *p.Next)
+		}
+	})
 	changed := false
 	for i, p := range rp.Certs {
 		path := p.Obs.File.Path

@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -150,22 +149,17 @@ func decodeLines(data []byte) (*State, bool) {
 		st  *CertState
 	}
 	entries := make([]entry, len(lines))
-	workers := min(runtime.GOMAXPROCS(0), 1+len(lines)/1024)
 	var failed atomic.Bool
-	var wg sync.WaitGroup
-	for w := range workers {
-		wg.Go(func() {
-			for i := w; i < len(lines) && !failed.Load(); i += workers {
-				line, comma := bytes.CutSuffix(lines[i], []byte(","))
-				k, v, split := splitEntry(line)
-				if comma != (i < len(lines)-1) || !split || json.Unmarshal(k, &entries[i].key) != nil || json.Unmarshal(v, &entries[i].st) != nil {
-					failed.Store(true)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
+	parallel(len(lines), runtime.GOMAXPROCS(0), func(i int) {
+		if failed.Load() {
+			return
+		}
+		line, comma := bytes.CutSuffix(lines[i], []byte(","))
+		k, v, split := splitEntry(line)
+		if comma != (i < len(lines)-1) || !split || json.Unmarshal(k, &entries[i].key) != nil || json.Unmarshal(v, &entries[i].st) != nil {
+			failed.Store(true)
+		}
+	})
 	if failed.Load() {
 		return nil, false
 	}

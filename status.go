@@ -11,8 +11,6 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"stapler/internal/haproxy"
@@ -94,26 +92,20 @@ func collectStatus(ctx context.Context, opt runOptions, state *State, now time.T
 	rep := &statusReport{GeneratedAt: now, Certificates: []certStatus{}}
 	// Looked at several at a time: the disk answers faster when several stats wait on it.
 	type looked struct {
+		f       certFile
 		st      *CertState
 		changed bool
 		err     error
 	}
 	seen := make([]looked, len(paths))
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range min(observeJobs, len(paths)) {
-		wg.Go(func() {
-			for i := next.Add(1) - 1; i < int64(len(paths)); i = next.Add(1) - 1 {
-				l := &seen[i]
-				l.st, l.changed, l.err = look(opt.Naming.file(paths[i]), state.Certificates[paths[i]])
-			}
-		})
-	}
-	wg.Wait()
+	parallel(len(paths), observeJobs, func(i int) {
+		l := &seen[i]
+		l.f = opt.Naming.file(paths[i])
+		l.st, l.changed, l.err = look(l.f, state.Certificates[paths[i]])
+	})
 	var refs []stapleRef
 	for i, path := range paths {
-		f := opt.Naming.file(path)
-		old := state.Certificates[path]
+		f, old := seen[i].f, state.Certificates[path]
 		st, changed, err := seen[i].st, seen[i].changed, seen[i].err
 		if errors.Is(err, errNotCertificate) {
 			continue

@@ -59,10 +59,7 @@ func TestWriteFile(t *testing.T) {
 // must not take the state or a staple away from the user the timer runs as).
 func TestWriteFileKeepsOwner(t *testing.T) {
 	if os.Getuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("changing a file's owner needs root, and CI runs as root")
-		}
-		t.Skip("!!! changing a file's owner needs root !!!")
+		cannot(t, "changing a file's owner needs root")
 	}
 	p := filepath.Join(t.TempDir(), "state.json")
 	os.WriteFile(p, []byte("{}"), 0o600)
@@ -344,7 +341,7 @@ func ino(t *testing.T, path string) uint64 {
 func TestBatchNewFileGroup(t *testing.T) {
 	dir := t.TempDir()
 	if err := os.Chown(dir, -1, 4321); err != nil {
-		t.Skip("!!! changing a directory's group needs root !!!")
+		cannot(t, "changing a directory's group needs root")
 	}
 	os.Chmod(dir, 0o755|os.ModeSetgid)
 	for _, n := range []int{1, SyncfsMin * 2} {
@@ -405,7 +402,7 @@ func TestBatchRoundsStopWhenRefused(t *testing.T) {
 	for i := range n {
 		os.WriteFile(name(i), []byte("old"), 0o644)
 		if err := unix.Setxattr(name(i), "user.label", []byte("x"), 0); err != nil {
-			t.Skip("!!! no user extended attributes here !!!")
+			cannot(t, "this file system has no user extended attributes")
 		}
 	}
 	calls := 0
@@ -421,4 +418,14 @@ func TestBatchRoundsStopWhenRefused(t *testing.T) {
 	if b.Reused() != 0 || calls > 3 {
 		t.Errorf("%d reused, %d directory fsyncs: want none reused, and no more than 3 rounds", b.Reused(), calls)
 	}
+}
+
+// cannot says why a test cannot run here: it fails under CI (root, on ext4), where it must
+// run, and skips loudly elsewhere.
+func cannot(t *testing.T, why string) {
+	t.Helper()
+	if os.Getenv("CI") != "" {
+		t.Fatal(why + ", and CI must run this test")
+	}
+	t.Skip("!!! " + why + " !!!")
 }

@@ -187,10 +187,9 @@ func ParseOCSPText(text string) (t OCSPText, ok bool) {
 
 // Proc is one process of `show proc` on the master CLI.
 type Proc struct {
-	Pid     int
-	Type    string // "master", "worker"
-	Reloads int
-	Old     bool // listed as an old worker: stopping after a reload
+	Pid  int
+	Type string // "master", "worker"
+	Old  bool   // listed as an old worker: stopping after a reload
 }
 
 // ParseProcs reads the master CLI's `show proc`: the master, then "# workers", then (during
@@ -212,8 +211,7 @@ func ParseProcs(text string) ([]Proc, error) {
 		if err != nil {
 			continue
 		}
-		reloads, _ := strconv.Atoi(f[2])
-		out = append(out, Proc{Pid: pid, Type: f[1], Reloads: reloads, Old: section == "old workers"})
+		out = append(out, Proc{Pid: pid, Type: f[1], Old: section == "old workers"})
 	}
 	if len(out) == 0 {
 		return nil, errors.New("no process in the answer to show proc")

@@ -25,7 +25,8 @@ type Setup struct {
 	// others lead to the same process, and HAProxy 3.4 refuses OCSP commands below admin,
 	// which 3.2 logs as deprecated), else all of them.
 	Sockets []string
-	// Notes are constructs stapler could not follow, each naming file and line.
+	// Notes are what the operator should look at, each naming file and line: constructs
+	// stapler could not follow, and settings that weaken stapling.
 	Notes []string
 
 	dirs, files []string

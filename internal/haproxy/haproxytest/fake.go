@@ -40,7 +40,6 @@ type Fake struct {
 	silent   bool
 	certs    map[string]*Cert  // by name
 	slots    map[string][]byte // CertID (hex): the response held, nil for none
-	updates  []haproxy.OCSPUpdate
 	tx       *transaction
 	log      []string // commands received, payloads folded into their first line
 	conns    int
@@ -123,13 +122,6 @@ func (f *Fake) Held(name string) []byte {
 	return f.slots[c.CertID]
 }
 
-// SetUpdates sets what `show ssl ocsp-updates` lists.
-func (f *Fake) SetUpdates(u []haproxy.OCSPUpdate) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.updates = u
-}
-
 // SetStopping makes the fake an old worker after a reload.
 func (f *Fake) SetStopping(stopping bool) {
 	f.mu.Lock()
@@ -137,14 +129,7 @@ func (f *Fake) SetStopping(stopping bool) {
 	f.stopping = stopping
 }
 
-// Restart makes the fake a new process (another pid).
-func (f *Fake) Restart() {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.pid = nextPid()
-}
-
-// pids makes each fake (and each restart) a process of its own, as stapler tells HAProxy
+// pids makes each fake a process of its own, as stapler tells HAProxy
 // processes apart by pid and start time.
 var pids atomic.Int64
 
@@ -407,14 +392,7 @@ func (f *Fake) showCert(name string, fail func(string) string) string {
 // showUpdates answers `show ssl ocsp-updates`.
 func (f *Fake) showUpdates() string {
 	s := "OCSP Certid | Path | Next Update | Last Update | Successes | Failures | Last Update Status | Last Update Status (str)\n"
-	for _, u := range f.updates {
-		last := "-"
-		if !u.LastUpdate.IsZero() {
-			last = u.LastUpdate.UTC().Format("02/Jan/2006:15:04:05 -0700")
-		}
-		s += fmt.Sprintf("%s | %s | %s | %s | %d | %d | %d | %s\n", u.CertID, u.Path, u.NextUpdate.UTC().Format("02/Jan/2006:15:04:05 -0700"), last, u.Successes, u.Failures, u.Status, u.StatusText)
-	}
-	return s
+	return s // no certificate under HAProxy's own updater: those tests run a real HAProxy
 }
 
 // show answers the `show` commands.
