@@ -213,7 +213,7 @@ EXAMPLES:
 ` + exitHelpMsg,
 		Flags: append(settingsFlags(),
 			&cli.BoolFlag{Name: "force", Usage: "refresh every staple, due or not", DisableDefaultText: true},
-			&cli.BoolFlag{Name: "dry-run", Usage: "say what is due and why; contact nobody, write nothing", DisableDefaultText: true},
+			&cli.BoolFlag{Name: "dry-run", Usage: "say what is due and why; ask no responder, send HAProxy nothing, write nothing", DisableDefaultText: true},
 			&cli.IntFlag{Name: "jobs", Usage: "`N` OCSP requests in flight at once", DefaultText: "config's jobs, else 8"},
 			&cli.StringFlag{Name: "metrics-file", Usage: "write Prometheus metrics to `FILE` after the run (for node_exporter's textfile collector)", DefaultText: "config's metrics_file, else none"},
 		),
