@@ -485,17 +485,23 @@ func (f *file) prepare(sync bool, take func(spareKey) string) error {
 		f.tmp = ""
 		return fmt.Errorf("%s: %w", f.path, err)
 	}
+	// A new file needs no stat: it has the owner and group it should. A reused one has its
+	// owner, group and mode already (see temp), and its size matters below.
 	var tst syscall.Stat_t
-	if err := syscall.Fstat(int(t.Fd()), &tst); err != nil {
-		return fail(err)
+	if uid >= 0 {
+		if err := syscall.Fstat(int(t.Fd()), &tst); err != nil {
+			return fail(err)
+		}
 	}
 	if uid >= 0 && (int(tst.Uid) != uid || int(tst.Gid) != gid) {
 		if err := t.Chown(uid, gid); err != nil {
 			f.owner = fmt.Errorf("%s: %w (uid %d, gid %d), written as uid %d, gid %d: %v", f.path, ErrOwner, uid, gid, tst.Uid, tst.Gid, err)
 		}
 	}
-	if err := t.Chmod(perm); err != nil {
-		return fail(err)
+	if !f.reused {
+		if err := t.Chmod(perm); err != nil {
+			return fail(err)
+		}
 	}
 	if f.write != nil {
 		w := bufio.NewWriterSize(t, 64<<10)
@@ -509,11 +515,13 @@ func (f *file) prepare(sync bool, take func(spareKey) string) error {
 		return fail(err)
 	}
 	// A reused file may be longer than the new content.
-	if end, err := t.Seek(0, io.SeekCurrent); err != nil {
-		return fail(err)
-	} else if tst.Size > end {
-		if err := t.Truncate(end); err != nil {
+	if f.reused {
+		if end, err := t.Seek(0, io.SeekCurrent); err != nil {
 			return fail(err)
+		} else if tst.Size > end {
+			if err := t.Truncate(end); err != nil {
+				return fail(err)
+			}
 		}
 	}
 	if sync {
