@@ -934,6 +934,9 @@ func TestHAProxyOwnUpdater(t *testing.T) {
 		if l.find("kept HAProxy's own staple on disk", "cert", site) == nil {
 			t.Errorf("no word of keeping HAProxy's staple:\n%s", l)
 		}
+		if l.find("run finished", "checked", "1", "up_to_date", "1", "failed", "0") == nil {
+			t.Errorf("the kept copy is not counted once, as up to date:\n%s", l)
+		}
 		if got := hapReadFile(t, site+".ocsp"); !bytes.Equal(got, held) {
 			t.Errorf("%s.ocsp holds %d bytes, not the %d HAProxy fetched", site, len(got), len(held))
 		}

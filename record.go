@@ -78,7 +78,9 @@ func report(rp runPlan, obs *observation, dryRun bool) summary {
 		case stepNotCurrent:
 			sum.Skipped++
 		case stepKeep, stepHAProxyCopy:
-			sum.UpToDate++
+			if p.Copy == nil || dryRun {
+				sum.UpToDate++ // else counted by record, once HAProxy's copy is written (or not)
+			}
 			if p.keptStatus() == "revoked" {
 				sum.Revoked++
 			}
@@ -101,13 +103,14 @@ func record(now time.Time, pol policy, rp runPlan, results map[*certPlan]*fetche
 			slog.Warn("a responder failed; the next of the certificate's responders answered", "cert", path, "err", f.Passed, "answered", f.Responder)
 		}
 		switch {
-		case p.Step == stepHAProxyCopy && f != nil && f.Err == nil && f.Stat != "":
-			found := f.Staple
-			st.vouch(found, f.Stat, now, false)
-			slog.Info("kept HAProxy's own staple on disk", "cert", path, "this_update", found.ThisUpdate, "next_update", found.NextUpdate)
-		case p.Step == stepHAProxyCopy && f != nil && f.Err != nil:
+		case p.Step == stepHAProxyCopy && p.Copy != nil && f.Err == nil:
+			if found := f.Staple; f.Stat != "" {
+				st.vouch(found, f.Stat, now, false)
+				slog.Info("kept HAProxy's own staple on disk", "cert", path, "this_update", found.ThisUpdate, "next_update", found.NextUpdate)
+			}
+			sum.UpToDate++
+		case p.Step == stepHAProxyCopy && p.Copy != nil:
 			slog.Error("cannot keep HAProxy's own staple on disk", "cert", path, "err", f.Err)
-			sum.UpToDate-- // counted by report, before the write failed
 			sum.Failed++
 		case p.Step != stepFetch:
 		case f.Unfinished:
