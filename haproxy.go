@@ -301,13 +301,21 @@ func judge(h haproxy.Held, r stapleRef) heldVerdict {
 		if err != nil || hex.EncodeToString(id) != r.CertID {
 			return vOtherCert // the slot of the certificate the file runs is another's
 		}
-		resp, err := ocsp.ParseResponse(h.DER, nil)
+		t, err := ocspcheck.ResponseTimes(h.DER)
 		if err != nil {
 			return vPush
 		}
-		this, produced, next = resp.ThisUpdate, resp.ProducedAt, resp.NextUpdate
+		this, produced, next = t.ThisUpdate, t.ProducedAt, t.NextUpdate
 	}
 	switch c := compareResponses(this, produced, r.ThisUpdate, r.ProducedAt); {
+	case c > 0 && h.DER != nil:
+		// Kept only if it is a whole response: x/crypto/ocsp parses all of it (and checks the
+		// signature of a signer it carries). Reading the times alone costs no signature
+		// check, and an older response, the usual case, is replaced anyway.
+		if _, err := ocsp.ParseResponse(h.DER, nil); err != nil {
+			return vPush
+		}
+		return vNewer
 	case c > 0:
 		return vNewer
 	case c == 0 && h.DER == nil && next.Truncate(time.Second).Equal(r.NextUpdate.Truncate(time.Second)) && h.Text.Status == r.Status:

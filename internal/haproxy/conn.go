@@ -44,6 +44,7 @@ type Conn struct {
 	addr    Addr
 	nc      net.Conn
 	buf     []byte // read but not yet returned
+	chunk   []byte // what each read reads into, kept for the next (thousands of answers a run)
 	prompt  []byte // "\n" + the prompt: what ends each answer
 	timeout time.Duration
 	end     time.Time // the caller's deadline, if any: no exchange outlasts it
@@ -150,7 +151,10 @@ func (c *Conn) write(text string, n int) error {
 // trickles bytes cannot hold a run.
 func (c *Conn) readUntil(end []byte, trim bool, limit int) ([]byte, error) {
 	c.nc.SetReadDeadline(c.deadline(c.timeout))
-	chunk := make([]byte, 64<<10)
+	if c.chunk == nil {
+		c.chunk = make([]byte, 64<<10)
+	}
+	chunk := c.chunk
 	from := 0
 	for {
 		if i := bytes.Index(c.buf[from:], end); i >= 0 {

@@ -4,6 +4,7 @@ package ocspcheck
 
 import (
 	"errors"
+	"time"
 
 	"golang.org/x/crypto/cryptobyte"
 	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
@@ -12,8 +13,46 @@ import (
 // ResponseCertID returns the DER CertID of the first SingleResponse of an OCSP response:
 // the key under which HAProxy files it, byte for byte.
 func ResponseCertID(der []byte) ([]byte, error) {
+	id, _, _, err := firstSingle(der)
+	return id, err
+}
+
+// Times are the times an OCSP response states about its first SingleResponse.
+type Times struct {
+	ProducedAt, ThisUpdate time.Time
+	NextUpdate             time.Time // zero when the response has none
+}
+
+// ResponseTimes reads the times of an OCSP response without checking its signature: what
+// a response HAProxy already holds says of itself, to compare it with another. Only a
+// response found newer needs the check (x/crypto/ocsp's ParseResponse), which costs a
+// signature verification; most comparisons do not.
+func ResponseTimes(der []byte) (Times, error) {
+	_, produced, single, err := firstSingle(der)
+	var t Times
+	if err != nil {
+		return t, err
+	}
+	var status, next cryptobyte.String
+	var tag cbasn1.Tag
+	var hasNext bool
+	ok := produced.ReadASN1GeneralizedTime(&t.ProducedAt) &&
+		single.SkipASN1(cbasn1.SEQUENCE) && // the CertID, read by firstSingle
+		single.ReadAnyASN1(&status, &tag) && // certStatus: a CHOICE of three context-specific tags
+		single.ReadASN1GeneralizedTime(&t.ThisUpdate) &&
+		single.ReadOptionalASN1(&next, &hasNext, cbasn1.Tag(0).Constructed().ContextSpecific()) &&
+		(!hasNext || next.ReadASN1GeneralizedTime(&t.NextUpdate))
+	if !ok {
+		return Times{}, errors.New("cannot read the times of the response")
+	}
+	return t, nil
+}
+
+// firstSingle walks an OCSP response to its first SingleResponse and returns its DER CertID,
+// the response's producedAt element, and the SingleResponse's content (from the CertID on).
+func firstSingle(der []byte) (id []byte, produced, single cryptobyte.String, err error) {
 	s := cryptobyte.String(der)
-	var resp, rb, basicOctets, basic, tbs, responderID, responses, single, id cryptobyte.String
+	var resp, rb, basicOctets, basic, tbs, responderID, responses, idElem cryptobyte.String
 	var tag cbasn1.Tag
 	ok := s.ReadASN1(&resp, cbasn1.SEQUENCE) &&
 		resp.SkipASN1(cbasn1.ENUM) &&
@@ -25,14 +64,17 @@ func ResponseCertID(der []byte) ([]byte, error) {
 		basic.ReadASN1(&tbs, cbasn1.SEQUENCE) &&
 		tbs.SkipOptionalASN1(cbasn1.Tag(0).Constructed().ContextSpecific()) &&
 		tbs.ReadAnyASN1(&responderID, &tag) &&
-		tbs.SkipASN1(cbasn1.GeneralizedTime) &&
+		tbs.ReadASN1Element(&produced, cbasn1.GeneralizedTime) &&
 		tbs.ReadASN1(&responses, cbasn1.SEQUENCE) &&
-		responses.ReadASN1(&single, cbasn1.SEQUENCE) &&
-		single.ReadASN1Element(&id, cbasn1.SEQUENCE)
-	if !ok {
-		return nil, errors.New("cannot find the CertID of the response")
+		responses.ReadASN1(&single, cbasn1.SEQUENCE)
+	if ok {
+		rest := single
+		ok = rest.ReadASN1Element(&idElem, cbasn1.SEQUENCE)
 	}
-	return id, nil
+	if !ok {
+		return nil, nil, nil, errors.New("cannot find the CertID of the response")
+	}
+	return idElem, produced, single, nil
 }
 
 // RequestCertID returns the DER CertID of the single request of an OCSP request.

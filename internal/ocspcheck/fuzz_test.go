@@ -294,3 +294,42 @@ func FuzzCheck(f *testing.F) {
 		}
 	})
 }
+
+// FuzzResponseTimes: ResponseTimes never panics, reads the CertID ResponseCertID reads, and
+// where x/crypto/ocsp also parses the response, reads the same three times. For the
+// responses of every mode of the test responder, both parse.
+func FuzzResponseTimes(f *testing.F) {
+	p := newFuzzPKI()
+	wellFormed := map[string]bool{}
+	for _, mode := range []string{"good", "revoked", "expired", "noNextUpdate", "tooShort", "future",
+		"older", "sha256", "delegated", "delegatedNoEKU", "delegatedExpired", "wrongSerial", "stranger"} {
+		der := p.responder.Answer(mode, p.leaf.SerialNumber, p.now)
+		wellFormed[string(der)] = true
+		f.Add(der, signerNone)
+		if basic, err := parseBasicOCSP(der); err == nil {
+			for s := signerCA; s < signers; s++ {
+				f.Add([]byte(basic.TBS.Raw), s)
+			}
+		}
+	}
+	f.Fuzz(func(t *testing.T, data []byte, signer uint8) {
+		der := p.sign(data, signer%signers)
+		got, err := ResponseTimes(der)
+		if id, idErr := ResponseCertID(der); err == nil && idErr != nil {
+			t.Fatalf("ResponseTimes read the times of a response whose CertID ResponseCertID cannot find: %v", idErr)
+		} else if err == nil && len(id) == 0 {
+			t.Fatal("empty CertID")
+		}
+		resp, perr := ocsp.ParseResponse(der, nil)
+		if wellFormed[string(der)] && (err != nil || perr != nil) {
+			t.Fatalf("a well-formed response: ResponseTimes: %v; ocsp.ParseResponse: %v", err, perr)
+		}
+		if err != nil || perr != nil {
+			return
+		}
+		want := Times{ProducedAt: resp.ProducedAt, ThisUpdate: resp.ThisUpdate, NextUpdate: resp.NextUpdate}
+		if !got.ProducedAt.Equal(want.ProducedAt) || !got.ThisUpdate.Equal(want.ThisUpdate) || !got.NextUpdate.Equal(want.NextUpdate) {
+			t.Fatalf("ResponseTimes read %+v, x/crypto/ocsp %+v", got, want)
+		}
+	})
+}

@@ -20,8 +20,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/crypto/ocsp"
-
 	"stapler/internal/haproxy"
 	"stapler/internal/ocspcheck"
 )
@@ -323,7 +321,8 @@ func (f *Fake) answer(line string, payload []string, sev bool) string {
 }
 
 func (f *Fake) setOCSP(der []byte, info, fail func(string) string) string {
-	resp, err := ocsp.ParseResponse(der, nil)
+	// Like HAProxy, which parses the response and never checks its signature.
+	resp, err := ocspcheck.ResponseTimes(der)
 	if err != nil {
 		return fail("Unable to parse OCSP response.")
 	}
@@ -442,8 +441,8 @@ func (f *Fake) show(line string, info, fail func(string) string) string {
 		if der == nil {
 			return ""
 		}
-		resp, _ := ocsp.ParseResponse(der, nil)
-		if resp == nil {
+		resp, err := ocspcheck.ResponseTimes(der)
+		if err != nil {
 			return ""
 		}
 		const layout = "Jan _2 15:04:05 2006 GMT"
