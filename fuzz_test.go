@@ -226,6 +226,18 @@ func FuzzDecodeState(f *testing.F) {
 	f.Add([]byte("{\"version\":2,\"certificates\":{\n\"\xff\":{\"subject\":\"\xfe\"}\n}}\n"))
 	f.Add([]byte("{\"version\":2,\"certificates\":{\n\"/a\" :{}\n}}\n"))
 	f.Add([]byte("{\"version\":2,\"certificates\":{\n}}\n"))
+	// Where a decoder could part from encoding/json: names in another case, unknown and
+	// repeated names, numbers in other forms, times with offsets or fractions, escapes, nulls.
+	for _, line := range []string{
+		`{"CERT_HASH":"ab","Subject":"x","subject":"y","unknown":[1,{"a":null}]}`,
+		`{"failures":1e1}`, `{"failures":-0}`, `{"failures":1.0}`, `{"failures":"1"}`, `{"failures":9223372036854775808}`,
+		`{"not_after":"2026-11-01T12:00:00+01:00","not_before":"2026-11-01T12:00:00.123456789Z"}`,
+		`{"not_after":"2026-11-01t12:00:00z"}`, `{"not_after":"2026-11-01T12:00:00+24:00"}`, `{"not_after":null,"staple":null}`,
+		`{"subject":"\u00e9\ud83d\ude00\ud800","responders":["a",null],"pending_push":null}`,
+		`{"must_staple":"true"}`, `{"must_staple":1}`, `{"staple":{"hash":"a","HASH":"b"}}`, `{"responders":{}}`,
+	} {
+		f.Add([]byte("{\"version\":2,\"certificates\":{\n\"/a\":" + line + "\n}}\n"))
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		fast, ok := decodeLines(data)
 		if !ok {
