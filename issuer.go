@@ -65,8 +65,8 @@ type issuerFinder struct {
 // issuerFile is where HAProxy looks for it ("" for nowhere). Thousands of certificates share
 // a few issuers: each is returned as one shared value, so that the bundles it came from need
 // not stay in memory.
-func (f *issuerFinder) find(ctx context.Context, issuerFile string, bundle []*x509.Certificate) (*x509.Certificate, issuerSource, error) {
-	c, src, err := f.search(ctx, issuerFile, bundle)
+func (f *issuerFinder) find(ctx context.Context, issuerFile string, bundle []*x509.Certificate, aia bool) (*x509.Certificate, issuerSource, error) {
+	c, src, err := f.search(ctx, issuerFile, bundle, aia)
 	if c == nil {
 		return c, src, err
 	}
@@ -82,8 +82,8 @@ func (f *issuerFinder) find(ctx context.Context, issuerFile string, bundle []*x5
 	return c, src, err
 }
 
-// search finds the issuer of leaf, for find.
-func (f *issuerFinder) search(ctx context.Context, issuerFile string, bundle []*x509.Certificate) (*x509.Certificate, issuerSource, error) {
+// search finds the issuer of leaf, for find; without aia, only on this machine.
+func (f *issuerFinder) search(ctx context.Context, issuerFile string, bundle []*x509.Certificate, aia bool) (*x509.Certificate, issuerSource, error) {
 	leaf := bundle[0]
 	for _, c := range bundle[1:] {
 		if issuedBy(leaf, c) {
@@ -120,6 +120,9 @@ func (f *issuerFinder) search(ctx context.Context, issuerFile string, bundle []*
 		}
 	}
 	f.cacheMu.Unlock()
+	if !aia {
+		return nil, 0, errIssuerNotFound
+	}
 	var errs []error
 	for _, u := range leaf.IssuingCertificateURL {
 		c, err := f.aia(ctx, u, leaf)

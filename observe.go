@@ -145,6 +145,12 @@ func (ob *observer) observe(ctx context.Context, o *fileObs) {
 		return // not stapled: its staple is not looked at
 	}
 	ob.observeStaple(ctx, o)
+	if o.Changed {
+		// A new certificate's staple is fetched: its issuer, found now while the bundle is
+		// parsed, spares holding thousands of parsed bundles until then. (One found nowhere
+		// here is looked for again, through AIA, when it is fetched.)
+		ob.findIssuer(ctx, o, false)
+	}
 }
 
 // identity is what is known of the certificate: read in this run, or recorded.
@@ -167,28 +173,28 @@ func (o *fileObs) read() error {
 	return nil
 }
 
-// bundle parses the certificate blocks, if that was not needed before.
+// bundle parses the certificate blocks, reading the file again if they were not read or were
+// dropped (see issuer): it must still hold the certificates observed.
 func (o *fileObs) bundle() ([]*x509.Certificate, error) {
-	if o.blocks == nil && o.Cert == nil {
+	if o.Cert != nil && o.Cert.Bundle != nil {
+		return o.Cert.Bundle, nil
+	}
+	if o.blocks == nil {
+		want := o.Hash // of the file as observed: read, or as the state recorded it
 		if err := o.read(); err != nil {
 			return nil, err
 		}
-		if o.Hash != o.Old.CertHash {
+		if o.Hash != want {
 			return nil, fmt.Errorf("%s changed during the run", o.File.Path)
 		}
 	}
-	if o.Cert == nil {
-		c, err := readCert(o.blocks, o.Hash)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", o.File.Path, err)
-		}
-		o.Cert = c
+	c, err := readCert(o.blocks, o.Hash)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", o.File.Path, err)
 	}
-	if o.Cert.Bundle == nil { // dropped once its issuer was found: parsed again
-		c, err := readCert(o.blocks, o.Hash)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", o.File.Path, err)
-		}
+	if o.Cert == nil {
+		o.Cert = c
+	} else {
 		o.Cert.Bundle = c.Bundle
 	}
 	return o.Cert.Bundle, nil
@@ -196,27 +202,40 @@ func (o *fileObs) bundle() ([]*x509.Certificate, error) {
 
 // issuer finds the certificate's issuer and makes the OCSP request about it, once.
 func (ob *observer) issuer(ctx context.Context, o *fileObs) *issuedFor {
+	return ob.findIssuer(ctx, o, true)
+}
+
+// findIssuer is issuer; without aia it looks on this machine only, and returns nil (leaving
+// the search to issuer) when the issuer is not there.
+func (ob *observer) findIssuer(ctx context.Context, o *fileObs, aia bool) *issuedFor {
 	if o.issued != nil {
 		return o.issued
 	}
-	o.issued = &issuedFor{}
 	bundle, err := o.bundle()
 	if err != nil {
-		o.issued.Err = err
+		o.issued = &issuedFor{Err: err}
 		return o.issued
 	}
 	issuerFile := o.File.Issuer
 	if o.issuerFileStale {
 		issuerFile = ""
 	}
-	o.issued.Issuer, o.issued.Src, o.issued.Err = ob.finder.find(ctx, issuerFile, bundle)
-	if o.issued.Err == nil {
-		o.issued.Req, o.issued.CertID, o.issued.Err = ocspcheck.Request(bundle[0], o.issued.Issuer)
+	iss := &issuedFor{}
+	iss.Issuer, iss.Src, iss.Err = ob.finder.find(ctx, issuerFile, bundle, aia)
+	if !aia && iss.Issuer == nil {
+		return nil
 	}
-	// The request and the (shared) issuer are all that is needed of the parsed bundle from now
-	// on: with thousands of certificates due, it would be most of the memory a run holds.
-	o.Cert.Bundle = nil
-	return o.issued
+	if iss.Err == nil {
+		iss.Req, iss.CertID, iss.Err = ocspcheck.Request(bundle[0], iss.Issuer)
+	}
+	o.issued = iss
+	// The request and the (shared) issuer are all that is needed of the bundle from now on:
+	// with thousands of certificates due, it would be most of the memory a run holds.
+	if o.Cert != nil {
+		o.Cert.Bundle = nil
+	}
+	o.blocks = nil
+	return iss
 }
 
 // verify checks a response about the certificate as a fetched one is checked.

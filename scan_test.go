@@ -160,7 +160,19 @@ func TestFindIssuer(t *testing.T) {
 			if tt.fetch {
 				f.Client = srv.Client()
 			}
-			got, src, err := f.find(context.Background(), issuerName(path), tt.bundle)
+			// Looking on this machine only (observe) finds the same, but for AIA, and asks
+			// nothing of it.
+			hits := aiaHits
+			got, src, err := f.find(context.Background(), issuerName(path), tt.bundle, false)
+			switch local := tt.want != issuerFromAIA; {
+			case aiaHits != hits:
+				t.Fatalf("looking on this machine only fetched from AIA")
+			case local && (!errors.Is(err, tt.err) || src != tt.want):
+				t.Fatalf("on this machine only: %v from %v, want %v from %v", err, src, tt.err, tt.want)
+			case !local && (!errors.Is(err, errIssuerNotFound) || got != nil):
+				t.Fatalf("on this machine only: found %v (%v), want it left for AIA", got, err)
+			}
+			got, src, err = f.find(context.Background(), issuerName(path), tt.bundle, true)
 			if !errors.Is(err, tt.err) {
 				t.Fatalf("error %v, want %v", err, tt.err)
 			}
@@ -178,7 +190,7 @@ func TestFindIssuer(t *testing.T) {
 	aiaHits = 0
 	for i, want := range []issuerSource{issuerFromAIA, issuerFromDir} {
 		f := &issuerFinder{CacheDir: cache, Client: srv.Client(), MaxBytes: 1 << 16}
-		if _, src, err := f.find(context.Background(), issuerName(filepath.Join(t.TempDir(), "x.pem")), []*x509.Certificate{leaf}); err != nil || src != want {
+		if _, src, err := f.find(context.Background(), issuerName(filepath.Join(t.TempDir(), "x.pem")), []*x509.Certificate{leaf}, true); err != nil || src != want {
 			t.Fatalf("find %d: %v from %v, want %v", i, err, src, want)
 		}
 	}
@@ -188,11 +200,11 @@ func TestFindIssuer(t *testing.T) {
 
 	// An issuer found in a bundle is remembered: when the bundle loses it, it is still found.
 	f := &issuerFinder{CacheDir: filepath.Join(t.TempDir(), "cache"), MaxBytes: 1 << 16}
-	if _, src, err := f.find(context.Background(), issuerName(filepath.Join(t.TempDir(), "y.pem")), []*x509.Certificate{noAIA, ca.Cert}); err != nil || src != issuerInBundle {
+	if _, src, err := f.find(context.Background(), issuerName(filepath.Join(t.TempDir(), "y.pem")), []*x509.Certificate{noAIA, ca.Cert}, true); err != nil || src != issuerInBundle {
 		t.Fatalf("bundle: %v from %v", err, src)
 	}
 	f = &issuerFinder{CacheDir: f.CacheDir, MaxBytes: 1 << 16}
-	if c, src, err := f.find(context.Background(), issuerName(filepath.Join(t.TempDir(), "y.pem")), []*x509.Certificate{noAIA}); err != nil || src != issuerFromDir || !c.Equal(ca.Cert) {
+	if c, src, err := f.find(context.Background(), issuerName(filepath.Join(t.TempDir(), "y.pem")), []*x509.Certificate{noAIA}, true); err != nil || src != issuerFromDir || !c.Equal(ca.Cert) {
 		t.Fatalf("bundle without its issuer: %v from %v", err, src)
 	}
 }

@@ -1,7 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -146,5 +149,54 @@ func TestStateVersion1(t *testing.T) {
 	}
 	if data, _ := os.ReadFile(path); must(stateFileVersion(data)) != 2 {
 		t.Errorf("saved state is not version 2:\n%s", data)
+	}
+}
+
+// TestStateManyLines: a state of thousands of lines is decoded line by line as encoding/json
+// decodes it whole, a key repeated at the end winning, and a state whose last line is broken
+// is read whole (and found broken) rather than half-taken.
+func TestStateManyLines(t *testing.T) {
+	now := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+	st := newState()
+	for i := range 4000 {
+		st.Certificates[fmt.Sprintf("/c/site%05d.pem", i)] = &CertState{CertHash: strings.Repeat("ab", 32), Subject: fmt.Sprintf("site%d.test", i),
+			Serial: "1f", NotAfter: now, Responders: []string{"http://ocsp.test"}, Failures: i,
+			Staple: &Staple{Hash: strings.Repeat("cd", 32), Status: "good", ThisUpdate: now, NextUpdate: now.Add(time.Hour)}}
+	}
+	var b bytes.Buffer
+	if err := st.encode(&b); err != nil {
+		t.Fatal(err)
+	}
+	data := b.Bytes()
+	// The first certificate again, last: the later line wins.
+	tail := []byte("}}\n")
+	again := []byte(",\n\"/c/site00000.pem\":{\"failures\":7}\n")
+	data = append(append(bytes.Clone(data[:len(data)-len(tail)-1]), again...), tail...)
+	got, ok := decodeLines(data)
+	if !ok {
+		t.Fatal("the line decoder refused a state in stapler's own form")
+	}
+	var want State
+	if err := json.Unmarshal(data, &want); err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Certificates) != 4000 || got.Certificates["/c/site00000.pem"].Failures != 7 || !reflect.DeepEqual(got.Certificates, want.Certificates) {
+		t.Fatalf("decoded %d certificates (the repeated one: %+v), not what encoding/json decodes", len(got.Certificates), got.Certificates["/c/site00000.pem"])
+	}
+
+	broken := append(bytes.Clone(data[:len(data)-len(tail)-2]), "x\n}}\n"...)
+	if _, ok := decodeLines(broken); ok {
+		t.Fatal("the line decoder took a state whose last line is broken")
+	}
+	path := filepath.Join(t.TempDir(), "state.json")
+	if err := os.WriteFile(path, broken, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	back, err := loadState(path, true)
+	if err != nil || len(back.Certificates) != 0 {
+		t.Fatalf("a broken state gave %d certificates, %v; want none (moved aside)", len(back.Certificates), err)
+	}
+	if aside, _ := filepath.Glob(path + ".corrupt-*"); len(aside) != 1 {
+		t.Fatalf("the broken state was not moved aside: %v", aside)
 	}
 }
