@@ -40,7 +40,7 @@ func BenchmarkFleet(b *testing.B) {
 	bin := benchBinary(b)
 	hapStartWait = 3 * time.Minute
 	var phases []string
-	fmt.Printf("\n%8s  %-40s %9s %9s %9s %6s %9s %9s\n", "N", "command", "wall", "peak RSS", "requests", "conns", "CPU", "resp CPU")
+	fmt.Printf("\n%8s  %-40s %9s %9s %9s %6s %9s %9s %9s\n", "N", "command", "wall", "peak RSS", "requests", "conns", "CPU", "resp CPU", "answer")
 	for _, n := range sizes {
 		b.Run(fmt.Sprintf("N=%d", n), func(b *testing.B) {
 			for range b.N {
@@ -235,7 +235,10 @@ type benchMeasure struct {
 	respCPU  time.Duration
 	requests int64
 	conns    int64
-	phases   map[string]time.Duration // of a run, from its metrics
+	// answer is the responders' mean time to answer a request, from its arrival to the end
+	// of their answer (the latency they were given included).
+	answer time.Duration
+	phases map[string]time.Duration // of a run, from its metrics
 }
 
 // run runs one stapler command over the fleet, prints a row of the table and, for a run, a
@@ -245,6 +248,7 @@ func (f *benchFleet) run(b *testing.B, what string, args ...string) benchMeasure
 	for _, r := range f.responders {
 		r.Requests.Store(0)
 		r.Conns.Store(0)
+		r.Answering.Store(0)
 	}
 	metrics := filepath.Join(f.dir, "stapler.prom")
 	os.Remove(metrics)
@@ -276,11 +280,18 @@ func (f *benchFleet) run(b *testing.B, what string, args ...string) benchMeasure
 		m.rssMB = ru.Maxrss / 1024 // kilobytes on Linux
 		m.cpu = time.Duration(syscall.TimevalToNsec(ru.Utime) + syscall.TimevalToNsec(ru.Stime))
 	}
+	var answering time.Duration
 	for _, r := range f.responders {
 		m.requests += r.Requests.Load()
 		m.conns += r.Conns.Load()
+		answering += time.Duration(r.Answering.Load())
 	}
-	fmt.Printf("%8d  %-40s %9s %6d MB %9d %6d %9s %9s\n", f.n, what, m.wall.Round(time.Millisecond), m.rssMB, m.requests, m.conns, m.cpu.Round(10*time.Millisecond), m.respCPU.Round(10*time.Millisecond))
+	answer := "-"
+	if m.requests > 0 {
+		m.answer = answering / time.Duration(m.requests)
+		answer = fmt.Sprintf("%.2fms", float64(m.answer)/float64(time.Millisecond))
+	}
+	fmt.Printf("%8d  %-40s %9s %6d MB %9d %6d %9s %9s %9s\n", f.n, what, m.wall.Round(time.Millisecond), m.rssMB, m.requests, m.conns, m.cpu.Round(10*time.Millisecond), m.respCPU.Round(10*time.Millisecond), answer)
 	if args[0] == "run" {
 		m.phases = benchReadPhases(b, metrics)
 		row := fmt.Sprintf("%8d  %-40s", f.n, what)
