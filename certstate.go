@@ -29,6 +29,12 @@ type CertState struct {
 	// IssuerStat the stat fingerprint of the issuer file it last checked.
 	IssuerWritten string `json:"issuer_written,omitempty"`
 	IssuerStat    string `json:"issuer_stat,omitempty"`
+	// CertID is the hex DER CertID of the certificate with the issuer stapler found for it,
+	// and IssuerInBundle says that the file's own chain holds that issuer: both about the
+	// certificates that hash to CertHash. A refresh of an unchanged file that holds its
+	// issuer makes its request from them, without reading the file.
+	CertID         string `json:"cert_id,omitempty"`
+	IssuerInBundle bool   `json:"issuer_in_bundle,omitempty"`
 
 	// Staple is the staple stapler vouches for: the last one it fetched, or verified on disk or
 	// in HAProxy and adopted. Nil when there is none.
@@ -229,6 +235,13 @@ func (st *CertState) certificate(c *certInfo) {
 	}
 	st.CertHash, st.Subject, st.Serial, st.Issuer = c.Hash, c.Subject, c.Serial, c.IssuerName
 	st.NotBefore, st.NotAfter, st.Responders, st.MustStaple = c.NotBefore, c.NotAfter, c.Responders, c.MustStaple
+	st.CertID, st.IssuerInBundle = "", false // until its issuer is found again
+}
+
+// issued records the CertID of the certificate with the issuer found for it in this run, and
+// whether the file's chain holds that issuer.
+func (st *CertState) issued(certID []byte, inBundle bool) {
+	st.CertID, st.IssuerInBundle = hexString(certID), inBundle
 }
 
 // certSeen records the stat mark of the certificate file whose certificates hash to CertHash.

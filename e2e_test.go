@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -25,6 +26,7 @@ import (
 	"golang.org/x/crypto/ocsp"
 
 	"stapler/internal/haproxy/haproxytest"
+	"stapler/internal/ocspcheck"
 	"stapler/internal/pki"
 )
 
@@ -536,5 +538,143 @@ func TestRunWritesWhileFetching(t *testing.T) {
 	}
 	if left, _ := filepath.Glob(filepath.Join(certs, ".*")); len(left) > 0 {
 		t.Errorf("temporary files left: %q", left)
+	}
+}
+
+// TestRunRefreshFromRecordedCertID: a refresh of files that have not changed and hold their
+// issuer makes their requests from the CertIDs the state recorded, reading only the first
+// file per issuer; the staples it writes are as valid as ever. A recorded CertID whose serial
+// is not the certificate's, or a file not known to hold its issuer, is read again.
+func TestRunRefreshFromRecordedCertID(t *testing.T) {
+	quiet := slog.Default()
+	slog.SetDefault(slog.New(slog.DiscardHandler))
+	defer slog.SetDefault(quiet)
+	now := time.Now()
+	ca := pki.NewCA("Recorded CA", now)
+	r := pki.StartResponder(ca)
+	defer r.Close()
+	dir := t.TempDir()
+	certs := filepath.Join(dir, "certs")
+	os.Mkdir(certs, 0o755)
+	const n = 6
+	var leaves []*x509.Certificate
+	for i := range n {
+		leaf, key := ca.Issue(pki.Leaf{Name: fmt.Sprintf("r%d.test", i), OCSP: []string{r.URL()}}, now)
+		writeBundle(filepath.Join(certs, fmt.Sprintf("r%d.pem", i)), leaf, key, ca.Cert)
+		leaves = append(leaves, leaf)
+	}
+	cfg := defaultConfig()
+	cfg.Dirs, cfg.State, cfg.Jobs = []string{certs}, filepath.Join(dir, "state.json"), 1
+	opt := runOptions{Config: cfg}
+	if err := opt.discover(); err != nil {
+		t.Fatal(err)
+	}
+	if sum, err := run(context.Background(), opt, now); err != nil || sum.Refreshed != n {
+		t.Fatalf("first run: %+v, %v", sum, err)
+	}
+	st, err := loadState(cfg.State, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, leaf := range leaves {
+		cs := st.Certificates[filepath.Join(certs, fmt.Sprintf("r%d.pem", i))]
+		_, want, _ := ocspcheck.Request(leaf, ca.Cert)
+		if cs == nil || cs.CertID != hex.EncodeToString(want) || !cs.IssuerInBundle {
+			t.Fatalf("r%d: state records CertID %q, in bundle %v; want %x, true", i, cs.CertID, cs.IssuerInBundle, want)
+		}
+	}
+	refresh := func(what string, wantReads int64) {
+		t.Helper()
+		opt.Force = true
+		before := certReads.Load()
+		sum, err := run(context.Background(), opt, now.Add(time.Minute))
+		if err != nil || !sum.ok() || sum.Refreshed != n {
+			t.Fatalf("%s: %+v, %v; want %d refreshed", what, sum, err, n)
+		}
+		if got := certReads.Load() - before; got != wantReads {
+			t.Errorf("%s: %d certificate files read, want %d", what, got, wantReads)
+		}
+		for i, leaf := range leaves {
+			der, err := os.ReadFile(filepath.Join(certs, fmt.Sprintf("r%d.pem.ocsp", i)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := ocsp.ParseResponseForCert(der, leaf, ca.Cert); err != nil {
+				t.Errorf("%s: r%d.pem.ocsp: %v", what, i, err)
+			}
+		}
+	}
+	refresh("refresh", 1) // the first file gives the issuer; the others need not be read
+
+	// A CertID recorded for another serial, and a file not known to hold its issuer.
+	st, _ = loadState(cfg.State, false)
+	other, _ := ca.Issue(pki.Leaf{Name: "other.test"}, now)
+	_, wrong, _ := ocspcheck.Request(other, ca.Cert)
+	st.Certificates[filepath.Join(certs, "r3.pem")].CertID = hex.EncodeToString(wrong)
+	st.Certificates[filepath.Join(certs, "r4.pem")].IssuerInBundle = false
+	if err := st.save(cfg.State); err != nil {
+		t.Fatal(err)
+	}
+	refresh("refresh after the state was changed", 3)
+
+}
+
+// TestRunRecordedCertIDChainLost: a file that loses its chain (the same certificate) is no
+// longer taken to hold its issuer, even when its issuer could not be found in the run that
+// saw the change: when another file brings the issuer later, the staple gets its .issuer
+// file, as HAProxy needs.
+func TestRunRecordedCertIDChainLost(t *testing.T) {
+	quiet := slog.Default()
+	slog.SetDefault(slog.New(slog.DiscardHandler))
+	defer slog.SetDefault(quiet)
+	now := time.Now()
+	ca := pki.NewCA("Chain CA", now)
+	r := pki.StartResponder(ca)
+	defer r.Close()
+	dir := t.TempDir()
+	certs := filepath.Join(dir, "certs")
+	os.Mkdir(certs, 0o755)
+	leaf, key := ca.Issue(pki.Leaf{Name: "site.test", OCSP: []string{r.URL()}}, now)
+	site := filepath.Join(certs, "site.pem")
+	writeBundle(site, leaf, key, ca.Cert)
+	cfg := defaultConfig()
+	cfg.Dirs, cfg.State, cfg.Jobs, cfg.FetchIssuers = []string{certs}, filepath.Join(dir, "state.json"), 1, false
+	opt := runOptions{Config: cfg}
+	if err := opt.discover(); err != nil {
+		t.Fatal(err)
+	}
+	runAt := func(what string, at time.Time, force bool) summary {
+		t.Helper()
+		opt.Force = force
+		if err := opt.discover(); err != nil {
+			t.Fatal(err)
+		}
+		sum, err := run(context.Background(), opt, at)
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		return sum
+	}
+	if sum := runAt("first run", now, false); sum.Refreshed != 1 {
+		t.Fatalf("first run: %+v", sum)
+	}
+	// The chain goes, and the issuer is nowhere else: the issuer cache emptied.
+	writeBundle(site, leaf, key)
+	os.RemoveAll(filepath.Join(dir, "issuer-cache"))
+	if sum := runAt("run without the chain", now.Add(time.Minute), true); sum.Failed != 1 {
+		t.Fatalf("run without the chain: %+v, want the refresh failed (issuer not found)", sum)
+	}
+	// Another file brings the issuer in its chain.
+	other, otherKey := ca.Issue(pki.Leaf{Name: "other.test", OCSP: []string{r.URL()}}, now)
+	writeBundle(filepath.Join(certs, "a-other.pem"), other, otherKey, ca.Cert)
+	if sum := runAt("run with the other file", now.Add(2*time.Minute), true); !sum.ok() || sum.Refreshed != 2 {
+		t.Fatalf("run with the other file: %+v", sum)
+	}
+	if got, err := os.ReadFile(site + ".issuer"); err != nil || !bytes.Equal(got, pki.CertPEM(ca.Cert)) {
+		t.Errorf("site.pem.issuer: %v; want the CA beside the staple, as HAProxy needs", err)
+	}
+	st, _ := loadState(cfg.State, false)
+	if cs := st.Certificates[site]; cs == nil || cs.IssuerInBundle {
+		t.Error("the state says that site.pem holds its issuer")
 	}
 }

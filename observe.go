@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -91,8 +92,11 @@ type issuedFor struct {
 type observer struct {
 	finder  *issuerFinder
 	checker *ocspcheck.Checker
-	now     time.Time
-	seen    listing // what the scan saw: an issuer file missing there is not stat'ed
+	// issuers are the issuers found in this run, by the issuer part of their CertIDs.
+	issuersMu sync.Mutex
+	issuers   map[string]*x509.Certificate
+	now       time.Time
+	seen      listing // what the scan saw: an issuer file missing there is not stat'ed
 }
 
 // observeFiles observes the certificate files, several at a time: the disk answers faster when
@@ -161,8 +165,12 @@ func (o *fileObs) identity() (responders []string, notBefore, notAfter time.Time
 	return o.Old.Responders, o.Old.NotBefore, o.Old.NotAfter
 }
 
+// certReads counts the certificate files read (for the tests: what a run need not read).
+var certReads atomic.Int64
+
 // read reads the certificate file, and keeps its certificate blocks and their hash.
 func (o *fileObs) read() error {
+	certReads.Add(1)
 	data, mark, err := readRegularStat(o.File.Path, maxBundleBytes)
 	if err != nil {
 		return err
@@ -211,6 +219,10 @@ func (ob *observer) findIssuer(ctx context.Context, o *fileObs, aia bool) *issue
 	if o.issued != nil {
 		return o.issued
 	}
+	if iss := ob.recordedIssuer(o); iss != nil {
+		o.issued = iss
+		return iss
+	}
 	bundle, err := o.bundle()
 	if err != nil {
 		o.issued = &issuedFor{Err: err}
@@ -228,6 +240,9 @@ func (ob *observer) findIssuer(ctx context.Context, o *fileObs, aia bool) *issue
 	if iss.Err == nil {
 		iss.Req, iss.CertID, iss.Err = ocspcheck.Request(bundle[0], iss.Issuer)
 	}
+	if iss.Err == nil {
+		ob.rememberIssuer(iss)
+	}
 	o.issued = iss
 	// The request and the (shared) issuer are all that is needed of the bundle from now on:
 	// with thousands of certificates due, it would be most of the memory a run holds.
@@ -236,6 +251,53 @@ func (ob *observer) findIssuer(ctx context.Context, o *fileObs, aia bool) *issue
 	}
 	o.blocks = nil
 	return iss
+}
+
+// rememberIssuer notes an issuer found in this run under the issuer part of its CertIDs, for
+// recordedIssuer.
+func (ob *observer) rememberIssuer(iss *issuedFor) {
+	part, _, err := ocspcheck.SplitCertID(iss.CertID)
+	if err != nil {
+		return
+	}
+	ob.issuersMu.Lock()
+	defer ob.issuersMu.Unlock()
+	if ob.issuers == nil {
+		ob.issuers = map[string]*x509.Certificate{}
+	}
+	if _, ok := ob.issuers[string(part)]; !ok {
+		ob.issuers[string(part)] = iss.Issuer
+	}
+}
+
+// recordedIssuer makes the request of a certificate whose file is unchanged and holds its
+// issuer from what the state recorded, without reading the file: its CertID, whose serial
+// must be the recorded certificate's, and the issuer that another certificate's file gave in
+// this run under the same issuer hashes. Nil when that does not hold: the file is then read.
+func (ob *observer) recordedIssuer(o *fileObs) *issuedFor {
+	old := o.Old
+	if o.Changed || o.Cert != nil || o.blocks != nil || old == nil || !old.IssuerInBundle || old.CertID == "" {
+		return nil
+	}
+	certID, err := hex.DecodeString(old.CertID)
+	if err != nil {
+		return nil
+	}
+	part, serial, err := ocspcheck.SplitCertID(certID)
+	if err != nil || fmt.Sprintf("%x", serial) != old.Serial {
+		return nil
+	}
+	ob.issuersMu.Lock()
+	issuer := ob.issuers[string(part)]
+	ob.issuersMu.Unlock()
+	if issuer == nil {
+		return nil
+	}
+	req, err := ocspcheck.RequestFor(certID)
+	if err != nil {
+		return nil
+	}
+	return &issuedFor{Issuer: issuer, Src: issuerInBundle, Req: req, CertID: certID}
 }
 
 // verify checks a response about the certificate as a fetched one is checked.

@@ -99,6 +99,9 @@ func report(rp runPlan, obs *observation, dryRun bool) summary {
 func record(now time.Time, pol policy, rp runPlan, results map[*certPlan]*fetched, sum *summary, fetchCtx context.Context) {
 	for _, p := range rp.Certs {
 		f, st, path := results[p], p.Next, p.Obs.File.Path
+		if iss := p.Obs.issued; st != nil && iss != nil && iss.Err == nil {
+			st.issued(iss.CertID, iss.Src == issuerInBundle)
+		}
 		if p.Step == stepFetch && f.Err == nil && !f.Unfinished && f.Passed != nil {
 			slog.Warn("a responder failed; the next of the certificate's responders answered", "cert", path, "err", f.Passed, "answered", f.Responder)
 		}

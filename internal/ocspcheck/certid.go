@@ -4,6 +4,7 @@ package ocspcheck
 
 import (
 	"errors"
+	"math/big"
 	"time"
 
 	"golang.org/x/crypto/cryptobyte"
@@ -92,4 +93,41 @@ func RequestCertID(der []byte) ([]byte, error) {
 		return nil, errors.New("cannot find the CertID of the request")
 	}
 	return id, nil
+}
+
+// RequestFor is the OCSP request Request makes for the certificate whose DER CertID this is:
+// the request of a certificate stapler recorded, made without the certificate. (x/crypto/ocsp
+// writes the CertID in four SEQUENCEs: request, tbsRequest, requestList, the one request.)
+func RequestFor(certID []byte) ([]byte, error) {
+	if _, _, err := SplitCertID(certID); err != nil {
+		return nil, err
+	}
+	var b cryptobyte.Builder
+	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+				b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+					b.AddBytes(certID)
+				})
+			})
+		})
+	})
+	return b.Bytes()
+}
+
+// SplitCertID splits a DER CertID into the part that names the issuer (hash algorithm,
+// issuer name hash and issuer key hash, as DER) and the serial number.
+func SplitCertID(certID []byte) (issuer []byte, serial *big.Int, err error) {
+	s := cryptobyte.String(certID)
+	var id, alg, name, key cryptobyte.String
+	serial = new(big.Int)
+	if !s.ReadASN1(&id, cbasn1.SEQUENCE) || !s.Empty() {
+		return nil, nil, errors.New("not a CertID")
+	}
+	rest := id
+	if !rest.ReadASN1Element(&alg, cbasn1.SEQUENCE) || !rest.ReadASN1Element(&name, cbasn1.OCTET_STRING) ||
+		!rest.ReadASN1Element(&key, cbasn1.OCTET_STRING) || !rest.ReadASN1Integer(serial) || !rest.Empty() {
+		return nil, nil, errors.New("not a CertID")
+	}
+	return id[:len(alg)+len(name)+len(key)], serial, nil // the three are contiguous
 }

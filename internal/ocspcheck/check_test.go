@@ -170,3 +170,43 @@ func TestCheckerSignerOnce(t *testing.T) {
 		}
 	}
 }
+
+// TestRequestFor: the request made from a CertID alone is Request's, byte for byte, and
+// SplitCertID finds the serial and an issuer part that is the same for every certificate of
+// one issuer and differs between issuers.
+func TestRequestFor(t *testing.T) {
+	now := time.Now()
+	var parts [][]byte
+	for _, name := range []string{"CA one", "CA two"} {
+		ca := pki.NewCA(name, now)
+		var part []byte
+		for range 3 {
+			leaf, _ := ca.Issue(pki.Leaf{Name: "site.test"}, now)
+			req, certID, err := Request(leaf, ca.Cert)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := RequestFor(certID)
+			if err != nil || !bytes.Equal(got, req) {
+				t.Fatalf("RequestFor: %x, %v; Request made %x", got, err, req)
+			}
+			issuer, serial, err := SplitCertID(certID)
+			if err != nil || serial.Cmp(leaf.SerialNumber) != 0 {
+				t.Fatalf("SplitCertID: serial %v, %v; want %v", serial, err, leaf.SerialNumber)
+			}
+			if part != nil && !bytes.Equal(issuer, part) {
+				t.Fatalf("two certificates of %s: issuer parts %x and %x", name, part, issuer)
+			}
+			part = issuer
+		}
+		parts = append(parts, part)
+	}
+	if bytes.Equal(parts[0], parts[1]) {
+		t.Fatal("two issuers share an issuer part")
+	}
+	for _, bad := range [][]byte{nil, {0x30, 0x00}, append(bytes.Repeat([]byte{0}, 3), 1)} {
+		if _, err := RequestFor(bad); err == nil {
+			t.Errorf("RequestFor(%x) took it", bad)
+		}
+	}
+}
