@@ -1148,3 +1148,55 @@ func TestHAProxyIssuerBlankLine(t *testing.T) {
 		}
 	})
 }
+
+// TestHAProxyNewerUnverifiedResponse: HAProxy takes a response by `set ssl ocsp-response`
+// without checking its signature (as the fake HAProxy does), also in a pipelined batch larger
+// than one write. A newer response whose embedded signer did not sign it is then replaced by
+// the staple on disk where HAProxy shows the response's bytes (3.x); 2.6 shows only its text,
+// whose signature stapler cannot check, so it is kept there as newer.
+func TestHAProxyNewerUnverifiedResponse(t *testing.T) {
+	forEachHAProxy(t, func(t *testing.T, h hapBin) {
+		f := newHAPFixture(t, h)
+		site, leaf := f.addCert("site.stapler.test")
+		stats, sock := f.statsSocket("unix", "admin")
+		f.run(0, "--config", f.config("nosocket", nil, ""))
+		disk := hapReadFile(t, site+".ocsp")
+		port := hapFreePort(t)
+		f.startHAProxy("haproxy", port, stats, sock)
+
+		now := time.Now()
+		signer, _ := f.ca.Delegate(true, now.Add(-time.Hour), now.Add(48*time.Hour))
+		_, otherKey := f.ca.Delegate(true, now.Add(-time.Hour), now.Add(48*time.Hour))
+		forged := f.ca.Respond(leaf.SerialNumber, ocsp.Good, now.Add(-time.Minute), now.Add(25*time.Hour), signer, otherKey)
+		if _, err := ocsp.ParseResponse(forged, nil); err == nil {
+			t.Fatal("the forged response passes x/crypto/ocsp's check")
+		}
+		c, err := haproxy.Dial(context.Background(), mustAddr(sock), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmds := make([]string, 200) // about 180 KB: more than one write of the pipelined batch
+		for i := range cmds {
+			cmds[i] = "set ssl ocsp-response " + base64.StdEncoding.EncodeToString(forged)
+		}
+		answers, err := c.ExecAll("", cmds)
+		c.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, a := range answers {
+			if a.Text != haproxy.ReplyUpdated {
+				t.Fatalf("push %d of the forged response: HAProxy answered %q", i, a.Text)
+			}
+		}
+
+		f.run(0, "--config", f.config("stapler", []string{sock}, ""))
+		_, got := hapHandshake(t, port, "site.stapler.test", f.ca.Cert)
+		switch want := disk; {
+		case h.Branch == "2.6" && !bytes.Equal(got, forged):
+			t.Errorf("2.6: HAProxy staples %d bytes, not the newer response it was given (stapler sees only its text)", len(got))
+		case h.Branch != "2.6" && !bytes.Equal(got, want):
+			t.Errorf("HAProxy staples %d bytes, not the %d bytes of site.pem.ocsp that replace the badly signed newer response", len(got), len(want))
+		}
+	})
+}
