@@ -11,6 +11,8 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -113,10 +115,12 @@ func TestRunFailureKeepsStaple(t *testing.T) {
 				t.Errorf("temporary files left behind: %v", leftovers)
 			}
 			// status says when the next try comes: the back-off's end, from the state.
-			for _, cs := range statusJSON(t, "--dir", certs, "--state", state).Certificates {
-				if cs.NextRefresh == nil || st == nil || !cs.NextRefresh.Equal(st.NextDue) || !st.NextDue.After(now) {
-					t.Errorf("status next_refresh %v, want the state's next_due %v, after now", cs.NextRefresh, st)
-				}
+			listed := statusJSON(t, "--dir", certs, "--state", state).Certificates
+			if len(listed) != 1 {
+				t.Fatalf("status lists %d certificates, want 1", len(listed))
+			}
+			if cs := listed[0]; cs.NextRefresh == nil || st == nil || !cs.NextRefresh.Equal(st.NextDue) || !st.NextDue.After(now) {
+				t.Errorf("status next_refresh %v, want the state's next_due, after now (state: %+v)", cs.NextRefresh, st)
 			}
 
 			// Backing off: the next run asks nobody and, with a valid staple still on disk,
@@ -500,9 +504,25 @@ func TestRunWritesWhileFetching(t *testing.T) {
 	certs := filepath.Join(dir, "certs")
 	os.Mkdir(certs, 0o755)
 	const n = 11
+	// The last request is answered only once staples are on disk: they were written while it
+	// was being fetched, or the test fails after 5 s.
+	var asked atomic.Int64
+	var early atomic.Bool
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if asked.Add(1) == n {
+			for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
+				if written, _ := filepath.Glob(filepath.Join(certs, "*.ocsp")); len(written) >= 3 {
+					early.Store(true)
+					break
+				}
+			}
+		}
+		r.ServeHTTP(w, req)
+	}))
+	defer front.Close()
 	var leaves []*x509.Certificate
 	for i := range n {
-		leaf, key := ca.Issue(pki.Leaf{Name: fmt.Sprintf("c%d.test", i), OCSP: []string{r.URL()}}, now)
+		leaf, key := ca.Issue(pki.Leaf{Name: fmt.Sprintf("c%d.test", i), OCSP: []string{front.URL}}, now)
 		chain := []*x509.Certificate{ca.Cert}
 		if i%2 == 1 {
 			chain = nil // its issuer comes from issuer_dirs, and goes to <cert>.issuer
@@ -522,6 +542,9 @@ func TestRunWritesWhileFetching(t *testing.T) {
 	sum, err := run(context.Background(), opt, now)
 	if err != nil || !sum.ok() || sum.Refreshed != n {
 		t.Fatalf("run: %+v, %v; want %d refreshed", sum, err, n)
+	}
+	if !early.Load() {
+		t.Errorf("no staple was written while the last one was fetched (writeChunk %d)", writeChunk)
 	}
 	for i, leaf := range leaves {
 		site := filepath.Join(certs, fmt.Sprintf("c%d.pem", i))
@@ -616,7 +639,7 @@ func TestRunRefreshFromRecordedCertID(t *testing.T) {
 		t.Fatal(err)
 	}
 	refresh("refresh after the state was changed", 3)
-
+	refresh("refresh after the state was mended", 1) // the run saved the right CertID and flag
 }
 
 // TestRunRecordedCertIDChainLost: a file that loses its chain (the same certificate) is no

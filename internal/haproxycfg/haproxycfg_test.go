@@ -113,7 +113,7 @@ global
 			t.Errorf("notes lack %q:\n%s", want, notes)
 		}
 	}
-	if strings.Contains(notes, ":30:") {
+	if strings.Contains(notes, "ssl-load-extra-files key ocsp") {
 		t.Errorf("ssl-load-extra-files with ocsp was taken for one without:\n%s", notes)
 	}
 	if strings.Contains(notes, "client.pem") {
