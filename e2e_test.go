@@ -701,3 +701,74 @@ func TestRunRecordedCertIDChainLost(t *testing.T) {
 		t.Error("the state says that site.pem holds its issuer")
 	}
 }
+
+// TestRunCertChangedBeforeItsFetch: a certificate file replaced after the run looked at it
+// and before its fetch read it again fails that fetch, and what the state records of the file
+// stays what was looked at, so that the next run reads the new certificate and staples it.
+func TestRunCertChangedBeforeItsFetch(t *testing.T) {
+	quiet := slog.Default()
+	slog.SetDefault(slog.New(slog.DiscardHandler))
+	defer slog.SetDefault(quiet)
+	now := time.Now()
+	ca := pki.NewCA("Changed CA", now)
+	r := pki.StartResponder(ca)
+	defer r.Close()
+	dir := t.TempDir()
+	certs := filepath.Join(dir, "certs")
+	os.Mkdir(certs, 0o755)
+	issuers := filepath.Join(dir, "issuers")
+	os.Mkdir(issuers, 0o755)
+	os.WriteFile(filepath.Join(issuers, "ca.pem"), pki.CertPEM(ca.Cert), 0o644)
+	// The first request waits until the second file has been replaced.
+	var asked atomic.Int64
+	replaced := make(chan struct{})
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if asked.Add(1) == 3 { // the forced run's first request
+			select {
+			case <-replaced:
+			case <-time.After(5 * time.Second):
+			}
+		}
+		r.ServeHTTP(w, req)
+	}))
+	defer front.Close()
+	paths := []string{filepath.Join(certs, "a.pem"), filepath.Join(certs, "b.pem")}
+	for i, p := range paths {
+		leaf, key := ca.Issue(pki.Leaf{Name: fmt.Sprintf("c%d.test", i), OCSP: []string{front.URL}}, now)
+		writeBundle(p, leaf, key) // no chain: each is read at every fetch
+	}
+	cfg := defaultConfig()
+	cfg.Dirs, cfg.State, cfg.IssuerDirs, cfg.FetchIssuers, cfg.Jobs = []string{certs}, filepath.Join(dir, "state.json"), []string{issuers}, false, 1
+	opt := runOptions{Config: cfg}
+	if err := opt.discover(); err != nil {
+		t.Fatal(err)
+	}
+	if sum, err := run(context.Background(), opt, now); err != nil || sum.Refreshed != 2 {
+		t.Fatalf("first run: %+v, %v", sum, err)
+	}
+	renewed, key := ca.Issue(pki.Leaf{Name: "c1.test", OCSP: []string{front.URL}}, now)
+	go func() {
+		for asked.Load() < 3 {
+			time.Sleep(time.Millisecond)
+		}
+		tmp := filepath.Join(dir, "b.pem.new")
+		writeBundle(tmp, renewed, key)
+		os.Rename(tmp, paths[1])
+		close(replaced)
+	}()
+	opt.Force = true
+	if sum, err := run(context.Background(), opt, now.Add(time.Minute)); err != nil || sum.Failed != 1 {
+		t.Fatalf("forced run: %+v, %v; want b.pem's refresh failed (changed during the run)", sum, err)
+	}
+	opt.Force = false
+	if sum, err := run(context.Background(), opt, now.Add(2*time.Minute)); err != nil || sum.Refreshed != 1 {
+		t.Fatalf("next run: %+v, %v; want the new certificate's staple", sum, err)
+	}
+	der, err := os.ReadFile(paths[1] + ".ocsp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ocsp.ParseResponseForCert(der, renewed, ca.Cert); err != nil {
+		t.Errorf("b.pem.ocsp is not for the certificate now in b.pem: %v", err)
+	}
+}

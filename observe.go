@@ -168,33 +168,45 @@ func (o *fileObs) identity() (responders []string, notBefore, notAfter time.Time
 // certReads counts the certificate files read (for the tests: what a run need not read).
 var certReads atomic.Int64
 
+// readCertFile reads a certificate file: its certificate blocks, their hash and its stat mark.
+func readCertFile(path string) (blocks [][]byte, hash, mark string, err error) {
+	certReads.Add(1)
+	data, mark, err := readRegularStat(path, maxBundleBytes)
+	if err != nil {
+		return nil, "", "", err
+	}
+	blocks, hash = certBlocks(data)
+	return blocks, hash, mark, nil
+}
+
 // read reads the certificate file, and keeps its certificate blocks and their hash.
 func (o *fileObs) read() error {
-	certReads.Add(1)
-	data, mark, err := readRegularStat(o.File.Path, maxBundleBytes)
+	blocks, hash, mark, err := readCertFile(o.File.Path)
 	if err != nil {
 		return err
 	}
-	o.CertStat = mark
-	o.blocks, o.Hash = certBlocks(data)
+	o.blocks, o.Hash, o.CertStat = blocks, hash, mark
 	o.NotCert = len(o.blocks) == 0
 	return nil
 }
 
 // bundle parses the certificate blocks, reading the file again if they were not read or were
-// dropped (see issuer): it must still hold the certificates observed.
+// dropped (see issuer). The file must still hold the certificates observed: if it changed, what
+// was observed of it (its hash and stat mark, which the state records) is left as it was, so
+// that the next run reads it.
 func (o *fileObs) bundle() ([]*x509.Certificate, error) {
 	if o.Cert != nil && o.Cert.Bundle != nil {
 		return o.Cert.Bundle, nil
 	}
 	if o.blocks == nil {
-		want := o.Hash // of the file as observed: read, or as the state recorded it
-		if err := o.read(); err != nil {
+		blocks, hash, _, err := readCertFile(o.File.Path)
+		if err != nil {
 			return nil, err
 		}
-		if o.Hash != want {
+		if hash != o.Hash {
 			return nil, fmt.Errorf("%s changed during the run", o.File.Path)
 		}
+		o.blocks = blocks
 	}
 	c, err := readCert(o.blocks, o.Hash)
 	if err != nil {

@@ -56,6 +56,9 @@ func scan(spec scanSpec) (paths, scanned []string, seen listing, err error) {
 		}
 		err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 			if err != nil {
+				// A directory that could not be read (WalkDir calls again with the error after
+				// its first visit): what it lists is not known.
+				delete(seen, filepath.Clean(path))
 				errs = append(errs, err)
 				return nil
 			}

@@ -180,8 +180,6 @@ func (p *Process) learn() error {
 	switch {
 	case answers[1].Err == nil && strings.Contains(answers[1].Text, "# filename"):
 		p.Certs = ParseCertList(answers[1].Text)
-	case strings.Contains(answers[1].Text, ReplyLocked):
-		return fmt.Errorf("%w: %s: HAProxy kept its certificates locked for over 2 s (another session's transaction or listing)", ErrUnreachable, p.Where())
 	default:
 		// Level user: every HAProxy answers "Can't allocate memory!" (checked on 2.6, 3.0, 3.4).
 		p.Err = fmt.Errorf("%s: HAProxy does not list its certificates at this socket's level %s (`show ssl cert` answered %q): %w (stats socket ... level admin)",
@@ -229,10 +227,11 @@ const ReplyLocked = "Operations on certificates are currently locked!"
 const lockedTries = 20
 
 // execAll pipelines cmds to the process, sending again those HAProxy refused because the
-// certificate lock was taken.
+// certificate lock was taken. A lock that outlasts the retries is an ErrUnreachable error:
+// nothing can be read of the process meanwhile.
 func (p *Process) execAll(cmds []string) ([]Answer, error) {
 	answers, err := p.conn.ExecAll(p.prefix, cmds)
-	for try := 1; err == nil && try <= lockedTries; try++ {
+	for try := 1; err == nil; try++ {
 		var again []int
 		for i, a := range answers {
 			if strings.Contains(a.Text, ReplyLocked) {
@@ -241,6 +240,9 @@ func (p *Process) execAll(cmds []string) ([]Answer, error) {
 		}
 		if len(again) == 0 {
 			break
+		}
+		if try > lockedTries {
+			return nil, fmt.Errorf("%w: %s: HAProxy kept its certificates locked for over 2 s (another session's transaction or listing)", ErrUnreachable, p.Where())
 		}
 		time.Sleep(time.Duration(try) * 10 * time.Millisecond)
 		retry := make([]string, len(again))
