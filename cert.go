@@ -125,19 +125,20 @@ func readCert(blocks [][]byte, hash string) (*certInfo, error) {
 	}, nil
 }
 
-// chainCerts holds the chain certificates parsed in this run, by DER: thousands of bundles
-// carry the same few issuers, and parsing them is a tenth of a full refresh's CPU.
-// x509.Certificate values are not changed once parsed, so they are shared.
+// chainCerts holds the chain certificates parsed by this process (one run, for the command),
+// by DER: thousands of bundles carry the same few issuers, and parsing them is a tenth of a
+// full refresh's CPU. x509.Certificate values are not changed once parsed, so they are shared.
 var chainCerts struct {
 	sync.Mutex
 	m map[string]*x509.Certificate
 }
 
-// maxChainCerts bounds chainCerts: bundles whose chains all differ are parsed each time.
+// maxChainCerts bounds chainCerts; a full one starts again, so that a process that sees many
+// chains (the tests, the demo) keeps caching the ones it sees now.
 const maxChainCerts = 256
 
 // parseChainCert parses certificate i of a bundle: the leaf (0) every time, a chain
-// certificate once per run.
+// certificate once while it is cached.
 func parseChainCert(i int, der []byte) (*x509.Certificate, error) {
 	if i == 0 {
 		return x509.ParseCertificate(der)
@@ -156,9 +157,10 @@ func parseChainCert(i int, der []byte) (*x509.Certificate, error) {
 	if chainCerts.m == nil {
 		chainCerts.m = map[string]*x509.Certificate{}
 	}
-	if len(chainCerts.m) < maxChainCerts {
-		chainCerts.m[string(der)] = c
+	if len(chainCerts.m) >= maxChainCerts {
+		clear(chainCerts.m)
 	}
+	chainCerts.m[string(der)] = c
 	chainCerts.Unlock()
 	return c, nil
 }

@@ -52,12 +52,10 @@ type executor struct {
 // fetchAll refreshes the due staples, jobs at a time. Those not started before ctx ends are
 // unfinished; a fetch that finished with an error is its certificate's failure, whatever
 // happens to the run after.
-// Each certificate's result goes in out, made beforehand (newResults); the certificate is then
-// sent on finished, when not nil, which is closed at the end.
+// Each certificate's result goes in out, made beforehand; the certificate is then sent on
+// finished, which is closed at the end.
 func (ex *executor) fetchAll(ctx context.Context, due []*certPlan, out map[*certPlan]*fetched, finished chan<- *certPlan) {
-	if finished != nil {
-		defer close(finished)
-	}
+	defer close(finished)
 	var wg sync.WaitGroup
 	var done atomic.Int64
 	work := make(chan *certPlan)
@@ -71,9 +69,7 @@ func (ex *executor) fetchAll(ctx context.Context, due []*certPlan, out map[*cert
 					ex.fetch(ctx, p, f)
 				}
 				done.Add(1)
-				if finished != nil {
-					finished <- p
-				}
+				finished <- p
 			}
 		})
 	}
@@ -88,15 +84,6 @@ func (ex *executor) fetchAll(ctx context.Context, due []*certPlan, out map[*cert
 	wg.Wait()
 }
 
-// newResults makes the map fetchAll fills, with an empty result for each due certificate.
-func newResults(due []*certPlan) map[*certPlan]*fetched {
-	out := make(map[*certPlan]*fetched, len(due))
-	for _, p := range due {
-		out[p] = &fetched{}
-	}
-	return out
-}
-
 // writeChunk is how many fetched certificates are written together while the fetching goes on.
 var writeChunk = 1024 // a variable for TestRunWritesWhileFetching
 
@@ -106,7 +93,10 @@ var writeChunk = 1024 // a variable for TestRunWritesWhileFetching
 // ones, and those not fetched: write them with write), and how many issuer files could not be
 // repaired.
 func (ex *executor) fetchAndWrite(ctx context.Context, plans, due []*certPlan) (results map[*certPlan]*fetched, rest []*certPlan, issuerErrs int) {
-	results = newResults(due)
+	results = make(map[*certPlan]*fetched, len(due)) // each filled by fetchAll
+	for _, p := range due {
+		results[p] = &fetched{}
+	}
 	finished := make(chan *certPlan, len(due)) // never blocks a fetch
 	written := map[*certPlan]bool{}
 	var wg sync.WaitGroup
@@ -317,13 +307,9 @@ func (ex *executor) needsIssuerFile(p *certPlan) error {
 
 // recordIssuerFile notes the issuer file stapler just wrote in the planned state.
 func (ex *executor) recordIssuerFile(p *certPlan) {
-	data, err := readRegular(p.Obs.File.Issuer, maxStapleBytes)
+	data, stat, err := readRegularStat(p.Obs.File.Issuer, maxStapleBytes)
 	if err != nil {
 		return
-	}
-	stat := ""
-	if fi, err := os.Stat(p.Obs.File.Issuer); err == nil {
-		stat = statMark(fi)
 	}
 	written := hashBytes(data)
 	if p.Obs.File.IssuerGiven {

@@ -135,7 +135,7 @@ func decodeState(data []byte) (*State, error) {
 // it, so what it accepts is what json.Unmarshal accepts of the whole (FuzzDecodeState
 // compares them).
 func decodeLines(data []byte) (*State, bool) {
-	const head = "{\"version\":2,\"certificates\":{\n"
+	head := fmt.Sprintf("{\"version\":%d,\"certificates\":{\n", stateVersion) // as encode writes it
 	body, ok := bytes.CutPrefix(data, []byte(head))
 	if !ok {
 		return nil, false
@@ -144,10 +144,7 @@ func decodeLines(data []byte) (*State, bool) {
 	if !ok || len(body) == 0 || body[len(body)-1] != '\n' {
 		return nil, false
 	}
-	lines := bytes.Split(body[:len(body)-1], []byte("\n"))
-	if len(lines) == 1 && len(lines[0]) == 0 {
-		lines = nil // no certificate
-	}
+	lines := bytes.Split(body[:len(body)-1], []byte("\n")) // an empty state is not in this form
 	type entry struct {
 		key string
 		st  *CertState

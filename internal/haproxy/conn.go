@@ -143,7 +143,11 @@ func (c *Conn) deadline(d time.Duration) time.Time {
 // them all (10,000 staples in base64 are 20 MB).
 func (c *Conn) write(prefix string, cmds []string) error {
 	c.nc.SetWriteDeadline(c.deadline(c.timeout * time.Duration(1+len(cmds)/1000)))
-	w := bufio.NewWriterSize(c.nc, 64<<10)
+	size := 0
+	for _, cmd := range cmds {
+		size += len(prefix) + len(cmd) + 2
+	}
+	w := bufio.NewWriterSize(c.nc, min(size, 64<<10)) // one command: its own size
 	for _, cmd := range cmds {
 		w.WriteString(prefix)
 		w.WriteString(cmd)
