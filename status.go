@@ -229,8 +229,9 @@ func certStatusOf(f certFile, st *CertState, unchecked string, err error, now ti
 		cs.StapleStatus, cs.Problem = "unknown", unchecked
 	}
 	cs.NextRefresh, cs.Failures, cs.FailingSince, cs.LastError = timePtr(st.NextDue), st.Failures, timePtr(st.FailingSince), st.LastError
-	if (cs.StapleStatus == "none" || cs.StapleStatus == "unknown") && st.Failures == 0 {
-		// No staple stapler vouches for on disk, and no back-off: the next run fetches one.
+	if (cs.StapleStatus == "none" || cs.StapleStatus == "unknown") && st.Failures == 0 && (unchecked != "" || v.Cert == "") {
+		// No staple stapler vouches for on disk, no back-off, a certificate that is current
+		// (or not read yet): the next run fetches one.
 		cs.NextRefresh = &now
 	}
 	cs.PendingPush = append(cs.PendingPush, v.Pending...)
