@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -159,7 +160,8 @@ func hapLookTool(t testing.TB, name string, fallbacks ...string) string {
 			return p
 		}
 	}
-	cannotRun(t, fmt.Sprintf("%s not found on PATH: this integration test cannot run (apt-get install %[1]s; .ci/run installs it)", name))
+	pkg := cmp.Or(map[string]string{"man": "man-db", "setpriv": "util-linux"}[name], name) // Debian's package
+	cannotRun(t, fmt.Sprintf("%s not found on PATH: this integration test cannot run (apt-get install %s; .ci/run installs it)", name, pkg))
 	return ""
 }
 

@@ -177,7 +177,8 @@ func TestFetchCacheTimeout(t *testing.T) {
 	defer close(release)
 	f := newFetcher(Config{MaxResponseBytes: 4096, Jobs: 8, ResponderJobs: 8, CacheFallback: true,
 		ResponderOverride: map[string]string{responder.URL: hung.URL}},
-		&http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone(), Timeout: 300 * time.Millisecond})
+		// The timeout covers the request round the cache too: room for a loaded machine (-race).
+		&http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone(), Timeout: time.Second})
 	for i := range 3 {
 		a, err := f.fetch(context.Background(), responder.URL, []byte{byte(i)}, nil, time.Now())
 		if err != nil || string(a.Body) != "from the responder" {
