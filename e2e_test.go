@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
@@ -10,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -486,80 +486,137 @@ func TestRunCrtStoreWithoutIssuer(t *testing.T) {
 	}
 }
 
+// inRun is a certificate directory, a CA and its responder, for runs made in the test's own
+// process, so that -race sees the fetchers and the writer. It silences slog: its tests never
+// run in parallel.
+type inRun struct {
+	t          *testing.T
+	now        time.Time
+	dir, certs string
+	ca         *pki.CA
+	r          *pki.Responder
+	url        string // where certificates send OCSP requests: the responder, or a front
+	opt        runOptions
+}
+
+func newInRun(t *testing.T, name string) *inRun {
+	quietLogs(t)
+	e := &inRun{t: t, now: time.Now(), dir: t.TempDir()}
+	e.ca = pki.NewCA(name+" CA", e.now)
+	e.r = pki.StartResponder(e.ca)
+	t.Cleanup(e.r.Close)
+	e.url = e.r.URL()
+	e.certs = filepath.Join(e.dir, "certs")
+	os.Mkdir(e.certs, 0o755)
+	e.opt.Config = defaultConfig()
+	e.opt.Dirs, e.opt.State, e.opt.Jobs = []string{e.certs}, filepath.Join(e.dir, "state.json"), 1
+	return e
+}
+
+// front puts a server before the responder for the certificates issued after: it calls hold
+// with the number of each request, then the responder answers.
+func (e *inRun) front(hold func(n int64)) {
+	var asked atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		hold(asked.Add(1))
+		e.r.ServeHTTP(w, req)
+	}))
+	e.t.Cleanup(srv.Close)
+	e.url = srv.URL
+}
+
+// issue writes a certificate for name to <certs>/<file>, with the CA in its chain or not.
+func (e *inRun) issue(file, name string, chain bool) (string, *x509.Certificate, *ecdsa.PrivateKey) {
+	path := filepath.Join(e.certs, file)
+	leaf, key := e.ca.Issue(pki.Leaf{Name: name, OCSP: []string{e.url}}, e.now)
+	if chain {
+		writeBundle(path, leaf, key, e.ca.Cert)
+	} else {
+		writeBundle(path, leaf, key)
+	}
+	return path, leaf, key
+}
+
+// issuerDir puts the CA in issuer_dirs, and turns AIA off.
+func (e *inRun) issuerDir() {
+	dir := filepath.Join(e.dir, "issuers")
+	os.Mkdir(dir, 0o755)
+	os.WriteFile(filepath.Join(dir, "ca.pem"), pki.CertPEM(e.ca.Cert), 0o644)
+	e.opt.IssuerDirs, e.opt.FetchIssuers = []string{dir}, false
+}
+
+// run runs stapler at at (with --force if force), and fails the test if it cannot.
+func (e *inRun) run(what string, at time.Time, force bool) summary {
+	e.t.Helper()
+	e.opt.Force = force
+	if err := e.opt.discover(); err != nil {
+		e.t.Fatal(err)
+	}
+	sum, err := run(context.Background(), e.opt, at)
+	if err != nil {
+		e.t.Fatalf("%s: %v", what, err)
+	}
+	return sum
+}
+
+// wantStaple fails the test unless <path>.ocsp is a valid response about leaf.
+func (e *inRun) wantStaple(what, path string, leaf *x509.Certificate) {
+	e.t.Helper()
+	der, err := os.ReadFile(path + ".ocsp")
+	if err == nil {
+		_, err = ocsp.ParseResponseForCert(der, leaf, e.ca.Cert)
+	}
+	if err != nil {
+		e.t.Errorf("%s: %s.ocsp: %v", what, filepath.Base(path), err)
+	}
+}
+
 // TestRunWritesWhileFetching: the staples fetched first are written while the others are
 // still being fetched, a chunk at a time, and every one ends on disk once, valid, with its
-// issuer file before it. In the test process, so that -race sees the writer and the fetchers.
+// issuer file before it.
 func TestRunWritesWhileFetching(t *testing.T) {
-	quiet := slog.Default()
-	slog.SetDefault(slog.New(slog.DiscardHandler))
-	defer slog.SetDefault(quiet)
 	old := writeChunk
 	writeChunk = 3
 	defer func() { writeChunk = old }()
-	now := time.Now()
-	ca := pki.NewCA("Chunk Test CA", now)
-	r := pki.StartResponder(ca)
-	defer r.Close()
-	dir := t.TempDir()
-	certs := filepath.Join(dir, "certs")
-	os.Mkdir(certs, 0o755)
+	e := newInRun(t, "Chunk")
 	const n = 11
 	// The last request is answered only once staples are on disk: they were written while it
 	// was being fetched, or the test fails after 5 s.
-	var asked atomic.Int64
 	var early atomic.Bool
-	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		if asked.Add(1) == n {
-			for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
-				if written, _ := filepath.Glob(filepath.Join(certs, "*.ocsp")); len(written) >= 3 {
-					early.Store(true)
-					break
-				}
+	e.front(func(asked int64) {
+		if asked != n {
+			return
+		}
+		for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
+			if written, _ := filepath.Glob(filepath.Join(e.certs, "*.ocsp")); len(written) >= 3 {
+				early.Store(true)
+				return
 			}
 		}
-		r.ServeHTTP(w, req)
-	}))
-	defer front.Close()
+	})
+	e.issuerDir()
+	e.opt.Jobs = 4
+	var paths []string
 	var leaves []*x509.Certificate
 	for i := range n {
-		leaf, key := ca.Issue(pki.Leaf{Name: fmt.Sprintf("c%d.test", i), OCSP: []string{front.URL}}, now)
-		chain := []*x509.Certificate{ca.Cert}
-		if i%2 == 1 {
-			chain = nil // its issuer comes from issuer_dirs, and goes to <cert>.issuer
-		}
-		writeBundle(filepath.Join(certs, fmt.Sprintf("c%d.pem", i)), leaf, key, chain...)
-		leaves = append(leaves, leaf)
+		// Every other one without its chain: its issuer comes from issuer_dirs, and goes to
+		// <cert>.issuer.
+		path, leaf, _ := e.issue(fmt.Sprintf("c%d.pem", i), fmt.Sprintf("c%d.test", i), i%2 == 0)
+		paths, leaves = append(paths, path), append(leaves, leaf)
 	}
-	issuers := filepath.Join(dir, "issuers")
-	os.Mkdir(issuers, 0o755)
-	os.WriteFile(filepath.Join(issuers, "ca.pem"), pki.CertPEM(ca.Cert), 0o644)
-	cfg := defaultConfig()
-	cfg.Dirs, cfg.State, cfg.IssuerDirs, cfg.FetchIssuers, cfg.Jobs = []string{certs}, filepath.Join(dir, "state.json"), []string{issuers}, false, 4
-	opt := runOptions{Config: cfg}
-	if err := opt.discover(); err != nil {
-		t.Fatal(err)
-	}
-	sum, err := run(context.Background(), opt, now)
-	if err != nil || !sum.ok() || sum.Refreshed != n {
-		t.Fatalf("run: %+v, %v; want %d refreshed", sum, err, n)
+	if sum := e.run("run", e.now, false); !sum.ok() || sum.Refreshed != n {
+		t.Fatalf("run: %+v; want %d refreshed", sum, n)
 	}
 	if !early.Load() {
 		t.Errorf("no staple was written while the last one was fetched (writeChunk %d)", writeChunk)
 	}
-	for i, leaf := range leaves {
-		site := filepath.Join(certs, fmt.Sprintf("c%d.pem", i))
-		der, err := os.ReadFile(site + ".ocsp")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := ocsp.ParseResponseForCert(der, leaf, ca.Cert); err != nil {
-			t.Errorf("%s.ocsp: %v", site, err)
-		}
-		if _, err := os.Stat(site + ".issuer"); (i%2 == 1) != (err == nil) {
-			t.Errorf("%s.issuer: %v", site, err)
+	for i, path := range paths {
+		e.wantStaple("run", path, leaves[i])
+		if _, err := os.Stat(path + ".issuer"); (i%2 == 1) != (err == nil) {
+			t.Errorf("%s.issuer: %v", path, err)
 		}
 	}
-	if left, _ := filepath.Glob(filepath.Join(certs, ".*")); len(left) > 0 {
+	if left, _ := filepath.Glob(filepath.Join(e.certs, ".*")); len(left) > 0 {
 		t.Errorf("temporary files left: %q", left)
 	}
 }
@@ -569,73 +626,47 @@ func TestRunWritesWhileFetching(t *testing.T) {
 // file per issuer; the staples it writes are as valid as ever. A recorded CertID whose serial
 // is not the certificate's, or a file not known to hold its issuer, is read again.
 func TestRunRefreshFromRecordedCertID(t *testing.T) {
-	quiet := slog.Default()
-	slog.SetDefault(slog.New(slog.DiscardHandler))
-	defer slog.SetDefault(quiet)
-	now := time.Now()
-	ca := pki.NewCA("Recorded CA", now)
-	r := pki.StartResponder(ca)
-	defer r.Close()
-	dir := t.TempDir()
-	certs := filepath.Join(dir, "certs")
-	os.Mkdir(certs, 0o755)
+	e := newInRun(t, "Recorded")
 	const n = 6
+	var paths []string
 	var leaves []*x509.Certificate
 	for i := range n {
-		leaf, key := ca.Issue(pki.Leaf{Name: fmt.Sprintf("r%d.test", i), OCSP: []string{r.URL()}}, now)
-		writeBundle(filepath.Join(certs, fmt.Sprintf("r%d.pem", i)), leaf, key, ca.Cert)
-		leaves = append(leaves, leaf)
+		path, leaf, _ := e.issue(fmt.Sprintf("r%d.pem", i), fmt.Sprintf("r%d.test", i), true)
+		paths, leaves = append(paths, path), append(leaves, leaf)
 	}
-	cfg := defaultConfig()
-	cfg.Dirs, cfg.State, cfg.Jobs = []string{certs}, filepath.Join(dir, "state.json"), 1
-	opt := runOptions{Config: cfg}
-	if err := opt.discover(); err != nil {
-		t.Fatal(err)
+	if sum := e.run("first run", e.now, false); sum.Refreshed != n {
+		t.Fatalf("first run: %+v", sum)
 	}
-	if sum, err := run(context.Background(), opt, now); err != nil || sum.Refreshed != n {
-		t.Fatalf("first run: %+v, %v", sum, err)
-	}
-	st, err := loadState(cfg.State, false)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := readState(t, e.opt.State)
 	for i, leaf := range leaves {
-		cs := st.Certificates[filepath.Join(certs, fmt.Sprintf("r%d.pem", i))]
-		_, want, _ := ocspcheck.Request(leaf, ca.Cert)
+		cs := st.Certificates[paths[i]]
+		_, want, _ := ocspcheck.Request(leaf, e.ca.Cert)
 		if cs == nil || cs.CertID != hex.EncodeToString(want) || !cs.IssuerInBundle {
-			t.Fatalf("r%d: state records CertID %q, in bundle %v; want %x, true", i, cs.CertID, cs.IssuerInBundle, want)
+			t.Fatalf("r%d: state records %+v; want CertID %x, in bundle", i, cs, want)
 		}
 	}
 	refresh := func(what string, wantReads int64) {
 		t.Helper()
-		opt.Force = true
 		before := certReads.Load()
-		sum, err := run(context.Background(), opt, now.Add(time.Minute))
-		if err != nil || !sum.ok() || sum.Refreshed != n {
-			t.Fatalf("%s: %+v, %v; want %d refreshed", what, sum, err, n)
+		if sum := e.run(what, e.now.Add(time.Minute), true); !sum.ok() || sum.Refreshed != n {
+			t.Fatalf("%s: %+v; want %d refreshed", what, sum, n)
 		}
 		if got := certReads.Load() - before; got != wantReads {
 			t.Errorf("%s: %d certificate files read, want %d", what, got, wantReads)
 		}
-		for i, leaf := range leaves {
-			der, err := os.ReadFile(filepath.Join(certs, fmt.Sprintf("r%d.pem.ocsp", i)))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := ocsp.ParseResponseForCert(der, leaf, ca.Cert); err != nil {
-				t.Errorf("%s: r%d.pem.ocsp: %v", what, i, err)
-			}
+		for i, path := range paths {
+			e.wantStaple(what, path, leaves[i])
 		}
 	}
 	refresh("refresh", 1) // the first file gives the issuer; the others need not be read
 
 	// A CertID recorded for another serial, and a file not known to hold its issuer.
-	st, _ = loadState(cfg.State, false)
-	other, _ := ca.Issue(pki.Leaf{Name: "other.test"}, now)
-	_, wrong, _ := ocspcheck.Request(other, ca.Cert)
-	st.Certificates[filepath.Join(certs, "r3.pem")].CertID = hex.EncodeToString(wrong)
-	st.Certificates[filepath.Join(certs, "r4.pem")].IssuerInBundle = false
-	if err := st.save(cfg.State); err != nil {
+	other, _ := e.ca.Issue(pki.Leaf{Name: "other.test"}, e.now)
+	_, wrong, _ := ocspcheck.Request(other, e.ca.Cert)
+	st = readState(t, e.opt.State)
+	st.Certificates[paths[3]].CertID = hex.EncodeToString(wrong)
+	st.Certificates[paths[4]].IssuerInBundle = false
+	if err := st.save(e.opt.State); err != nil {
 		t.Fatal(err)
 	}
 	refresh("refresh after the state was changed", 3)
@@ -647,57 +678,27 @@ func TestRunRefreshFromRecordedCertID(t *testing.T) {
 // saw the change: when another file brings the issuer later, the staple gets its .issuer
 // file, as HAProxy needs.
 func TestRunRecordedCertIDChainLost(t *testing.T) {
-	quiet := slog.Default()
-	slog.SetDefault(slog.New(slog.DiscardHandler))
-	defer slog.SetDefault(quiet)
-	now := time.Now()
-	ca := pki.NewCA("Chain CA", now)
-	r := pki.StartResponder(ca)
-	defer r.Close()
-	dir := t.TempDir()
-	certs := filepath.Join(dir, "certs")
-	os.Mkdir(certs, 0o755)
-	leaf, key := ca.Issue(pki.Leaf{Name: "site.test", OCSP: []string{r.URL()}}, now)
-	site := filepath.Join(certs, "site.pem")
-	writeBundle(site, leaf, key, ca.Cert)
-	cfg := defaultConfig()
-	cfg.Dirs, cfg.State, cfg.Jobs, cfg.FetchIssuers = []string{certs}, filepath.Join(dir, "state.json"), 1, false
-	opt := runOptions{Config: cfg}
-	if err := opt.discover(); err != nil {
-		t.Fatal(err)
-	}
-	runAt := func(what string, at time.Time, force bool) summary {
-		t.Helper()
-		opt.Force = force
-		if err := opt.discover(); err != nil {
-			t.Fatal(err)
-		}
-		sum, err := run(context.Background(), opt, at)
-		if err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-		return sum
-	}
-	if sum := runAt("first run", now, false); sum.Refreshed != 1 {
+	e := newInRun(t, "Chain")
+	e.opt.FetchIssuers = false
+	site, leaf, key := e.issue("site.pem", "site.test", true)
+	if sum := e.run("first run", e.now, false); sum.Refreshed != 1 {
 		t.Fatalf("first run: %+v", sum)
 	}
 	// The chain goes, and the issuer is nowhere else: the issuer cache emptied.
 	writeBundle(site, leaf, key)
-	os.RemoveAll(filepath.Join(dir, "issuer-cache"))
-	if sum := runAt("run without the chain", now.Add(time.Minute), true); sum.Failed != 1 {
+	os.RemoveAll(filepath.Join(e.dir, "issuer-cache"))
+	if sum := e.run("run without the chain", e.now.Add(time.Minute), true); sum.Failed != 1 {
 		t.Fatalf("run without the chain: %+v, want the refresh failed (issuer not found)", sum)
 	}
 	// Another file brings the issuer in its chain.
-	other, otherKey := ca.Issue(pki.Leaf{Name: "other.test", OCSP: []string{r.URL()}}, now)
-	writeBundle(filepath.Join(certs, "a-other.pem"), other, otherKey, ca.Cert)
-	if sum := runAt("run with the other file", now.Add(2*time.Minute), true); !sum.ok() || sum.Refreshed != 2 {
+	e.issue("a-other.pem", "other.test", true)
+	if sum := e.run("run with the other file", e.now.Add(2*time.Minute), true); !sum.ok() || sum.Refreshed != 2 {
 		t.Fatalf("run with the other file: %+v", sum)
 	}
-	if got, err := os.ReadFile(site + ".issuer"); err != nil || !bytes.Equal(got, pki.CertPEM(ca.Cert)) {
+	if got, err := os.ReadFile(site + ".issuer"); err != nil || !bytes.Equal(got, pki.CertPEM(e.ca.Cert)) {
 		t.Errorf("site.pem.issuer: %v; want the CA beside the staple, as HAProxy needs", err)
 	}
-	st, _ := loadState(cfg.State, false)
-	if cs := st.Certificates[site]; cs == nil || cs.IssuerInBundle {
+	if cs := readState(t, e.opt.State).Certificates[site]; cs == nil || cs.IssuerInBundle {
 		t.Error("the state says that site.pem holds its issuer")
 	}
 }
@@ -706,69 +707,31 @@ func TestRunRecordedCertIDChainLost(t *testing.T) {
 // and before its fetch read it again fails that fetch, and what the state records of the file
 // stays what was looked at, so that the next run reads the new certificate and staples it.
 func TestRunCertChangedBeforeItsFetch(t *testing.T) {
-	quiet := slog.Default()
-	slog.SetDefault(slog.New(slog.DiscardHandler))
-	defer slog.SetDefault(quiet)
-	now := time.Now()
-	ca := pki.NewCA("Changed CA", now)
-	r := pki.StartResponder(ca)
-	defer r.Close()
-	dir := t.TempDir()
-	certs := filepath.Join(dir, "certs")
-	os.Mkdir(certs, 0o755)
-	issuers := filepath.Join(dir, "issuers")
-	os.Mkdir(issuers, 0o755)
-	os.WriteFile(filepath.Join(issuers, "ca.pem"), pki.CertPEM(ca.Cert), 0o644)
-	// The first request waits until the second file has been replaced.
-	var asked atomic.Int64
-	replaced := make(chan struct{})
-	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		if asked.Add(1) == 3 { // the forced run's first request
-			select {
-			case <-replaced:
-			case <-time.After(5 * time.Second):
-			}
+	e := newInRun(t, "Changed")
+	var b string
+	var renewed *x509.Certificate
+	var key *ecdsa.PrivateKey
+	// The forced run's first request (the third), a.pem's, is answered once b.pem holds
+	// another certificate.
+	e.front(func(asked int64) {
+		if asked == 3 {
+			tmp := filepath.Join(e.dir, "b.pem.new")
+			writeBundle(tmp, renewed, key)
+			os.Rename(tmp, b)
 		}
-		r.ServeHTTP(w, req)
-	}))
-	defer front.Close()
-	paths := []string{filepath.Join(certs, "a.pem"), filepath.Join(certs, "b.pem")}
-	for i, p := range paths {
-		leaf, key := ca.Issue(pki.Leaf{Name: fmt.Sprintf("c%d.test", i), OCSP: []string{front.URL}}, now)
-		writeBundle(p, leaf, key) // no chain: each is read at every fetch
+	})
+	e.issuerDir()
+	e.issue("a.pem", "c0.test", false) // no chain: each is read at every fetch
+	b, _, _ = e.issue("b.pem", "c1.test", false)
+	renewed, key = e.ca.Issue(pki.Leaf{Name: "c1.test", OCSP: []string{e.url}}, e.now)
+	if sum := e.run("first run", e.now, false); sum.Refreshed != 2 {
+		t.Fatalf("first run: %+v", sum)
 	}
-	cfg := defaultConfig()
-	cfg.Dirs, cfg.State, cfg.IssuerDirs, cfg.FetchIssuers, cfg.Jobs = []string{certs}, filepath.Join(dir, "state.json"), []string{issuers}, false, 1
-	opt := runOptions{Config: cfg}
-	if err := opt.discover(); err != nil {
-		t.Fatal(err)
+	if sum := e.run("forced run", e.now.Add(time.Minute), true); sum.Failed != 1 {
+		t.Fatalf("forced run: %+v; want b.pem's refresh failed (changed during the run)", sum)
 	}
-	if sum, err := run(context.Background(), opt, now); err != nil || sum.Refreshed != 2 {
-		t.Fatalf("first run: %+v, %v", sum, err)
+	if sum := e.run("next run", e.now.Add(2*time.Minute), false); sum.Refreshed != 1 {
+		t.Fatalf("next run: %+v; want the new certificate's staple", sum)
 	}
-	renewed, key := ca.Issue(pki.Leaf{Name: "c1.test", OCSP: []string{front.URL}}, now)
-	go func() {
-		for asked.Load() < 3 {
-			time.Sleep(time.Millisecond)
-		}
-		tmp := filepath.Join(dir, "b.pem.new")
-		writeBundle(tmp, renewed, key)
-		os.Rename(tmp, paths[1])
-		close(replaced)
-	}()
-	opt.Force = true
-	if sum, err := run(context.Background(), opt, now.Add(time.Minute)); err != nil || sum.Failed != 1 {
-		t.Fatalf("forced run: %+v, %v; want b.pem's refresh failed (changed during the run)", sum, err)
-	}
-	opt.Force = false
-	if sum, err := run(context.Background(), opt, now.Add(2*time.Minute)); err != nil || sum.Refreshed != 1 {
-		t.Fatalf("next run: %+v, %v; want the new certificate's staple", sum, err)
-	}
-	der, err := os.ReadFile(paths[1] + ".ocsp")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ocsp.ParseResponseForCert(der, renewed, ca.Cert); err != nil {
-		t.Errorf("b.pem.ocsp is not for the certificate now in b.pem: %v", err)
-	}
+	e.wantStaple("next run", b, renewed)
 }

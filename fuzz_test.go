@@ -27,12 +27,13 @@ import (
 	"stapler/internal/pki"
 )
 
-// quietLogs discards slog output while a fuzz target runs: damaged inputs are logged on
-// purpose, millions of times.
-func quietLogs(f *testing.F) {
+// quietLogs discards slog output while a fuzz target or test runs: damaged inputs are logged
+// on purpose, millions of times. It changes the process's default logger: a test that calls
+// it must not run in parallel.
+func quietLogs(tb testing.TB) {
 	old := slog.Default()
 	slog.SetDefault(slog.New(slog.DiscardHandler))
-	f.Cleanup(func() { slog.SetDefault(old) })
+	tb.Cleanup(func() { slog.SetDefault(old) })
 }
 
 // FuzzParseBundle: parseBundle never panics, and returns exactly the CERTIFICATE blocks of
