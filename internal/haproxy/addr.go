@@ -7,6 +7,7 @@ package haproxy
 import (
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 )
 
@@ -40,8 +41,8 @@ func ParseAddr(s string) (Addr, error) {
 	}
 	if a.Network == "tcp" {
 		host, port, err := net.SplitHostPort(a.Address)
-		if err != nil || port == "" || strings.ContainsAny(host, "@/") {
-			return a, fmt.Errorf("socket %q: want a unix socket path or host:port", s)
+		if n, perr := strconv.Atoi(port); err != nil || perr != nil || n < 1 || n > 65535 || strings.ContainsAny(host, "@/") {
+			return a, fmt.Errorf("socket %q: want a unix socket path or host:port (a port number)", s)
 		}
 		if host == "" || host == "*" {
 			a.Address = net.JoinHostPort("127.0.0.1", port)
