@@ -31,7 +31,7 @@ func readRegular(path string, maxBytes int64) ([]byte, error) {
 
 // readRegularStat is readRegular, with the stat mark of the file it read.
 func readRegularStat(path string, maxBytes int64) ([]byte, string, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	f, err := openRegular(path, maxBytes)
 	if err != nil {
 		return nil, "", err
 	}
@@ -39,12 +39,6 @@ func readRegularStat(path string, maxBytes int64) ([]byte, string, error) {
 	fi, err := f.Stat()
 	if err != nil {
 		return nil, "", err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, "", fmt.Errorf("%s is not a regular file", path)
-	}
-	if fi.Size() > maxBytes {
-		return nil, "", fmt.Errorf("%s is larger than it should be (%d bytes, at most %d)", path, fi.Size(), maxBytes)
 	}
 	// ReadFrom wants bytes.MinRead free before each read: with less it doubles the buffer.
 	buf := bytes.NewBuffer(make([]byte, 0, fi.Size()+bytes.MinRead))
@@ -55,6 +49,28 @@ func readRegularStat(path string, maxBytes int64) ([]byte, string, error) {
 		return nil, "", fmt.Errorf("%s is larger than it should be (more than %d bytes)", path, maxBytes)
 	}
 	return buf.Bytes(), statMark(fi), nil
+}
+
+// openRegular opens the regular file at path for reading, if it holds at most maxBytes, as
+// readRegular does.
+func openRegular(path string, maxBytes int64) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	switch {
+	case err != nil:
+	case !fi.Mode().IsRegular():
+		err = fmt.Errorf("%s is not a regular file", path)
+	case fi.Size() > maxBytes:
+		err = fmt.Errorf("%s is larger than it should be (%d bytes, at most %d)", path, fi.Size(), maxBytes)
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
 }
 
 // maxStapleBytes caps what is read of a staple or issuer file: far more than HAProxy takes.

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 func TestStateRoundTrip(t *testing.T) {
@@ -172,20 +173,26 @@ func TestStateManyLines(t *testing.T) {
 	tail := []byte("}}\n")
 	again := []byte(",\n\"/c/site00000.pem\":{\"failures\":7}\n")
 	data = append(append(bytes.Clone(data[:len(data)-len(tail)-1]), again...), tail...)
-	got, ok := decodeLines(data)
-	if !ok {
-		t.Fatal("the line decoder refused a state in stapler's own form")
-	}
 	var want State
 	if err := json.Unmarshal(data, &want); err != nil {
 		t.Fatal(err)
 	}
-	if len(got.Certificates) != 4000 || got.Certificates["/c/site00000.pem"].Failures != 7 || !reflect.DeepEqual(got.Certificates, want.Certificates) {
-		t.Fatalf("decoded %d certificates (the repeated one: %+v), not what encoding/json decodes", len(got.Certificates), got.Certificates["/c/site00000.pem"])
+	// In one batch, and in batches of a few lines.
+	for _, batch := range []int{len(data), 1000} {
+		got, ok := decodeLines(data, batch)
+		if !ok {
+			t.Fatalf("batches of %d bytes: the line decoder refused a state in stapler's own form", batch)
+		}
+		if len(got.Certificates) != 4000 || got.Certificates["/c/site00000.pem"].Failures != 7 || !reflect.DeepEqual(got.Certificates, want.Certificates) {
+			t.Fatalf("batches of %d bytes: decoded %d certificates (the repeated one: %+v), not what encoding/json decodes", batch, len(got.Certificates), got.Certificates["/c/site00000.pem"])
+		}
+		if a, b := got.Certificates["/c/site00001.pem"], got.Certificates["/c/site03999.pem"]; unsafe.StringData(a.Responders[0]) != unsafe.StringData(b.Responders[0]) {
+			t.Errorf("batches of %d bytes: the responder URL that every entry repeats is not held once", batch)
+		}
 	}
 
 	broken := append(bytes.Clone(data[:len(data)-len(tail)-2]), "x\n}}\n"...)
-	if _, ok := decodeLines(broken); ok {
+	if _, ok := decodeLines(broken, stateBatchBytes); ok {
 		t.Fatal("the line decoder took a state whose last line is broken")
 	}
 	path := filepath.Join(t.TempDir(), "state.json")
@@ -199,4 +206,10 @@ func TestStateManyLines(t *testing.T) {
 	if aside, _ := filepath.Glob(path + ".corrupt-*"); len(aside) != 1 {
 		t.Fatalf("the broken state was not moved aside: %v", aside)
 	}
+}
+
+// decodeLines is decodeLinesFrom on data, in batches of batchBytes.
+func decodeLines(data []byte, batchBytes int) (*State, bool) {
+	st, ok, _ := decodeLinesFrom(bytes.NewReader(data), batchBytes)
+	return st, ok
 }
