@@ -223,7 +223,7 @@ func (ex *executor) write(plans []*certPlan, results map[*certPlan]*fetched) (is
 				issuerErrs++
 			} else {
 				slog.Info("removed outdated issuer file; the issuer is in the bundle", "file", o.File.Issuer)
-				p.Next.issuerChecked("", "-")
+				p.edit(func(st *CertState) { st.issuerChecked("", "-") })
 			}
 		case o.Issuer.Write != nil:
 			q.issuer = b.Add(0, o.File.Issuer, issuerPEM(o.Issuer.Write), 0o644)
@@ -315,7 +315,7 @@ func (ex *executor) recordIssuerFile(p *certPlan) {
 	if p.Obs.File.IssuerGiven {
 		written = "" // the operator's file: never stapler's to replace
 	}
-	p.Next.issuerChecked(stat, written)
+	p.edit(func(st *CertState) { st.issuerChecked(stat, written) })
 }
 
 // logOwner says so when a file could not keep its owner.

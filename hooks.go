@@ -71,7 +71,7 @@ func runRevokedHooks(ctx context.Context, opt runOptions, rp runPlan) (failed in
 			failed++
 			continue
 		}
-		st.revocationHandled(st.Serial)
+		p.edit(func(st *CertState) { st.revocationHandled(st.Serial) })
 		slog.Info("ran revoked_command", "cert", p.Obs.File.Path, "serial", st.Serial)
 	}
 	return failed

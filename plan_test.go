@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -168,6 +169,42 @@ func TestPlan(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestPlanSharesUnchanged: an entry the plan leaves as it was is the state's own, not a copy
+// (70 MB at 100,000 certificates); a change after planning makes the plan's copy, and the
+// state's entry stays as it was.
+func TestPlanSharesUnchanged(t *testing.T) {
+	old := vouched()
+	before := old.clone()
+	opt := planOptions{Policy: testPolicy, Sockets: []string{"/run/a.sock"}}
+	p := planFile(planNow, opt, seenAsRecorded(old))
+	if p.Step != stepKeep || p.Next != old {
+		t.Fatalf("up to date: step %d, planned state %p, want stepKeep and the state's own %p", p.Step, p.Next, old)
+	}
+	p.edit(func(st *CertState) { st.served(nil, nil) }) // as recorded: no change
+	if p.Next != old {
+		t.Error("a change that changed nothing made a copy")
+	}
+	p.edit(func(st *CertState) { st.served([]string{"/run/a.sock"}, nil) })
+	if p.Next == old || !slices.Equal(p.Next.Pending, []string{"/run/a.sock"}) || !reflect.DeepEqual(old, before) {
+		t.Errorf("a change went to %p (the state's is %p), pending %q; the state's entry became %+v", p.Next, old, p.Next.Pending, old)
+	}
+	q := planFile(planNow, opt, seenAsRecorded(old))
+	if st := q.own(); st == old || !reflect.DeepEqual(st, old) {
+		t.Errorf("own gave %p, the state's entry %p: want an equal copy", st, old)
+	}
+	for _, force := range []bool{true, false} {
+		o := seenAsRecorded(old)
+		o.Staple = diskStaple{Missing: true} // due, or with force
+		p := planFile(planNow, planOptions{Policy: testPolicy, Force: force}, o)
+		if p.Step != stepFetch || p.Next == old {
+			t.Errorf("force %v: step %d, planned state is the state's own entry: %v", force, p.Step, p.Next == old)
+		}
+	}
+	if !reflect.DeepEqual(old, before) {
+		t.Errorf("planning changed the state's entry: %+v", old)
 	}
 }
 

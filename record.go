@@ -98,9 +98,13 @@ func report(rp runPlan, obs *observation, dryRun bool) summary {
 // record applies what the fetches did to the planned states, says so, and counts it.
 func record(now time.Time, pol policy, rp runPlan, results map[*certPlan]*fetched, sum *summary, fetchCtx context.Context) {
 	for _, p := range rp.Certs {
-		f, st, path := results[p], p.Next, p.Obs.File.Path
-		if iss := p.Obs.issued; st != nil && iss != nil && iss.Err == nil {
-			st.issued(iss.CertID, iss.Src == issuerInBundle)
+		f, path := results[p], p.Obs.File.Path
+		if iss := p.Obs.issued; p.Next != nil && iss != nil && iss.Err == nil {
+			p.edit(func(st *CertState) { st.issued(iss.CertID, iss.Src == issuerInBundle) })
+		}
+		st := p.Next
+		if p.Step == stepFetch || p.Step == stepHAProxyCopy {
+			st = p.own()
 		}
 		if p.Step == stepFetch && f.Err == nil && !f.Unfinished && f.Passed != nil {
 			slog.Warn("a responder failed; the next of the certificate's responders answered", "cert", path, "err", f.Passed, "answered", f.Responder)
@@ -182,7 +186,7 @@ func reconcileHAProxies(ctx context.Context, opt runOptions, rp runPlan, now tim
 		}
 		st := p.Next
 		if !st.validAt(now) {
-			st.served(nil, nil)
+			p.edit(func(st *CertState) { st.served(nil, nil) })
 			continue
 		}
 		refs = append(refs, stapleRef{Path: p.Obs.File.Path, Name: p.Obs.File.Name, File: p.Obs.File.Staple, Hash: st.Staple.Hash,
@@ -203,7 +207,7 @@ func reconcileHAProxies(ctx context.Context, opt runOptions, rp runPlan, now tim
 				pending, needs = append(pending, sock), append(needs, sock)
 			}
 		}
-		p.Next.served(pending, needs)
+		p.edit(func(st *CertState) { st.served(pending, needs) })
 		if len(needs) > 0 {
 			severe = append(severe, p)
 		} else if len(pending) > 0 {
@@ -216,7 +220,7 @@ func reconcileHAProxies(ctx context.Context, opt runOptions, rp runPlan, now tim
 		} else {
 			slog.Info("reloaded HAProxy: it reads the staples from disk", "certificates", len(severe))
 			for _, p := range severe {
-				p.Next.reloaded()
+				p.edit((*CertState).reloaded)
 			}
 			return failed, 0
 		}
