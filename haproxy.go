@@ -417,7 +417,14 @@ func reconcileProcess(p *haproxy.Process, refs []stapleRef, opt reconcileOptions
 // pushBatch sends the staples of refs at idx in one batch. Those HAProxy has no slot for go
 // to create; it returns those it took.
 func pushBatch(p *haproxy.Process, refs []stapleRef, idx []int, results map[string]result, create *[]int) ([]int, error) {
-	idx = slices.DeleteFunc(idx, func(i int) bool { return !loadStaple(&refs[i], results) })
+	errs := make([]error, len(idx))
+	parallel(len(idx), observeJobs, func(k int) { errs[k] = readStaple(&refs[idx[k]]) }) // 0.1 s at 10,000 one by one
+	for k, i := range idx {
+		if errs[k] != nil {
+			results[refs[i].Path] = result{outcome: pushFailed, why: "reading the staple: " + errs[k].Error()}
+		}
+	}
+	idx = slices.DeleteFunc(idx, func(i int) bool { return refs[i].DER == nil })
 	ders := make([][]byte, len(idx))
 	for k, i := range idx {
 		ders[k] = refs[i].DER
@@ -497,19 +504,27 @@ func createSlots(p *haproxy.Process, refs []stapleRef, idx []int, held []haproxy
 // loadStaple reads the staple to send, if it was not read yet, from its file: it must still
 // be the staple the state vouches for.
 func loadStaple(r *stapleRef, results map[string]result) bool {
+	if err := readStaple(r); err != nil {
+		results[r.Path] = result{outcome: pushFailed, why: "reading the staple: " + err.Error()}
+		return false
+	}
+	return true
+}
+
+// readStaple is loadStaple, for one staple only: it says why it could not.
+func readStaple(r *stapleRef) error {
 	if r.DER != nil {
-		return true
+		return nil
 	}
 	der, err := readRegular(r.File, maxStapleBytes)
 	if err == nil && hashBytes(der) != r.Hash {
 		err = fmt.Errorf("%s changed during the run", r.File)
 	}
 	if err != nil {
-		results[r.Path] = result{outcome: pushFailed, why: "reading the staple: " + err.Error()}
-		return false
+		return err
 	}
 	r.DER = der
-	return true
+	return nil
 }
 
 // issuerPayload is the issuer file's certificates, re-encoded one PEM block each with no blank

@@ -42,6 +42,7 @@ type Info struct {
 	StartTime int64 // Start_time_sec
 	Stopping  bool  // an old worker, after a reload: what it is told is lost
 	Version   Version
+	Threads   int // Nbthread; 0 when not said
 }
 
 // ParseInfo reads the answer to `show info`.
@@ -51,7 +52,8 @@ func ParseInfo(text string) (Info, error) {
 	if err1 != nil || err2 != nil {
 		return Info{}, fmt.Errorf("no Pid and Start_time_sec in the answer to show info: %q", clip(text, 80))
 	}
-	return Info{Pid: pid, StartTime: start, Stopping: field(text, "Stopping") == "1", Version: ParseVersion(field(text, "Version"))}, nil
+	threads, _ := strconv.Atoi(field(text, "Nbthread"))
+	return Info{Pid: pid, StartTime: start, Stopping: field(text, "Stopping") == "1", Version: ParseVersion(field(text, "Version")), Threads: threads}, nil
 }
 
 // Mark identifies the process: a new one (restart, reload) read its staples from disk again.

@@ -49,6 +49,8 @@ type Conn struct {
 	prompt  []byte // "\n" + the prompt: what ends each answer
 	timeout time.Duration
 	end     time.Time // the caller's deadline, if any: no exchange outlasts it
+	// ctx is Dial's, kept so that another connection to the same process ends with this one's.
+	ctx context.Context
 }
 
 // Dial connects to addr and switches to interactive mode. On a stats socket it also asks for
@@ -64,7 +66,7 @@ func Dial(ctx context.Context, addr Addr, timeout time.Duration) (*Conn, error) 
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s", ErrUnreachable, dialProblem(addr, err, timeout))
 	}
-	c := &Conn{addr: addr, nc: nc, timeout: timeout}
+	c := &Conn{addr: addr, nc: nc, timeout: timeout, ctx: ctx}
 	c.end, _ = ctx.Deadline()
 	context.AfterFunc(ctx, func() { nc.Close() })
 	// The first answer to `prompt` is the prompt itself: "> ", or "master> ".
@@ -308,6 +310,20 @@ func ParseAnswer(raw []byte) Answer {
 	return Answer{Text: t}
 }
 
+// againWait bounds how long again waits for HAProxy to take another connection: one that
+// does not answer at once (HAProxy's `stats maxconn` reached) is given up.
+const againWait = time.Second
+
+// again opens another connection to the same address, as Dial opened this one.
+func (c *Conn) again() (*Conn, error) {
+	more, err := Dial(c.ctx, c.addr, min(c.timeout, againWait))
+	if err != nil {
+		return nil, err
+	}
+	more.timeout = c.timeout
+	return more, nil
+}
+
 // Close ends the session: `quit`, a half-close (the master CLI waits for it), then close.
 func (c *Conn) Close() {
 	c.nc.SetDeadline(c.deadline(c.timeout))
@@ -318,9 +334,12 @@ func (c *Conn) Close() {
 	c.nc.Close()
 }
 
+// argEscaper is Arg's, made once: a Replacer builds its tables at its first use (5 µs, twice
+// per certificate in a push).
+var argEscaper = strings.NewReplacer(`\`, `\\`, " ", `\ `, "\t", "\\\t", ";", `\;`)
+
 // Arg escapes a word for HAProxy's command line, which splits words on spaces and commands on
 // ";", and takes "\" as an escape.
 func Arg(s string) string {
-	r := strings.NewReplacer(`\`, `\\`, " ", `\ `, "\t", "\\\t", ";", `\;`)
-	return r.Replace(s)
+	return argEscaper.Replace(s)
 }

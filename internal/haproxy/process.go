@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -34,6 +36,10 @@ type Process struct {
 	// Err says why stapler cannot read what this process serves (3.4 below level admin); the
 	// process is otherwise usable.
 	Err error
+	// more are further connections to this process (proven by its identity), for spreading
+	// large batches over HAProxy's threads; moreTried says they were looked for.
+	more      []*Conn
+	moreTried bool
 }
 
 // ErrNeedsAdmin: the socket's level is too low for what stapler must do.
@@ -97,11 +103,14 @@ func Open(ctx context.Context, addr Addr, timeout time.Duration) (*Session, erro
 	}
 }
 
-// Close closes the connection, and those of old workers.
+// Close closes the connection, those of old workers, and those opened to spread batches.
 func (s *Session) Close() {
 	for _, p := range s.Procs {
 		if p.conn != s.conn {
 			p.conn.Close()
+		}
+		for _, c := range p.more {
+			c.Close()
 		}
 	}
 	s.conn.Close()
@@ -231,6 +240,65 @@ const lockedTries = 20
 // nothing can be read of the process meanwhile.
 func (p *Process) execAll(cmds []string) ([]Answer, error) {
 	answers, err := p.conn.ExecAll(p.prefix, cmds)
+	return p.retryLocked(cmds, answers, err)
+}
+
+// spreadMin is the smallest batch execSpread spreads over several connections: below it, the
+// connections cost more than they save.
+const spreadMin = 500
+
+// maxConns is the most connections a batch is spread over.
+const maxConns = 4
+
+// execSpread is execAll for commands that do not depend on one another (reads, and `set ssl
+// ocsp-response` of distinct responses): a large batch is spread over one connection per
+// HAProxy thread (up to maxConns), each thread taking one. On two threads, HAProxy 3.4 takes
+// 10,000 `set ssl ocsp-response` in 0.35 s instead of 0.65 s.
+//
+// Every connection must reach this very process: a connection opened during a reload reaches
+// the new one, which must not be told (or asked) what this one is. So each new connection
+// must show this process's identity (pid and start time), and not be stopping; one that does
+// not is closed, and the batch goes on the connections that do. (Each connection stays with
+// the process that accepted it: Recheck, after the exchange, sees a reload for all of them.)
+// Not behind a master CLI, whose workers each serve one forwarded command at a time.
+func (p *Process) execSpread(cmds []string) ([]Answer, error) {
+	if len(cmds) < spreadMin || p.prefix != "" || p.Info.Threads < 2 {
+		return p.execAll(cmds)
+	}
+	if !p.moreTried {
+		p.moreTried = true
+		for range min(p.Info.Threads, maxConns) - 1 {
+			c, err := p.conn.again()
+			if err != nil {
+				break
+			}
+			text, err := c.Exec("", "show info")
+			info, perr := ParseInfo(text)
+			if err != nil || perr != nil || info.Mark() != p.Info.Mark() || info.Stopping {
+				c.Close()
+				break
+			}
+			p.more = append(p.more, c)
+		}
+	}
+	conns := append([]*Conn{p.conn}, p.more...)
+	answers := make([][]Answer, len(conns))
+	errs := make([]error, len(conns))
+	var wg sync.WaitGroup
+	for i, c := range conns {
+		from, to := i*len(cmds)/len(conns), (i+1)*len(cmds)/len(conns)
+		wg.Go(func() { answers[i], errs[i] = c.ExecAll(p.prefix, cmds[from:to]) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return p.retryLocked(cmds, slices.Concat(answers...), nil)
+}
+
+// retryLocked sends again, on the process's first connection, the commands of cmds that
+// HAProxy refused because the certificate lock was taken (see execAll).
+func (p *Process) retryLocked(cmds []string, answers []Answer, err error) ([]Answer, error) {
 	for try := 1; err == nil; try++ {
 		var again []int
 		for i, a := range answers {
@@ -309,7 +377,7 @@ func (p *Process) Held(paths, certIDs []string) ([]Held, error) {
 		}
 		idx = append(idx, i)
 	}
-	answers, err := p.execAll(cmds)
+	answers, err := p.execSpread(cmds)
 	if err != nil {
 		return nil, err
 	}
@@ -427,7 +495,7 @@ func (p *Process) SetOCSP(ders [][]byte) ([]Answer, error) {
 		cmds = append(cmds, cmd)
 		idx = append(idx, i)
 	}
-	answers, err := p.execAll(cmds)
+	answers, err := p.execSpread(cmds)
 	if err != nil {
 		return nil, err
 	}

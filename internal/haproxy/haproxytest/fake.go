@@ -45,6 +45,11 @@ type Fake struct {
 	override map[string]string // command prefix: answer
 	locked   int               // certificate commands still to refuse as locked; < 0: all
 	hangup   map[string]string // command prefix: what to send before closing
+	threads  int               // Nbthread, shown when set
+	// newFrom: connections from this one on (1 is the first) reach a new process (another
+	// pid), as after a reload; 0: never.
+	newFrom int
+	perConn map[int]int // commands answered, by connection (1 is the first)
 }
 
 // Cert is a certificate file the fake HAProxy loaded.
@@ -133,6 +138,28 @@ var pids atomic.Int64
 
 func nextPid() int { return 4242 + int(pids.Add(1)) - 1 }
 
+// SetThreads makes `show info` say that the fake runs n threads.
+func (f *Fake) SetThreads(n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.threads = n
+}
+
+// NewProcessFrom makes connection n (1 is the first) and those after it reach another
+// process, as after a reload: `show info` shows another pid there.
+func (f *Fake) NewProcessFrom(n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.newFrom = n
+}
+
+// Commands is how many commands connection n (1 is the first) sent.
+func (f *Fake) Commands(n int) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.perConn[n]
+}
+
 // SetSilent makes the fake accept connections and never answer.
 func (f *Fake) SetSilent(silent bool) {
 	f.mu.Lock()
@@ -210,7 +237,7 @@ func (f *Fake) serve(c net.Conn) {
 	f.mu.Lock()
 	f.conns++
 	f.open++
-	silent := f.silent
+	silent, conn := f.silent, f.conns
 	f.mu.Unlock()
 	defer func() {
 		f.mu.Lock()
@@ -261,7 +288,7 @@ func (f *Fake) serve(c net.Conn) {
 		case "set severity-output number":
 			sev = true
 		default:
-			answer = f.answer(line, payload, sev)
+			answer = f.answer(conn, line, payload, sev)
 		}
 		if _, err := c.Write([]byte(answer + "\n" + prompt)); err != nil || prompt == "" {
 			return
@@ -281,10 +308,17 @@ func (f *Fake) hangupFor(line string) (string, bool) {
 }
 
 // answer runs one command and returns its answer, without the empty line that ends it.
-func (f *Fake) answer(line string, payload []string, sev bool) string {
+func (f *Fake) answer(conn int, line string, payload []string, sev bool) string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.log = append(f.log, line)
+	if f.perConn == nil {
+		f.perConn = map[int]int{}
+	}
+	f.perConn[conn]++
+	if line == "show info" && f.newFrom > 0 && conn >= f.newFrom {
+		return fmt.Sprintf("Name: HAProxy\nVersion: %s\nPid: %d\nUptime_sec: 1\nStart_time_sec: %d\nStopping: 0\nNbthread: %d\n", f.version.Text, f.pid+1000, 1795300000+f.pid+1000, f.threads)
+	}
 	info := func(s string) string {
 		if sev {
 			return "[6]: " + s + "\n"
@@ -404,7 +438,11 @@ func (f *Fake) show(line string, info, fail func(string) string) string {
 		if f.stopping {
 			stopping = 1
 		}
-		return fmt.Sprintf("Name: HAProxy\nVersion: %s\nPid: %d\nUptime_sec: 100\nStart_time_sec: %d\nStopping: %d\n", f.version.Text, f.pid, 1795300000+f.pid, stopping)
+		threads := ""
+		if f.threads > 0 {
+			threads = fmt.Sprintf("Nbthread: %d\n", f.threads)
+		}
+		return fmt.Sprintf("Name: HAProxy\nVersion: %s\nPid: %d\nUptime_sec: 100\nStart_time_sec: %d\nStopping: %d\n%s", f.version.Text, f.pid, 1795300000+f.pid, stopping, threads)
 	case line == "show cli level":
 		return info(f.level)
 	case line == "show ssl cert" && f.level != "user":
