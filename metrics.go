@@ -29,7 +29,7 @@ import (
 // configuration is no longer watched.
 func writeMetrics(path string, state *State, covers func(string) bool, sum summary, now time.Time, took time.Duration, sockets []string) error {
 	type row struct {
-		labels []string // cert, subject
+		labels string // cert="...",subject="...", escaped
 		st     *CertState
 		v      verdict
 	}
@@ -47,7 +47,7 @@ func writeMetrics(path string, state *State, covers func(string) bool, sum summa
 		if v.Staple == "no_responder" && !v.MustStaple {
 			continue // nothing to staple, nothing to watch
 		}
-		rows = append(rows, row{[]string{"cert", p, "subject", st.Subject}, st, v})
+		rows = append(rows, row{string(appendLabels(nil, "cert", p, "subject", st.Subject)), st, v})
 	}
 	staple := func(r row) *Staple {
 		if r.v.Staple == "good" || r.v.Staple == "revoked" {
@@ -104,7 +104,7 @@ func writeMetrics(path string, state *State, covers func(string) bool, sum summa
 			t.family(f.name, f.help)
 			for _, r := range rows {
 				if v, ok := f.value(r); ok {
-					t.sample(f.name, v, r.labels...)
+					t.sampleText(f.name, r.labels, v)
 				}
 			}
 		}
@@ -115,7 +115,7 @@ func writeMetrics(path string, state *State, covers func(string) bool, sum summa
 					continue
 				}
 				for _, s := range sockets {
-					t.sample("stapler_haproxy_in_sync", float64(b2i(!slices.Contains(r.v.Pending, s))), append(r.labels, "socket", s)...)
+					t.sampleText("stapler_haproxy_in_sync", r.labels+","+string(appendLabels(nil, "socket", s)), float64(b2i(!slices.Contains(r.v.Pending, s))))
 				}
 			}
 		}
@@ -142,11 +142,13 @@ func writeMetrics(path string, state *State, covers func(string) bool, sum summa
 		for _, ph := range sum.Phases {
 			t.sample("stapler_run_phase_seconds", ph.D.Seconds(), "phase", ph.Name)
 		}
+		t.flush()
 		return t.err
 	})
 }
 
 // promText writes Prometheus' text exposition format: gauges, each family's samples together.
+// It writes to w by 32 KB, and flush writes the rest.
 type promText struct {
 	w   io.Writer
 	buf []byte
@@ -159,31 +161,27 @@ var (
 )
 
 func (t *promText) family(name, help string) {
-	t.buf = append(t.buf[:0], "# HELP "...)
+	t.buf = append(t.buf, "# HELP "...)
 	t.buf = append(t.buf, name...)
 	t.buf = append(t.buf, ' ')
 	t.buf = append(t.buf, helpEscaper.Replace(help)...)
 	t.buf = append(t.buf, "\n# TYPE "...)
 	t.buf = append(t.buf, name...)
 	t.buf = append(t.buf, " gauge\n"...)
-	t.flush()
+	t.spill()
 }
 
 // sample writes one sample; labels are name, value pairs.
 func (t *promText) sample(name string, value float64, labels ...string) {
-	t.buf = append(t.buf[:0], name...)
-	for i := 0; i+1 < len(labels); i += 2 {
-		if i == 0 {
-			t.buf = append(t.buf, '{')
-		} else {
-			t.buf = append(t.buf, ',')
-		}
-		t.buf = append(t.buf, labels[i]...)
-		t.buf = append(t.buf, `="`...)
-		t.buf = append(t.buf, labelEscaper.Replace(labels[i+1])...)
-		t.buf = append(t.buf, '"')
-	}
-	if len(labels) > 0 {
+	t.sampleText(name, string(appendLabels(nil, labels...)), value)
+}
+
+// sampleText writes one sample whose labels appendLabels rendered.
+func (t *promText) sampleText(name, labels string, value float64) {
+	t.buf = append(t.buf, name...)
+	if labels != "" {
+		t.buf = append(t.buf, '{')
+		t.buf = append(t.buf, labels...)
 		t.buf = append(t.buf, '}')
 	}
 	t.buf = append(t.buf, ' ')
@@ -198,13 +196,38 @@ func (t *promText) sample(name string, value float64, labels ...string) {
 		t.buf = strconv.AppendFloat(t.buf, value, 'g', -1, 64)
 	}
 	t.buf = append(t.buf, '\n')
-	t.flush()
+	t.spill()
 }
 
+// appendLabels renders labels, name and value pairs, as a sample's braces hold them:
+// name="value",... with each value escaped. A certificate's are rendered once for its eleven
+// samples.
+func appendLabels(b []byte, labels ...string) []byte {
+	for i := 0; i+1 < len(labels); i += 2 {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, labels[i]...)
+		b = append(b, `="`...)
+		b = append(b, labelEscaper.Replace(labels[i+1])...)
+		b = append(b, '"')
+	}
+	return b
+}
+
+// spill writes what is buffered once it is 32 KB.
+func (t *promText) spill() {
+	if len(t.buf) >= 32<<10 {
+		t.flush()
+	}
+}
+
+// flush writes what is buffered.
 func (t *promText) flush() {
 	if t.err == nil {
 		_, t.err = t.w.Write(t.buf)
 	}
+	t.buf = t.buf[:0]
 }
 
 func b2i(b bool) int {

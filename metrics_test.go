@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -155,4 +156,23 @@ func matches(m *dto.Metric, labels map[string]string) bool {
 		}
 	}
 	return n == len(labels)
+}
+
+// BenchmarkWriteMetrics: the metrics file of 10,000 certificates with valid staples.
+func BenchmarkWriteMetrics(b *testing.B) {
+	now := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+	st := newState()
+	for i := range 10000 {
+		st.Certificates[fmt.Sprintf("/etc/haproxy/certs/site%05d.pem", i)] = &CertState{CertHash: "c", Subject: fmt.Sprintf("site%05d.example.com", i),
+			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(90 * 24 * time.Hour), Responders: []string{"http://ocsp.example.com"},
+			Staple: &Staple{Hash: "s", Status: "good", ThisUpdate: now.Add(-time.Hour), NextUpdate: now.Add(48 * time.Hour), ProducedAt: now.Add(-time.Hour),
+				SignerNotAfter: now.Add(30 * 24 * time.Hour)}, DiskHash: "s", LastUpdate: now.Add(-time.Hour), NextDue: now.Add(time.Hour)}
+	}
+	path := filepath.Join(b.TempDir(), "stapler.prom")
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := writeMetrics(path, st, nil, summary{}, now, time.Second, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
