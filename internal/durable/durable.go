@@ -396,19 +396,25 @@ func (b *Batch) syncTemps(files []*file) {
 		files []*file
 	}
 	byDev := map[uint64]*fsys{}
+	devs := map[string]uint64{} // by directory: a temporary file is in its file's (a stat per file was 10 to 25 us)
 	for _, f := range files {
 		if f.err != nil || f.tmp == "" {
 			continue
 		}
-		var st syscall.Stat_t
-		if err := syscall.Stat(f.tmp, &st); err != nil {
-			f.fail(err)
-			continue
+		dir := filepath.Dir(f.tmp)
+		dev, ok := devs[dir]
+		if !ok {
+			var st syscall.Stat_t
+			if err := syscall.Stat(f.tmp, &st); err != nil {
+				f.fail(err)
+				continue
+			}
+			dev, devs[dir] = st.Dev, st.Dev
 		}
-		if byDev[st.Dev] == nil {
-			byDev[st.Dev] = &fsys{err: syncfs(f.tmp)}
+		if byDev[dev] == nil {
+			byDev[dev] = &fsys{err: syncfs(f.tmp)}
 		}
-		byDev[st.Dev].files = append(byDev[st.Dev].files, f)
+		byDev[dev].files = append(byDev[dev].files, f)
 	}
 	for _, sys := range byDev {
 		for _, f := range sys.files {
