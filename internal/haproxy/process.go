@@ -312,7 +312,11 @@ func (p *Process) retryLocked(cmds []string, answers []Answer, err error) ([]Ans
 		if try > lockedTries {
 			return nil, fmt.Errorf("%w: %s: HAProxy kept its certificates locked for over 2 s (another session's transaction or listing)", ErrUnreachable, p.Where())
 		}
-		time.Sleep(time.Duration(try) * 10 * time.Millisecond)
+		select {
+		case <-p.conn.ctx.Done(): // the run is stopping: no more waiting on the lock
+			return nil, fmt.Errorf("%w: %s: stopped while HAProxy kept its certificates locked: %w", ErrUnreachable, p.Where(), context.Cause(p.conn.ctx))
+		case <-time.After(time.Duration(try) * 10 * time.Millisecond):
+		}
 		retry := make([]string, len(again))
 		for k, i := range again {
 			retry[k] = cmds[i]

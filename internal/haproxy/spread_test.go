@@ -2,6 +2,7 @@ package haproxy_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -62,5 +63,29 @@ func TestSpread(t *testing.T) {
 				t.Errorf("the second connection sent %d commands, want %d (and its show info)", got, tt.secondGets)
 			}
 		})
+	}
+}
+
+// TestLockedStop: a run that stops while HAProxy keeps its certificates locked stops waiting
+// for the lock at once, and says so (before, the next retry found the connection closed by
+// the stop, and said only that).
+func TestLockedStop(t *testing.T) {
+	f := haproxytest.Start(t, "3.4.7-1", "admin")
+	f.Load("/c/site.pem", "1f", "3001", true)
+	addr, err := haproxy.ParseAddr(f.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := haproxy.Open(ctx, addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	f.Lock(-1) // every certificate command refused as locked, for good
+	time.AfterFunc(50*time.Millisecond, cancel)
+	_, err = s.Procs[0].Held([]string{"/c/site.pem"}, []string{"3001"})
+	if !errors.Is(err, context.Canceled) || !errors.Is(err, haproxy.ErrUnreachable) {
+		t.Fatalf("Held while locked, the run stopping: %v; want ErrUnreachable for the stop", err)
 	}
 }
