@@ -316,9 +316,6 @@ func (f *Fake) answer(conn int, line string, payload []string, sev bool) string 
 		f.perConn = map[int]int{}
 	}
 	f.perConn[conn]++
-	if line == "show info" && f.newFrom > 0 && conn >= f.newFrom {
-		return fmt.Sprintf("Name: HAProxy\nVersion: %s\nPid: %d\nUptime_sec: 1\nStart_time_sec: %d\nStopping: 0\nNbthread: %d\n", f.version.Text, f.pid+1000, 1795300000+f.pid+1000, f.threads)
-	}
 	info := func(s string) string {
 		if sev {
 			return "[6]: " + s + "\n"
@@ -335,6 +332,9 @@ func (f *Fake) answer(conn int, line string, payload []string, sev bool) string 
 		if strings.HasPrefix(line, prefix) {
 			return a
 		}
+	}
+	if line == "show info" {
+		return f.showInfo(conn)
 	}
 	if f.locked != 0 && (strings.HasPrefix(line, "show ssl cert") || strings.HasPrefix(line, "set ssl cert") || strings.HasPrefix(line, "commit ssl cert") ||
 		strings.HasPrefix(line, "show ssl ocsp-response base64 ")) {
@@ -429,20 +429,26 @@ func (f *Fake) showUpdates() string {
 }
 
 // show answers the `show` commands.
+// showInfo answers `show info` on connection conn: another process's (pid) from NewProcessFrom's
+// connection on.
+func (f *Fake) showInfo(conn int) string {
+	pid, stopping := f.pid, 0
+	if f.newFrom > 0 && conn >= f.newFrom {
+		pid = f.pid + 1000
+	} else if f.stopping {
+		stopping = 1
+	}
+	threads := ""
+	if f.threads > 0 {
+		threads = fmt.Sprintf("Nbthread: %d\n", f.threads)
+	}
+	return fmt.Sprintf("Name: HAProxy\nVersion: %s\nPid: %d\nUptime_sec: 100\nStart_time_sec: %d\nStopping: %d\n%s", f.version.Text, pid, 1795300000+pid, stopping, threads)
+}
+
 func (f *Fake) show(line string, info, fail func(string) string) string {
 	caps := f.version.Caps()
 	arg := func(prefix string) string { return unescape(strings.TrimPrefix(line, prefix)) }
 	switch {
-	case line == "show info":
-		stopping := 0
-		if f.stopping {
-			stopping = 1
-		}
-		threads := ""
-		if f.threads > 0 {
-			threads = fmt.Sprintf("Nbthread: %d\n", f.threads)
-		}
-		return fmt.Sprintf("Name: HAProxy\nVersion: %s\nPid: %d\nUptime_sec: 100\nStart_time_sec: %d\nStopping: %d\n%s", f.version.Text, f.pid, 1795300000+f.pid, stopping, threads)
 	case line == "show cli level":
 		return info(f.level)
 	case line == "show ssl cert" && f.level != "user":
