@@ -303,13 +303,7 @@ func judge(h haproxy.Held, r stapleRef) heldVerdict {
 		}
 		t, err := ocspcheck.ResponseTimes(h.DER)
 		if err != nil {
-			// cryptobyte reads DER strictly; encoding/asn1, under x/crypto/ocsp, also takes
-			// times with fractions of a second, as OpenSSL (HAProxy) does.
-			resp, perr := ocsp.ParseResponse(h.DER, nil)
-			if perr != nil {
-				return vPush
-			}
-			t = ocspcheck.Times{ProducedAt: resp.ProducedAt, ThisUpdate: resp.ThisUpdate, NextUpdate: resp.NextUpdate}
+			return vPush
 		}
 		this, produced, next = t.ThisUpdate, t.ProducedAt, t.NextUpdate
 	}

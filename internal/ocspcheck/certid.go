@@ -3,6 +3,7 @@
 package ocspcheck
 
 import (
+	"encoding/asn1"
 	"errors"
 	"math/big"
 	"time"
@@ -37,16 +38,31 @@ func ResponseTimes(der []byte) (Times, error) {
 	var status, next cryptobyte.String
 	var tag cbasn1.Tag
 	var hasNext bool
-	ok := produced.ReadASN1GeneralizedTime(&t.ProducedAt) &&
+	ok := readGeneralizedTime(&produced, &t.ProducedAt) &&
 		single.SkipASN1(cbasn1.SEQUENCE) && // the CertID, read by firstSingle
 		single.ReadAnyASN1(&status, &tag) && // certStatus: a CHOICE of three context-specific tags
-		single.ReadASN1GeneralizedTime(&t.ThisUpdate) &&
+		readGeneralizedTime(&single, &t.ThisUpdate) &&
 		single.ReadOptionalASN1(&next, &hasNext, cbasn1.Tag(0).Constructed().ContextSpecific()) &&
-		(!hasNext || next.ReadASN1GeneralizedTime(&t.NextUpdate))
+		(!hasNext || readGeneralizedTime(&next, &t.NextUpdate))
 	if !ok {
 		return Times{}, errors.New("cannot read the times of the response")
 	}
 	return t, nil
+}
+
+// readGeneralizedTime reads a GeneralizedTime as x/crypto/ocsp does (encoding/asn1), which,
+// as OpenSSL and so HAProxy, also takes fractions of a second; cryptobyte, tried first as
+// the faster, refuses them.
+func readGeneralizedTime(s *cryptobyte.String, t *time.Time) bool {
+	var elem cryptobyte.String
+	if !s.ReadASN1Element(&elem, cbasn1.GeneralizedTime) {
+		return false
+	}
+	if c := elem; c.ReadASN1GeneralizedTime(t) {
+		return true
+	}
+	rest, err := asn1.Unmarshal(elem, t)
+	return err == nil && len(rest) == 0
 }
 
 // firstSingle walks an OCSP response to its first SingleResponse and returns its DER CertID,
