@@ -214,6 +214,7 @@ func FuzzDecodeState(f *testing.F) {
 		st.Certificates[path] = &CertState{Subject: "site.test", Serial: "1f", NotAfter: now, Failures: i,
 			Staple: &Staple{Hash: "cd", Status: "good", NextUpdate: now}, Pending: []string{"/s"}}
 	}
+	st.Certificates["/c/full.pem"] = fullCertState(f) // every field, for the decoder without reflection
 	var b bytes.Buffer
 	if err := st.encode(&b); err != nil {
 		f.Fatal(err)

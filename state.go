@@ -186,12 +186,13 @@ const stateBatchBytes = 1 << 20
 
 // decodeLinesFrom decodes a state in the form encode writes as it reads it, batchBytes of
 // lines at a time, each batch on every core; ok is false for any other form (err is only for
-// failing to read). Each line is decoded by go-json-experiment's v1 package (encoding/json's
-// semantics on the decoder of encoding/json/v2, three times faster: a quarter of a run with
-// nothing due), which checks it, so what it accepts is what json.Unmarshal accepts of the
-// whole (FuzzDecodeState compares them). (goccy/go-json decodes three to five times faster
-// than encoding/json, but fuzzing found it taking what encoding/json refuses, {"":{""}}, and
-// keeping invalid UTF-8 that encoding/json replaces.)
+// failing to read). A line in exactly the form encode writes is read by fastEntry; any other
+// goes to go-json-experiment's v1 package (encoding/json's semantics on the decoder of
+// encoding/json/v2, three times faster than encoding/json), which checks it, so what either
+// accepts is what json.Unmarshal accepts of the whole (FuzzDecodeState compares them).
+// (goccy/go-json decodes three to five times faster than encoding/json, but fuzzing found it
+// taking what encoding/json refuses, {"":{""}}, and keeping invalid UTF-8 that encoding/json
+// replaces.)
 func decodeLinesFrom(r io.Reader, batchBytes int) (st *State, ok bool, err error) {
 	br := bufio.NewReaderSize(r, 64<<10)
 	head := fmt.Sprintf("{\"version\":%d,\"certificates\":{\n", stateVersion) // as encode writes it
@@ -271,8 +272,15 @@ func (d *lineDecoder) decode() bool {
 		}
 		d.certs[i] = nil
 		k, v, split := splitEntry(d.batch[d.starts[i]:d.ends[i]])
-		if !split || jsonv1.Unmarshal(k, &d.keys[i]) != nil || jsonv1.Unmarshal(v, &d.certs[i]) != nil {
+		if !split {
 			failed.Store(true)
+			return
+		}
+		var fast bool
+		if d.keys[i], d.certs[i], fast = fastEntry(k, v, d.shared); !fast {
+			if jsonv1.Unmarshal(k, &d.keys[i]) != nil || jsonv1.Unmarshal(v, &d.certs[i]) != nil {
+				failed.Store(true)
+			}
 		}
 	})
 	if failed.Load() {

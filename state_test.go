@@ -213,3 +213,91 @@ func decodeLines(data []byte, batchBytes int) (*State, bool) {
 	st, ok, _ := decodeLinesFrom(bytes.NewReader(data), batchBytes)
 	return st, ok
 }
+
+// fullCertState is a CertState with every field set, none to its zero value (checked), in
+// forms encode writes: times with and without fractions, in UTC and at an offset.
+func fullCertState(t testing.TB) *CertState {
+	now := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+	east := time.FixedZone("", 2*3600)
+	cs := &CertState{CertHash: strings.Repeat("ab", 32), CertStat: "1545:1796214796293655314:10215473", Subject: "site.test", Serial: "3ed",
+		Issuer: "CN=Bench CA 0,O=stapler", NotBefore: now.Add(-time.Hour), NotAfter: now.Add(90 * 24 * time.Hour),
+		Responders: []string{"http://ocsp.test", "http://ocsp2.test/é"}, MustStaple: true, IssuerWritten: strings.Repeat("12", 32),
+		IssuerStat: "683:1:2", CertID: "303b3009", IssuerInBundle: true,
+		Staple: &Staple{Hash: strings.Repeat("cd", 32), CertID: "303b3009", Status: "revoked", ThisUpdate: now.Add(-time.Minute),
+			NextUpdate: now.Add(time.Hour).In(east), ProducedAt: now.Add(-30 * time.Second), RevokedAt: now.Add(-time.Hour),
+			RevokedReason: "keyCompromise", SignerNotAfter: now.Add(30 * 24 * time.Hour), Responder: "http://ocsp.test",
+			ETag: "W/1234", LastModified: "Sun, 01 Nov 2026 12:00:00 GMT"},
+		DiskStat: "683:1796214811269655964:10512197", DiskHash: strings.Repeat("cd", 32), DiskProblem: "not a response",
+		NextDue: now.Add(123456789 * time.Nanosecond), Failures: -3, FailingSince: now.Add(-2 * time.Hour), LastError: "timeout",
+		LastUpdate: now.Add(-time.Millisecond), Updater: "haproxy", Pending: []string{"/run/a.sock"}, Reload: []string{"/run/b.sock"},
+		RevocationHandled: "3ed"}
+	for _, v := range []reflect.Value{reflect.ValueOf(*cs), reflect.ValueOf(*cs.Staple)} {
+		for i := range v.NumField() {
+			if v.Field(i).IsZero() {
+				t.Fatalf("fullCertState leaves %s.%s zero", v.Type().Name(), v.Type().Field(i).Name)
+			}
+		}
+	}
+	return cs
+}
+
+// TestFastEntry: the decoder without reflection takes every field of a state's line as encode
+// writes it, and gives what encoding/json gives; what it does not take, it leaves to the
+// general decoder.
+func TestFastEntry(t *testing.T) {
+	st := newState()
+	st.Certificates["/c/é site.pem"] = fullCertState(t)
+	st.Certificates["/c/bare.pem"] = &CertState{}
+	var b bytes.Buffer
+	if err := st.encode(&b); err != nil {
+		t.Fatal(err)
+	}
+	var want State
+	if err := json.Unmarshal(b.Bytes(), &want); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(b.String(), "\n")
+	for _, line := range lines[1 : len(lines)-2] {
+		k, v, _ := splitEntry([]byte(strings.TrimSuffix(line, ",")))
+		path, cs, ok := fastEntry(k, v, nil)
+		if !ok {
+			t.Fatalf("the fast decoder refused a line encode wrote: %s", line)
+		}
+		if !reflect.DeepEqual(cs, want.Certificates[path]) {
+			t.Errorf("%s: the fast decoder gave\n%#v\nencoding/json\n%#v", path, cs, want.Certificates[path])
+		}
+	}
+	// Strings the entries share come from the map: the staple's CertID and hash are the
+	// entry's; the issuer and URLs the map's.
+	shared := map[string]string{}
+	for _, s := range []string{"CN=Bench CA 0,O=stapler", "http://ocsp.test", "revoked"} {
+		shared[strings.Clone(s)] = strings.Clone(s)
+	}
+	line := []byte(strings.TrimSuffix(lines[2], ","))
+	if !strings.Contains(lines[2], "é site") {
+		line = []byte(strings.TrimSuffix(lines[1], ","))
+	}
+	k, v, _ := splitEntry(line)
+	_, cs, ok := fastEntry(k, v, shared)
+	same := func(a, b string) bool { return unsafe.StringData(a) == unsafe.StringData(b) }
+	if !ok || !same(cs.Issuer, shared[cs.Issuer]) || !same(cs.Responders[0], shared["http://ocsp.test"]) || same(cs.Responders[1], shared["http://ocsp.test"]) ||
+		!same(cs.Staple.Status, shared["revoked"]) || !same(cs.Staple.CertID, cs.CertID) || !same(cs.DiskHash, cs.Staple.Hash) {
+		t.Errorf("the fast decoder did not share what it could: %+v", cs)
+	}
+
+	// What it leaves to the general decoder.
+	for _, value := range []string{
+		`{"subject":"a\"b"}`, `{"subject":"a\u0001"}`, "{\"subject\":\"\x01\"}", "{\"subject\":\"\xff\"}", `{"subject": "a"}`,
+		`{"Subject":"a"}`, `{"subject":"a","subject":"b"}`, `{"subject":null}`, `{"staple":null}`, `{"unknown":1}`,
+		`{"failures":1.0}`, `{"failures":1e1}`, `{"failures":01}`, `{"failures":-}`, `{"failures":99999999999999999999}`,
+		`{"must_staple":1}`, `{"responders":["a",null]}`, `{"responders":["a",]}`, `{"not_after":"2026-11-01"}`,
+		`{"subject":"a",}`, `{"subject":"a"}x`, `{"staple":{"hash":"a","hash":"b"}}`, `{"staple":{"HASH":"a"}}`,
+	} {
+		if _, _, ok := fastEntry([]byte(`"/a"`), []byte(value), nil); ok {
+			t.Errorf("the fast decoder took %s", value)
+		}
+	}
+	if _, _, ok := fastEntry([]byte(`"/a\u00e9"`), []byte(`{}`), nil); ok {
+		t.Errorf("the fast decoder took a path with an escape")
+	}
+}
