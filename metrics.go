@@ -19,9 +19,10 @@ import (
 // under the stapler_ prefix, so that alerts port over (README, Metrics, lists them and the
 // names before 2026-12).
 //
-// The text is written as it is made, one family at a time: at 100,000 certificates a registry
-// or the Prometheus client's data model would hold 1.2 million samples as objects at once. The
-// test reads the file back with Prometheus' own parser.
+// The text is written as it is made, a few pieces of metricsChunk certificates at a time, each
+// rendered on a core of its own: at 100,000 certificates a registry or the Prometheus client's
+// data model would hold 1.2 million samples as objects at once. The tests read the file back
+// with Prometheus' own parser.
 //
 // It covers the certificates of the configuration (covers, nil for all), as status and check
 // do: a run limited to some certificates (the deploy hook's) still writes all of them, so that
@@ -40,15 +41,16 @@ func writeMetrics(path string, state *State, covers func(string) bool, sum summa
 		}
 	}
 	slices.Sort(paths)
-	rows := make([]row, 0, len(paths))
-	for _, p := range paths {
-		st := state.Certificates[p]
+	rows := make([]row, len(paths))
+	parallel(len(paths), runtime.GOMAXPROCS(0), func(i int) {
+		st := state.Certificates[paths[i]]
 		v := st.verdict(now)
 		if v.Staple == "no_responder" && !v.MustStaple {
-			continue // nothing to staple, nothing to watch
+			return // nothing to staple, nothing to watch
 		}
-		rows = append(rows, row{string(appendLabels(nil, "cert", p, "subject", st.Subject)), st, v})
-	}
+		rows[i] = row{string(appendLabels(nil, "cert", paths[i], "subject", st.Subject)), st, v}
+	})
+	rows = slices.DeleteFunc(rows, func(r row) bool { return r.st == nil })
 	staple := func(r row) *Staple {
 		if r.v.Staple == "good" || r.v.Staple == "revoked" {
 			return r.st.Staple
@@ -69,7 +71,7 @@ func writeMetrics(path string, state *State, covers func(string) bool, sum summa
 	}
 	type perCert struct {
 		name, help string
-		value      func(r row) (float64, bool)
+		value      func(r row) (float64, bool) // nil for stapler_haproxy_in_sync: see inSync
 	}
 	families := []perCert{
 		{"stapler_ocsp_response_present", "1 when a valid staple (good or revoked) is on disk for the certificate, else 0. Absent while the certificate is expired or not valid yet: its staple is not judged.",
@@ -98,25 +100,57 @@ func writeMetrics(path string, state *State, covers func(string) bool, sum summa
 		{"stapler_ocsp_refresh_failures", "Consecutive failed refreshes of the certificate's staple.",
 			func(r row) (float64, bool) { return float64(r.st.Failures), true }},
 	}
-	return durable.WriteStream(path, 0o644, func(w io.Writer) error {
-		t := &promText{w: w}
-		for _, f := range families {
-			t.family(f.name, f.help)
-			for _, r := range rows {
-				if v, ok := f.value(r); ok {
-					t.sampleText(f.name, r.labels, v)
-				}
+	// inSync writes a certificate's samples of stapler_haproxy_in_sync, one per socket.
+	socketLabels := make([]string, len(sockets))
+	for i, s := range sockets {
+		socketLabels[i] = string(appendLabels(nil, "socket", s))
+	}
+	inSync := func(t *promText, r row) {
+		if staple(r) == nil {
+			return
+		}
+		for i, s := range sockets {
+			t.sampleText("stapler_haproxy_in_sync", r.labels+","+socketLabels[i], float64(b2i(!slices.Contains(r.v.Pending, s))))
+		}
+	}
+	if len(sockets) > 0 {
+		families = append(families, perCert{"stapler_haproxy_in_sync", "1 when that HAProxy serves the staple on disk (or a newer one), 0 when it does not yet (a failed push, or a reload due). Only for certificates with a valid staple.", nil})
+	}
+	// The samples of each family are rendered metricsChunk certificates at a time, on every
+	// core, two chunks per core at once (0.13 MB each), and written in order. At 100,000
+	// certificates (146 MB) this took 0.1 s off a run with nothing due.
+	type chunk struct{ family, lo, hi int }
+	var chunks []chunk
+	for fi := range families {
+		for lo := 0; ; lo += metricsChunk {
+			chunks = append(chunks, chunk{fi, lo, min(lo+metricsChunk, len(rows))})
+			if lo+metricsChunk >= len(rows) {
+				break
 			}
 		}
-		if len(sockets) > 0 {
-			t.family("stapler_haproxy_in_sync", "1 when that HAProxy serves the staple on disk (or a newer one), 0 when it does not yet (a failed push, or a reload due). Only for certificates with a valid staple.")
-			for _, r := range rows {
-				if staple(r) == nil {
-					continue
+	}
+	jobs := runtime.GOMAXPROCS(0)
+	bufs := make([][]byte, 2*jobs)
+	return durable.WriteStream(path, 0o644, func(w io.Writer) error {
+		t := &promText{w: w}
+		for start := 0; start < len(chunks) && t.err == nil; start += len(bufs) {
+			round := chunks[start:min(start+len(bufs), len(chunks))]
+			parallel(len(round), jobs, func(i int) {
+				c, f := &promText{buf: bufs[i][:0]}, families[round[i].family]
+				if round[i].lo == 0 {
+					c.family(f.name, f.help)
 				}
-				for _, s := range sockets {
-					t.sampleText("stapler_haproxy_in_sync", r.labels+","+string(appendLabels(nil, "socket", s)), float64(b2i(!slices.Contains(r.v.Pending, s))))
+				for _, r := range rows[round[i].lo:round[i].hi] {
+					if f.value == nil {
+						inSync(c, r)
+					} else if v, ok := f.value(r); ok {
+						c.sampleText(f.name, r.labels, v)
+					}
 				}
+				bufs[i] = c.buf
+			})
+			for _, b := range bufs[:len(round)] {
+				t.write(b)
 			}
 		}
 		t.family("stapler_build_info", "1, with stapler's version and the Go version that built it.")
@@ -147,8 +181,11 @@ func writeMetrics(path string, state *State, covers func(string) bool, sum summa
 	})
 }
 
+// metricsChunk is how many certificates' samples of a family writeMetrics renders in one piece.
+var metricsChunk = 1024
+
 // promText writes Prometheus' text exposition format: gauges, each family's samples together.
-// It writes to w by 32 KB, and flush writes the rest.
+// It writes to w by 32 KB, and flush writes the rest; without w it only appends to buf.
 type promText struct {
 	w   io.Writer
 	buf []byte
@@ -217,8 +254,16 @@ func appendLabels(b []byte, labels ...string) []byte {
 
 // spill writes what is buffered once it is 32 KB.
 func (t *promText) spill() {
-	if len(t.buf) >= 32<<10 {
+	if t.w != nil && len(t.buf) >= 32<<10 {
 		t.flush()
+	}
+}
+
+// write writes what is buffered, then b.
+func (t *promText) write(b []byte) {
+	t.flush()
+	if t.err == nil {
+		_, t.err = t.w.Write(b)
 	}
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -126,6 +127,48 @@ func TestMetricsCoverTheConfiguration(t *testing.T) {
 	}
 	if readState(t, state).Certificates[sites[1]] == nil {
 		t.Error("the run over one/ only forgot two/site.pem")
+	}
+}
+
+// TestMetricsChunks: rendered in pieces of a few certificates on every core, the file is the
+// one rendered in one piece, with each family's samples together in path order.
+func TestMetricsChunks(t *testing.T) {
+	now := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+	st := newState()
+	for i := range 23 {
+		cs := &CertState{CertHash: "c", Subject: fmt.Sprintf("site%02d.test", i), NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Duration(i+1) * time.Hour),
+			Responders: []string{"http://ocsp.test"}, Failures: i % 3, Pending: []string{"/run/b.sock"}}
+		switch i % 4 {
+		case 0: // no responder: no series
+			cs.Responders = nil
+		case 1: // no staple
+		default:
+			cs.Staple = &Staple{Hash: "s", Status: "good", ThisUpdate: now.Add(-time.Hour), NextUpdate: now.Add(time.Duration(i) * time.Hour), SignerNotAfter: now.Add(time.Duration(i) * 24 * time.Hour)}
+			cs.DiskHash = "s"
+		}
+		st.Certificates[fmt.Sprintf("/c/site%02d.pem", i)] = cs
+	}
+	write := func(chunk int) []byte {
+		defer func(old int) { metricsChunk = old }(metricsChunk)
+		metricsChunk = chunk
+		path := filepath.Join(t.TempDir(), "stapler.prom")
+		if err := writeMetrics(path, st, nil, summary{Checked: 23}, now, time.Second, []string{"/run/a.sock", "/run/b.sock"}); err != nil {
+			t.Fatal(err)
+		}
+		readMetrics(t, path) // Prometheus' parser takes it
+		return must(os.ReadFile(path))
+	}
+	whole := write(1 << 20)
+	if n := bytes.Count(whole, []byte("\n# TYPE ")); n != 11+1+6 {
+		t.Fatalf("%d families, want 18 (11 per certificate, stapler_haproxy_in_sync, 6 of the run)", n)
+	}
+	if n := bytes.Count(whole, []byte("stapler_haproxy_in_sync{")); n != 2*11 {
+		t.Fatalf("%d samples of stapler_haproxy_in_sync, want 22 (11 staples, 2 sockets)", n)
+	}
+	for _, chunk := range []int{1, 2, 5, 22, 23} {
+		if got := write(chunk); !bytes.Equal(got, whole) {
+			t.Errorf("rendered %d certificates at a time, the file differs:\n%s\nwant\n%s", chunk, got, whole)
+		}
 	}
 }
 
