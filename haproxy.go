@@ -342,7 +342,21 @@ func reconcileProcess(p *haproxy.Process, refs []stapleRef, opt reconcileOptions
 	for i, r := range refs {
 		names[i], ids[i] = r.Name, r.CertID
 	}
+	// A staple fetched in this run is news to every HAProxy: it is read from disk while
+	// HAProxy says what it holds (which takes HAProxy's time, not stapler's). One that cannot
+	// be read is read again, and reported, if it is to be sent.
+	var reading sync.WaitGroup
+	if !opt.ReadOnly {
+		var fresh []int
+		for i, r := range refs {
+			if r.Fresh && r.DER == nil {
+				fresh = append(fresh, i)
+			}
+		}
+		reading.Go(func() { parallel(len(fresh), observeJobs, func(k int) { readStaple(&refs[fresh[k]]) }) })
+	}
 	held, err := p.Held(names, ids)
+	reading.Wait()
 	if err != nil {
 		return nil, err
 	}

@@ -2,7 +2,9 @@ package haproxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"net"
 	"net/http"
@@ -289,4 +291,22 @@ func serveUnix(t *testing.T, serve func(net.Conn)) Addr {
 		}
 	}()
 	return Addr{Raw: path, Network: "unix", Address: path}
+}
+
+// TestHeldByPath: the base64 of a response reads the same on one line, broken into lines, or
+// with spaces; what is not base64 is an error, not a response.
+func TestHeldByPath(t *testing.T) {
+	der := bytes.Repeat([]byte{0x30, 0x82, 0xff, 0x01}, 100)
+	b64 := base64.StdEncoding.EncodeToString(der)
+	p := &Process{conn: &Conn{addr: Addr{Raw: "/run/haproxy.sock"}}}
+	for _, text := range []string{b64, b64[:64] + "\n" + b64[64:128] + "\r\n" + b64[128:], b64[:10] + " " + b64[10:] + "\t"} {
+		var h Held
+		if got := p.heldByPath(&h, Answer{Text: text}); got != "" || h.Err != nil || !h.Slot || !bytes.Equal(h.DER, der) {
+			t.Errorf("%q: %q, %+v", clip(text, 20), got, h)
+		}
+	}
+	var h Held
+	if p.heldByPath(&h, Answer{Text: "not base64!"}); h.Err == nil || h.DER != nil {
+		t.Errorf("not base64: %+v", h)
+	}
 }

@@ -423,7 +423,12 @@ func (p *Process) heldByPath(h *Held, a Answer) string {
 	case strings.Contains(a.Text, "expects a valid certid or certificate path") || strings.Contains(a.Text, "does not match any certificate"):
 		return "no slot"
 	default:
-		der, err := base64.StdEncoding.DecodeString(strings.Join(strings.Fields(a.Text), ""))
+		// The decoder skips line breaks; other spaces it refuses, and only then are they
+		// taken out (splitting every answer into fields cost 6 us each).
+		der, err := base64.StdEncoding.DecodeString(a.Text)
+		if err != nil {
+			der, err = base64.StdEncoding.DecodeString(strings.Join(strings.Fields(a.Text), ""))
+		}
 		if err != nil {
 			h.Err = fmt.Errorf("%s: unexpected answer to show ssl ocsp-response base64: %q", p.Where(), clip(a.Text, 60))
 			break
