@@ -117,11 +117,14 @@ func (f *benchFleet) measure(b *testing.B) {
 			continue
 		}
 		sock := f.startHAProxy(b, h)
+		cpu := f.haproxy.cpu(b)
 		m = f.run(b, "run --socket, HAProxy "+branch+" in sync", "run", "--socket", sock)
+		cpu = f.haproxyCPU(b, cpu)
 		if branch == "3.4" {
 			f.target(b, "checking what HAProxy 3.4 serves", m.phases["push"], map[int]time.Duration{10000: 500 * time.Millisecond})
 		}
 		m = f.run(b, "run --force --socket, push to "+branch, "run", "--force", "--socket", sock)
+		f.haproxyCPU(b, cpu)
 		if branch == "3.4" {
 			f.target(b, "pushing every staple to HAProxy 3.4", m.phases["push"], map[int]time.Duration{10000: 500 * time.Millisecond})
 		}
@@ -361,6 +364,14 @@ func (f *benchFleet) startHAProxy(b *testing.B, h hapBin) (sock string) {
 	f.haproxy = hapLaunch(b, h.Path, sock, filepath.Join(f.dir, "haproxy.log"), "-db", "-f", cfg)
 	fmt.Printf("%8d  %-40s %9s\n", f.n, "(HAProxy "+h.Branch+" start-up, not stapler)", time.Since(start).Round(time.Millisecond))
 	return sock
+}
+
+// haproxyCPU prints a row with the CPU time HAProxy used since it had used before (in the run
+// just measured: what it took to answer stapler, on the same 2 cores), and returns its total.
+func (f *benchFleet) haproxyCPU(b *testing.B, before time.Duration) time.Duration {
+	now := f.haproxy.cpu(b)
+	fmt.Printf("%8d  %-40s %9s %9s %9s %6s %9s\n", f.n, "(HAProxy's own CPU in that run)", "", "", "", "", (now - before).Round(10*time.Millisecond))
+	return now
 }
 
 func (f *benchFleet) stopHAProxy() {

@@ -603,6 +603,26 @@ type hapProc struct {
 	once   sync.Once
 }
 
+// cpu is the CPU time (user and system, all threads) the HAProxy process used so far, from
+// /proc/<pid>/stat, whose fields 14 and 15 count clock ticks (100 per second on Linux).
+func (h *hapProc) cpu(t testing.TB) time.Duration {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", h.cmd.Process.Pid))
+	if err != nil {
+		t.Fatalf("HAProxy's CPU time: %v", err)
+	}
+	// The fields after the command name, in parentheses, start with field 3.
+	fields := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
+	if len(fields) < 13 {
+		t.Fatalf("HAProxy's CPU time: /proc/%d/stat has %d fields after the name", h.cmd.Process.Pid, len(fields))
+	}
+	utime, uerr := strconv.ParseInt(fields[11], 10, 64)
+	stime, serr := strconv.ParseInt(fields[12], 10, 64)
+	if uerr != nil || serr != nil {
+		t.Fatalf("HAProxy's CPU time: %q %q in /proc/%d/stat", fields[11], fields[12], h.cmd.Process.Pid)
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond
+}
+
 // hapLaunch runs haproxy with args until the test ends or stop is called, and returns once its
 // runtime API answers `show version` at ready (a socket as stapler names it). Its output is
 // appended to logFile, which the test prints if it fails.
