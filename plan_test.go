@@ -183,6 +183,12 @@ func TestPlanSharesUnchanged(t *testing.T) {
 	if p.Step != stepKeep || p.Next != old {
 		t.Fatalf("up to date: step %d, planned state %p, want stepKeep and the state's own %p", p.Step, p.Next, old)
 	}
+	if len(p.Notes) != 0 {
+		t.Errorf("up to date, without debug messages: notes %v", p.Notes)
+	}
+	if d := planFile(planNow, planOptions{Policy: testPolicy, Debug: true}, seenAsRecorded(old)); len(d.Notes) != 1 || d.Notes[0].Msg != "staple is up to date" {
+		t.Errorf("up to date, with debug messages: notes %v", d.Notes)
+	}
 	p.edit(func(st *CertState) { st.served(nil, nil) }) // as recorded: no change
 	if p.Next != old {
 		t.Error("a change that changed nothing made a copy")

@@ -212,7 +212,8 @@ func (opt runOptions) policy() policy {
 }
 
 func (opt runOptions) planOptions() planOptions {
-	return planOptions{Policy: opt.policy(), Force: opt.Force, Only: len(opt.Only) > 0, Sockets: opt.Sockets}
+	return planOptions{Policy: opt.policy(), Force: opt.Force, Only: len(opt.Only) > 0, Sockets: opt.Sockets,
+		Debug: slog.Default().Enabled(context.Background(), slog.LevelDebug)}
 }
 
 // removeTemps removes the temporary files that a killed run left for the files it writes, and
