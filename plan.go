@@ -3,7 +3,6 @@ package main
 import (
 	"log/slog"
 	"path/filepath"
-	"reflect"
 	"runtime"
 	"slices"
 	"strings"
@@ -113,7 +112,7 @@ func planFile(now time.Time, opt planOptions, o *fileObs) *certPlan {
 	p := decide(now, opt, o, s)
 	switch {
 	case p.Next == nil:
-	case o.Old != nil && p.Step != stepFetch && p.Step != stepHAProxyCopy && reflect.DeepEqual(p.Next, o.Old):
+	case o.Old != nil && p.Step != stepFetch && p.Step != stepHAProxyCopy && p.Next.equal(o.Old):
 		p.Next, p.shared = o.Old, true // nothing changed
 	default:
 		p.Next = p.Next.clone() // off the scratch
@@ -161,7 +160,7 @@ func (p *certPlan) edit(change func(st *CertState)) {
 	}
 	c := p.Next.clone()
 	change(c)
-	if !reflect.DeepEqual(c, p.Next) {
+	if !c.equal(p.Next) {
 		p.Next, p.shared = c, false
 	}
 }
@@ -384,6 +383,30 @@ func (p *certPlan) keptStatus() string {
 }
 
 // clone copies a state entry; nil gives a new, empty one.
+// equal reports whether a and b hold the same state, as reflect.DeepEqual would (a nil slice
+// is not an empty one), at a twentieth of its cost: plan and apply compare every entry
+// (1.4 us each through reflection). Times are equal when their representations are,
+// Location pointer included, which is how entries copied from one another compare.
+// TestCertStateEqual changes each field in turn: a field added to CertState or Staple and
+// not compared here fails it.
+func (a *CertState) equal(b *CertState) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	sameStrings := func(x, y []string) bool { return (x == nil) == (y == nil) && slices.Equal(x, y) }
+	return a.CertHash == b.CertHash && a.CertStat == b.CertStat && a.Subject == b.Subject && a.Serial == b.Serial &&
+		a.Issuer == b.Issuer && a.NotBefore == b.NotBefore && a.NotAfter == b.NotAfter &&
+		sameStrings(a.Responders, b.Responders) && a.MustStaple == b.MustStaple &&
+		a.IssuerWritten == b.IssuerWritten && a.IssuerStat == b.IssuerStat && a.CertID == b.CertID &&
+		a.IssuerInBundle == b.IssuerInBundle &&
+		(a.Staple == nil) == (b.Staple == nil) && (a.Staple == nil || *a.Staple == *b.Staple) &&
+		a.DiskStat == b.DiskStat && a.DiskHash == b.DiskHash && a.DiskProblem == b.DiskProblem &&
+		a.NextDue == b.NextDue && a.Failures == b.Failures && a.FailingSince == b.FailingSince &&
+		a.LastError == b.LastError && a.LastUpdate == b.LastUpdate && a.Updater == b.Updater &&
+		sameStrings(a.Pending, b.Pending) && sameStrings(a.Reload, b.Reload) &&
+		a.RevocationHandled == b.RevocationHandled
+}
+
 func (st *CertState) clone() *CertState {
 	if st == nil {
 		return &CertState{}

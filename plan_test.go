@@ -261,3 +261,60 @@ func TestDueMustStapleFirst(t *testing.T) {
 		t.Errorf("fetch order %q, want %q", got, want)
 	}
 }
+
+// TestCertStateEqual: equal agrees with reflect.DeepEqual on an entry and its copy, and on
+// each field changed alone (of CertState and of its Staple), a nil slice against an empty
+// one, and a missing staple: a field equal forgets fails here.
+func TestCertStateEqual(t *testing.T) {
+	base := fullCertState(t)
+	if !base.equal(base.clone()) || !(*CertState)(nil).equal(nil) || base.equal(nil) || (*CertState)(nil).equal(base) {
+		t.Fatal("equal: an entry and its copy, or nil and nil, differ (or nil equals an entry)")
+	}
+	// change sets field (of v, a CertState or Staple) to another value of its kind.
+	change := func(f reflect.Value) {
+		switch v := f.Addr().Interface().(type) {
+		case *string:
+			*v += "x"
+		case *bool:
+			*v = !*v
+		case *int:
+			*v++
+		case *time.Time:
+			*v = v.Add(time.Nanosecond)
+		case *[]string:
+			*v = append(slices.Clone(*v), "x")
+		case **Staple:
+			*v = nil
+		default:
+			t.Fatalf("TestCertStateEqual cannot change a field of type %s: teach it", f.Type())
+		}
+	}
+	for _, staple := range []bool{false, true} {
+		typ := reflect.TypeFor[CertState]()
+		if staple {
+			typ = reflect.TypeFor[Staple]()
+		}
+		for i := range typ.NumField() {
+			c := base.clone()
+			v := reflect.ValueOf(c).Elem()
+			if staple {
+				v = reflect.ValueOf(c.Staple).Elem()
+			}
+			change(v.Field(i))
+			if c.equal(base) || base.equal(c) || reflect.DeepEqual(c, base) {
+				t.Errorf("%s.%s changed: equal says the entries are the same", typ.Name(), typ.Field(i).Name)
+			}
+		}
+	}
+	for _, slice := range []func(*CertState) *[]string{
+		func(c *CertState) *[]string { return &c.Responders },
+		func(c *CertState) *[]string { return &c.Pending },
+		func(c *CertState) *[]string { return &c.Reload },
+	} {
+		a, b := base.clone(), base.clone()
+		*slice(a), *slice(b) = nil, []string{}
+		if a.equal(b) != reflect.DeepEqual(a, b) {
+			t.Errorf("a nil slice and an empty one: equal %v, reflect.DeepEqual %v", a.equal(b), reflect.DeepEqual(a, b))
+		}
+	}
+}
