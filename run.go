@@ -218,12 +218,28 @@ func (opt runOptions) planOptions() planOptions {
 // removeTemps removes the temporary files that a killed run left for the files it writes, and
 // only those (the caller holds the state lock: no other run is writing them).
 func removeTemps(opt runOptions, rp runPlan, seen listing) {
+	// A directory the scan listed is looked at only when its listing holds a temporary file's
+	// name (a killed run: rare); the others (the state's, the metrics file's, a certificate's
+	// named outside dirs) are read. (A set of every file's name was 0.16 s at 100,000
+	// certificates, for nothing, most runs.)
+	temps := map[string]bool{}
+	for dir, listed := range seen {
+		for name := range listed {
+			if _, ok := durable.TempFor(name); ok {
+				temps[dir] = true
+				break
+			}
+		}
+	}
 	names := map[string]map[string]bool{} // dir: base names
 	add := func(path string) {
 		if path == "" {
 			return
 		}
 		dir := filepath.Dir(path)
+		if _, listed := seen[dir]; listed && !temps[dir] {
+			return
+		}
 		if names[dir] == nil {
 			names[dir] = map[string]bool{}
 		}

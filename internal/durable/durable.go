@@ -625,6 +625,15 @@ func readFile(path string, max int64) ([]byte, error) {
 // tempPattern matches the temporary files of this package: "." + name + ".tmp-" + digits.
 var tempPattern = regexp.MustCompile(`^\.(.+)\.tmp-[0-9]+$`)
 
+// TempFor reports whether name is the name of one of this package's temporary files, and for
+// which file name.
+func TempFor(name string) (target string, ok bool) {
+	if m := tempPattern.FindStringSubmatch(name); m != nil {
+		return m[1], true
+	}
+	return "", false
+}
+
 // RemoveTemps removes from dir the temporary files that a killed writer left for the given
 // file names, and only those: never another program's temporary files. It returns the paths
 // it removed.
@@ -647,8 +656,7 @@ func RemoveTemps(dir string, names map[string]bool) []string {
 func RemoveListedTemps(dir string, listed []string, names map[string]bool) []string {
 	var removed []string
 	for _, name := range listed {
-		m := tempPattern.FindStringSubmatch(name)
-		if m == nil || !names[m[1]] {
+		if target, ok := TempFor(name); !ok || !names[target] {
 			continue
 		}
 		p := filepath.Join(dir, name)
