@@ -73,13 +73,13 @@ func (f *benchFleet) measure(b *testing.B) {
 		b.Errorf("everything due: %d requests, want %d", m.requests, n)
 	}
 	f.target(b, "everything due, no latency", m.wall, map[int]time.Duration{10000: 3 * time.Second, 100000: 30 * time.Second})
-	f.rssTarget(b, "everything due, no latency", m.rssMB, map[int]int64{10000: 100})
+	f.rssTarget(b, "everything due, no latency", m, map[int]int64{10000: 100})
 	b.ReportMetric(m.wall.Seconds(), "due-s")
 
 	// The same, every staple replaced (the first run creates them): a full refresh.
 	m = f.run(b, "run --force (full refresh, no latency)", "run", "--force")
 	f.target(b, "full refresh, no latency", m.wall, map[int]time.Duration{10000: 3 * time.Second, 100000: 30 * time.Second})
-	f.rssTarget(b, "full refresh, no latency", m.rssMB, map[int]int64{10000: 100})
+	f.rssTarget(b, "full refresh, no latency", m, map[int]int64{10000: 100})
 	b.ReportMetric(m.wall.Seconds(), "refresh-s")
 
 	const jobs, latency = 32, 20 * time.Millisecond
@@ -99,7 +99,7 @@ func (f *benchFleet) measure(b *testing.B) {
 		b.Errorf("nothing due: %d requests, want 0", m.requests)
 	}
 	f.target(b, "nothing due", m.wall, map[int]time.Duration{10000: 250 * time.Millisecond, 100000: 2500 * time.Millisecond})
-	f.rssTarget(b, "nothing due", m.rssMB, map[int]int64{10000: 60, 100000: 400})
+	f.rssTarget(b, "nothing due", m, map[int]int64{10000: 60, 100000: 400})
 	b.ReportMetric(m.wall.Seconds(), "idle-s")
 
 	m = f.run(b, "check", "check")
@@ -139,9 +139,13 @@ func (f *benchFleet) target(b *testing.B, what string, got time.Duration, limits
 	}
 }
 
-func (f *benchFleet) rssTarget(b *testing.B, what string, got int64, limits map[int]int64) {
-	if limit, ok := limits[f.n]; ok && got > limit {
-		b.Errorf("N=%d, %s: peak RSS %d MB, target %d MB", f.n, what, got, limit)
+func (f *benchFleet) rssTarget(b *testing.B, what string, m benchMeasure, limits map[int]int64) {
+	if limit, ok := limits[f.n]; ok && m.rssMB > limit {
+		bound := ""
+		if m.rssAtMost {
+			bound = "at most " // the benchmark's own memory: stapler's peak is not known
+		}
+		b.Errorf("N=%d, %s: peak RSS %s%d MB, target %d MB", f.n, what, bound, m.rssMB, limit)
 	}
 }
 
@@ -233,7 +237,10 @@ func benchBinary(b *testing.B) string {
 type benchMeasure struct {
 	wall  time.Duration
 	rssMB int64
-	cpu   time.Duration // stapler's user and system time
+	// rssAtMost: stapler's peak was not above the benchmark's own memory, which its peak
+	// inherits (see benchRSSFloor): rssMB is then only a bound.
+	rssAtMost bool
+	cpu       time.Duration // stapler's user and system time
 	// respCPU is the benchmark process's own CPU time meanwhile: its responders' (signing a
 	// response for each request), on the same 2 cores as stapler.
 	respCPU  time.Duration
@@ -252,7 +259,8 @@ type benchMeasure struct {
 // fleet took this process to 530 MB, and every stapler command measured 530 MB (stapler's own
 // peak was 300 to 350 MB: /usr/bin/time from a shell). So this process gives its free memory
 // back and resets its peak to what it holds now (/proc/self/clear_refs, 5), which is then the
-// floor.
+// floor. A command that peaks below it (at 1,000 certificates: 17 to 18 MB) is shown as at
+// most the floor.
 func benchRSSFloor(b *testing.B) int64 {
 	debug.FreeOSMemory()
 	if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil {
@@ -308,8 +316,10 @@ func (f *benchFleet) run(b *testing.B, what string, args ...string) benchMeasure
 		m.rssMB = ru.Maxrss / 1024 // kilobytes on Linux
 		m.cpu = time.Duration(syscall.TimevalToNsec(ru.Utime) + syscall.TimevalToNsec(ru.Stime))
 	}
-	if m.rssMB <= floor {
-		b.Errorf("%s: peak RSS %d MB is not stapler's: the benchmark process's own %d MB hide it", what, m.rssMB, floor)
+	m.rssAtMost = m.rssMB <= floor
+	rss := fmt.Sprintf("%d MB", m.rssMB)
+	if m.rssAtMost {
+		rss = fmt.Sprintf("<=%d MB", m.rssMB) // a bound, which a target still checks
 	}
 	var answering time.Duration
 	for _, r := range f.responders {
@@ -322,7 +332,7 @@ func (f *benchFleet) run(b *testing.B, what string, args ...string) benchMeasure
 		m.answer = answering / time.Duration(m.requests)
 		answer = fmt.Sprintf("%.2fms", float64(m.answer)/float64(time.Millisecond))
 	}
-	fmt.Printf("%8d  %-40s %9s %6d MB %9d %6d %9s %9s %9s\n", f.n, what, m.wall.Round(time.Millisecond), m.rssMB, m.requests, m.conns, m.cpu.Round(10*time.Millisecond), m.respCPU.Round(10*time.Millisecond), answer)
+	fmt.Printf("%8d  %-40s %9s %9s %9d %6d %9s %9s %9s\n", f.n, what, m.wall.Round(time.Millisecond), rss, m.requests, m.conns, m.cpu.Round(10*time.Millisecond), m.respCPU.Round(10*time.Millisecond), answer)
 	if args[0] == "run" {
 		m.phases = benchReadPhases(b, metrics)
 		row := fmt.Sprintf("%8d  %-40s", f.n, what)
