@@ -237,11 +237,12 @@ func (d *demoWorld) run(ctx context.Context, r *demoReport, w io.Writer) error {
 
 	r.say("4. 'stapler status' says:")
 	now := time.Now()
+	listed := startScan(opts)
 	state, err := loadState(opts.State, false)
 	if err != nil {
 		return fmt.Errorf("stapler status: %w", err)
 	}
-	rep, err := collectStatus(ctx, opts, state, now)
+	rep, err := collectStatus(ctx, opts, state, listed, now)
 	if err != nil {
 		return fmt.Errorf("stapler status: %w", err)
 	}

@@ -271,11 +271,12 @@ func statusAction(c *cli.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(c.Context, opt.RunTimeout)
 	defer cancel()
+	listed := startScan(opt)
 	state, err := loadState(opt.State, false)
 	if err != nil {
 		return &exitError{code: exitFailed, err: err}
 	}
-	rep, err := collectStatus(ctx, opt, state, now)
+	rep, err := collectStatus(ctx, opt, state, listed, now)
 	if err != nil {
 		return &exitError{code: exitFailed, err: err}
 	}
@@ -371,12 +372,13 @@ func checkAction(c *cli.Context) error {
 		if testOnlyCheckHang != nil {
 			testOnlyCheckHang()
 		}
+		listed := startScan(opt)
 		state, err := readStateStrict(opt.State)
 		if err != nil {
 			done <- outcome{err: err}
 			return
 		}
-		rep, err := collectStatus(c.Context, opt, state, now)
+		rep, err := collectStatus(c.Context, opt, state, listed, now)
 		if err != nil {
 			done <- outcome{err: err}
 			return
