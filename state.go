@@ -431,29 +431,46 @@ func (st *State) encode(w io.Writer) error {
 	if _, err := fmt.Fprintf(w, "{\"version\":%d,\"certificates\":{", st.Version); err != nil {
 		return err
 	}
-	for i, path := range slices.Sorted(maps.Keys(st.Certificates)) {
-		key, err := json.Marshal(path)
-		if err != nil {
+	// The entries are encoded encodeChunk at a time, two chunks per core at once (json.Marshal
+	// was 0.15 s of a 0.25 s save at 10,000 certificates), and written in order.
+	paths := slices.Sorted(maps.Keys(st.Certificates))
+	bufs := make([][]byte, 2*runtime.GOMAXPROCS(0))
+	errs := make([]error, len(bufs))
+	for start := 0; start < len(paths); start += len(bufs) * encodeChunk {
+		parallel(len(bufs), len(bufs)/2, func(k int) {
+			buf, from := bufs[k][:0], start+k*encodeChunk
+			for i := from; i < min(from+encodeChunk, len(paths)); i++ {
+				key, err := json.Marshal(paths[i])
+				if err == nil {
+					var entry []byte
+					entry, err = json.Marshal(st.Certificates[paths[i]])
+					if i > 0 {
+						buf = append(buf, ',')
+					}
+					buf = append(append(append(append(buf, '\n'), key...), ':'), entry...)
+				}
+				if err != nil {
+					errs[k] = err
+					break
+				}
+			}
+			bufs[k] = buf
+		})
+		if err := errors.Join(errs...); err != nil {
 			return err
 		}
-		entry, err := json.Marshal(st.Certificates[path])
-		if err != nil {
-			return err
-		}
-		sep := ",\n"
-		if i == 0 {
-			sep = "\n"
-		}
-		if _, err := io.WriteString(w, sep); err != nil {
-			return err
-		}
-		if _, err := w.Write(append(append(key, ':'), entry...)); err != nil {
-			return err
+		for _, b := range bufs {
+			if _, err := w.Write(b); err != nil {
+				return err
+			}
 		}
 	}
 	_, err := io.WriteString(w, "\n}}\n")
 	return err
 }
+
+// encodeChunk is how many entries encode encodes in one piece.
+var encodeChunk = 256
 
 // lockState takes an exclusive lock on <path>.lock so that two runs never interleave, waiting
 // for a running one until ctx ends. The kernel drops the lock when the process dies, so a killed

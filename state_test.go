@@ -5,9 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -299,5 +301,42 @@ func TestFastEntry(t *testing.T) {
 	}
 	if _, _, ok := fastEntry([]byte(`"/a\u00e9"`), []byte(`{}`), nil); ok {
 		t.Errorf("the fast decoder took a path with an escape")
+	}
+}
+
+// TestStateEncodeChunks: encoded on every core, a few entries at a time, the state is the text
+// of one json.Marshal per entry in path order, one entry per line, whatever the size of the
+// pieces.
+func TestStateEncodeChunks(t *testing.T) {
+	st := newState()
+	for i := range 50 {
+		cs := fullCertState(t)
+		cs.Failures = i
+		st.Certificates[fmt.Sprintf("/c/<site&%02d>\u2028.pem", i)] = cs
+	}
+	want := []byte("{\"version\":2,\"certificates\":{")
+	for i, path := range slices.Sorted(maps.Keys(st.Certificates)) {
+		if i > 0 {
+			want = append(want, ',')
+		}
+		want = append(append(append(append(want, '\n'), must(json.Marshal(path))...), ':'), must(json.Marshal(st.Certificates[path]))...)
+	}
+	want = append(want, "\n}}\n"...)
+	defer func(old int) { encodeChunk = old }(encodeChunk)
+	for _, chunk := range []int{1, 3, 7, 50, 1 << 20} {
+		encodeChunk = chunk
+		var b bytes.Buffer
+		if err := st.encode(&b); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(b.Bytes(), want) {
+			t.Errorf("%d entries a piece: encode wrote\n%s\nwant\n%s", chunk, b.Bytes(), want)
+		}
+	}
+	encodeChunk = 3
+	empty := newState()
+	var b bytes.Buffer
+	if err := empty.encode(&b); err != nil || b.String() != "{\"version\":2,\"certificates\":{\n}}\n" {
+		t.Errorf("empty state: %q, %v", b.String(), err)
 	}
 }
