@@ -197,8 +197,8 @@ func (s *fastScanner) strs(dst *[]string) bool {
 
 // object reads an object whose values field reads, given each name; a name must not repeat
 // (encoding/json would merge a repeated object: left to it). field returns the bit of the
-// name, or 0 for a name it does not take.
-func (s *fastScanner) object(field func(name []byte) uint32) bool {
+// name, and whether it took the name and its value.
+func (s *fastScanner) object(field func(name []byte) (bit uint32, ok bool)) bool {
 	if !s.byte('{') {
 		return false
 	}
@@ -211,8 +211,8 @@ func (s *fastScanner) object(field func(name []byte) uint32) bool {
 		if !ok || !s.byte(':') {
 			return false
 		}
-		bit := field(q[1 : len(q)-1])
-		if bit == 0 || seen&bit != 0 {
+		bit, ok := field(q[1 : len(q)-1])
+		if !ok || seen&bit != 0 {
 			return false
 		}
 		seen |= bit
@@ -227,9 +227,7 @@ func (s *fastScanner) object(field func(name []byte) uint32) bool {
 
 // certState reads a CertState: its names as its JSON tags spell them.
 func (s *fastScanner) certState(c *CertState) bool {
-	return s.object(func(name []byte) uint32 {
-		var ok bool
-		var bit uint32
+	return s.object(func(name []byte) (bit uint32, ok bool) {
 		switch string(name) {
 		case "cert_hash":
 			bit, ok = 1<<0, s.str(&c.CertHash)
@@ -289,18 +287,13 @@ func (s *fastScanner) certState(c *CertState) bool {
 		case "revocation_handled":
 			bit, ok = 1<<25, s.str(&c.RevocationHandled)
 		}
-		if !ok {
-			return 0
-		}
-		return bit
+		return bit, ok
 	})
 }
 
 // staple reads a Staple; certID is the entry's, read before it.
 func (s *fastScanner) staple(st *Staple, certID string) bool {
-	return s.object(func(name []byte) uint32 {
-		var ok bool
-		var bit uint32
+	return s.object(func(name []byte) (bit uint32, ok bool) {
 		switch string(name) {
 		case "hash":
 			bit, ok = 1<<0, s.str(&st.Hash)
@@ -327,9 +320,6 @@ func (s *fastScanner) staple(st *Staple, certID string) bool {
 		case "last_modified":
 			bit, ok = 1<<11, s.str(&st.LastModified)
 		}
-		if !ok {
-			return 0
-		}
-		return bit
+		return bit, ok
 	})
 }
