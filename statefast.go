@@ -8,8 +8,9 @@ import (
 )
 
 // fastEntry decodes one line of a state as encode writes it, `"path":{...}` split at its colon,
-// without reflection: ten times faster than go-json-experiment (a third of a run with nothing
-// due at 100,000 certificates was decoding). It takes only what encode writes and what
+// without reflection: 4.5 us a line on one core of this project's machine where
+// go-json-experiment took 14 us (decoding was a quarter of the CPU of a run with nothing
+// due). It takes only what encode writes and what
 // encoding/json reads the same way: strings without escapes, no space, no null, integers
 // without fraction or exponent, the fields of CertState and Staple once each, in any order.
 // For anything else ok is false, and the line goes to the general decoder, which also says
