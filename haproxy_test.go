@@ -546,3 +546,44 @@ func testRunPushes(t *testing.T, version string) {
 		t.Errorf("hung reload_command: exit %d, want 1 and the deadline named\n%s", code, l)
 	}
 }
+
+// TestSyncFreshStaples: the staples fetched in the run are read from disk while HAProxy says
+// what it holds; one whose file changed since (another writer) is not sent, and says so,
+// and the others are pushed.
+func TestSyncFreshStaples(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	ca := pki.NewCA("Fresh Test CA", now)
+	dir := t.TempDir()
+	f := haproxytest.Start(t, "3.4.7-1", "admin")
+	var refs []stapleRef
+	for _, name := range []string{"good", "changed"} {
+		c := newSyncCase(ca, name, now)
+		f.Load(c.path, c.serial, c.certID, true)
+		setHeld(f, c.older)
+		r := c.ref
+		r.File, r.Hash, r.Fresh = filepath.Join(dir, name+".pem.ocsp"), hashBytes(r.DER), true
+		onDisk := r.DER
+		if name == "changed" {
+			onDisk = c.newer // written by someone else after this run wrote its own
+		}
+		if err := os.WriteFile(r.File, onDisk, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		r.DER = nil // as the run holds it: read when it is sent
+		refs = append(refs, r)
+	}
+	rep := reconcileSockets(context.Background(), []string{f.Addr}, refs, reconcileOptions{Timeout: time.Second, Now: now})[f.Addr]
+	if rep.Err != nil {
+		t.Fatal(rep.Err)
+	}
+	if res := rep.Results[refs[0].Path]; res.outcome != pushed || !bytes.Equal(f.Held(refs[0].Path), must(os.ReadFile(refs[0].File))) {
+		t.Errorf("good: %+v, HAProxy holds what is on disk: %v", res, bytes.Equal(f.Held(refs[0].Path), must(os.ReadFile(refs[0].File))))
+	}
+	if res := rep.Results[refs[1].Path]; res.outcome != pushFailed || !strings.Contains(res.why, "changed during the run") {
+		t.Errorf("changed: %+v, want a failed push that says the staple changed during the run", res)
+	}
+	if bytes.Equal(f.Held(refs[1].Path), must(os.ReadFile(refs[1].File))) {
+		t.Error("changed: the file another writer put there was sent")
+	}
+}
