@@ -97,11 +97,15 @@ type observer struct {
 	issuers   map[string]*x509.Certificate
 	now       time.Time
 	seen      listing // what the scan saw: an issuer file missing there is not stat'ed
+	// dirs stats the files observeFiles looks at (nil outside it: by path).
+	dirs *statDirs
 }
 
 // observeFiles observes the certificate files, several at a time: the disk answers faster when
 // several wait on it.
 func (ob *observer) observeFiles(ctx context.Context, files []*fileObs) {
+	ob.dirs = newStatDirs()
+	defer func() { ob.dirs.close(); ob.dirs = nil }()
 	parallel(len(files), observeJobs, func(i int) { ob.observe(ctx, files[i]) })
 }
 
@@ -126,7 +130,7 @@ const observeJobs = 8
 // only what changed since the state recorded it.
 func (ob *observer) observe(ctx context.Context, o *fileObs) {
 	// An unchanged file (its stat mark as recorded) is not even read.
-	if fi, err := os.Stat(o.File.Path); err == nil && o.Old != nil && o.Old.CertStat != "" && statMark(fi) == o.Old.CertStat && o.Old.CertHash != "" {
+	if mark, err := ob.dirs.mark(o.File.Path); err == nil && o.Old != nil && o.Old.CertStat != "" && mark == o.Old.CertStat && o.Old.CertHash != "" {
 		o.Hash, o.CertStat = o.Old.CertHash, o.Old.CertStat
 	} else if err := o.read(); err != nil {
 		o.Err = err
@@ -330,7 +334,7 @@ func (ob *observer) verify(ctx context.Context, o *fileObs, der []byte) (*ocspch
 // not that staple's, verifying it.
 func (ob *observer) observeStaple(ctx context.Context, o *fileObs) {
 	s := &o.Staple
-	fi, err := os.Stat(o.File.Staple)
+	mark, err := ob.dirs.mark(o.File.Staple)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		s.Missing = true
@@ -340,7 +344,7 @@ func (ob *observer) observeStaple(ctx context.Context, o *fileObs) {
 		return
 	}
 	old := o.Old
-	if mark := statMark(fi); !o.Changed && old.onDisk() && mark == old.DiskStat && mark != "" {
+	if !o.Changed && old.onDisk() && mark == old.DiskStat && mark != "" {
 		s.Stat, s.Hash = mark, old.DiskHash
 		return
 	}
@@ -370,13 +374,11 @@ func (ob *observer) checkIssuerFile(ctx context.Context, o *fileObs) {
 	if listed, found := ob.seen.has(name); listed && !found {
 		return // not there when the directory was read, a moment ago
 	}
-	fi, err := os.Stat(name)
+	mark, err := ob.dirs.mark(name)
 	if errors.Is(err, fs.ErrNotExist) {
 		return
 	}
-	if err == nil {
-		c.Stat = statMark(fi)
-	}
+	c.Stat = mark
 	if !o.Changed && err == nil && c.Stat == o.Old.IssuerStat && c.Stat != "" {
 		return
 	}
