@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -734,4 +735,51 @@ func TestRunCertChangedBeforeItsFetch(t *testing.T) {
 		t.Fatalf("next run: %+v; want the new certificate's staple", sum)
 	}
 	e.wantStaple("next run", b, renewed)
+}
+
+// BenchmarkObserveHAProxyCopies: verifying what HAProxy's own ocsp-update holds for 1,000
+// certificates, here the staples on disk (responses a delegated responder signed), as every
+// run with a 2.8+ socket does for the files HAProxy keeps fresh. -cpu 1,2 compares one core
+// with two.
+func BenchmarkObserveHAProxyCopies(b *testing.B) {
+	now := time.Now()
+	ca := pki.NewCA("Copies CA", now)
+	r := pki.StartResponder(ca)
+	defer r.Close()
+	r.SetMode("delegated")
+	dir := b.TempDir()
+	certs := filepath.Join(dir, "certs")
+	os.Mkdir(certs, 0o755)
+	for i := range 1000 {
+		leaf, key := ca.Issue(pki.Leaf{Name: fmt.Sprintf("site%04d.test", i), OCSP: []string{r.URL()}}, now)
+		writeBundle(filepath.Join(certs, fmt.Sprintf("site%04d.pem", i)), leaf, key, ca.Cert)
+	}
+	var opt runOptions
+	opt.Config = defaultConfig()
+	opt.Dirs, opt.State, opt.Jobs = []string{certs}, filepath.Join(dir, "state.json"), 8
+	slog.SetDefault(slog.New(slog.DiscardHandler))
+	if sum, err := run(context.Background(), opt, now); err != nil || sum.Refreshed != 1000 {
+		b.Fatalf("first run: %+v, %v", sum, err)
+	}
+	state, err := loadState(opt.State, false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ex := newExecutor(opt, now)
+	obs := ex.observeAll(context.Background(), opt, state, startScan(opt))
+	copies := map[string][]autoCopy{}
+	for _, o := range obs.Files {
+		copies[o.File.Path] = []autoCopy{{Socket: "/run/haproxy.sock", DER: must(os.ReadFile(o.File.Staple))}}
+	}
+	for b.Loop() {
+		for _, o := range obs.Files {
+			o.Auto = nil
+		}
+		ex.observeHAProxyCopies(context.Background(), obs.Files, copies)
+	}
+	for _, o := range obs.Files {
+		if len(o.Auto) != 1 || o.Auto[0].Err != nil || o.Auto[0].Resp == nil {
+			b.Fatalf("%s: %+v", o.File.Path, o.Auto)
+		}
+	}
 }
