@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -757,7 +756,7 @@ func BenchmarkObserveHAProxyCopies(b *testing.B) {
 	var opt runOptions
 	opt.Config = defaultConfig()
 	opt.Dirs, opt.State, opt.Jobs = []string{certs}, filepath.Join(dir, "state.json"), 8
-	slog.SetDefault(slog.New(slog.DiscardHandler))
+	quietLogs(b)
 	if sum, err := run(context.Background(), opt, now); err != nil || sum.Refreshed != 1000 {
 		b.Fatalf("first run: %+v, %v", sum, err)
 	}
