@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -33,6 +34,16 @@ func TestStatDirsMark(t *testing.T) {
 	check("in a missing directory", filepath.Join(dir, "nowhere", "site.pem"))
 	if len(d.fds) != 2 || d.fds[dir] < 0 || d.fds[filepath.Join(dir, "nowhere")] != -1 {
 		t.Errorf("descriptors %v: want the directory's, and -1 for the missing one", d.fds)
+	}
+	// Past maxStatDirs directories, stats go by path, and nothing more is held open.
+	for i := range maxStatDirs {
+		sub := filepath.Join(dir, fmt.Sprintf("d%03d", i))
+		os.Mkdir(sub, 0o755)
+		os.WriteFile(filepath.Join(sub, "site.pem"), []byte("x"), 0o644)
+		check("a file in one of many directories", filepath.Join(sub, "site.pem"))
+	}
+	if len(d.fds) != maxStatDirs {
+		t.Errorf("%d directories held, want at most %d", len(d.fds), maxStatDirs)
 	}
 	var none *statDirs
 	if mark, err := none.mark(file); err != nil || mark != must(byPathMark(file)) {
