@@ -737,25 +737,15 @@ func TestRunCertChangedBeforeItsFetch(t *testing.T) {
 }
 
 // BenchmarkObserveHAProxyCopies: verifying what HAProxy's own ocsp-update holds for 1,000
-// certificates, here the staples on disk (responses a delegated responder signed), as every
-// run with a 2.8+ socket does for the files HAProxy keeps fresh. -cpu 1,2 compares one core
-// with two.
+// certificates, here the staples on disk (of the fleet benchmark's fleet: responses a
+// delegated responder signed), as every run with a 2.8+ socket does for the files HAProxy
+// keeps fresh. -cpu 1,2 compares one core with two.
 func BenchmarkObserveHAProxyCopies(b *testing.B) {
 	now := time.Now()
-	ca := pki.NewCA("Copies CA", now)
-	r := pki.StartResponder(ca)
-	defer r.Close()
-	r.SetMode("delegated")
-	dir := b.TempDir()
-	certs := filepath.Join(dir, "certs")
-	os.Mkdir(certs, 0o755)
-	for i := range 1000 {
-		leaf, key := ca.Issue(pki.Leaf{Name: fmt.Sprintf("site%04d.test", i), OCSP: []string{r.URL()}}, now)
-		writeBundle(filepath.Join(certs, fmt.Sprintf("site%04d.pem", i)), leaf, key, ca.Cert)
-	}
+	f := newBenchFleet(b, 1000)
 	var opt runOptions
 	opt.Config = defaultConfig()
-	opt.Dirs, opt.State, opt.Jobs = []string{certs}, filepath.Join(dir, "state.json"), 8
+	opt.Dirs, opt.State, opt.Jobs = []string{f.certs}, filepath.Join(f.dir, "state.json"), 8
 	quietLogs(b)
 	if sum, err := run(context.Background(), opt, now); err != nil || sum.Refreshed != 1000 {
 		b.Fatalf("first run: %+v, %v", sum, err)
