@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 )
 
@@ -35,6 +36,31 @@ func TestStatDirsMark(t *testing.T) {
 	if len(d.fds) != 2 || d.fds[dir] < 0 || d.fds[filepath.Join(dir, "nowhere")] != -1 {
 		t.Errorf("descriptors %v: want the directory's, and -1 for the missing one", d.fds)
 	}
+	// The directory is the path up to its last slash, resolved as the kernel resolves it: a
+	// ".." after a symlinked directory leads out of the link's target, as for os.Stat.
+	os.MkdirAll(filepath.Join(dir, "real", "inner"), 0o755)
+	os.WriteFile(filepath.Join(dir, "real", "site.pem"), []byte("xyz"), 0o644)
+	os.Symlink(filepath.Join("real", "inner"), filepath.Join(dir, "linked"))
+	check("past a symlinked directory's ..", filepath.Join(dir, "linked")+"/../site.pem")
+	check("with a dot", dir+"/./site.pem")
+	check("a directory, with its slash", dir+"/real/")
+	t.Chdir(dir)
+	check("a relative path", "site.pem")
+	check("a relative path in a directory", "real/site.pem")
+	d.close()
+	// Many at once, each directory opened once.
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for _, p := range []string{file, link, filepath.Join(dir, "real", "site.pem")} {
+				if mark, err := d.mark(p); err != nil || mark != must(byPathMark(p)) {
+					t.Errorf("%s, concurrently: %q, %v", p, mark, err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	d.close()
 	// Past maxStatDirs directories, stats go by path, and nothing more is held open.
 	for i := range maxStatDirs {
 		sub := filepath.Join(dir, fmt.Sprintf("d%03d", i))

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"os"
 	"slices"
 	"strings"
 	"time"
@@ -101,11 +100,13 @@ func collectStatus(ctx context.Context, opt runOptions, state *State, listed <-c
 		err     error
 	}
 	seen := make([]looked, len(paths))
+	dirs := newStatDirs()
 	parallel(len(paths), observeJobs, func(i int) {
 		l := &seen[i]
 		l.f = opt.Naming.file(paths[i])
-		l.st, l.changed, l.err = look(l.f, state.Certificates[paths[i]])
+		l.st, l.changed, l.err = look(dirs, l.f, state.Certificates[paths[i]])
 	})
+	dirs.close()
 	var refs []stapleRef
 	for i, path := range paths {
 		f, old := seen[i].f, state.Certificates[path]
@@ -162,15 +163,16 @@ func collectStatus(ctx context.Context, opt runOptions, state *State, listed <-c
 }
 
 // look brings a copy of a certificate's state entry up to date with the disk, as status and
-// check see it: by stat marks, reading only what changed, verifying nothing. changed reports a
-// certificate file whose certificates are not those stapler checked (or new to it).
-func look(f certFile, old *CertState) (st *CertState, changed bool, err error) {
+// check see it: by stat marks (taken through dirs), reading only what changed, verifying
+// nothing. changed reports a certificate file whose certificates are not those stapler checked
+// (or new to it).
+func look(dirs *statDirs, f certFile, old *CertState) (st *CertState, changed bool, err error) {
 	st = old.clone()
-	fi, err := os.Stat(f.Path)
+	mark, err := dirs.mark(f.Path)
 	if err != nil {
 		return st, false, err
 	}
-	if mark := statMark(fi); old == nil || mark != old.CertStat || mark == "" {
+	if old == nil || mark != old.CertStat || mark == "" {
 		data, mark, err := readRegularStat(f.Path, maxBundleBytes)
 		if err != nil {
 			return st, false, err
@@ -192,13 +194,13 @@ func look(f certFile, old *CertState) (st *CertState, changed bool, err error) {
 	if !st.hasResponder() || changed {
 		return st, changed, nil
 	}
-	sfi, err := os.Stat(f.Staple)
+	smark, err := dirs.mark(f.Staple)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		st.seen("", "", "")
 	case err != nil:
 		st.seen("", "", err.Error())
-	case statMark(sfi) != st.DiskStat || st.DiskStat == "":
+	case smark != st.DiskStat || st.DiskStat == "":
 		data, mark, err := readRegularStat(f.Staple, maxStapleBytes)
 		switch {
 		case err != nil:
