@@ -29,40 +29,11 @@ import (
 // no series disappears between runs, and one whose directory was dropped from the
 // configuration is no longer watched.
 func writeMetrics(path string, state *State, covers func(string) bool, sum summary, now time.Time, took time.Duration, sockets []string) error {
-	type row struct {
-		labels string // cert="...",subject="...", escaped
-		st     *CertState
-		v      verdict
-	}
-	paths := make([]string, 0, len(state.Certificates))
-	for p := range state.Certificates {
-		if covers == nil || covers(p) {
-			paths = append(paths, p)
-		}
-	}
-	slices.Sort(paths)
-	rows := make([]row, len(paths))
-	parallel(len(paths), runtime.GOMAXPROCS(0), func(i int) {
-		st := state.Certificates[paths[i]]
-		v := st.verdict(now)
-		if v.Staple == "no_responder" && !v.MustStaple {
-			return // nothing to staple, nothing to watch
-		}
-		rows[i] = row{string(appendLabels(nil, "cert", paths[i], "subject", st.Subject)), st, v}
-	})
-	rows = slices.DeleteFunc(rows, func(r row) bool { return r.st == nil })
-	staple := func(r row) *Staple {
-		if r.v.Staple == "good" || r.v.Staple == "revoked" {
-			return r.st.Staple
-		}
-		return nil
-	}
 	unix := func(t time.Time) float64 { return float64(t.Unix()) }
-	// stapleTime is the series of a time of the valid staple on disk: absent without one, or
-	// when that time is not set.
-	stapleTime := func(field func(*Staple) time.Time) func(row) (float64, bool) {
-		return func(r row) (float64, bool) {
-			s := staple(r)
+	// stapleTime is the series of a time of the valid staple on disk (s): absent without one,
+	// or when that time is not set.
+	stapleTime := func(field func(*Staple) time.Time) func(*CertState, *verdict, *Staple) (float64, bool) {
+		return func(_ *CertState, _ *verdict, s *Staple) (float64, bool) {
 			if s == nil || field(s).IsZero() {
 				return 0, false
 			}
@@ -71,14 +42,15 @@ func writeMetrics(path string, state *State, covers func(string) bool, sum summa
 	}
 	type perCert struct {
 		name, help string
-		value      func(r row) (float64, bool) // nil for stapler_haproxy_in_sync: see inSync
+		// value is the certificate's sample, and whether it has one; s is its valid staple,
+		// nil without one. nil for stapler_haproxy_in_sync: see inSync.
+		value func(st *CertState, v *verdict, s *Staple) (float64, bool)
 	}
 	families := []perCert{
 		{"stapler_ocsp_response_present", "1 when a valid staple (good or revoked) is on disk for the certificate, else 0. Absent while the certificate is expired or not valid yet: its staple is not judged.",
-			func(r row) (float64, bool) { return float64(b2i(staple(r) != nil)), r.v.Cert == "" }},
+			func(_ *CertState, v *verdict, s *Staple) (float64, bool) { return float64(b2i(s != nil)), v.Cert == "" }},
 		{"stapler_ocsp_response_status", "Status of the staple on disk: 0 good, 1 revoked. Absent without a valid staple.",
-			func(r row) (float64, bool) {
-				s := staple(r)
+			func(_ *CertState, _ *verdict, s *Staple) (float64, bool) {
 				return float64(b2i(s != nil && s.Status == "revoked")), s != nil
 			}},
 		{"stapler_ocsp_response_this_update_timestamp_seconds", "thisUpdate of the staple on disk, as a Unix time.",
@@ -92,29 +64,85 @@ func writeMetrics(path string, state *State, covers func(string) bool, sum summa
 		{"stapler_ocsp_response_expiry_timestamp_seconds", "When the staple on disk stops being worth stapling: the earlier of its nextUpdate and its signer's end, as a Unix time.",
 			stapleTime((*Staple).Expiry)},
 		{"stapler_cert_not_after_timestamp_seconds", "notAfter of the certificate, as a Unix time.",
-			func(r row) (float64, bool) { return unix(r.st.NotAfter), !r.st.NotAfter.IsZero() }},
+			func(st *CertState, _ *verdict, _ *Staple) (float64, bool) {
+				return unix(st.NotAfter), !st.NotAfter.IsZero()
+			}},
 		{"stapler_cert_must_staple", "1 when the certificate demands a staple (TLS feature status_request, RFC 7633), else 0.",
-			func(r row) (float64, bool) { return float64(b2i(r.st.MustStaple)), true }},
+			func(st *CertState, _ *verdict, _ *Staple) (float64, bool) { return float64(b2i(st.MustStaple)), true }},
 		{"stapler_ocsp_last_refresh_timestamp_seconds", "When stapler last fetched a valid staple for the certificate, as a Unix time.",
-			func(r row) (float64, bool) { return unix(r.st.LastUpdate), !r.st.LastUpdate.IsZero() }},
+			func(st *CertState, _ *verdict, _ *Staple) (float64, bool) {
+				return unix(st.LastUpdate), !st.LastUpdate.IsZero()
+			}},
 		{"stapler_ocsp_refresh_failures", "Consecutive failed refreshes of the certificate's staple.",
-			func(r row) (float64, bool) { return float64(r.st.Failures), true }},
+			func(st *CertState, _ *verdict, _ *Staple) (float64, bool) { return float64(st.Failures), true }},
 	}
+	if len(sockets) > 0 {
+		families = append(families, perCert{"stapler_haproxy_in_sync", "1 when that HAProxy serves the staple on disk (or a newer one), 0 when it does not yet (a failed push, or a reload due). Only for certificates with a valid staple.", nil})
+	}
+	nf := len(families)
+
+	// Each certificate's entry is read once, into a row with every family's sample: the
+	// entries lie all over the heap, and reading them once per family took 0.1 s of CPU at
+	// 100,000 certificates.
+	type row struct {
+		labels  string // cert="...",subject="...", escaped
+		keep    bool
+		has     uint16 // bit f: families[f] has a sample, in vals[i*nf+f]
+		stapled bool   // a valid staple is on disk
+		pending []string
+	}
+	paths := make([]string, 0, len(state.Certificates))
+	for p := range state.Certificates {
+		if covers == nil || covers(p) {
+			paths = append(paths, p)
+		}
+	}
+	slices.Sort(paths)
+	rows := make([]row, len(paths))
+	vals := make([]float64, len(paths)*nf)
+	parallel(len(paths), runtime.GOMAXPROCS(0), func(i int) {
+		st := state.Certificates[paths[i]]
+		v := st.verdict(now)
+		if v.Staple == "no_responder" && !v.MustStaple {
+			return // nothing to staple, nothing to watch
+		}
+		var s *Staple
+		if v.Staple == "good" || v.Staple == "revoked" {
+			s = st.Staple
+		}
+		r := row{labels: string(appendLabels(nil, "cert", paths[i], "subject", st.Subject)), keep: true, stapled: s != nil, pending: v.Pending}
+		for f, fam := range families {
+			if fam.value == nil {
+				continue
+			}
+			if x, ok := fam.value(st, &v, s); ok {
+				r.has |= 1 << f
+				vals[i*nf+f] = x
+			}
+		}
+		rows[i] = r
+	})
+	n := 0
+	for i := range rows {
+		if rows[i].keep {
+			rows[n] = rows[i]
+			copy(vals[n*nf:(n+1)*nf], vals[i*nf:(i+1)*nf])
+			n++
+		}
+	}
+	rows, vals = rows[:n], vals[:n*nf]
 	// inSync writes a certificate's samples of stapler_haproxy_in_sync, one per socket.
 	socketLabels := make([]string, len(sockets))
 	for i, s := range sockets {
 		socketLabels[i] = string(appendLabels(nil, "socket", s))
 	}
-	inSync := func(t *promText, r row) {
-		if staple(r) == nil {
+	inSync := func(t *promText, r *row) {
+		if !r.stapled {
 			return
 		}
 		for i, s := range sockets {
-			t.sampleText("stapler_haproxy_in_sync", r.labels+","+socketLabels[i], float64(b2i(!slices.Contains(r.v.Pending, s))))
+			t.sampleText("stapler_haproxy_in_sync", r.labels+","+socketLabels[i], float64(b2i(!slices.Contains(r.pending, s))))
 		}
-	}
-	if len(sockets) > 0 {
-		families = append(families, perCert{"stapler_haproxy_in_sync", "1 when that HAProxy serves the staple on disk (or a newer one), 0 when it does not yet (a failed push, or a reload due). Only for certificates with a valid staple.", nil})
 	}
 	// The samples of each family are rendered metricsChunk certificates at a time, on every
 	// core, two chunks per core at once (0.13 MB each), and written in order. At 100,000
@@ -140,11 +168,12 @@ func writeMetrics(path string, state *State, covers func(string) bool, sum summa
 				if round[i].lo == 0 {
 					c.family(f.name, f.help)
 				}
-				for _, r := range rows[round[i].lo:round[i].hi] {
-					if f.value == nil {
+				fi := round[i].family
+				for j := round[i].lo; j < round[i].hi; j++ {
+					if r := &rows[j]; f.value == nil {
 						inSync(c, r)
-					} else if v, ok := f.value(r); ok {
-						c.sampleText(f.name, r.labels, v)
+					} else if r.has&(1<<fi) != 0 {
+						c.sampleText(f.name, r.labels, vals[j*nf+fi])
 					}
 				}
 				bufs[i] = c.buf
@@ -230,7 +259,7 @@ func (t *promText) sampleText(name, labels string, value float64) {
 	case math.IsNaN(value):
 		t.buf = append(t.buf, "NaN"...)
 	default:
-		t.buf = strconv.AppendFloat(t.buf, value, 'g', -1, 64)
+		t.buf = appendNumber(t.buf, value)
 	}
 	t.buf = append(t.buf, '\n')
 	t.spill()
@@ -273,6 +302,38 @@ func (t *promText) flush() {
 		_, t.err = t.w.Write(t.buf)
 	}
 	t.buf = t.buf[:0]
+}
+
+// appendNumber appends v as strconv.AppendFloat(b, v, 'g', -1, 64) does. Whole numbers (every
+// time and count here) take a shorter way, a fifth of the CPU of rendering the metrics: below
+// 10^15, an integer's shortest form is its digits without their trailing zeros, which 'g'
+// writes as they are below 10^6, else with an exponent (1.79622312e+09).
+func appendNumber(b []byte, v float64) []byte {
+	if v != math.Trunc(v) || v >= 1e15 || v <= -1e15 || (v == 0 && math.Signbit(v)) {
+		return strconv.AppendFloat(b, v, 'g', -1, 64)
+	}
+	n := int64(v)
+	if n > -1e6 && n < 1e6 {
+		return strconv.AppendInt(b, n, 10)
+	}
+	if n < 0 {
+		b, n = append(b, '-'), -n
+	}
+	var d [20]byte
+	digits := strconv.AppendInt(d[:0], n, 10)
+	exp := len(digits) - 1
+	for digits[len(digits)-1] == '0' {
+		digits = digits[:len(digits)-1]
+	}
+	b = append(b, digits[0])
+	if len(digits) > 1 {
+		b = append(append(b, '.'), digits[1:]...)
+	}
+	b = append(b, 'e', '+')
+	if exp < 10 {
+		b = append(b, '0')
+	}
+	return strconv.AppendInt(b, int64(exp), 10)
 }
 
 func b2i(b bool) int {

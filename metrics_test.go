@@ -3,8 +3,11 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"math"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -216,6 +219,26 @@ func BenchmarkWriteMetrics(b *testing.B) {
 	for b.Loop() {
 		if err := writeMetrics(path, st, nil, summary{}, now, time.Second, nil); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// TestAppendNumber: the metrics' numbers are written as strconv.AppendFloat(b, v, 'g', -1, 64)
+// writes them, whole or not.
+func TestAppendNumber(t *testing.T) {
+	values := []float64{0, math.Copysign(0, -1), 1, -1, 7, 10, 999999, 1e6, -1e6, 1000001, 1234567, 1.5e6, 1796223120,
+		1796219562, -1796219562, 1e14, 999999999999999, 1e15, -1e15, 1e15 + 2, 1e21, 1e300, 0.5, -0.25, 1e-7,
+		1796219562.5, math.MaxInt64, math.MinInt64, math.Inf(1), math.Inf(-1), math.NaN(), 4503599627370496.5}
+	rnd := rand.New(rand.NewPCG(1, 2))
+	for range 100000 {
+		exp := rnd.IntN(17)
+		n := rnd.Int64N(int64(math.Pow10(exp)) + 1)
+		values = append(values, float64(n), -float64(n), float64(n)*math.Pow10(rnd.IntN(4)), float64(n)+rnd.Float64())
+	}
+	for _, v := range values {
+		got, want := string(appendNumber([]byte("x"), v)), string(strconv.AppendFloat([]byte("x"), v, 'g', -1, 64))
+		if got != want {
+			t.Errorf("%v: %q, want %q", v, got, want)
 		}
 	}
 }
