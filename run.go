@@ -186,9 +186,10 @@ func (ex *executor) observeAll(ctx context.Context, opt runOptions, state *State
 	for _, p := range append(slices.Clone(opt.Only), opt.Files...) {
 		named[p] = true
 	}
-	for _, path := range paths {
-		obs.Files = append(obs.Files, &fileObs{File: opt.Naming.file(path), Old: state.Certificates[path], Named: named[path]})
-	}
+	obs.Files = make([]*fileObs, len(paths))
+	parallel(len(paths), observeJobs, func(i int) {
+		obs.Files[i] = &fileObs{File: opt.Naming.file(paths[i]), Old: state.Certificates[paths[i]], Named: named[paths[i]]}
+	})
 	ex.seen = obs.Seen
 	ex.observeFiles(ctx, obs.Files)
 	if len(opt.Sockets) > 0 && !opt.Force {

@@ -71,10 +71,9 @@ func scan(spec scanSpec) (paths, scanned []string, seen listing, err error) {
 	}
 	visit = func(top, dir string, names map[string]bool, d fs.DirEntry) {
 		name := d.Name()
-		path := filepath.Join(dir, name)
 		if d.IsDir() {
 			if spec.Recursive && !strings.HasPrefix(name, ".") {
-				if err := walk(top, path); err != nil {
+				if err := walk(top, joinName(dir, name)); err != nil {
 					errs = append(errs, err)
 				}
 			}
@@ -85,7 +84,11 @@ func scan(spec scanSpec) (paths, scanned []string, seen listing, err error) {
 		if names != nil && (strings.HasPrefix(name, ".") && d.Type().IsRegular() || strings.HasSuffix(name, ".issuer")) {
 			names[name] = true
 		}
-		if strings.HasPrefix(name, ".") || isExtra(name) || excluded(spec.Exclude, top, path) {
+		if strings.HasPrefix(name, ".") || isExtra(name) {
+			return
+		}
+		path := joinName(dir, name)
+		if excluded(spec.Exclude, top, path) {
 			return
 		}
 		if !d.Type().IsRegular() {
@@ -110,6 +113,18 @@ func scan(spec scanSpec) (paths, scanned []string, seen listing, err error) {
 	}
 	slices.Sort(paths)
 	return slices.Compact(paths), scanned, seen, errors.Join(errs...)
+}
+
+// joinName is filepath.Join(dir, name) for a clean dir and a name listed in it, without
+// cleaning the result again (filepath.Join was a tenth of a scan's CPU).
+func joinName(dir, name string) string {
+	switch {
+	case dir == ".":
+		return name
+	case strings.HasSuffix(dir, "/"): // the root
+		return dir + name
+	}
+	return dir + "/" + name
 }
 
 func isExtra(name string) bool {

@@ -301,3 +301,18 @@ func TestScanListing(t *testing.T) {
 		t.Error("a directory the scan did not read counts as listed")
 	}
 }
+
+// TestJoinName: joinName is filepath.Join for the clean directories the scan walks and the
+// names listed in them.
+func TestJoinName(t *testing.T) {
+	for _, dir := range []string{"/", ".", "..", "a", "a/b", "/a", "/a/b", "../a", "/etc/ssl/private"} {
+		if dir != filepath.Clean(dir) {
+			t.Fatalf("%q is not clean", dir)
+		}
+		for _, name := range []string{"site.pem", ".site.pem.ocsp.tmp-1", "a b", "...", "x..pem"} {
+			if got, want := joinName(dir, name), filepath.Join(dir, name); got != want {
+				t.Errorf("joinName(%q, %q) = %q, want %q", dir, name, got, want)
+			}
+		}
+	}
+}
