@@ -97,7 +97,7 @@ func writeMetrics(path string, state *State, covers func(string) bool, sum summa
 			paths = append(paths, p)
 		}
 	}
-	slices.Sort(paths)
+	paths = sortPaths(paths)
 	rows := make([]row, len(paths))
 	vals := make([]float64, len(paths)*nf)
 	parallel(len(paths), runtime.GOMAXPROCS(0), func(i int) {

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 
@@ -111,8 +112,7 @@ func scan(spec scanSpec) (paths, scanned []string, seen listing, err error) {
 			scanned = append(scanned, dir)
 		}
 	}
-	slices.Sort(paths)
-	return slices.Compact(paths), scanned, seen, errors.Join(errs...)
+	return slices.Compact(sortPaths(paths)), scanned, seen, errors.Join(errs...)
 }
 
 // joinName is filepath.Join(dir, name) for a clean dir and a name listed in it, without
@@ -189,6 +189,47 @@ func (n naming) file(path string) certFile {
 	}
 	return haproxycfg.DefaultFile(path, n.DelExt)
 }
+
+// sortPaths sorts paths on every core: parts sorted apart, then merged. It returns the sorted
+// slice, which may not be paths'. (Sorting 100,000 paths took 60 to 80 ms of a run with
+// nothing due, on one core.)
+func sortPaths(paths []string) []string {
+	parts := runtime.GOMAXPROCS(0)
+	if parts < 2 || len(paths) < minParallelSort {
+		slices.Sort(paths)
+		return paths
+	}
+	size := (len(paths) + parts - 1) / parts
+	var runs [][]string
+	for lo := 0; lo < len(paths); lo += size {
+		runs = append(runs, paths[lo:min(lo+size, len(paths))])
+	}
+	parallel(len(runs), parts, func(i int) { slices.Sort(runs[i]) })
+	for len(runs) > 1 {
+		merged := make([][]string, (len(runs)+1)/2)
+		parallel(len(merged), parts, func(i int) {
+			if 2*i+1 == len(runs) {
+				merged[i] = runs[2*i]
+				return
+			}
+			a, b := runs[2*i], runs[2*i+1]
+			m := make([]string, 0, len(a)+len(b))
+			for len(a) > 0 && len(b) > 0 {
+				if b[0] < a[0] {
+					m, b = append(m, b[0]), b[1:]
+				} else {
+					m, a = append(m, a[0]), a[1:]
+				}
+			}
+			merged[i] = append(append(m, a...), b...)
+		})
+		runs = merged
+	}
+	return runs[0]
+}
+
+// minParallelSort is the fewest paths sortPaths sorts on more than one core.
+var minParallelSort = 16384 // a variable for TestSortPaths
 
 func dedupe(s []string) []string {
 	slices.Sort(s)

@@ -4,10 +4,13 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"stapler/internal/pki"
 	"strings"
@@ -312,6 +315,28 @@ func TestJoinName(t *testing.T) {
 		for _, name := range []string{"site.pem", ".site.pem.ocsp.tmp-1", "a b", "...", "x..pem"} {
 			if got, want := joinName(dir, name), filepath.Join(dir, name); got != want {
 				t.Errorf("joinName(%q, %q) = %q, want %q", dir, name, got, want)
+			}
+		}
+	}
+}
+
+// TestSortPaths: sortPaths sorts as slices.Sort does, on any number of cores, parts of any
+// size.
+func TestSortPaths(t *testing.T) {
+	defer func(old int) { minParallelSort = old }(minParallelSort)
+	minParallelSort = 2
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
+	rnd := rand.New(rand.NewPCG(3, 4))
+	for _, procs := range []int{1, 2, 3, 8} {
+		runtime.GOMAXPROCS(procs)
+		for _, n := range []int{0, 1, 2, 3, 7, 100, 1001} {
+			paths := make([]string, n)
+			for i := range paths {
+				paths[i] = fmt.Sprintf("/etc/ssl/site%d.pem", rnd.IntN(n/2+1)) // with repeats
+			}
+			want := slices.Sorted(slices.Values(paths))
+			if got := sortPaths(slices.Clone(paths)); !slices.Equal(got, want) {
+				t.Errorf("GOMAXPROCS %d, %d paths: not sorted as slices.Sort sorts", procs, n)
 			}
 		}
 	}
