@@ -736,10 +736,66 @@ func TestRunCertChangedBeforeItsFetch(t *testing.T) {
 	e.wantStaple("next run", b, renewed)
 }
 
-// BenchmarkObserveHAProxyCopies: verifying what HAProxy's own ocsp-update holds for 1,000
-// certificates, here the staples on disk (of the fleet benchmark's fleet: responses a
-// delegated responder signed), as every run with a 2.8+ socket does for the files HAProxy
-// keeps fresh. -cpu 1,2 compares one core with two.
+// TestObserveHAProxyCopiesVouched: a copy that HAProxy's own ocsp-update holds is taken on the
+// state's word when it is, byte for byte, the staple the state vouches for and the staple file
+// holds that staple too; only what time changes is checked again. Any other copy is verified.
+func TestObserveHAProxyCopiesVouched(t *testing.T) {
+	e := newInRun(t, "Vouched")
+	a, _, _ := e.issue("a.pem", "a.test", true)
+	b, leafB, _ := e.issue("b.pem", "b.test", true)
+	if sum := e.run("first run", e.now, false); sum.Refreshed != 2 {
+		t.Fatalf("first run: %+v", sum)
+	}
+	onDisk := must(os.ReadFile(a + ".ocsp"))
+	// b's staple file now holds another valid response than the one the state vouches for.
+	vouchedB := must(os.ReadFile(b + ".ocsp"))
+	other := e.r.Answer("good", leafB.SerialNumber, time.Now())
+	os.WriteFile(b+".ocsp", other, 0o644)
+
+	observe := func(at time.Time, copies map[string][]byte) map[string]autoCopy {
+		t.Helper()
+		state := must(loadState(e.opt.State, false))
+		ex := newExecutor(e.opt, at)
+		obs := ex.observeAll(context.Background(), e.opt, state, startScan(e.opt))
+		in := map[string][]autoCopy{}
+		for path, der := range copies {
+			in[path] = []autoCopy{{Socket: "/run/haproxy.sock", DER: der}}
+		}
+		ex.observeHAProxyCopies(context.Background(), obs.Files, in)
+		out := map[string]autoCopy{}
+		for _, o := range obs.Files {
+			if len(o.Auto) == 1 {
+				out[o.File.Path] = o.Auto[0]
+			}
+		}
+		return out
+	}
+	got := observe(e.now, map[string][]byte{a: onDisk, b: other})
+	if c := got[a]; c.Vouched == nil || c.Resp != nil || c.Err != nil {
+		t.Errorf("a copy of the vouched staple, on disk too: vouched %v, verified %v, error %v; want taken on the state's word", c.Vouched != nil, c.Resp != nil, c.Err)
+	}
+	if c := got[b]; c.Vouched != nil || c.Resp == nil || c.Err != nil {
+		t.Errorf("a copy of a staple file the state does not vouch for: vouched %v, verified %v, error %v; want verified", c.Vouched != nil, c.Resp != nil, c.Err)
+	}
+	// The vouched staple, while the staple file holds another: verified (the plan may write it).
+	if c := observe(e.now, map[string][]byte{b: vouchedB})[b]; c.Vouched != nil || c.Resp == nil || c.Err != nil {
+		t.Errorf("the vouched staple, not on disk: vouched %v, verified %v, error %v; want verified", c.Vouched != nil, c.Resp != nil, c.Err)
+	}
+	// Garbage with the vouched staple's name is not it.
+	if c := observe(e.now, map[string][]byte{a: []byte("not a response")})[a]; c.Vouched != nil || c.Err == nil {
+		t.Errorf("garbage from HAProxy: vouched %v, error %v; want an error", c.Vouched != nil, c.Err)
+	}
+	// A day on, the staple is past its nextUpdate: refused, as a check would refuse it.
+	if c := observe(e.now.Add(25*time.Hour), map[string][]byte{a: onDisk})[a]; c.Vouched != nil || c.Err == nil || !strings.Contains(c.Err.Error(), "expires at") {
+		t.Errorf("the vouched staple, expired: vouched %v, error %v; want refused as expired", c.Vouched != nil, c.Err)
+	}
+}
+
+// BenchmarkObserveHAProxyCopies: what checking the staples that HAProxy's own ocsp-update
+// holds costs for 1,000 certificates (of the fleet benchmark's fleet: responses a delegated
+// responder signed), as every run with a 2.8+ socket does for the files HAProxy keeps fresh:
+// verified (copies that stapler has not vouched for), and vouched (the steady state: the
+// staples stapler wrote, taken on the state's word). -cpu 1,2 compares one core with two.
 func BenchmarkObserveHAProxyCopies(b *testing.B) {
 	now := time.Now()
 	f := newBenchFleet(b, 1000)
@@ -760,15 +816,25 @@ func BenchmarkObserveHAProxyCopies(b *testing.B) {
 	for _, o := range obs.Files {
 		copies[o.File.Path] = []autoCopy{{Socket: "/run/haproxy.sock", DER: must(os.ReadFile(o.File.Staple))}}
 	}
-	for b.Loop() {
-		for _, o := range obs.Files {
-			o.Auto = nil
-		}
-		ex.observeHAProxyCopies(context.Background(), obs.Files, copies)
-	}
-	for _, o := range obs.Files {
-		if len(o.Auto) != 1 || o.Auto[0].Err != nil || o.Auto[0].Resp == nil {
-			b.Fatalf("%s: %+v", o.File.Path, o.Auto)
-		}
+	for _, vouched := range []bool{false, true} {
+		b.Run(map[bool]string{false: "verified", true: "vouched"}[vouched], func(b *testing.B) {
+			for _, o := range obs.Files {
+				o.Old = state.Certificates[o.File.Path].clone()
+				if !vouched {
+					o.Old.Staple.Hash = "not this one"
+				}
+			}
+			for b.Loop() {
+				for _, o := range obs.Files {
+					o.Auto = nil
+				}
+				ex.observeHAProxyCopies(context.Background(), obs.Files, copies)
+			}
+			for _, o := range obs.Files {
+				if len(o.Auto) != 1 || o.Auto[0].Err != nil || (o.Auto[0].Resp == nil) != vouched || (o.Auto[0].Vouched != nil) != vouched {
+					b.Fatalf("%s: %+v", o.File.Path, o.Auto)
+				}
+			}
+		})
 	}
 }

@@ -211,7 +211,13 @@ func (ex *executor) write(plans []*certPlan, results map[*certPlan]*fetched) (is
 	for _, p := range plans {
 		f := results[p]
 		if p.Step == stepHAProxyCopy && p.Copy != nil {
-			f = &fetched{DER: p.Copy.DER, Staple: newStaple(p.Copy.DER, p.Copy.Resp, p.Obs.issued.CertID, ""), Newer: true}
+			f = &fetched{DER: p.Copy.DER, Newer: true}
+			if v := p.Copy.Vouched; v != nil {
+				s := *v
+				f.Staple = &s
+			} else {
+				f.Staple = newStaple(p.Copy.DER, p.Copy.Resp, p.Obs.issued.CertID, "")
+			}
 			results[p] = f
 		}
 		o := p.Obs
@@ -236,7 +242,7 @@ func (ex *executor) write(plans []*certPlan, results map[*certPlan]*fetched) (is
 			if err != nil {
 				f.Err = err
 			} else {
-				if iss := p.Obs.issued; q.issuer < 0 && (iss.Src == issuerFromDir || iss.Src == issuerFromAIA) {
+				if iss := p.Obs.issued; q.issuer < 0 && iss != nil && (iss.Src == issuerFromDir || iss.Src == issuerFromAIA) {
 					q.issuer = b.Add(0, o.File.Issuer, issuerPEM(iss.Issuer), 0o644)
 				}
 				q.staple = b.Add(1, o.File.Staple, f.DER, 0o644)

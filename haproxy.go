@@ -160,7 +160,11 @@ type autoCopy struct {
 	Update haproxy.OCSPUpdate
 	DER    []byte              // nil when it holds nothing
 	Resp   *ocspcheck.Response // DER, verified
-	Err    error               // why DER is not a valid staple
+	// Vouched is the staple the state vouches for when DER is that staple, byte for byte, and
+	// the staple file holds it too: taken on the state's word, not verified again (Resp is
+	// nil).
+	Vouched *Staple
+	Err     error // why DER is not a valid staple
 }
 
 // observeAutoUpdates asks each HAProxy which of the certificate files its own ocsp-update

@@ -351,7 +351,10 @@ func (pol policy) haproxyKeeps(now time.Time, p *certPlan) bool {
 			p.note(slog.LevelWarn, "HAProxy holds a staple that stapler cannot verify", "socket", c.Socket, "err", c.Err)
 			continue
 		}
-		s := newStaple(c.DER, c.Resp, p.Obs.issued.CertID, "")
+		s := c.Vouched
+		if s == nil {
+			s = newStaple(c.DER, c.Resp, p.Obs.issued.CertID, "")
+		}
 		if bestStaple == nil || s.newerThan(bestStaple) {
 			best, bestStaple = &p.Obs.Auto[i], s
 		}
@@ -376,6 +379,8 @@ func (p *certPlan) keptStatus() string {
 	switch {
 	case p.Copy != nil && p.Copy.Resp != nil:
 		return ocspcheck.StatusName(p.Copy.Resp.Status)
+	case p.Copy != nil && p.Copy.Vouched != nil:
+		return p.Copy.Vouched.Status
 	case p.Next.Staple != nil:
 		return p.Next.Staple.Status
 	}

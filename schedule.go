@@ -38,7 +38,11 @@ func minValidity(window time.Duration) time.Duration {
 // tooSoon says why a verified response is not worth writing at now because it expires too
 // soon, or returns nil.
 func tooSoon(r *ocspcheck.Response, now time.Time) error {
-	s := &Staple{ThisUpdate: r.ThisUpdate, NextUpdate: r.NextUpdate, SignerNotAfter: r.SignerNotAfter}
+	return (&Staple{ThisUpdate: r.ThisUpdate, NextUpdate: r.NextUpdate, SignerNotAfter: r.SignerNotAfter}).tooSoon(now)
+}
+
+// tooSoon is the package's tooSoon for a response recorded as s.
+func (s *Staple) tooSoon(now time.Time) error {
 	if !s.Expiry().Before(now.Add(minValidity(s.Window()))) {
 		return nil
 	}
