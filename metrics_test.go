@@ -242,3 +242,21 @@ func TestAppendNumber(t *testing.T) {
 		}
 	}
 }
+
+// TestAppendLabels: label values are escaped as the text format wants (backslash, double
+// quote, line feed), and only those.
+func TestAppendLabels(t *testing.T) {
+	for _, tt := range []struct{ value, want string }{
+		{"/etc/ssl/site.pem", `/etc/ssl/site.pem`},
+		{`C:\certs`, `C:\\certs`},
+		{`say "hi"`, `say \"hi\"`},
+		{"two\nlines", `two\nlines`},
+		{"tab\there, é", "tab\there, é"},
+		{"", ""},
+	} {
+		got := string(appendLabels([]byte("x"), "cert", tt.value, "subject", "s"))
+		if want := `xcert="` + tt.want + `",subject="s"`; got != want {
+			t.Errorf("%q: %s, want %s", tt.value, got, want)
+		}
+	}
+}
