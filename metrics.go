@@ -87,7 +87,7 @@ func writeMetrics(path string, state *State, covers func(string) bool, sum summa
 	type row struct {
 		labels  string // cert="...",subject="...", escaped
 		keep    bool
-		has     uint16 // bit f: families[f] has a sample, in vals[i*nf+f]
+		has     uint64 // bit f: families[f] has a sample, in vals[i*nf+f] (at most 64 families)
 		stapled bool   // a valid staple is on disk
 		pending []string
 	}
