@@ -92,27 +92,16 @@ func collectStatus(ctx context.Context, opt runOptions, state *State, listed <-c
 		paths = obs.paths
 	}
 	rep := &statusReport{GeneratedAt: now, Certificates: []certStatus{}}
-	// Looked at several at a time: the disk answers faster when several stats wait on it.
-	type looked struct {
-		f       certFile
-		st      *CertState
-		changed bool
-		err     error
-	}
-	seen := make([]looked, len(paths))
+	// Looked at and judged several at a time: the disk answers faster when several stats wait
+	// on it.
+	seen := make([]certStatus, len(paths))
+	skip := make([]bool, len(paths)) // not a certificate file
 	dirs := newStatDirs()
 	parallel(len(paths), observeJobs, func(i int) {
-		l := &seen[i]
-		l.f = opt.Naming.file(paths[i])
-		l.st, l.changed, l.err = look(dirs, l.f, state.Certificates[paths[i]])
-	})
-	dirs.close()
-	var refs []stapleRef
-	for i, path := range paths {
-		f, old := seen[i].f, state.Certificates[path]
-		st, changed, err := seen[i].st, seen[i].changed, seen[i].err
-		if errors.Is(err, errNotCertificate) {
-			continue
+		f, old := opt.Naming.file(paths[i]), state.Certificates[paths[i]]
+		st, changed, err := look(dirs, f, old)
+		if skip[i] = errors.Is(err, errNotCertificate); skip[i] {
+			return
 		}
 		why := ""
 		switch {
@@ -121,12 +110,24 @@ func collectStatus(ctx context.Context, opt runOptions, state *State, listed <-c
 		case changed:
 			why = "certificate changed since stapler checked it"
 		}
-		cs := certStatusOf(f, st, why, err, now)
-		if cs.ref != nil {
+		seen[i] = certStatusOf(f, st, why, err, now)
+	})
+	dirs.close()
+	var refs []stapleRef
+	n := 0
+	for i := range seen {
+		if skip[i] {
+			continue
+		}
+		if cs := &seen[i]; cs.ref != nil && len(opt.Sockets) > 0 {
 			refs = append(refs, *cs.ref)
 		}
-		rep.Certificates = append(rep.Certificates, cs)
+		if n != i {
+			seen[n] = seen[i]
+		}
+		n++
 	}
+	rep.Certificates = seen[:n]
 	reports := reconcileSockets(ctx, opt.Sockets, refs, reconcileOptions{Timeout: opt.SocketTimeout, Now: now, ReadOnly: true})
 	for i := range rep.Certificates {
 		cs := &rep.Certificates[i]
