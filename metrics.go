@@ -110,7 +110,8 @@ func writeMetrics(path string, state *State, covers func(string) bool, sum summa
 		if v.Staple == "good" || v.Staple == "revoked" {
 			s = st.Staple
 		}
-		r := row{labels: string(appendLabels(nil, "cert", paths[i], "subject", st.Subject)), keep: true, stapled: s != nil, pending: v.Pending}
+		labels := appendLabels(make([]byte, 0, len(paths[i])+len(st.Subject)+20), "cert", paths[i], "subject", st.Subject)
+		r := row{labels: string(labels), keep: true, stapled: s != nil, pending: v.Pending}
 		for f, fam := range families {
 			if fam.value == nil {
 				continue
