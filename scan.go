@@ -177,15 +177,19 @@ func (n naming) file(path string) certFile {
 	if f, ok := n.Files[path]; ok {
 		return f
 	}
-	for dir := filepath.Dir(path); ; dir = filepath.Dir(dir) {
+	// The nearest discovered directory above it, if any (without one, nothing to look for:
+	// walking up every path cost 10 filepath.Dir calls per certificate).
+	for dir := filepath.Dir(path); len(n.Dirs) > 0; {
 		if d, ok := n.Dirs[dir]; ok {
 			f := haproxycfg.DefaultFile(path, d.DelExt)
 			f.Auto = d.Auto
 			return f
 		}
-		if dir == filepath.Dir(dir) {
+		parent := filepath.Dir(dir)
+		if parent == dir {
 			break
 		}
+		dir = parent
 	}
 	return haproxycfg.DefaultFile(path, n.DelExt)
 }
