@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"testing"
@@ -338,5 +339,34 @@ func TestStateEncodeChunks(t *testing.T) {
 	var b bytes.Buffer
 	if err := empty.encode(&b); err != nil || b.String() != "{\"version\":2,\"certificates\":{\n}}\n" {
 		t.Errorf("empty state: %q, %v", b.String(), err)
+	}
+}
+
+// TestLoadStateCollector: loadState leaves the collector as it found it, and leaves it alone
+// when the operator set GOGC.
+func TestLoadStateCollector(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.json")
+	if err := (&State{Certificates: map[string]*CertState{"/etc/ssl/site.pem": fullCertState(t)}}).save(path); err != nil {
+		t.Fatal(err)
+	}
+	defer debug.SetGCPercent(debug.SetGCPercent(137))
+	var during int
+	testOnlyDuringLoad = func() { during = debug.SetGCPercent(-1); debug.SetGCPercent(during) }
+	defer func() { testOnlyDuringLoad = nil }()
+	for _, gogc := range []string{"", "137"} {
+		t.Setenv("GOGC", gogc)
+		if gogc == "" {
+			os.Unsetenv("GOGC")
+		}
+		st, err := loadState(path, false)
+		if err != nil || len(st.Certificates) != 1 {
+			t.Fatalf("GOGC %q: %v, %v", gogc, st, err)
+		}
+		if want := map[string]int{"": 400, "137": 137}[gogc]; during != want {
+			t.Errorf("GOGC %q: the collector ran at %d while the state was read, want %d", gogc, during, want)
+		}
+		if got := debug.SetGCPercent(137); got != 137 {
+			t.Errorf("GOGC %q: after loadState, %d, want 137 as before", gogc, got)
+		}
 	}
 }
