@@ -82,7 +82,7 @@ type runPlan struct {
 // inputs: it reads the state and changes nothing.
 func plan(now time.Time, opt planOptions, obs *observation, state *State) runPlan {
 	var rp runPlan
-	seen := map[string]bool{}
+	seen := make(map[string]bool, len(obs.Files))
 	rp.Certs = make([]*certPlan, len(obs.Files))
 	parallel(len(obs.Files), runtime.GOMAXPROCS(0), func(i int) { rp.Certs[i] = planFile(now, opt, obs.Files[i]) })
 	for _, o := range obs.Files {

@@ -115,7 +115,11 @@ func readStateFile(path string) (st *State, err, readErr error) {
 		return nil, nil, readErr
 	}
 	defer f.Close()
-	st, ok, readErr := decodeLinesFrom(io.LimitReader(f, maxStateBytes+1), stateBatchBytes)
+	entries := 0 // about one per KB: the map is made that large at once, not regrown as it fills
+	if fi, err := f.Stat(); err == nil {
+		entries = int(min(fi.Size()/1024, 1<<20))
+	}
+	st, ok, readErr := decodeLinesFrom(io.LimitReader(f, maxStateBytes+1), stateBatchBytes, entries)
 	switch {
 	case readErr != nil:
 		return nil, nil, readErr
@@ -206,15 +210,15 @@ const stateBatchBytes = 1 << 20
 // accepts is what json.Unmarshal accepts of the whole (FuzzDecodeState compares them).
 // (goccy/go-json decodes three to five times faster than encoding/json, but fuzzing found it
 // taking what encoding/json refuses, {"":{""}}, and keeping invalid UTF-8 that encoding/json
-// replaces.)
-func decodeLinesFrom(r io.Reader, batchBytes int) (st *State, ok bool, err error) {
+// replaces.) entries is a guess of how many certificates it holds, to size the map.
+func decodeLinesFrom(r io.Reader, batchBytes, entries int) (st *State, ok bool, err error) {
 	br := bufio.NewReaderSize(r, 64<<10)
 	head := fmt.Sprintf("{\"version\":%d,\"certificates\":{\n", stateVersion) // as encode writes it
 	if got, err := br.Peek(len(head)); string(got) != head {
 		return nil, false, ignoreEOF(err)
 	}
 	br.Discard(len(head))
-	st = &State{Version: stateVersion, Certificates: map[string]*CertState{}}
+	st = &State{Version: stateVersion, Certificates: make(map[string]*CertState, entries)}
 	d := lineDecoder{st: st, shared: map[string]string{}}
 	comma := true // the line before ended with a comma: another entry follows
 	for {

@@ -213,7 +213,7 @@ func TestStateManyLines(t *testing.T) {
 
 // decodeLines is decodeLinesFrom on data, in batches of batchBytes.
 func decodeLines(data []byte, batchBytes int) (*State, bool) {
-	st, ok, _ := decodeLinesFrom(bytes.NewReader(data), batchBytes)
+	st, ok, _ := decodeLinesFrom(bytes.NewReader(data), batchBytes, 0)
 	return st, ok
 }
 
