@@ -46,16 +46,6 @@ const maxStateBytes = 1 << 30
 // staple is then checked again, which is safe (a dry run, with moveAside false, only
 // pretends). A file from a newer stapler is an error and is left alone.
 func loadState(path string, moveAside bool) (*State, error) {
-	// What the state holds stays live to the command's end: collecting while it is read
-	// frees little (the read buffers) and marks all that is read so far, cycle after cycle
-	// as the heap doubles. Unless the operator tuned the collector (GOGC; GOMEMLIMIT holds
-	// either way), it runs a fifth as often meanwhile.
-	if os.Getenv("GOGC") == "" {
-		defer debug.SetGCPercent(debug.SetGCPercent(400))
-	}
-	if testOnlyDuringLoad != nil {
-		testOnlyDuringLoad()
-	}
 	st, err, readErr := readStateFile(path)
 	if errors.Is(readErr, os.ErrNotExist) {
 		return newState(), nil
@@ -81,7 +71,7 @@ func loadState(path string, moveAside bool) (*State, error) {
 	return newState(), nil
 }
 
-// testOnlyDuringLoad, when set, is called while loadState has the collector as it reads.
+// testOnlyDuringLoad, when set, is called while readStateFile has the collector as it reads.
 var testOnlyDuringLoad func()
 
 // asideName is a name for a corrupt state file that no earlier one has taken.
@@ -110,6 +100,16 @@ func (e *newerStateError) Error() string {
 // 120 MB). A file in any other form (edited by hand, cut short) is read again whole and
 // decoded by parseState.
 func readStateFile(path string) (st *State, err, readErr error) {
+	// What the state holds stays live to the command's end: collecting while it is read
+	// frees little (the read buffers) and marks all that is read so far, cycle after cycle
+	// as the heap doubles. Unless the operator tuned the collector (GOGC; GOMEMLIMIT holds
+	// either way), it runs a fifth as often meanwhile.
+	if os.Getenv("GOGC") == "" {
+		defer debug.SetGCPercent(debug.SetGCPercent(400))
+	}
+	if testOnlyDuringLoad != nil {
+		testOnlyDuringLoad()
+	}
 	f, readErr := openRegular(path, maxStateBytes)
 	if readErr != nil {
 		return nil, nil, readErr

@@ -342,8 +342,9 @@ func TestStateEncodeChunks(t *testing.T) {
 	}
 }
 
-// TestLoadStateCollector: loadState leaves the collector as it found it, and leaves it alone
-// when the operator set GOGC.
+// TestLoadStateCollector: reading the state (loadState for run and status, readStateStrict
+// for check) leaves the collector as it found it, and leaves it alone when the operator set
+// GOGC.
 func TestLoadStateCollector(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "state.json")
 	if err := (&State{Certificates: map[string]*CertState{"/etc/ssl/site.pem": fullCertState(t)}}).save(path); err != nil {
@@ -358,15 +359,21 @@ func TestLoadStateCollector(t *testing.T) {
 		if gogc == "" {
 			os.Unsetenv("GOGC")
 		}
-		st, err := loadState(path, false)
-		if err != nil || len(st.Certificates) != 1 {
-			t.Fatalf("GOGC %q: %v, %v", gogc, st, err)
-		}
-		if want := map[string]int{"": 400, "137": 137}[gogc]; during != want {
-			t.Errorf("GOGC %q: the collector ran at %d while the state was read, want %d", gogc, during, want)
-		}
-		if got := debug.SetGCPercent(137); got != 137 {
-			t.Errorf("GOGC %q: after loadState, %d, want 137 as before", gogc, got)
+		for name, read := range map[string]func(string) (*State, error){
+			"loadState":       func(p string) (*State, error) { return loadState(p, false) },
+			"readStateStrict": readStateStrict,
+		} {
+			during = 0
+			st, err := read(path)
+			if err != nil || len(st.Certificates) != 1 {
+				t.Fatalf("%s, GOGC %q: %v, %v", name, gogc, st, err)
+			}
+			if want := map[string]int{"": 400, "137": 137}[gogc]; during != want {
+				t.Errorf("%s, GOGC %q: the collector ran at %d while the state was read, want %d", name, gogc, during, want)
+			}
+			if got := debug.SetGCPercent(137); got != 137 {
+				t.Errorf("%s, GOGC %q: afterwards %d, want 137 as before", name, gogc, got)
+			}
 		}
 	}
 }
