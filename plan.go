@@ -387,7 +387,6 @@ func (p *certPlan) keptStatus() string {
 	return ""
 }
 
-// clone copies a state entry; nil gives a new, empty one.
 // equal reports whether a and b hold the same state, as reflect.DeepEqual would (a nil slice
 // is not an empty one), at a twentieth of its cost: plan and apply compare every entry
 // (1.4 us each through reflection). Times are equal when their representations are,
@@ -412,6 +411,7 @@ func (a *CertState) equal(b *CertState) bool {
 		a.RevocationHandled == b.RevocationHandled
 }
 
+// clone copies a state entry; nil gives a new, empty one.
 func (st *CertState) clone() *CertState {
 	if st == nil {
 		return &CertState{}
