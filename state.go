@@ -451,7 +451,7 @@ func (st *State) encode(w io.Writer) error {
 	}
 	// The entries are encoded encodeChunk at a time, two chunks per core at once (json.Marshal
 	// was 0.15 s of a 0.25 s save at 10,000 certificates), and written in order.
-	paths := slices.Sorted(maps.Keys(st.Certificates))
+	paths := sortPaths(slices.Collect(maps.Keys(st.Certificates)))
 	bufs := make([][]byte, 2*runtime.GOMAXPROCS(0))
 	errs := make([]error, len(bufs))
 	for start := 0; start < len(paths); start += len(bufs) * encodeChunk {

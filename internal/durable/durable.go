@@ -24,6 +24,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -628,6 +629,9 @@ var tempPattern = regexp.MustCompile(`^\.(.+)\.tmp-[0-9]+$`)
 // TempFor reports whether name is the name of one of this package's temporary files, and for
 // which file name.
 func TempFor(name string) (target string, ok bool) {
+	if !strings.HasPrefix(name, ".") { // most names: no need for the pattern
+		return "", false
+	}
 	if m := tempPattern.FindStringSubmatch(name); m != nil {
 		return m[1], true
 	}
