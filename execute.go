@@ -245,7 +245,12 @@ func (ex *executor) write(plans []*certPlan, results map[*certPlan]*fetched) (is
 				if iss := p.Obs.issued; q.issuer < 0 && iss != nil && (iss.Src == issuerFromDir || iss.Src == issuerFromAIA) {
 					q.issuer = b.Add(0, o.File.Issuer, issuerPEM(iss.Issuer), 0o644)
 				}
-				q.staple = b.Add(1, o.File.Staple, f.DER, 0o644)
+				if s := o.Staple; s.Err == nil && s.Hash != "" && f.Staple != nil && f.Staple.Hash != s.Hash {
+					// The file held other bytes when observed: no need to read it to compare.
+					q.staple = b.AddChanged(1, o.File.Staple, f.DER, 0o644)
+				} else {
+					q.staple = b.Add(1, o.File.Staple, f.DER, 0o644)
+				}
 			}
 		}
 		if q.issuer >= 0 || q.staple >= 0 {

@@ -20,10 +20,12 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -77,6 +79,8 @@ type file struct {
 	err   error // of this file
 	owner error // an ErrOwner warning
 	same  bool  // already holds data: nothing to do
+	// differs: the caller knows path does not hold data (see AddChanged): not read to compare.
+	differs bool
 	// replacing: path is a regular file that the new one replaces.
 	replacing bool
 	// key is what a spare to stand for this file must match (when it replaces one); the
@@ -101,6 +105,16 @@ func (b *Batch) Add(stage int, path string, data []byte, perm fs.FileMode) int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.files = append(b.files, &file{stage: stage, path: path, data: data, perm: perm})
+	return len(b.files) - 1
+}
+
+// AddChanged is Add for content the caller knows path does not hold (it read what path holds
+// in this run, and that differs): Commit writes it without reading path to compare. Were path
+// to hold data all the same, it would only be written again.
+func (b *Batch) AddChanged(stage int, path string, data []byte, perm fs.FileMode) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.files = append(b.files, &file{stage: stage, path: path, data: data, perm: perm, differs: true})
 	return len(b.files) - 1
 }
 
@@ -228,7 +242,7 @@ func (b *Batch) prepareAll(files []*file, r *renamer, fsync bool) {
 	for range min(Jobs, len(todo)) {
 		wg.Go(func() {
 			for f := range work {
-				f.err = f.prepare(fsync, r.take)
+				f.err = f.prepare(fsync, r)
 			}
 		})
 	}
@@ -255,6 +269,7 @@ type renamer struct {
 	spares     map[spareKey][]string // replaced files under temporary names
 	offered    int                   // spares taken in the round being prepared
 	replaced   map[spareKey][]string // of the round being renamed: spares once durable
+	local      map[uint64]bool       // by device: whether its file system is local (see isLocal)
 	noExchange bool                  // the file system has no RENAME_EXCHANGE: plain renames
 	refusing   bool                  // the last round reused none of the spares it was offered
 	errs       []error
@@ -307,6 +322,9 @@ func (r *renamer) rename(files []*file, stage int) (written int) {
 	for _, f := range files {
 		dir := filepath.Dir(f.path)
 		if f.err == nil && !f.same {
+			if testBeforePlace != nil {
+				testBeforePlace(f.path)
+			}
 			if err := r.place(f); err != nil {
 				f.err = fmt.Errorf("%s: %w", f.path, err)
 			} else {
@@ -361,20 +379,30 @@ func (r *renamer) rename(files []*file, stage int) (written int) {
 	return written
 }
 
+// testBeforePlace, when a test sets it, is called with each path before its file is put in
+// place.
+var testBeforePlace func(path string)
+
 // place renames f's temporary file over f.path. A regular file it replaces is exchanged with
 // it rather than unlinked, and kept as a spare for the next round.
 func (r *renamer) place(f *file) error {
-	if fi, err := os.Lstat(f.path); f.replacing && !r.noExchange && err == nil && fi.Mode().IsRegular() {
+	if f.replacing && !r.noExchange {
+		// prepare found a regular file at f.path; what the exchange brings out is checked.
 		err := unix.Renameat2(unix.AT_FDCWD, f.tmp, unix.AT_FDCWD, f.path, unix.RENAME_EXCHANGE)
 		switch {
 		case err == nil:
-			if fi, err := os.Lstat(f.tmp); err != nil || !fi.Mode().IsRegular() {
-				// What was at f.path turned into something else since the Lstat: put it
-				// back, as a rename over it would have failed.
+			fi, err := os.Lstat(f.tmp)
+			switch {
+			case err == nil && fi.Mode().IsRegular():
+				r.replaced[f.key] = append(r.replaced[f.key], f.tmp)
+			case err == nil && !fi.IsDir():
+				// A symlink, say, since prepare: replaced, as a rename would have.
+				os.Remove(f.tmp)
+			default:
+				// A directory: put it back, as a rename over it would have failed.
 				unix.Renameat2(unix.AT_FDCWD, f.tmp, unix.AT_FDCWD, f.path, unix.RENAME_EXCHANGE)
 				return fmt.Errorf("%s is no longer a regular file", f.path)
 			}
-			r.replaced[f.key] = append(r.replaced[f.key], f.tmp)
 			f.tmp = ""
 			return nil
 		case errors.Is(err, unix.EINVAL), errors.Is(err, unix.ENOSYS), errors.Is(err, unix.EOPNOTSUPP):
@@ -387,6 +415,15 @@ func (r *renamer) place(f *file) error {
 	}
 	f.tmp = ""
 	return nil
+}
+
+// ignoringEINTR calls fn until it is not interrupted by a signal.
+func ignoringEINTR(fn func() error) error {
+	for {
+		if err := fn(); !errors.Is(err, unix.EINTR) {
+			return err
+		}
+	}
 }
 
 // syncTemps makes the temporary files durable with one syncfs per filesystem they are on. A
@@ -458,10 +495,10 @@ func (f *file) fail(err error) {
 // prepare writes the temporary file of f, and fsyncs it when sync is set, unless the file
 // already holds its data. It writes into a spare (see take) when one may be reused, else into a
 // new file.
-func (f *file) prepare(sync bool, take func(spareKey) string) error {
+func (f *file) prepare(sync bool, r *renamer) error {
 	old, statErr := os.Lstat(f.path)
 	f.replacing = statErr == nil && old.Mode().IsRegular()
-	if f.write == nil && f.replacing && old.Size() == int64(len(f.data)) {
+	if f.write == nil && !f.differs && f.replacing && old.Size() == int64(len(f.data)) {
 		if cur, err := readFile(f.path, int64(len(f.data))); err == nil && bytes.Equal(cur, f.data) {
 			f.same = true
 			return nil
@@ -479,35 +516,35 @@ func (f *file) prepare(sync bool, take func(spareKey) string) error {
 	var spare string
 	if f.replacing {
 		f.key = spareKey{filepath.Dir(f.path), uid, gid, perm}
-		spare = take(f.key)
+		spare = r.take(f.key)
 	}
-	t, err := f.temp(spare, uid, gid, perm)
+	t, err := f.temp(spare, r, uid, gid, perm)
 	if err != nil {
 		return fmt.Errorf("%s: %w", f.path, err)
 	}
-	f.tmp = t.Name()
+	f.tmp = t.name
 	fail := func(err error) error {
-		t.Close()
+		t.close()
 		os.Remove(f.tmp)
 		f.tmp = ""
 		return fmt.Errorf("%s: %w", f.path, err)
 	}
-	// A new file needs no stat: it has the owner and group it should. A reused one has its
-	// owner, group and mode already (see temp), and its size matters below.
-	var tst syscall.Stat_t
-	if uid >= 0 {
-		if err := syscall.Fstat(int(t.Fd()), &tst); err != nil {
-			return fail(err)
-		}
-	}
-	if uid >= 0 && (int(tst.Uid) != uid || int(tst.Gid) != gid) {
-		if err := t.Chown(uid, gid); err != nil {
-			f.owner = fmt.Errorf("%s: %w (uid %d, gid %d), written as uid %d, gid %d: %v", f.path, ErrOwner, uid, gid, tst.Uid, tst.Gid, err)
-		}
-	}
+	// A reused file has its owner, group and mode already (see reusable); a new one that
+	// replaces another is given that one's, as far as this process may.
 	if !f.reused {
-		if err := t.Chmod(perm); err != nil {
-			return fail(err)
+		if uid >= 0 {
+			var st unix.Stat_t
+			if err := unix.Fstat(t.fd, &st); err != nil {
+				return fail(t.pathErr("fstat", err))
+			}
+			if int(st.Uid) != uid || int(st.Gid) != gid {
+				if err := unix.Fchown(t.fd, uid, gid); err != nil {
+					f.owner = fmt.Errorf("%s: %w (uid %d, gid %d), written as uid %d, gid %d: %v", f.path, ErrOwner, uid, gid, st.Uid, st.Gid, t.pathErr("chown", err))
+				}
+			}
+		}
+		if err := unix.Fchmod(t.fd, uint32(perm)); err != nil {
+			return fail(t.pathErr("chmod", err))
 		}
 	}
 	if f.write != nil {
@@ -522,21 +559,17 @@ func (f *file) prepare(sync bool, take func(spareKey) string) error {
 		return fail(err)
 	}
 	// A reused file may be longer than the new content.
-	if f.reused {
-		if end, err := t.Seek(0, io.SeekCurrent); err != nil {
-			return fail(err)
-		} else if tst.Size > end {
-			if err := t.Truncate(end); err != nil {
-				return fail(err)
-			}
+	if f.reused && t.size > t.written {
+		if err := unix.Ftruncate(t.fd, t.written); err != nil {
+			return fail(t.pathErr("truncate", err))
 		}
 	}
 	if sync {
-		if err := t.Sync(); err != nil {
-			return fail(err)
+		if err := ignoringEINTR(func() error { return unix.Fsync(t.fd) }); err != nil {
+			return fail(t.pathErr("sync", err))
 		}
 	}
-	if err := t.Close(); err != nil {
+	if err := t.close(); err != nil {
 		os.Remove(f.tmp)
 		f.tmp = ""
 		return fmt.Errorf("%s: %w", f.path, err)
@@ -544,12 +577,56 @@ func (f *file) prepare(sync bool, take func(spareKey) string) error {
 	return nil
 }
 
+// tempFile is a temporary file being written, held by its descriptor. (An *os.File costs a
+// regular file four fcntl(2) and epoll_ctl(2) more when it is created, as Go's poller tries
+// and fails to take it, and two more when it wraps an open descriptor: a fifth of the system
+// calls a refresh makes per staple; bench/README.md, round eight.)
+type tempFile struct {
+	fd      int
+	name    string
+	size    int64 // of a reused file, before it is written
+	written int64
+}
+
+// Write writes p whole, at the file's offset.
+func (t *tempFile) Write(p []byte) (int, error) {
+	n := 0
+	for n < len(p) {
+		m, err := unix.Write(t.fd, p[n:])
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			t.written += int64(n)
+			return n, t.pathErr("write", err)
+		}
+		if m == 0 {
+			t.written += int64(n)
+			return n, t.pathErr("write", io.ErrShortWrite)
+		}
+		n += m
+	}
+	t.written += int64(n)
+	return n, nil
+}
+
+func (t *tempFile) close() error {
+	if err := unix.Close(t.fd); err != nil {
+		return t.pathErr("close", err)
+	}
+	return nil
+}
+
+func (t *tempFile) pathErr(op string, err error) error {
+	return &fs.PathError{Op: op, Path: t.name, Err: err}
+}
+
 // temp opens the temporary file to write f's content into, at offset 0: spare ("" for none),
 // a replaced file of f's directory, owner, group and mode, when nothing but this process can
 // see it, else a new file (a spare that cannot be reused is removed).
-func (f *file) temp(spare string, uid, gid int, perm fs.FileMode) (*os.File, error) {
+func (f *file) temp(spare string, r *renamer, uid, gid int, perm fs.FileMode) (*tempFile, error) {
 	if spare != "" {
-		if t := reusable(spare, uid, gid, perm); t != nil {
+		if t := r.reusable(spare, uid, gid, perm); t != nil {
 			f.reused = true
 			return t, nil
 		}
@@ -559,27 +636,61 @@ func (f *file) temp(spare string, uid, gid int, perm fs.FileMode) (*os.File, err
 	if dir == "" {
 		dir = "."
 	}
-	return os.CreateTemp(dir, "."+base+".tmp-*")
+	prefix := filepath.Join(dir, "."+base+".tmp-")
+	for range 10000 {
+		name := prefix + strconv.FormatUint(uint64(rand.Uint32()), 10)
+		fd, err := unix.Open(name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+		if errors.Is(err, unix.EINTR) || errors.Is(err, unix.EEXIST) {
+			continue
+		}
+		if err != nil {
+			return nil, &fs.PathError{Op: "open", Path: name, Err: err}
+		}
+		return &tempFile{fd: fd, name: name}, nil
+	}
+	return nil, &fs.PathError{Op: "open", Path: prefix + "*", Err: fs.ErrExist}
 }
 
 // localFS are the file systems whose leases see every opener (on a network or FUSE file
 // system, readers on other hosts would not count): ext4 (ext2, ext3), XFS, Btrfs, tmpfs.
 var localFS = []int64{unix.EXT4_SUPER_MAGIC, unix.XFS_SUPER_MAGIC, unix.BTRFS_SUPER_MAGIC, unix.TMPFS_MAGIC}
 
+// isLocal says whether the file system of device dev, which fd is on, is one of localFS; it
+// asks once per device.
+func (r *renamer) isLocal(fd int, dev uint64) bool {
+	r.mu.Lock()
+	local, ok := r.local[dev]
+	r.mu.Unlock()
+	if ok {
+		return local
+	}
+	var sfs unix.Statfs_t
+	if unix.Fstatfs(fd, &sfs) != nil {
+		return false // not remembered: it may answer next time
+	}
+	local = slices.Contains(localFS, int64(sfs.Type))
+	r.mu.Lock()
+	if r.local == nil {
+		r.local = map[uint64]bool{}
+	}
+	r.local[dev] = local
+	r.mu.Unlock()
+	return local
+}
+
 // reusable opens path for writing when its file may be overwritten unseen and stand for a file
 // of the given owner, group and mode: a regular file with one link, that owner, group and mode,
 // no extended attributes, on a local file system, which no other process has open (a write
 // lease is granted only then). It returns nil otherwise.
-func reusable(path string, uid, gid int, perm fs.FileMode) *os.File {
+func (r *renamer) reusable(path string, uid, gid int, perm fs.FileMode) *tempFile {
 	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil
 	}
 	var st unix.Stat_t
-	var sfs unix.Statfs_t
 	ok := unix.Fstat(fd, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFREG && st.Nlink == 1 &&
 		int(st.Uid) == uid && int(st.Gid) == gid && fs.FileMode(st.Mode&0o7777) == perm &&
-		unix.Fstatfs(fd, &sfs) == nil && slices.Contains(localFS, int64(sfs.Type))
+		r.isLocal(fd, st.Dev)
 	if ok {
 		n, err := unix.Flistxattr(fd, nil)
 		ok = err == nil && n == 0
@@ -597,7 +708,7 @@ func reusable(path string, uid, gid int, perm fs.FileMode) *os.File {
 		unix.Close(fd)
 		return nil
 	}
-	return os.NewFile(uintptr(fd), path)
+	return &tempFile{fd: fd, name: path, size: st.Size}
 }
 
 // syncDir is SyncDir, but for tests that make it fail.

@@ -436,3 +436,96 @@ func cannot(t *testing.T, why string) {
 	}
 	t.Skip("!!! " + why + " !!!")
 }
+
+// TestBatchAddChanged: a file added as changed is written without being compared, even when it
+// holds the content already; Add leaves such a file alone.
+func TestBatchAddChanged(t *testing.T) {
+	dir := t.TempDir()
+	for _, n := range []int{1, SyncfsMin} { // one file fsynced, and a batch in rounds
+		var b Batch
+		var added, changed []int
+		for i := range n {
+			same := filepath.Join(dir, fmt.Sprintf("same%d-%d", n, i))
+			other := filepath.Join(dir, fmt.Sprintf("other%d-%d", n, i))
+			os.WriteFile(same, []byte("held"), 0o640)
+			os.WriteFile(other, []byte("held"), 0o640)
+			added = append(added, b.Add(0, same, []byte("held"), 0o644))
+			changed = append(changed, b.AddChanged(0, other, []byte("held"), 0o644))
+		}
+		if err := b.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		for i := range n {
+			if w, err := b.Result(added[i]); w || err != nil {
+				t.Errorf("batch of %d: Add of the content a file holds: written %v, %v; want left alone", n, w, err)
+			}
+			if w, err := b.Result(changed[i]); !w || err != nil {
+				t.Errorf("batch of %d: AddChanged: written %v, %v; want written", n, w, err)
+			}
+			other := filepath.Join(dir, fmt.Sprintf("other%d-%d", n, i))
+			if got, mode := read(t, other), stat(t, other).Mode().Perm(); got != "held" || mode != 0o640 {
+				t.Errorf("%s: %q, mode %v", other, got, mode)
+			}
+		}
+		if b.Written() != n {
+			t.Errorf("batch of %d: written %d", n, b.Written())
+		}
+	}
+	if left := temps(t, dir); len(left) > 0 {
+		t.Errorf("temporary files left: %q", left)
+	}
+}
+
+// TestBatchTargetChanges: a file that turns into something else between the batch's look at
+// it and its rename is handled as a rename would: a symlink is replaced (its target untouched),
+// a directory refused and left in place; in a small batch and in one that goes in rounds.
+func TestBatchTargetChanges(t *testing.T) {
+	for _, n := range []int{1, 3 * SyncfsMin} {
+		dir, elsewhere := t.TempDir(), t.TempDir()
+		target := filepath.Join(elsewhere, "target")
+		os.WriteFile(target, []byte("target"), 0o644)
+		link, sub := filepath.Join(dir, "c0000"), filepath.Join(dir, "c0001")
+		var b Batch
+		for i := range n {
+			p := filepath.Join(dir, fmt.Sprintf("c%04d", i))
+			os.WriteFile(p, []byte("old"), 0o644)
+			b.Add(0, p, []byte(fmt.Sprint("new ", i)), 0o644)
+		}
+		testBeforePlace = func(p string) {
+			switch {
+			case p == link:
+				os.Remove(p)
+				os.Symlink(target, p)
+			case p == sub && n > 1:
+				os.Remove(p)
+				os.Mkdir(p, 0o755)
+			}
+		}
+		err := b.Commit()
+		testBeforePlace = nil
+		if n > 1 && (err == nil || !strings.Contains(err.Error(), sub)) {
+			t.Errorf("batch of %d: Commit: %v, want an error naming %s", n, err, sub)
+		} else if n == 1 && err != nil {
+			t.Errorf("batch of 1: %v", err)
+		}
+		if fi, err := os.Lstat(link); err != nil || !fi.Mode().IsRegular() || read(t, link) != "new 0" {
+			t.Errorf("batch of %d: the file that became a symlink: %v, %v", n, fi, err)
+		}
+		if read(t, target) != "target" {
+			t.Errorf("batch of %d: the symlink's target was written", n)
+		}
+		if n > 1 {
+			if fi, err := os.Lstat(sub); err != nil || !fi.IsDir() {
+				t.Errorf("batch of %d: the directory was not left in place: %v, %v", n, fi, err)
+			}
+			for i := 2; i < n; i++ {
+				if p := filepath.Join(dir, fmt.Sprintf("c%04d", i)); read(t, p) != fmt.Sprint("new ", i) {
+					t.Errorf("%s not written", p)
+				}
+			}
+		}
+		if left := temps(t, dir); len(left) > 0 {
+			t.Errorf("batch of %d: temporary files left: %q", n, left)
+		}
+	}
+}
