@@ -2,6 +2,10 @@ package pki
 
 import (
 	"bytes"
+	"crypto/x509"
+	"io"
+	"math/big"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -63,5 +67,38 @@ func TestAnswerModes(t *testing.T) {
 		if valid := !now.Before(resp.Certificate.NotBefore) && !now.After(resp.Certificate.NotAfter); valid {
 			t.Errorf("%s: the delegate is valid now (%v to %v)", mode, resp.Certificate.NotBefore, resp.Certificate.NotAfter)
 		}
+	}
+}
+
+// TestPresigned: mode "presigned" serves the answers Presign signed, the same bytes every
+// time, and HTTP 500 about a serial it did not presign.
+func TestPresigned(t *testing.T) {
+	now := time.Now()
+	ca := NewCA("Presigned CA", now)
+	r := StartResponder(ca)
+	defer r.Close()
+	signed, _ := ca.Issue(Leaf{Name: "signed.test"}, now)
+	other, _ := ca.Issue(Leaf{Name: "other.test"}, now)
+	r.Presign([]*big.Int{signed.SerialNumber}, now)
+	r.SetMode("presigned")
+	ask := func(leaf *x509.Certificate) (int, []byte) {
+		req := must(ocsp.CreateRequest(leaf, ca.Cert, nil))
+		resp := must(http.Post(r.URL(), "application/ocsp-request", bytes.NewReader(req)))
+		defer resp.Body.Close()
+		return resp.StatusCode, must(io.ReadAll(resp.Body))
+	}
+	code, first := ask(signed)
+	if code != http.StatusOK {
+		t.Fatalf("presigned serial: HTTP %d", code)
+	}
+	resp, err := ocsp.ParseResponseForCert(first, signed, ca.Cert)
+	if err != nil || resp.Certificate == nil || resp.Status != ocsp.Good {
+		t.Fatalf("presigned answer: %v, %+v", err, resp)
+	}
+	if _, again := ask(signed); !bytes.Equal(again, first) {
+		t.Error("the second answer differs from the first: signed again")
+	}
+	if code, _ := ask(other); code != http.StatusInternalServerError {
+		t.Errorf("a serial not presigned: HTTP %d, want 500", code)
 	}
 }

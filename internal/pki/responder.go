@@ -38,8 +38,9 @@ type Responder struct {
 	seqMu     sync.Mutex
 	signer    *x509.Certificate // of "delegated" answers
 	signerKey crypto.Signer
-	seq       map[string]int64 // per serial: makes each response's thisUpdate its own
-	maxAge    time.Duration    // SetCaching
+	seq       map[string]int64  // per serial: makes each response's thisUpdate its own
+	maxAge    time.Duration     // SetCaching
+	presigned map[string][]byte // Presign: the answer per serial of mode "presigned"
 
 	Requests atomic.Int64 // OCSP requests answered
 	// Answering is the time spent in answering them, summed, in nanoseconds: the latency set
@@ -54,7 +55,7 @@ type Responder struct {
 var Modes = []string{"good", "revoked", "unknown", "tryLater", "internalError", "unauthorized",
 	"http500", "garbage", "html", "empty", "wrongSerial", "stranger", "expired", "noNextUpdate", "tooShort",
 	"future", "sha256", "delegated", "delegatedNoEKU", "delegatedExpired", "down", "cached", "older",
-	"farFuture", "huge", "backdated", "delegatedNotYetValid", "twoSingles"}
+	"farFuture", "huge", "backdated", "delegatedNotYetValid", "twoSingles", "presigned"}
 
 // StartResponder starts a responder for ca on 127.0.0.1, answering "good".
 func StartResponder(ca *CA) *Responder {
@@ -115,6 +116,19 @@ func (r *Responder) SetCaching(maxAge time.Duration) {
 	r.maxAge = maxAge
 }
 
+// Presign signs now a "delegated" answer about each serial, which mode "presigned" serves
+// without signing, as a CA's responder serves responses it produced ahead (RFC 6960 section
+// 2.2, RFC 5019 section 2.1.1); it serves HTTP 500 about other serials.
+func (r *Responder) Presign(serials []*big.Int, now time.Time) {
+	answers := make(map[string][]byte, len(serials))
+	for _, serial := range serials {
+		answers[serial.String()] = r.Answer("delegated", serial, now)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.presigned = answers
+}
+
 // SetLatency makes the responder wait d before each OCSP answer.
 func (r *Responder) SetLatency(d time.Duration) { r.latency.Store(int64(d)) }
 
@@ -154,6 +168,11 @@ func (r *Responder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 			r.cache[key] = r.Answer(map[string]string{"cached": "good", "backdated": "backdated"}[mode], oreq.SerialNumber, time.Now())
 		}
 		body = r.cache[key]
+	}
+	if mode == "presigned" {
+		if body = r.presigned[oreq.SerialNumber.String()]; body == nil {
+			mode = "http500" // not presigned
+		}
 	}
 	maxAge := r.maxAge
 	r.mu.Unlock()
