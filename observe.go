@@ -92,6 +92,8 @@ type issuedFor struct {
 type observer struct {
 	finder  *issuerFinder
 	checker *ocspcheck.Checker
+	// requests makes the OCSP requests, hashing each issuer once.
+	requests ocspcheck.Requester
 	// issuers are the issuers found in this run, by the issuer part of their CertIDs.
 	issuersMu sync.Mutex
 	issuers   map[string]*x509.Certificate
@@ -263,7 +265,7 @@ func (ob *observer) findIssuer(ctx context.Context, o *fileObs, aia bool) *issue
 		return nil
 	}
 	if iss.Err == nil {
-		iss.Req, iss.CertID, iss.Err = ocspcheck.Request(bundle[0], iss.Issuer)
+		iss.Req, iss.CertID, iss.Err = ob.requests.Request(bundle[0], iss.Issuer)
 	}
 	if iss.Err == nil {
 		ob.rememberIssuer(iss)
