@@ -117,8 +117,8 @@ func (r *Responder) SetCaching(maxAge time.Duration) {
 }
 
 // Presign signs now a "delegated" answer about each serial, which mode "presigned" serves
-// without signing, as a CA's responder serves responses it produced ahead (RFC 6960 section
-// 2.2, RFC 5019 section 2.1.1); it serves HTTP 500 about other serials.
+// without signing, as a CA's responder serves responses it produced ahead ("pre-produced
+// responses", RFC 6960 section 2.5); it serves HTTP 500 about other serials.
 func (r *Responder) Presign(serials []*big.Int, now time.Time) {
 	answers := make(map[string][]byte, len(serials))
 	for _, serial := range serials {
