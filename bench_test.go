@@ -321,8 +321,8 @@ func (f *benchFleet) run(b *testing.B, what string, args ...string) benchMeasure
 const benchRepeat = 5
 
 // runMedian runs the command benchRepeat times and reports and returns the run with the
-// median of what key measures (the target's measure), with the highest peak RSS of them all; the row notes the
-// fastest and slowest.
+// median of what key measures (the target's measure), with the highest peak RSS of them all;
+// the row notes the fastest and slowest.
 func (f *benchFleet) runMedian(b *testing.B, what string, key benchKey, args ...string) benchMeasure {
 	b.Helper()
 	ms := make([]benchMeasure, benchRepeat)
