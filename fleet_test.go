@@ -247,7 +247,8 @@ http {
     }
 }
 `, dir, port, strings.TrimPrefix(upstream, "http://"), snippet))
-	return launchCache(t, "nginx", port, filepath.Join(dir, "error.log"), bin, "-p", dir, "-c", conf, "-e", filepath.Join(dir, "error.log"))
+	logs := []string{filepath.Join(dir, "error.log"), filepath.Join(dir, "access.log")}
+	return launchCache(t, "nginx", port, logs, bin, "-p", dir, "-c", conf, "-e", filepath.Join(dir, "error.log"))
 }
 
 // startSquidCache starts Squid in the foreground as a forward proxy with the fleet recipe's
@@ -285,12 +286,14 @@ netdb_filename none
 shutdown_lifetime 0 seconds
 include %[3]s
 `, dir, port, rules))
-	return launchCache(t, "squid", port, filepath.Join(dir, "cache.log"), bin, "-N", "-f", conf)
+	logs := []string{filepath.Join(dir, "cache.log"), filepath.Join(dir, "access.log")}
+	return launchCache(t, "squid", port, logs, bin, "-N", "-f", conf)
 }
 
 // launchCache runs a cache listening on 127.0.0.1:port until the test ends, and returns once
-// it accepts connections. Its log is shown if the test fails.
-func launchCache(t *testing.T, name string, port int, log, bin string, args ...string) *cacheProc {
+// it accepts connections. Its logs (its own, then its access log: which request it answered
+// how) are shown if the test fails.
+func launchCache(t *testing.T, name string, port int, logs []string, bin string, args ...string) *cacheProc {
 	t.Helper()
 	n := &cacheProc{url: fmt.Sprintf("http://127.0.0.1:%d", port), done: make(chan struct{})}
 	n.proc = exec.Command(bin, args...)
@@ -302,13 +305,15 @@ func launchCache(t *testing.T, name string, port int, log, bin string, args ...s
 	t.Cleanup(func() {
 		n.stop()
 		if t.Failed() {
-			t.Logf("%s log:\n%s", name, hapReadFileIfAny(log))
+			for _, log := range logs {
+				t.Logf("%s:\n%s", log, hapReadFileIfAny(log))
+			}
 		}
 	})
 	hapWaitFor(t, name+" at "+n.url, 20*time.Second, func() error {
 		select {
 		case <-n.done:
-			t.Fatalf("%s exited:\n%s", name, hapReadFileIfAny(log))
+			t.Fatalf("%s exited:\n%s", name, hapReadFileIfAny(logs[0]))
 		default:
 		}
 		c, err := (&net.Dialer{}).Dial("tcp", strings.TrimPrefix(n.url, "http://"))
