@@ -155,9 +155,9 @@ func SplitCertID(certID []byte) (issuer []byte, serial *big.Int, err error) {
 // issuer part of the CertID (hash algorithm, issuer name hash, issuer key hash) comes from
 // Request about the first certificate of that issuer, and the others' CertIDs differ from it
 // only in their serial numbers (ocsp.CreateRequest reads nothing else of the certificate). A
-// request through x/crypto/ocsp costs 18 us on this project's machine, most of it ASN.1 by
-// reflection and the two hashes. The zero Requester is ready to use and safe for concurrent
-// use.
+// request through x/crypto/ocsp costs 11 us on this project's machine, most of it ASN.1 by
+// reflection and the two hashes; through a Requester that knows the issuer, 1.4 us
+// (BenchmarkRequest). The zero Requester is ready to use and safe for concurrent use.
 type Requester struct {
 	mu    sync.Mutex
 	parts map[string][]byte // by the issuer's DER: the issuer part of its CertIDs
