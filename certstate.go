@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"fmt"
 	"slices"
 	"time"
 
@@ -110,17 +109,12 @@ func (s *Staple) Expiry() time.Time {
 	return s.NextUpdate
 }
 
-// recheck checks at now a staple that stapler verified before, for what changes with time
-// alone, as Check and tooSoon would check its response now: its bytes, their signature and
-// their issuer do not change.
+// recheck checks at now a staple that stapler verified before, as Check and tooSoon would
+// check its response now: its bytes, their signature and their issuer do not change, its times
+// do (a signer that has expired makes tooSoon refuse it).
 func (s *Staple) recheck(now time.Time) error {
-	switch {
-	case s.ThisUpdate.After(now.Add(ocspcheck.ClockSkew)):
-		return fmt.Errorf("response's thisUpdate %s is in the future", s.ThisUpdate.Format(time.RFC3339))
-	case !s.SignerNotAfter.IsZero() && now.After(s.SignerNotAfter):
-		return fmt.Errorf("the responder certificate that signed the response expired at %s", s.SignerNotAfter.Format(time.RFC3339))
-	case !s.NextUpdate.After(now.Add(ocspcheck.HAProxyMargin)):
-		return fmt.Errorf("response expires at %s, too soon to staple (HAProxy stops %v before nextUpdate)", s.NextUpdate.Format(time.RFC3339), ocspcheck.HAProxyMargin)
+	if err := ocspcheck.CheckTimes(s.ThisUpdate, s.NextUpdate, now); err != nil {
+		return err
 	}
 	return s.tooSoon(now)
 }

@@ -15,7 +15,7 @@ import (
 const (
 	// haproxyMargin: HAProxy stops stapling a response 300 s before its nextUpdate, and 3.2+
 	// refuse one with less left.
-	haproxyMargin = 300 * time.Second
+	haproxyMargin = ocspcheck.HAProxyMargin
 	// spareValidity: a new response must stay valid for HAProxy's margin and this long (a
 	// quarter of its useful life when that is shorter) to be worth writing.
 	spareValidity = 5 * time.Minute

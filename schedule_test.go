@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 )
@@ -200,6 +201,34 @@ func TestNewerThan(t *testing.T) {
 	} {
 		if got := tt.a.newerThan(tt.b); got != tt.want {
 			t.Errorf("%s: %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+// TestStapleRecheck: a staple verified before is judged at a later time as Check and tooSoon
+// would judge its response then.
+func TestStapleRecheck(t *testing.T) {
+	now := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
+	good := Staple{ThisUpdate: now.Add(-time.Hour), NextUpdate: now.Add(23 * time.Hour)}
+	for _, tt := range []struct {
+		name string
+		edit func(*Staple)
+		err  string // empty: still good
+	}{
+		{"good", func(*Staple) {}, ""},
+		{"signed by a delegate still valid", func(s *Staple) { s.SignerNotAfter = now.Add(48 * time.Hour) }, ""},
+		{"thisUpdate in the future", func(s *Staple) { s.ThisUpdate = now.Add(time.Hour) }, "lies in the future"},
+		{"no nextUpdate", func(s *Staple) { s.NextUpdate = time.Time{} }, "no nextUpdate"},
+		{"inside HAProxy's margin", func(s *Staple) { s.NextUpdate = now.Add(haproxyMargin) }, "response expires at"},
+		{"past nextUpdate", func(s *Staple) { s.NextUpdate = now.Add(-time.Minute) }, "response expires at"},
+		{"too little left to be worth it", func(s *Staple) { s.NextUpdate = now.Add(haproxyMargin + time.Minute) }, "too soon to staple"},
+		{"its signer expired", func(s *Staple) { s.SignerNotAfter = now.Add(-time.Minute) }, "responder certificate that signed the response expires"},
+	} {
+		s := good
+		tt.edit(&s)
+		err := s.recheck(now)
+		if tt.err == "" && err != nil || tt.err != "" && (err == nil || !strings.Contains(err.Error(), tt.err)) {
+			t.Errorf("%s: %v, want %q", tt.name, err, tt.err)
 		}
 	}
 }

@@ -111,17 +111,29 @@ func (c *Checker) Check(der, certID []byte, issuer *x509.Certificate, now time.T
 	if !bytes.Equal(got, certID) {
 		return nil, certIDMismatch(got, certID)
 	}
-	switch {
-	case resp.Status == ocsp.Unknown:
+	if resp.Status == ocsp.Unknown {
 		return nil, errors.New("responder says the certificate's status is unknown")
-	case resp.ThisUpdate.After(now.Add(ClockSkew)):
-		return nil, fmt.Errorf("response thisUpdate %s lies in the future", resp.ThisUpdate.Format(time.RFC3339))
-	case resp.NextUpdate.IsZero():
-		return nil, errors.New("response has no nextUpdate; HAProxy refuses such responses")
-	case !resp.NextUpdate.After(now.Add(HAProxyMargin)):
-		return nil, fmt.Errorf("response expires at %s, too soon to staple (HAProxy stops %v before nextUpdate)", resp.NextUpdate.Format(time.RFC3339), HAProxyMargin)
+	}
+	if err := CheckTimes(resp.ThisUpdate, resp.NextUpdate, now); err != nil {
+		return nil, err
 	}
 	return out, nil
+}
+
+// CheckTimes is what Check requires of a response's times at now: a thisUpdate not in the
+// future (ClockSkew allowed), and a nextUpdate more than HAProxyMargin ahead. A response that
+// passed Check once is checked again at a later now with it: its bytes, signature and issuer do
+// not change, its times do.
+func CheckTimes(thisUpdate, nextUpdate, now time.Time) error {
+	switch {
+	case thisUpdate.After(now.Add(ClockSkew)):
+		return fmt.Errorf("response thisUpdate %s lies in the future", thisUpdate.Format(time.RFC3339))
+	case nextUpdate.IsZero():
+		return errors.New("response has no nextUpdate; HAProxy refuses such responses")
+	case !nextUpdate.After(now.Add(HAProxyMargin)):
+		return fmt.Errorf("response expires at %s, too soon to staple (HAProxy stops %v before nextUpdate)", nextUpdate.Format(time.RFC3339), HAProxyMargin)
+	}
+	return nil
 }
 
 // delegate checks a delegated responder certificate: issued by the issuer, marked for OCSP
