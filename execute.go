@@ -211,13 +211,7 @@ func (ex *executor) write(plans []*certPlan, results map[*certPlan]*fetched) (is
 	for _, p := range plans {
 		f := results[p]
 		if p.Step == stepHAProxyCopy && p.Copy != nil {
-			f = &fetched{DER: p.Copy.DER, Newer: true}
-			if v := p.Copy.Vouched; v != nil {
-				s := *v
-				f.Staple = &s
-			} else {
-				f.Staple = newStaple(p.Copy.DER, p.Copy.Resp, p.Obs.issued.CertID, "")
-			}
+			f = &fetched{DER: p.Copy.DER, Staple: p.Copy.staple(p.Obs.issued), Newer: true}
 			results[p] = f
 		}
 		o := p.Obs

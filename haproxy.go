@@ -167,6 +167,17 @@ type autoCopy struct {
 	Err     error // why DER is not a valid staple
 }
 
+// staple is what stapler records of a valid copy: a copy of the vouched staple, or one made
+// from the verified response about the certificate that iss is about (a vouched copy needs no
+// issuer, and may have none found).
+func (c *autoCopy) staple(iss *issuedFor) *Staple {
+	if c.Vouched != nil {
+		s := *c.Vouched
+		return &s
+	}
+	return newStaple(c.DER, c.Resp, iss.CertID, "")
+}
+
 // observeAutoUpdates asks each HAProxy which of the certificate files its own ocsp-update
 // keeps fresh (2.8+: `show ssl ocsp-updates`), and what it holds for them, by path. A socket
 // that fails is left out: the sync that follows reports it.

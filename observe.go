@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -433,7 +432,7 @@ func (ob *observer) issuerFileNeeded(ctx context.Context, o *fileObs) {
 	if !o.Changed || o.File.Issuer == "" || o.Issuer.Stat != "" || o.Issuer.Err != nil {
 		return
 	}
-	if _, err := os.Stat(o.File.Staple); err != nil {
+	if _, err := ob.dirs.mark(o.File.Staple); err != nil {
 		return
 	}
 	if iss := ob.issuer(ctx, o); iss.Err == nil && (iss.Src == issuerFromDir || iss.Src == issuerFromAIA) {

@@ -351,10 +351,7 @@ func (pol policy) haproxyKeeps(now time.Time, p *certPlan) bool {
 			p.note(slog.LevelWarn, "HAProxy holds a staple that stapler cannot verify", "socket", c.Socket, "err", c.Err)
 			continue
 		}
-		s := c.Vouched
-		if s == nil {
-			s = newStaple(c.DER, c.Resp, p.Obs.issued.CertID, "")
-		}
+		s := c.staple(p.Obs.issued)
 		if bestStaple == nil || s.newerThan(bestStaple) {
 			best, bestStaple = &p.Obs.Auto[i], s
 		}
