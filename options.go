@@ -66,7 +66,12 @@ func runOptionsFrom(c *cli.Context) (runOptions, error) {
 	}
 	if len(opt.Only) == 0 && len(opt.Dirs) == 0 && len(opt.Files) == 0 {
 		err := errors.New("no certificates to check")
-		if len(opt.HAProxyConfigs) > 0 {
+		switch {
+		case len(opt.HAProxyConfigs) > 0 && len(opt.Notes) > 0:
+			// What the configuration names but stapler could not follow (a crt path that does
+			// not exist, say): said here, as the run that would log it does not start.
+			err = fmt.Errorf("no certificates to check: the bind lines of %s load none that stapler could find:\n  %s", strings.Join(opt.HAProxyConfigs, ", "), strings.Join(opt.Notes, "\n  "))
+		case len(opt.HAProxyConfigs) > 0:
 			err = fmt.Errorf("no certificates to check: no bind line of %s loads one (crt or crt-list)", strings.Join(opt.HAProxyConfigs, ", "))
 		}
 		return runOptions{}, usageError(err, "give --dir DIR, --haproxy-config FILE or certificate files, or set dirs in "+cmp.Or(path, defaultConfigPath+" (or --config FILE)"))
