@@ -31,8 +31,8 @@ import (
 // STAPLER_BENCH_N (default "1000,10000") sets the fleet sizes; STAPLER_BENCH_DIR (default
 // the user's cache directory) where the fleet lives; STAPLER_BENCH_BIN another stapler binary
 // to measure; STAPLER_BENCH_PROFILE=DIR writes a CPU and a heap profile of each stapler
-// command there. Each phase runs once per iteration; -benchtime 1x is
-// enough.
+// command there; STAPLER_BENCH_AB=BIN,BIN... compares builds instead of checking the targets
+// (see compare). Each phase runs once per iteration; -benchtime 1x is enough.
 func BenchmarkFleet(b *testing.B) {
 	sizes := []int{1000, 10000}
 	if s := os.Getenv("STAPLER_BENCH_N"); s != "" {
@@ -80,6 +80,10 @@ func (f *benchFleet) measure(b *testing.B) {
 	f.target(b, "everything due, no latency", m.wall, map[int]time.Duration{10000: 3 * time.Second, 100000: 30 * time.Second})
 	f.rssTarget(b, "everything due, no latency", m, map[int]int64{10000: 100})
 	b.ReportMetric(m.wall.Seconds(), "due-s")
+	if bins := os.Getenv("STAPLER_BENCH_AB"); bins != "" {
+		f.compare(b, strings.Split(bins, ","))
+		return
+	}
 
 	// The same, every staple replaced (the first run creates them): a full refresh.
 	m = f.run(b, "run --force (full refresh, no latency)", "run", "--force")
@@ -319,6 +323,40 @@ func (f *benchFleet) run(b *testing.B, what string, args ...string) benchMeasure
 // median is reported, and checked against the targets (this machine's speed moves by a fifth
 // within an hour, and a single run of 0.25 s by more).
 const benchRepeat = 5
+
+// compare runs a full refresh, then a run with nothing due, with each build of stapler in bins
+// in turn, benchRepeat times over, and reports each build's median, fastest and slowest wall
+// time and median CPU. The builds meet the same fleet, responders and minutes, which a
+// comparison of two benchmark runs cannot promise on a machine whose speed moves by a fifth
+// within an hour (bench/README.md). No target is checked.
+func (f *benchFleet) compare(b *testing.B, bins []string) {
+	b.Helper()
+	keep := f.bin
+	defer func() { f.bin = keep }()
+	for _, c := range []struct {
+		what string
+		args []string
+	}{
+		{"refresh", []string{"run", "--force"}},
+		{"nothing due", []string{"run"}},
+	} {
+		walls, cpus := make([][]time.Duration, len(bins)), make([][]time.Duration, len(bins))
+		for range benchRepeat {
+			for i, bin := range bins {
+				f.bin = bin
+				m := f.measureRun(b, c.what, c.args...)
+				walls[i], cpus[i] = append(walls[i], m.wall), append(cpus[i], m.cpu)
+			}
+		}
+		for i, bin := range bins {
+			slices.Sort(walls[i])
+			slices.Sort(cpus[i])
+			fmt.Printf("%8d  %-40s %9s %9s %9s %6s %9s  (median wall and CPU of %d runs, alternating builds; wall %v to %v)\n",
+				f.n, c.what+", "+bin, walls[i][len(walls[i])/2].Round(time.Millisecond), "", "", "", cpus[i][len(cpus[i])/2].Round(10*time.Millisecond),
+				benchRepeat, walls[i][0].Round(time.Millisecond), walls[i][len(walls[i])-1].Round(time.Millisecond))
+		}
+	}
+}
 
 // runMedian runs the command benchRepeat times and reports and returns the run with the
 // median of what key measures (the target's measure), with the highest peak RSS of them all;
