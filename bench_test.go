@@ -325,7 +325,7 @@ func (f *benchFleet) run(b *testing.B, what string, args ...string) benchMeasure
 const benchRepeat = 5
 
 // compare runs a full refresh, then a run with nothing due, with each build of stapler in bins
-// in turn, benchRepeat times over, and reports each build's median, fastest and slowest wall
+// in turn (in the opposite order every other round), benchRepeat times over, and reports each build's median, fastest and slowest wall
 // time and median CPU. The builds meet the same fleet, responders and minutes, which a
 // comparison of two benchmark runs cannot promise on a machine whose speed moves by a fifth
 // within an hour (bench/README.md). No target is checked.
@@ -341,9 +341,13 @@ func (f *benchFleet) compare(b *testing.B, bins []string) {
 		{"nothing due", []string{"run"}},
 	} {
 		walls, cpus := make([][]time.Duration, len(bins)), make([][]time.Duration, len(bins))
-		for range benchRepeat {
-			for i, bin := range bins {
-				f.bin = bin
+		for round := range benchRepeat {
+			for k := range bins {
+				i := k
+				if round%2 == 1 { // ABBA: no build always runs right after the same one
+					i = len(bins) - 1 - k
+				}
+				f.bin = bins[i]
 				m := f.measureRun(b, c.what, c.args...)
 				walls[i], cpus[i] = append(walls[i], m.wall), append(cpus[i], m.cpu)
 			}
