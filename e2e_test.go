@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"io"
 	"io/fs"
 	"net/http"
@@ -619,6 +620,53 @@ func TestRunWritesWhileFetching(t *testing.T) {
 	if left, _ := filepath.Glob(filepath.Join(e.certs, ".*")); len(left) > 0 {
 		t.Errorf("temporary files left: %q", left)
 	}
+
+	// A refresh replaces every staple, a chunk at a time: each chunk after the first
+	// overwrites the files the chunks before it replaced (durable.Spares) instead of creating
+	// new ones, and none is left at the end. A file is known by its inode number and birth
+	// time: the file system may give a new file the number of one just removed, not its birth.
+	before := map[fileID]bool{}
+	for _, path := range paths {
+		before[birthID(t, path+".ocsp")] = true
+	}
+	time.Sleep(20 * time.Millisecond) // past the file system's clock tick
+	if sum := e.run("refresh", e.now.Add(time.Minute), true); !sum.ok() || sum.Refreshed != n {
+		t.Fatalf("refresh: %+v; want %d refreshed", sum, n)
+	}
+	reused := 0
+	for i, path := range paths {
+		e.wantStaple("refresh", path, leaves[i])
+		if before[birthID(t, path+".ocsp")] {
+			reused++
+		}
+	}
+	if reused < n-writeChunk {
+		t.Errorf("%d of %d staples went into files an earlier chunk replaced, want at least %d (all but the first chunk's)", reused, n, n-writeChunk)
+	}
+	if left, _ := filepath.Glob(filepath.Join(e.certs, ".*")); len(left) > 0 {
+		t.Errorf("after the refresh, temporary files left: %q", left)
+	}
+}
+
+// fileID tells a file from any other on its file system, even one created later with its inode
+// number.
+type fileID struct {
+	ino   uint64
+	birth unix.StatxTimestamp
+}
+
+// birthID is the fileID of the file at path; it fails the test where the file system does not
+// give a birth time.
+func birthID(t *testing.T, path string) fileID {
+	t.Helper()
+	var st unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, path, 0, unix.STATX_INO|unix.STATX_BTIME, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Mask&unix.STATX_BTIME == 0 {
+		t.Fatalf("%s: the file system gives no birth time, which this test needs (run it on ext4, XFS or Btrfs)", path)
+	}
+	return fileID{st.Ino, st.Btime}
 }
 
 // TestRunRefreshFromRecordedCertID: a refresh of files that have not changed and hold their

@@ -47,6 +47,9 @@ type executor struct {
 	// verifying is the time spent checking responses, in nanoseconds, summed over the
 	// fetches running at once.
 	verifying atomic.Int64
+	// spares are the staples that write's batches replaced and did not reuse yet: the next
+	// batch overwrites them rather than create new files. Dropped at the end of the writing.
+	spares durable.Spares
 }
 
 // fetchAll refreshes the due staples, jobs at a time. Those not started before ctx ends are
@@ -201,7 +204,7 @@ func notOCSP(err error, a *answer) error {
 // that could not be written is its fetch's error; it returns how many issuer files could not be
 // repaired or removed.
 func (ex *executor) write(plans []*certPlan, results map[*certPlan]*fetched) (issuerErrs int) {
-	var b durable.Batch
+	b := durable.Batch{Spares: &ex.spares}
 	type pending struct {
 		p              *certPlan
 		f              *fetched

@@ -79,6 +79,7 @@ func run(ctx context.Context, opt runOptions, now time.Time) (summary, error) {
 	results, rest, issuerErrs := ex.fetchAndWrite(fetchCtx, rp.Certs, rp.due())
 	sw.lap("fetch") // with the writing of all but the last writeChunk certificates
 	sum.Errors += issuerErrs + ex.write(rest, results)
+	ex.spares.Drop()
 	sw.lap("write")
 	record(now, opt.policy(), rp, results, &sum, fetchCtx)
 	sum.Errors += runRevokedHooks(ctx, opt, rp)

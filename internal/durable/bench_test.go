@@ -49,6 +49,48 @@ func BenchmarkBatchReplace(b *testing.B) {
 	}
 }
 
+// BenchmarkBatchReplaceChunks replaces 4,096 staples in batches of 1,024, as a full refresh
+// writes them while it fetches, with the batches sharing Spares or not.
+func BenchmarkBatchReplaceChunks(b *testing.B) {
+	for _, shared := range []bool{false, true} {
+		b.Run(fmt.Sprintf("spares=%v", shared), func(b *testing.B) {
+			const n, chunk = 4096, 1024
+			dir := b.TempDir()
+			name := func(i int) string { return filepath.Join(dir, fmt.Sprintf("c%05d.pem.ocsp", i)) }
+			content := func(i, gen int) []byte {
+				d := make([]byte, 500)
+				copy(d, fmt.Sprint(gen, " ", i))
+				return d
+			}
+			for i := range n {
+				os.WriteFile(name(i), content(i, 0), 0o644)
+			}
+			var cpu time.Duration
+			gen := 0
+			for b.Loop() {
+				gen++
+				var spares Spares
+				before := cpuTime()
+				for from := 0; from < n; from += chunk {
+					var batch Batch
+					if shared {
+						batch.Spares = &spares
+					}
+					for i := from; i < from+chunk; i++ {
+						batch.AddChanged(1, name(i), content(i, gen), 0o644)
+					}
+					if err := batch.Commit(); err != nil {
+						b.Fatal(err)
+					}
+				}
+				spares.Drop()
+				cpu += cpuTime() - before
+			}
+			b.ReportMetric(float64(cpu.Microseconds())/float64(b.N*n), "cpu-us/file")
+		})
+	}
+}
+
 func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)

@@ -10,7 +10,7 @@
 // batch fsyncs its temporary files several at a time; a large one (SyncfsMin files or more)
 // goes in rounds of Round files, each flushed with one syncfs(2) per file system instead of
 // one fsync per file, and reuses the files it replaces instead of creating new ones (see
-// Commit).
+// Commit); batches that share Spares pass on those they could not reuse.
 package durable
 
 import (
@@ -64,9 +64,30 @@ func WriteStream(path string, perm fs.FileMode, write func(io.Writer) error) err
 
 // Batch is a set of files to write with one wait on the disk per stage.
 type Batch struct {
+	// Spares, when set, carries the files this batch replaced and did not reuse to the next
+	// batch given the same Spares, instead of removing them at the end of Commit.
+	Spares *Spares
+
 	mu      sync.Mutex
 	files   []*file
 	written int
+}
+
+// Spares are files that batches replaced, kept under temporary names to be overwritten by a
+// later batch (see Commit), so that a program writing many files in several batches creates
+// new ones only for the first. Drop removes those left; a program killed before it leaves
+// them as temporary files (see RemoveTemps).
+type Spares struct {
+	mu     sync.Mutex
+	spares map[spareKey][]string
+}
+
+// Drop removes the spares left.
+func (s *Spares) Drop() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	(&renamer{spares: s.spares}).dropSpares()
+	s.spares = nil
 }
 
 type file struct {
@@ -168,9 +189,10 @@ func (b *Batch) Written() int {
 // durable with one syncfs, and exchanged with the files they replace (renameat2
 // RENAME_EXCHANGE, as atomic as a rename); once the directory is fsynced, the replaced files,
 // now under temporary names, are overwritten with a later round's content instead of creating
-// new files. Creating a file is what costs most on ext4 (allocating an inode and its blocks:
-// 0.03 to 0.9 ms of kernel time each on this project's machine, depending on the directory and
-// the hour, against about 0.05 ms to overwrite one; bench/README.md). A replaced file stands
+// new files (or a later batch's, given the same Spares: its first round too). Creating a file
+// is what costs most on ext4 (allocating an inode and its blocks: 0.03 to 0.9 ms of kernel
+// time each on this project's machine, depending on the directory and the hour, against about
+// 0.05 ms to overwrite one; bench/README.md). A replaced file stands
 // only for a file of the same directory, owner, group and mode, and only when nothing else can
 // see it: one link, no extended attributes (ACLs, security labels, which belong to the file
 // they were set on), a local file system (ext4, XFS, Btrfs, tmpfs), and a write lease granted,
@@ -191,7 +213,18 @@ func (b *Batch) Commit() error {
 	slices.Sort(order)
 	bulk := len(b.files) >= SyncfsMin
 	r := &renamer{failed: map[string]int{}, spares: map[spareKey][]string{}}
-	defer r.dropSpares()
+	if b.Spares != nil {
+		// The spares a batch before left: durable in their new names, vetted again when taken
+		// (reusable).
+		b.Spares.mu.Lock()
+		defer b.Spares.mu.Unlock()
+		if b.Spares.spares != nil {
+			r.spares = b.Spares.spares
+		}
+		defer func() { b.Spares.spares = r.spares }()
+	} else {
+		defer r.dropSpares()
+	}
 	for _, stage := range order {
 		files := stages[stage]
 		if !bulk {

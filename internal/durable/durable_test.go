@@ -529,3 +529,81 @@ func TestBatchTargetChanges(t *testing.T) {
 		}
 	}
 }
+
+// TestBatchSpares: batches given the same Spares pass on the files they replaced and did not
+// reuse. The next batch overwrites them rather than create new files, unless another process
+// has opened one since; Drop removes those left.
+func TestBatchSpares(t *testing.T) {
+	dir := t.TempDir()
+	const n = 3 * SyncfsMin // a large batch: rounds of SyncfsMin files
+	name := func(i int) string { return filepath.Join(dir, fmt.Sprintf("c%04d.pem.ocsp", i)) }
+	content := func(i int, gen string) []byte { return []byte(strings.Repeat(gen, 1+i%7) + fmt.Sprint(i)) }
+	for i := range n {
+		os.WriteFile(name(i), content(i, "0 "), 0o644)
+	}
+	var spares Spares
+	batch := func(gen string) *Batch {
+		t.Helper()
+		b := &Batch{Spares: &spares}
+		for i := range n {
+			b.Add(1, name(i), content(i, gen), 0o644)
+		}
+		if err := b.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		for i := range n {
+			if got := read(t, name(i)); got != string(content(i, gen)) {
+				t.Fatalf("%s holds %q", name(i), got)
+			}
+		}
+		return b
+	}
+
+	// The first batch creates its first round's files, and keeps the last round's replaced
+	// files, old content and all, under temporary names.
+	b := batch("1 ")
+	if got := b.Reused(); got != n-SyncfsMin {
+		t.Errorf("first batch: %d files reused, want %d", got, n-SyncfsMin)
+	}
+	left := temps(t, dir)
+	if len(left) != SyncfsMin {
+		t.Fatalf("first batch: %d spares kept, want %d", len(left), SyncfsMin)
+	}
+	// A reader opens one of them (it cannot know its name, but a process may have held it
+	// open since before it was replaced): that one must not be overwritten.
+	held, err := os.Open(filepath.Join(dir, left[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	heldOld, _ := io.ReadAll(held)
+
+	// The second batch starts on the first one's spares: every file reused but the held one.
+	b = batch("2 ")
+	if got := b.Reused(); got != n-1 {
+		t.Errorf("second batch: %d files reused, want %d: all but the one held open", got, n-1)
+	}
+	held.Seek(0, io.SeekStart)
+	if got, _ := io.ReadAll(held); string(got) != string(heldOld) {
+		t.Errorf("the file a reader holds was overwritten: %q, was %q", got, heldOld)
+	}
+	if got := len(temps(t, dir)); got != SyncfsMin {
+		t.Errorf("second batch: %d spares kept, want %d", got, SyncfsMin)
+	}
+	spares.Drop()
+	if left := temps(t, dir); len(left) > 0 {
+		t.Errorf("after Drop, temporary files left: %q", left)
+	}
+
+	// Without Spares, a batch keeps nothing.
+	b = &Batch{}
+	for i := range n {
+		b.Add(1, name(i), content(i, "3 "), 0o644)
+	}
+	if err := b.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if left := temps(t, dir); len(left) > 0 {
+		t.Errorf("a batch without Spares left temporary files: %q", left)
+	}
+}
