@@ -47,8 +47,9 @@ type executor struct {
 	// verifying is the time spent checking responses, in nanoseconds, summed over the
 	// fetches running at once.
 	verifying atomic.Int64
-	// spares are the staples that write's batches replaced and did not reuse yet: the next
-	// batch overwrites them rather than create new files. Dropped at the end of the writing.
+	// spares are the files (staples, issuer files) that write's batches replaced and did not
+	// reuse yet: the next batch overwrites them rather than create new files. run drops them
+	// once the writing ends.
 	spares durable.Spares
 }
 

@@ -75,8 +75,8 @@ type Batch struct {
 
 // Spares are files that batches replaced, kept under temporary names to be overwritten by a
 // later batch (see Commit), so that a program writing many files in several batches creates
-// new ones only for the first. Drop removes those left; a program killed before it leaves
-// them as temporary files (see RemoveTemps).
+// new ones only for the first. Drop removes those left; a program killed before Drop leaves
+// them behind as temporary files, as it would in the middle of a batch (see RemoveTemps).
 type Spares struct {
 	mu     sync.Mutex
 	spares map[spareKey][]string
@@ -214,8 +214,8 @@ func (b *Batch) Commit() error {
 	bulk := len(b.files) >= SyncfsMin
 	r := &renamer{failed: map[string]int{}, spares: map[spareKey][]string{}}
 	if b.Spares != nil {
-		// The spares a batch before left: durable in their new names, vetted again when taken
-		// (reusable).
+		// The spares a batch before left: durable under their temporary names since that
+		// batch fsynced their directory, and vetted again when taken (reusable).
 		b.Spares.mu.Lock()
 		defer b.Spares.mu.Unlock()
 		if b.Spares.spares != nil {
