@@ -807,7 +807,8 @@ func faultTwoRuns() faultCase {
 
 // faultSIGKILL kills runs over 201 certificates (half of them needing a .issuer that stapler
 // writes, deleted with their staple before every other run) at random points of a run, 20
-// times. After each kill: the state parses or is absent, every
+// times; half of the runs write in batches of 64 certificates (STAPLER_TEST_WRITE_CHUNK), which
+// pass on the files they replaced (durable.Spares), so that kills land between batches too. After each kill: the state parses or is absent, every
 // .ocsp is absent or a complete, valid response for its certificate, and HAProxy accepts the
 // directory (no .ocsp without an issuer it can find). The next normal run leaves everything
 // right, and no temporary file behind.
@@ -866,6 +867,9 @@ func faultSIGKILL() faultCase {
 				}
 				cmd := exec.Command("stapler", "run", "--config", e.config, "--force", "-q")
 				cmd.Env = faultEnviron(nil)
+				if i%4 >= 2 {
+					cmd.Env = faultEnviron([]string{"STAPLER_TEST_WRITE_CHUNK=64"})
+				}
 				if err := cmd.Start(); err != nil {
 					e.t.Fatal(err)
 				}
@@ -1026,7 +1030,7 @@ func faultEnviron(extra []string) []string {
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
 		switch strings.ToUpper(k) {
-		case "STAPLER_CONFIG", "STAPLER_TEST_CLOCK", "STAPLER_CPUPROFILE", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "GODEBUG":
+		case "STAPLER_CONFIG", "STAPLER_TEST_CLOCK", "STAPLER_TEST_WRITE_CHUNK", "STAPLER_CPUPROFILE", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "GODEBUG":
 			continue
 		}
 		env = append(env, kv)

@@ -26,6 +26,11 @@ func TestMain(m *testing.M) {
 				d := must(time.ParseDuration(s))
 				testOnlyNow = func() time.Time { return time.Now().Add(d) }
 			}
+			// STAPLER_TEST_WRITE_CHUNK writes the staples in batches of that many certificates
+			// (writeChunk), so that a fault case kills runs between batches too.
+			if s := os.Getenv("STAPLER_TEST_WRITE_CHUNK"); s != "" {
+				writeChunk = must(strconv.Atoi(s))
+			}
 			// STAPLER_TEST_CHECK_HANG makes the check's work stall, as on a hung file system.
 			if os.Getenv("STAPLER_TEST_CHECK_HANG") != "" {
 				testOnlyCheckHang = func() { select {} }
