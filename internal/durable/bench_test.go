@@ -16,16 +16,7 @@ func BenchmarkBatchReplace(b *testing.B) {
 	for _, changed := range []bool{false, true} {
 		b.Run(fmt.Sprintf("changed=%v", changed), func(b *testing.B) {
 			const n = 4096
-			dir := b.TempDir()
-			name := func(i int) string { return filepath.Join(dir, fmt.Sprintf("c%05d.pem.ocsp", i)) }
-			content := func(i, gen int) []byte {
-				d := make([]byte, 500)
-				copy(d, fmt.Sprint(gen, " ", i))
-				return d
-			}
-			for i := range n {
-				os.WriteFile(name(i), content(i, 0), 0o644)
-			}
+			name, content := benchStaples(b, n)
 			var cpu time.Duration
 			gen := 0
 			for b.Loop() {
@@ -55,16 +46,7 @@ func BenchmarkBatchReplaceChunks(b *testing.B) {
 	for _, shared := range []bool{false, true} {
 		b.Run(fmt.Sprintf("spares=%v", shared), func(b *testing.B) {
 			const n, chunk = 4096, 1024
-			dir := b.TempDir()
-			name := func(i int) string { return filepath.Join(dir, fmt.Sprintf("c%05d.pem.ocsp", i)) }
-			content := func(i, gen int) []byte {
-				d := make([]byte, 500)
-				copy(d, fmt.Sprint(gen, " ", i))
-				return d
-			}
-			for i := range n {
-				os.WriteFile(name(i), content(i, 0), 0o644)
-			}
+			name, content := benchStaples(b, n)
 			var cpu time.Duration
 			gen := 0
 			for b.Loop() {
@@ -89,6 +71,22 @@ func BenchmarkBatchReplaceChunks(b *testing.B) {
 			b.ReportMetric(float64(cpu.Microseconds())/float64(b.N*n), "cpu-us/file")
 		})
 	}
+}
+
+// benchStaples writes n files of 500 bytes (staples) into a new directory, and returns their
+// names and the content of generation gen (0 is what they hold).
+func benchStaples(b *testing.B, n int) (name func(i int) string, content func(i, gen int) []byte) {
+	dir := b.TempDir()
+	name = func(i int) string { return filepath.Join(dir, fmt.Sprintf("c%05d.pem.ocsp", i)) }
+	content = func(i, gen int) []byte {
+		d := make([]byte, 500)
+		copy(d, fmt.Sprint(gen, " ", i))
+		return d
+	}
+	for i := range n {
+		os.WriteFile(name(i), content(i, 0), 0o644)
+	}
+	return name, content
 }
 
 func cpuTime() time.Duration {
