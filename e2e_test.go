@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"golang.org/x/sys/unix"
 	"io"
 	"io/fs"
 	"net/http"
@@ -27,6 +26,7 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ocsp"
+	"golang.org/x/sys/unix"
 
 	"stapler/internal/haproxy/haproxytest"
 	"stapler/internal/ocspcheck"
@@ -664,7 +664,7 @@ func birthID(t *testing.T, path string) fileID {
 		t.Fatal(err)
 	}
 	if st.Mask&unix.STATX_BTIME == 0 {
-		t.Fatalf("%s: the file system gives no birth time, which this test needs (run it on ext4, XFS or Btrfs)", path)
+		t.Fatalf("%s: the file system gives no birth time, which this test needs (ext4, XFS, Btrfs and tmpfs give one)", path)
 	}
 	return fileID{st.Ino, st.Btime}
 }

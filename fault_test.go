@@ -808,10 +808,10 @@ func faultTwoRuns() faultCase {
 // faultSIGKILL kills runs over 201 certificates (half of them needing a .issuer that stapler
 // writes, deleted with their staple before every other run) at random points of a run, 20
 // times; half of the runs write in batches of 64 certificates (STAPLER_TEST_WRITE_CHUNK), which
-// pass on the files they replaced (durable.Spares), so that kills land between batches too. After each kill: the state parses or is absent, every
-// .ocsp is absent or a complete, valid response for its certificate, and HAProxy accepts the
-// directory (no .ocsp without an issuer it can find). The next normal run leaves everything
-// right, and no temporary file behind.
+// pass on the files they replaced (durable.Spares), so that kills land between batches too.
+// After each kill: the state parses or is absent, every .ocsp is absent or a complete, valid
+// response for its certificate, and HAProxy accepts the directory (no .ocsp without an issuer
+// it can find). The next normal run leaves everything right, and no temporary file behind.
 func faultSIGKILL() faultCase {
 	return faultCase{name: "disk/sigkill_during_run", want: 0, staple: faultStapleOwn,
 		logs: logged("INFO", "run finished", "checked", "201"),
