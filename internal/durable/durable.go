@@ -86,7 +86,7 @@ type Spares struct {
 func (s *Spares) Drop() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	(&renamer{spares: s.spares}).dropSpares()
+	removeSpares(s.spares)
 	s.spares = nil
 }
 
@@ -214,16 +214,17 @@ func (b *Batch) Commit() error {
 	bulk := len(b.files) >= SyncfsMin
 	r := &renamer{failed: map[string]int{}, spares: map[spareKey][]string{}}
 	if b.Spares != nil {
-		// The spares a batch before left: durable under their temporary names since that
-		// batch fsynced their directory, and vetted again when taken (reusable).
+		// The renamer works on the shared spares: those a batch before left (durable under
+		// their temporary names since that batch fsynced their directory, and vetted again
+		// when taken: reusable), and those this batch leaves to the next.
 		b.Spares.mu.Lock()
 		defer b.Spares.mu.Unlock()
-		if b.Spares.spares != nil {
-			r.spares = b.Spares.spares
+		if b.Spares.spares == nil {
+			b.Spares.spares = r.spares
 		}
-		defer func() { b.Spares.spares = r.spares }()
+		r.spares = b.Spares.spares
 	} else {
-		defer r.dropSpares()
+		defer removeSpares(r.spares)
 	}
 	for _, stage := range order {
 		files := stages[stage]
@@ -338,9 +339,9 @@ func (r *renamer) count() int {
 	return n
 }
 
-// dropSpares removes the replaced files that were not reused.
-func (r *renamer) dropSpares() {
-	for _, s := range r.spares {
+// removeSpares removes the replaced files that were not reused.
+func removeSpares(spares map[spareKey][]string) {
+	for _, s := range spares {
 		for _, p := range s {
 			os.Remove(p)
 		}
