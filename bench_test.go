@@ -325,10 +325,10 @@ func (f *benchFleet) run(b *testing.B, what string, args ...string) benchMeasure
 const benchRepeat = 5
 
 // compare runs a full refresh, then a run with nothing due, with each build of stapler in bins
-// in turn (in the opposite order every other round), benchRepeat times over, and reports each build's median, fastest and slowest wall
-// time and median CPU. The builds meet the same fleet, responders and minutes, which a
-// comparison of two benchmark runs cannot promise on a machine whose speed moves by a fifth
-// within an hour (bench/README.md). No target is checked.
+// in turn (in the opposite order every other round), benchRepeat times over, and reports each
+// build's median, fastest and slowest wall time and median CPU. The builds meet the same
+// fleet, responders and minutes, which a comparison of two benchmark runs cannot promise on a
+// machine whose speed moves by a fifth within an hour (bench/README.md). No target is checked.
 func (f *benchFleet) compare(b *testing.B, bins []string) {
 	b.Helper()
 	keep := f.bin
