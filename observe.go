@@ -130,8 +130,9 @@ const observeJobs = 8
 // observe reads one certificate file, and its issuer and staple files. It parses and verifies
 // only what changed since the state recorded it.
 func (ob *observer) observe(ctx context.Context, o *fileObs) {
-	// An unchanged file (its stat mark as recorded) is not even read.
-	if mark, err := ob.dirs.mark(o.File.Path); err == nil && o.Old != nil && o.Old.CertStat != "" && mark == o.Old.CertStat && o.Old.CertHash != "" {
+	// An unchanged file (its stat mark as recorded) is not even read. One the state has no
+	// mark for is read without a stat first: reading it takes its mark (a first run).
+	if ob.unchanged(o) {
 		o.Hash, o.CertStat = o.Old.CertHash, o.Old.CertStat
 	} else if err := o.read(); err != nil {
 		o.Err = err
@@ -160,6 +161,16 @@ func (ob *observer) observe(ctx context.Context, o *fileObs) {
 		// here is looked for again, through AIA, when it is fetched.)
 		ob.findIssuer(ctx, o, false)
 	}
+}
+
+// unchanged reports whether the certificate file has the stat mark the state recorded with its
+// hash.
+func (ob *observer) unchanged(o *fileObs) bool {
+	if o.Old == nil || o.Old.CertStat == "" || o.Old.CertHash == "" {
+		return false
+	}
+	mark, err := ob.dirs.mark(o.File.Path)
+	return err == nil && mark == o.Old.CertStat
 }
 
 // vouches reports whether der is the staple the state vouches for, unchanged certificate, and
