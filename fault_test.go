@@ -807,11 +807,12 @@ func faultTwoRuns() faultCase {
 
 // faultSIGKILL kills runs over 201 certificates (half of them needing a .issuer that stapler
 // writes, deleted with their staple before every other run) at random points of a run, 20
-// times; half of the runs write in batches of 64 certificates (STAPLER_TEST_WRITE_CHUNK), which
-// pass on the files they replaced (durable.Spares), so that kills land between batches too.
-// After each kill: the state parses or is absent, every .ocsp is absent or a complete, valid
-// response for its certificate, and HAProxy accepts the directory (no .ocsp without an issuer
-// it can find). The next normal run leaves everything right, and no temporary file behind.
+// times, then 10 times more with runs that write in batches of 64 certificates
+// (STAPLER_TEST_WRITE_CHUNK), which pass on the files they replaced (durable.Spares), so that
+// kills land between batches too. After each kill: the state parses or is absent, every .ocsp
+// is absent or a complete, valid response for its certificate, and HAProxy accepts the
+// directory (no .ocsp without an issuer it can find). The next normal run leaves everything
+// right, and no temporary file behind.
 func faultSIGKILL() faultCase {
 	return faultCase{name: "disk/sigkill_during_run", want: 0, staple: faultStapleOwn,
 		logs: logged("INFO", "run finished", "checked", "201"),
@@ -853,9 +854,9 @@ func faultSIGKILL() faultCase {
 				e.t.Fatalf("the timed run: %v\n%s", err, out)
 			}
 			runTime := time.Since(start)
-			const kills = 20
+			const kills, chunked = 20, 10
 			killed := 0
-			for i := range kills {
+			for i := range kills + chunked {
 				// The leaf-only certificates lose their staple and issuer file, so that each
 				// run writes both, in order: a kill must never leave a .ocsp without its
 				// .issuer (HAProxy would refuse to start).
@@ -867,7 +868,7 @@ func faultSIGKILL() faultCase {
 				}
 				cmd := exec.Command("stapler", "run", "--config", e.config, "--force", "-q")
 				cmd.Env = faultEnviron(nil)
-				if i%4 >= 2 {
+				if i >= kills {
 					cmd.Env = faultEnviron([]string{"STAPLER_TEST_WRITE_CHUNK=64"})
 				}
 				if err := cmd.Start(); err != nil {
@@ -884,9 +885,9 @@ func faultSIGKILL() faultCase {
 					break
 				}
 			}
-			e.t.Logf("STAPLER_FAULT_SEED=%d: %d of %d runs were killed before they finished (a run takes %v)", seed, killed, kills, runTime.Round(time.Millisecond))
-			if killed < kills/2 {
-				e.t.Errorf("only %d of %d runs were killed before they finished: the kills test little", killed, kills)
+			e.t.Logf("STAPLER_FAULT_SEED=%d: %d of %d runs were killed before they finished (a run takes %v)", seed, killed, kills+chunked, runTime.Round(time.Millisecond))
+			if killed < (kills+chunked)/2 {
+				e.t.Errorf("only %d of %d runs were killed before they finished: the kills test little", killed, kills+chunked)
 			}
 			e.r.SetLatency(0)
 			return e.stapler(faultDeadline, "run", "--config", e.config, "-v")
