@@ -324,41 +324,76 @@ func (f *benchFleet) run(b *testing.B, what string, args ...string) benchMeasure
 // within an hour, and a single run of 0.25 s by more).
 const benchRepeat = 5
 
-// compare runs a full refresh, then a run with nothing due, with each build of stapler in bins
-// in turn (in the opposite order every other round), benchRepeat times over, and reports each
-// build's median, fastest and slowest wall time and median CPU. The builds meet the same
-// fleet, responders and minutes, which a comparison of two benchmark runs cannot promise on a
-// machine whose speed moves by a fifth within an hour (bench/README.md). No target is checked.
+// compare runs a full refresh, a run with nothing due, and a dry run without the state, with
+// each build of stapler in bins in turn (in the opposite order every other round),
+// benchRepeat times over, and reports each build's median, fastest and slowest wall time and
+// median CPU; then, up to 10,000
+// certificates and with HAProxy 3.4 installed (unless STAPLER_BENCH_HAPROXY=0), full
+// refreshes that push every staple to it, by the push phase and HAProxy's CPU. The builds
+// meet the same fleet, responders and minutes, which a comparison of two benchmark runs cannot
+// promise on a machine whose speed moves by a fifth within an hour (bench/README.md). No
+// target is checked.
 func (f *benchFleet) compare(b *testing.B, bins []string) {
+	b.Helper()
+	f.compareCase(b, bins, "refresh", benchWall, "run", "--force")
+	f.compareCase(b, bins, "nothing due", benchWall, "run")
+	// Without its state a run reads, parses and verifies everything, as a first run does
+	// (which also finds no staples). A dry run writes nothing, so each build meets the same
+	// files.
+	state := filepath.Join(f.dir, "state.json")
+	if err := os.Rename(state, state+".hidden"); err != nil {
+		b.Fatal(err)
+	}
+	f.compareCase(b, bins, "no state (dry run)", benchWall, "run", "--dry-run")
+	if err := os.Rename(state+".hidden", state); err != nil {
+		b.Fatal(err)
+	}
+	if f.n > 10000 || os.Getenv("STAPLER_BENCH_HAPROXY") == "0" {
+		return
+	}
+	h, ok := findHAProxies()["3.4"]
+	if !ok {
+		fmt.Printf("          (HAProxy 3.4 is not installed: no push compared)\n")
+		return
+	}
+	sock := f.startHAProxy(b, h)
+	defer f.stopHAProxy()
+	f.compareCase(b, bins, "push to 3.4", benchPush, "run", "--force", "--socket", sock)
+}
+
+// compareCase is one command of compare, measured by key.
+func (f *benchFleet) compareCase(b *testing.B, bins []string, what string, key benchKey, args ...string) {
 	b.Helper()
 	keep := f.bin
 	defer func() { f.bin = keep }()
-	for _, c := range []struct {
-		what string
-		args []string
-	}{
-		{"refresh", []string{"run", "--force"}},
-		{"nothing due", []string{"run"}},
-	} {
-		walls, cpus := make([][]time.Duration, len(bins)), make([][]time.Duration, len(bins))
-		for round := range benchRepeat {
-			for k := range bins {
-				i := k
-				if round%2 == 1 { // ABBA: no build always runs right after the same one
-					i = len(bins) - 1 - k
-				}
-				f.bin = bins[i]
-				m := f.measureRun(b, c.what, c.args...)
-				walls[i], cpus[i] = append(walls[i], m.wall), append(cpus[i], m.cpu)
+	got, cpus, hcpus := make([][]time.Duration, len(bins)), make([][]time.Duration, len(bins)), make([][]time.Duration, len(bins))
+	for round := range benchRepeat {
+		for k := range bins {
+			i := k
+			if round%2 == 1 { // ABBA: no build always runs right after the same one
+				i = len(bins) - 1 - k
+			}
+			f.bin = bins[i]
+			var before time.Duration
+			if f.haproxy != nil {
+				before = f.haproxy.cpu(b)
+			}
+			m := f.measureRun(b, what, args...)
+			got[i], cpus[i] = append(got[i], key.of(m)), append(cpus[i], m.cpu)
+			if f.haproxy != nil {
+				hcpus[i] = append(hcpus[i], f.haproxy.cpu(b)-before)
 			}
 		}
-		for i, bin := range bins {
-			slices.Sort(walls[i])
-			slices.Sort(cpus[i])
-			fmt.Printf("%8d  %-40s %9s %9s %9s %6s %9s  (median wall and CPU of %d runs, alternating builds; wall %v to %v)\n",
-				f.n, c.what+", "+bin, walls[i][len(walls[i])/2].Round(time.Millisecond), "", "", "", cpus[i][len(cpus[i])/2].Round(10*time.Millisecond),
-				benchRepeat, walls[i][0].Round(time.Millisecond), walls[i][len(walls[i])-1].Round(time.Millisecond))
+	}
+	median := func(ds []time.Duration) time.Duration { slices.Sort(ds); return ds[len(ds)/2] }
+	for i, bin := range bins {
+		hcpu := ""
+		if f.haproxy != nil {
+			hcpu = fmt.Sprintf("; HAProxy's CPU %v", median(hcpus[i]).Round(10*time.Millisecond))
 		}
+		fmt.Printf("%8d  %-40s %9s %9s %9s %6s %9s  (median %s and CPU of %d runs, alternating builds; %v to %v%s)\n",
+			f.n, what+", "+bin, median(got[i]).Round(time.Millisecond), "", "", "", median(cpus[i]).Round(10*time.Millisecond),
+			key.name, benchRepeat, got[i][0].Round(time.Millisecond), got[i][len(got[i])-1].Round(time.Millisecond), hcpu)
 	}
 }
 
@@ -395,8 +430,9 @@ func (f *benchFleet) measureRun(b *testing.B, what string, args ...string) bench
 	}
 	metrics := filepath.Join(f.dir, "stapler.prom")
 	os.Remove(metrics)
+	phased := args[0] == "run" && !slices.Contains(args, "--dry-run") // a dry run writes no metrics
 	args = append(args, "-q", "--dir", f.certs, "--state", filepath.Join(f.dir, "state.json"))
-	if args[0] == "run" {
+	if phased {
 		args = append(args, "--metrics-file", metrics)
 	}
 	cmd := exec.Command(f.bin, args...)
@@ -434,7 +470,7 @@ func (f *benchFleet) measureRun(b *testing.B, what string, args ...string) bench
 	if m.requests > 0 {
 		m.answer = answering / time.Duration(m.requests)
 	}
-	if args[0] == "run" {
+	if phased {
 		m.phases = benchReadPhases(b, metrics)
 	}
 	return m
