@@ -1,10 +1,15 @@
 package main
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sync"
+	"syscall"
 	"testing"
 )
 
@@ -91,4 +96,61 @@ func byPathMark(path string) (string, error) {
 		return "", err
 	}
 	return statMark(fi), nil
+}
+
+// TestReadRegularStat: what readRegularStat reads and refuses, with the mark os.Stat gives and
+// errors that name the file. A FIFO is refused without blocking on it.
+func TestReadRegularStat(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "site.pem")
+	content := bytes.Repeat([]byte("0123456789abcdef"), 1000) // more than one read's first guess
+	os.WriteFile(file, content, 0o644)
+	os.Symlink("site.pem", filepath.Join(dir, "link.pem"))
+	os.WriteFile(filepath.Join(dir, "empty.pem"), nil, 0o644)
+	if err := syscall.Mkfifo(filepath.Join(dir, "fifo.pem"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Mkdir(filepath.Join(dir, "sub"), 0o755)
+	for _, c := range []struct {
+		name    string
+		max     int64
+		want    []byte
+		wantErr string // a regexp
+	}{
+		{"site.pem", 1 << 20, content, ""},
+		{"site.pem", int64(len(content)), content, ""},
+		{"link.pem", 1 << 20, content, ""},
+		{"empty.pem", 1 << 20, []byte{}, ""},
+		{"site.pem", int64(len(content)) - 1, nil, `^/.*/site\.pem is larger than it should be \(16000 bytes, at most 15999\)$`},
+		{"fifo.pem", 1 << 20, nil, `^/.*/fifo\.pem is not a regular file$`},
+		{"sub", 1 << 20, nil, `^/.*/sub is not a regular file$`},
+		{"missing.pem", 1 << 20, nil, `^open /.*/missing\.pem: no such file or directory$`},
+		// A file with more than its stat says (as /proc's files, which say 0 bytes): read to
+		// its end, within the limit.
+		{"/proc/self/limits", 100, nil, `^/proc/self/limits is larger than it should be \(more than 100 bytes\)$`},
+	} {
+		path := filepath.Join(dir, c.name)
+		if filepath.IsAbs(c.name) {
+			path = c.name
+		}
+		data, mark, err := readRegularStat(path, c.max)
+		if c.wantErr != "" {
+			if err == nil || !regexp.MustCompile(c.wantErr).MatchString(err.Error()) {
+				t.Errorf("%s (at most %d bytes): error %v, want %s", c.name, c.max, err, c.wantErr)
+			}
+			if c.name == "missing.pem" && !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("%s: %v is not fs.ErrNotExist", c.name, err)
+			}
+			continue
+		}
+		wantMark, _ := byPathMark(path)
+		if err != nil || !bytes.Equal(data, c.want) || mark != wantMark {
+			t.Errorf("%s (at most %d bytes): %d bytes, mark %q, error %v; want %d bytes, mark %q", c.name, c.max, len(data), mark, err, len(c.want), wantMark)
+		}
+	}
+	// Read whole, in more than one read, although its stat says 0 bytes.
+	data, _, err := readRegularStat("/proc/self/limits", 1<<20)
+	if err != nil || !bytes.HasPrefix(data, []byte("Limit")) || !bytes.Contains(data, []byte("Max open files")) {
+		t.Errorf("/proc/self/limits: %v, %q", err, data)
+	}
 }
