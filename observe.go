@@ -61,6 +61,7 @@ type diskStaple struct {
 	// those of the staple the state vouches for.
 	Resp    *ocspcheck.Response
 	Problem string
+	found   bool // the file was there to stat
 }
 
 // issuerCheck is the issuer file as observed: checked whenever it or the certificate changed,
@@ -149,12 +150,13 @@ func (ob *observer) observe(ctx context.Context, o *fileObs) {
 		}
 	}
 	ob.checkIssuerFile(ctx, o)
-	ob.issuerFileNeeded(ctx, o)
 	responders, notBefore, notAfter := o.identity()
 	if len(responders) == 0 || ob.now.After(notAfter) || ob.now.Before(notBefore) {
+		ob.issuerFileNeeded(ctx, o)
 		return // not stapled: its staple is not looked at
 	}
 	ob.observeStaple(ctx, o)
+	ob.issuerFileNeeded(ctx, o)
 	if o.Changed {
 		// A new certificate's staple is fetched: its issuer, found now while the bundle is
 		// parsed, spares holding thousands of parsed bundles until then. (One found nowhere
@@ -364,6 +366,7 @@ func (ob *observer) observeStaple(ctx context.Context, o *fileObs) {
 		s.Err = err
 		return
 	}
+	s.found = true
 	old := o.Old
 	if !o.Changed && old.onDisk() && mark == old.DiskStat && mark != "" {
 		s.Stat, s.Hash = mark, old.DiskHash
@@ -438,12 +441,19 @@ func (ob *observer) checkIssuerFile(ctx context.Context, o *fileObs) {
 }
 
 // issuerFileNeeded plans the issuer file of a certificate whose file changed and whose bundle
-// no longer holds the issuer, while a staple file exists: HAProxy would refuse to start.
+// no longer holds the issuer, while a staple file exists: HAProxy would refuse to start. It
+// runs after observeStaple, whose stat of the staple file says whether one is there.
 func (ob *observer) issuerFileNeeded(ctx context.Context, o *fileObs) {
 	if !o.Changed || o.File.Issuer == "" || o.Issuer.Stat != "" || o.Issuer.Err != nil {
 		return
 	}
-	if _, err := ob.dirs.mark(o.File.Staple); err != nil {
+	s := &o.Staple
+	there := s.found
+	if !s.found && !s.Missing && s.Err == nil { // not looked at: a certificate not stapled
+		_, err := ob.dirs.mark(o.File.Staple)
+		there = err == nil
+	}
+	if !there {
 		return
 	}
 	if iss := ob.issuer(ctx, o); iss.Err == nil && (iss.Src == issuerFromDir || iss.Src == issuerFromAIA) {
