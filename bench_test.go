@@ -327,19 +327,18 @@ const benchRepeat = 5
 // compare runs a full refresh, a run with nothing due, and a dry run without the state, with
 // each build of stapler in bins in turn (in the opposite order every other round),
 // benchRepeat times over, and reports each build's median, fastest and slowest wall time and
-// median CPU; then, up to 10,000
-// certificates and with HAProxy 3.4 installed (unless STAPLER_BENCH_HAPROXY=0), full
-// refreshes that push every staple to it, by the push phase and HAProxy's CPU. The builds
-// meet the same fleet, responders and minutes, which a comparison of two benchmark runs cannot
-// promise on a machine whose speed moves by a fifth within an hour (bench/README.md). No
-// target is checked.
+// median CPU; then, up to 10,000 certificates and with HAProxy 3.4 installed (unless
+// STAPLER_BENCH_HAPROXY=0), full refreshes that push every staple to it, by the push phase
+// and HAProxy's CPU. The builds meet the same fleet, responders and minutes, which a
+// comparison of two benchmark runs cannot promise on a machine whose speed moves by a fifth
+// within an hour (bench/README.md). No target is checked.
 func (f *benchFleet) compare(b *testing.B, bins []string) {
 	b.Helper()
 	f.compareCase(b, bins, "refresh", benchWall, "run", "--force")
 	f.compareCase(b, bins, "nothing due", benchWall, "run")
-	// Without its state a run reads, parses and verifies everything, as a first run does
-	// (which also finds no staples). A dry run writes nothing, so each build meets the same
-	// files.
+	// Without its state a run reads and parses every certificate file, as a first run does,
+	// and verifies every staple file (a first run finds none). A dry run writes nothing, so
+	// each build meets the same files.
 	state := filepath.Join(f.dir, "state.json")
 	if err := os.Rename(state, state+".hidden"); err != nil {
 		b.Fatal(err)
@@ -385,8 +384,11 @@ func (f *benchFleet) compareCase(b *testing.B, bins []string, what string, key b
 			}
 		}
 	}
-	median := func(ds []time.Duration) time.Duration { slices.Sort(ds); return ds[len(ds)/2] }
+	median := func(ds []time.Duration) time.Duration { return ds[len(ds)/2] }
 	for i, bin := range bins {
+		slices.Sort(got[i])
+		slices.Sort(cpus[i])
+		slices.Sort(hcpus[i])
 		hcpu := ""
 		if f.haproxy != nil {
 			hcpu = fmt.Sprintf("; HAProxy's CPU %v", median(hcpus[i]).Round(10*time.Millisecond))
