@@ -3,6 +3,7 @@ package main
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -97,16 +98,10 @@ func (d *statDirs) open(dir string) int {
 // fstatMark is the stat mark of name in the directory dirfd, which path names for errors.
 func fstatMark(dirfd int, name, path string) (string, error) {
 	var st unix.Stat_t
-	for {
-		err := unix.Fstatat(dirfd, name, &st, 0)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return "", &fs.PathError{Op: "stat", Path: path, Err: err}
-		}
-		return markOf(st.Size, st.Mtim.Nano(), st.Ino), nil
+	if err := ignoringEINTR(func() error { return unix.Fstatat(dirfd, name, &st, 0) }); err != nil {
+		return "", &fs.PathError{Op: "stat", Path: path, Err: err}
 	}
+	return markOf(st.Size, st.Mtim.Nano(), st.Ino), nil
 }
 
 // close closes the directories' descriptors.
@@ -132,15 +127,17 @@ func readRegular(path string, maxBytes int64) ([]byte, error) {
 // registration with the network poller that a regular file refuses, and a second fstat), and a
 // first run reads two or three files per certificate.
 func readRegularStat(path string, maxBytes int64) ([]byte, string, error) {
-	fd, err := retryEINTR(func() (int, error) {
-		return unix.Open(path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0) // a FIFO must not block it
+	var fd int
+	err := ignoringEINTR(func() (err error) {
+		fd, err = unix.Open(path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0) // a FIFO must not block it
+		return err
 	})
 	if err != nil {
 		return nil, "", &fs.PathError{Op: "open", Path: path, Err: err}
 	}
 	defer unix.Close(fd)
 	var st unix.Stat_t
-	if _, err := retryEINTR(func() (int, error) { return 0, unix.Fstat(fd, &st) }); err != nil {
+	if err := ignoringEINTR(func() error { return unix.Fstat(fd, &st) }); err != nil {
 		return nil, "", &fs.PathError{Op: "stat", Path: path, Err: err}
 	}
 	if err := checkRegular(path, st.Mode&unix.S_IFMT == unix.S_IFREG, st.Size, maxBytes); err != nil {
@@ -151,7 +148,11 @@ func readRegularStat(path string, maxBytes int64) ([]byte, string, error) {
 		if len(buf) == cap(buf) {
 			buf = slices.Grow(buf, 4096) // it grew since the fstat
 		}
-		n, err := retryEINTR(func() (int, error) { return unix.Read(fd, buf[len(buf):cap(buf)]) })
+		var n int
+		err := ignoringEINTR(func() (err error) {
+			n, err = unix.Read(fd, buf[len(buf):cap(buf)])
+			return err
+		})
 		if err != nil {
 			return nil, "", &fs.PathError{Op: "read", Path: path, Err: err}
 		}
@@ -166,12 +167,12 @@ func readRegularStat(path string, maxBytes int64) ([]byte, string, error) {
 	return buf, markOf(st.Size, st.Mtim.Nano(), st.Ino), nil
 }
 
-// retryEINTR calls f again while it fails with EINTR, as the os package does.
-func retryEINTR(f func() (int, error)) (int, error) {
+// ignoringEINTR calls fn until it is not interrupted by a signal, as the os package does (and
+// internal/durable, for its own system calls).
+func ignoringEINTR(fn func() error) error {
 	for {
-		n, err := f()
-		if err != unix.EINTR {
-			return n, err
+		if err := fn(); !errors.Is(err, unix.EINTR) {
+			return err
 		}
 	}
 }
