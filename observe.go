@@ -152,11 +152,11 @@ func (ob *observer) observe(ctx context.Context, o *fileObs) {
 	ob.checkIssuerFile(ctx, o)
 	responders, notBefore, notAfter := o.identity()
 	if len(responders) == 0 || ob.now.After(notAfter) || ob.now.Before(notBefore) {
-		ob.issuerFileNeeded(ctx, o)
+		ob.issuerFileNeeded(ctx, o, false)
 		return // not stapled: its staple is not looked at
 	}
 	ob.observeStaple(ctx, o)
-	ob.issuerFileNeeded(ctx, o)
+	ob.issuerFileNeeded(ctx, o, true)
 	if o.Changed {
 		// A new certificate's staple is fetched: its issuer, found now while the bundle is
 		// parsed, spares holding thousands of parsed bundles until then. (One found nowhere
@@ -441,15 +441,15 @@ func (ob *observer) checkIssuerFile(ctx context.Context, o *fileObs) {
 }
 
 // issuerFileNeeded plans the issuer file of a certificate whose file changed and whose bundle
-// no longer holds the issuer, while a staple file exists: HAProxy would refuse to start. It
-// runs after observeStaple, whose stat of the staple file says whether one is there.
-func (ob *observer) issuerFileNeeded(ctx context.Context, o *fileObs) {
+// no longer holds the issuer, while a staple file exists: HAProxy would refuse to start.
+// stapleLooked: observeStaple ran, and its stat says whether one is there; else (a certificate
+// not stapled) the file is stat'ed here, when the rest calls for it.
+func (ob *observer) issuerFileNeeded(ctx context.Context, o *fileObs, stapleLooked bool) {
 	if !o.Changed || o.File.Issuer == "" || o.Issuer.Stat != "" || o.Issuer.Err != nil {
 		return
 	}
-	s := &o.Staple
-	there := s.found
-	if !s.found && !s.Missing && s.Err == nil { // not looked at: a certificate not stapled
+	there := o.Staple.found
+	if !stapleLooked {
 		_, err := ob.dirs.mark(o.File.Staple)
 		there = err == nil
 	}
