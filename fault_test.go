@@ -93,8 +93,11 @@ type faultCase struct {
 	// hapInvalid says why HAProxy rejects the directory because of the fault itself; haproxy -c
 	// is then not run.
 	hapInvalid string
-	check      func(e *faultEnv, res faultResult)
-	bug        string // "BUG: ...": the case fails because of a production bug
+	// hapWarns is an OCSP warning of haproxy -c that the fault itself causes, as it reads: it is
+	// allowed (and logged), any other still fails the case.
+	hapWarns string
+	check    func(e *faultEnv, res faultResult)
+	bug      string // "BUG: ...": the case fails because of a production bug
 }
 
 // faultEnv is one case's world: a CA, its responder, a certificate directory, a state file.
@@ -295,6 +298,27 @@ func faultCases() []faultCase {
 				e.conf = append(e.conf, "fetch_issuers = false")
 				e.writeConfig()
 				writeBundle(e.site, e.leaf, e.key)
+				return nil
+			},
+			check: func(e *faultEnv, res faultResult) {
+				if got, err := os.ReadFile(issuerName(e.site)); err != nil || !bytes.Equal(got, pki.CertPEM(e.ca.Cert)) {
+					e.t.Errorf("site.pem.issuer: %v; want the CA", err)
+				}
+			}},
+		// The same for a certificate without a responder: renewed without an OCSP URL and
+		// without its chain, beside the staple file of the one before. stapler does not
+		// staple it, but HAProxy still loads that file and would refuse to start without an
+		// issuer (checked on 2.6, 3.0, 3.2 and 3.4 by haproxy -c after the run).
+		// HAProxy ignores that staple, with a warning: stapler leaves it (see the closing
+		// note of stop 24).
+		faultCase{name: "cert/issuer_dropped_from_bundle_without_responder", want: 0,
+			logs:     logged("INFO", "wrote issuer file; the bundle no longer holds the issuer", "file", `{site}\.issuer`),
+			hapWarns: "OCSP single response: Certificate ID does not match certificate and issuer. Content will be ignored.",
+			inject: func(e *faultEnv) []string {
+				e.conf = append(e.conf, "fetch_issuers = false")
+				e.writeConfig()
+				leaf, key := e.ca.Issue(pki.Leaf{Name: "site.fault.test"}, e.now)
+				writeBundle(e.site, leaf, key)
 				return nil
 			},
 			check: func(e *faultEnv, res faultResult) {
@@ -763,7 +787,7 @@ func faultReplacedDuringFetch() faultCase {
 			if err := e.validFor(der, e.leaf); err != nil {
 				e.t.Errorf("the staple written during the replacement is not a valid one for the certificate read: %v", err)
 			}
-			e.haproxyAccepts("with the staple of the replaced certificate", true)
+			e.haproxyAccepts("with the staple of the replaced certificate", true, "")
 			next := e.stapler(faultDeadline, "run", "--config", e.config, "-v")
 			if next.code != 0 || parseLogs(next.stderr).find("updated staple", "cert", e.site, "reason", "certificate changed") == nil {
 				e.t.Errorf("the next run: exit %d, want 0 and a new staple for the changed certificate\n%s", next.code, next.stderr)
@@ -1092,7 +1116,7 @@ func (e *faultEnv) assert(c faultCase, res faultResult) {
 	if c.hapInvalid != "" {
 		t.Logf("haproxy -c not run: the fault itself makes the directory invalid for HAProxy (%s)", c.hapInvalid)
 	} else {
-		e.haproxyAccepts("after the faulty run", false)
+		e.haproxyAccepts("after the faulty run", false, c.hapWarns)
 	}
 }
 
@@ -1157,12 +1181,13 @@ func (e *faultEnv) crashConsistent(when string) {
 			}
 		}
 	}
-	e.haproxyAccepts(when, false)
+	e.haproxyAccepts(when, false, "")
 }
 
 // haproxyAccepts runs `haproxy -c`, of every HAProxy branch, on a configuration that loads the
-// certificate directory.
-func (e *faultEnv) haproxyAccepts(when string, warnOK bool) {
+// certificate directory. It must not warn about OCSP, unless warnOK, but for the warning
+// allowed (a substring of its line).
+func (e *faultEnv) haproxyAccepts(when string, warnOK bool, allowed string) {
 	t := e.t
 	cfg := filepath.Join(e.dir, "haproxy.cfg")
 	faultWrite(t, cfg, hapConfig(hapFreePort(t), e.certs))
@@ -1178,7 +1203,11 @@ func (e *faultEnv) haproxyAccepts(when string, warnOK bool) {
 			continue
 		}
 		for _, line := range strings.Split(string(out), "\n") {
-			if strings.Contains(strings.ToLower(line), "ocsp") {
+			switch {
+			case !strings.Contains(strings.ToLower(line), "ocsp"):
+			case allowed != "" && strings.Contains(line, allowed):
+				t.Logf("%s: haproxy %s -c gives the warning the fault causes: %s", when, h.Branch, line)
+			default:
 				t.Errorf("%s: haproxy %s -c warns about OCSP: %s", when, h.Branch, line)
 			}
 		}
